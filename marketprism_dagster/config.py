@@ -1,0 +1,575 @@
+"""Configuration: one YAML validated by pydantic, with layered overrides.
+
+Precedence (highest first): CLI ``--set key.path=value`` and flags > environment >
+YAML file > model defaults.  ``config show`` reports where every effective value came from.
+
+Environment variables:
+
+* ``MARKETPRISM_CONFIG`` selects the YAML file (default ``config/marketprism.yaml``);
+* ``MARKETPRISM__SECTION__KEY=value`` sets any key path (``__`` separates levels), e.g.
+  ``MARKETPRISM__STORAGE__BACKEND=clickhouse``;
+* the seeds' names: ``MARKETPRISM_NATS_URL`` (beats ``NATS_URL``), ``HEALTH_CHECK_PORT``,
+  ``METRICS_PORT``, ``HEALTH_GRACE_SECONDS``, ``LOG_LEVEL``, ``CLICKHOUSE_URL``,
+  ``CLICKHOUSE_USER``, ``CLICKHOUSE_PASSWORD``, ``ALERT_WEBHOOK_URL`` and the supervisor's
+  ``AUTO_RESTART_ON_HEALTH_CRITICAL``, ``COLLECTOR_MEMORY_MB``, ``COLLECTOR_CPU_THRESHOLD``,
+  ``COLLECTOR_MON_INTERVAL``, ``COLLECTOR_MAX_UPTIME_H``, ``COLLECTOR_RESTART_COOLDOWN``,
+  ``ALLOW_MULTIPLE``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from marketprism_dagster.records import DATA_TYPES
+
+DEFAULT_CONFIG_PATH = Path("config/marketprism.yaml")
+
+DataType = Literal[
+    "orderbook",
+    "trade",
+    "funding_rate",
+    "open_interest",
+    "liquidation",
+    "lsr_top_position",
+    "lsr_all_account",
+    "volatility_index",
+]
+assert set(DataType.__args__) == set(DATA_TYPES)  # type: ignore[attr-defined]
+
+Venue = Literal["binance", "okx", "deribit"]
+MarketType = Literal["spot", "perpetual", "options"]
+
+# What each (venue, market_type) can deliver: DESIGN section 1.
+SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("binance", "spot"): ("orderbook", "trade"),
+    ("binance", "perpetual"): (
+        "orderbook",
+        "trade",
+        "funding_rate",
+        "open_interest",
+        "liquidation",
+        "lsr_top_position",
+        "lsr_all_account",
+    ),
+    ("okx", "spot"): ("orderbook", "trade"),
+    ("okx", "perpetual"): (
+        "orderbook",
+        "trade",
+        "funding_rate",
+        "open_interest",
+        "liquidation",
+        "lsr_top_position",
+        "lsr_all_account",
+    ),
+    ("deribit", "options"): ("volatility_index",),
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the user: key path, bad value, what is allowed."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class MarketConfig(_Model):
+    enabled: bool = True
+    venue: Venue
+    market_type: MarketType
+    symbols: list[str] = Field(min_length=1)
+    data_types: list[DataType]
+    rest_url: str
+    ws_url: str
+    # REST poll periods (seconds) for types with no stream on this venue.
+    poll_interval_s: float = Field(default=60.0, gt=0)
+    lsr_period: Literal["5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d"] = "5m"
+    instruments_refresh_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _supported(self) -> MarketConfig:
+        allowed = SUPPORTED.get((self.venue, self.market_type))
+        if allowed is None:
+            raise ValueError(
+                f"venue {self.venue!r} has no market_type {self.market_type!r}; allowed: "
+                + ", ".join(f"{v}/{m}" for v, m in SUPPORTED)
+            )
+        bad = [d for d in self.data_types if d not in allowed]
+        if bad:
+            raise ValueError(
+                f"data_types {bad} are not offered by {self.venue} {self.market_type}; allowed: {list(allowed)}"
+            )
+        return self
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_upper(cls, v: list[str]) -> list[str]:
+        return [s.strip().upper() for s in v]
+
+
+def _default_markets() -> dict[str, MarketConfig]:
+    both = ["BTC-USDT", "ETH-USDT"]
+    deriv = list(SUPPORTED[("binance", "perpetual")])
+    return {
+        "binance_spot": MarketConfig(
+            venue="binance",
+            market_type="spot",
+            symbols=both,
+            data_types=["orderbook", "trade"],
+            rest_url="https://api.binance.com",
+            ws_url="wss://stream.binance.com:9443",
+        ),
+        "binance_derivatives": MarketConfig(
+            venue="binance",
+            market_type="perpetual",
+            symbols=both,
+            data_types=deriv,  # type: ignore[arg-type]
+            rest_url="https://fapi.binance.com",
+            ws_url="wss://fstream.binance.com",
+        ),
+        "okx_spot": MarketConfig(
+            venue="okx",
+            market_type="spot",
+            symbols=both,
+            data_types=["orderbook", "trade"],
+            rest_url="https://www.okx.com",
+            ws_url="wss://ws.okx.com:8443",
+        ),
+        "okx_derivatives": MarketConfig(
+            venue="okx",
+            market_type="perpetual",
+            symbols=both,
+            data_types=deriv,  # type: ignore[arg-type]
+            rest_url="https://www.okx.com",
+            ws_url="wss://ws.okx.com:8443",
+        ),
+        "deribit_derivatives": MarketConfig(
+            venue="deribit",
+            market_type="options",
+            symbols=["BTC", "ETH"],
+            data_types=["volatility_index"],
+            rest_url="https://www.deribit.com",
+            ws_url="wss://www.deribit.com",
+        ),
+    }
+
+
+GIB = 1024**3
+
+
+class StreamConfig(_Model):
+    subjects: list[str] = Field(min_length=1)
+    max_bytes: int = Field(gt=0)
+    max_age_s: int = Field(gt=0)
+    duplicate_window_s: int = Field(gt=0)
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = Field(default=1, ge=1, le=5)
+    max_ack_pending: int = Field(default=2000, gt=0)
+
+
+def _default_streams() -> dict[str, StreamConfig]:
+    return {
+        "MARKET_DATA": StreamConfig(
+            subjects=[f"{t}.>" for t in DATA_TYPES if t != "orderbook"],
+            max_bytes=2 * GIB,
+            max_age_s=48 * 3600,
+            duplicate_window_s=120,
+            max_ack_pending=2000,
+        ),
+        "ORDERBOOK_SNAP": StreamConfig(
+            subjects=["orderbook.>"],
+            max_bytes=5 * GIB,
+            max_age_s=24 * 3600,
+            duplicate_window_s=60,
+            max_ack_pending=5000,
+        ),
+    }
+
+
+class NatsConfig(_Model):
+    url: str = "nats://127.0.0.1:4222"
+    embedded: bool = Field(default=True, description="start nats-server from the wheel if url does not answer")
+    store_dir: str | None = None  # default: <data_dir>/nats
+    ack_wait_s: int = Field(default=60, gt=0)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError("must start with nats://, tls://, ws:// or wss://, e.g. nats://127.0.0.1:4222")
+        return v
+
+
+class StorageConfig(_Model):
+    backend: Literal["embedded", "clickhouse"] = "embedded"
+    path: str | None = None  # embedded: default <data_dir>/clickhouse
+    url: str = "http://127.0.0.1:8123"
+    user: str = "default"
+    password: SecretStr = SecretStr("")
+    hot_database: str = "marketprism_hot"
+    cold_database: str = "marketprism_cold"
+    ledger_database: str = "marketprism_meta"
+    hot_ttl_days: int = Field(default=3, gt=0)
+    cold_ttl_days: int = Field(default=3650, gt=0)
+    lock_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class WindowRule(_Model):
+    window_s: int = Field(gt=0, description="rows must exist within this window")
+    health_s: int = Field(gt=0, description="collector coverage older than this is unhealthy")
+    lag_warn_s: int = Field(gt=0)
+    lag_error_s: int = Field(gt=0)
+
+
+def _rule(window: int, health: int) -> WindowRule:
+    return WindowRule(window_s=window, health_s=health, lag_warn_s=window, lag_error_s=2 * window)
+
+
+def _default_window_rules() -> dict[str, WindowRule]:
+    rules = {t: _rule(8 * 3600, 8 * 3600) for t in DATA_TYPES}
+    rules["trade"] = _rule(300, 60)
+    rules["orderbook"] = _rule(300, 60)
+    rules["liquidation"] = _rule(3600, 3600)
+    return rules
+
+
+class OrderBookConfig(_Model):
+    depth: int = Field(default=400, ge=1, le=5000)
+    cadence_ms: int = Field(default=1000, ge=0, description="0 = publish every update")
+    snapshot_limit: int = Field(default=1000, ge=5, le=5000)
+
+
+class CollectorConfig(_Model):
+    health_port: int = Field(default=8087, ge=0, le=65535)
+    metrics_port: int = Field(default=9093, ge=0, le=65535)
+    grace_s: int = Field(default=120, ge=0)
+    queue_size: int = Field(default=100_000, gt=0)
+    publish_buffer: int = Field(default=200_000, gt=0, description="records held while NATS is down")
+    max_inflight_acks: int = Field(default=4096, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    shards: dict[str, list[str]] = Field(
+        default_factory=lambda: {"main": []},
+        description="shard name -> market ids it collects (empty = all enabled markets)",
+    )
+    allow_multiple: bool = False
+
+
+class WriterConfig(_Model):
+    health_port: int = Field(default=8085, ge=0, le=65535)
+    batch_size: int = Field(default=5000, gt=0)
+    fetch_timeout_s: float = Field(default=1.0, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+    dead_letter_stream: str = "DEAD_LETTER"
+    durable_prefix: str = "marketprism_hot_writer"
+
+
+class SupervisorConfig(_Model):
+    auto_restart_on_health_critical: bool = False
+    memory_mb: int = Field(default=800, gt=0)
+    cpu_threshold: float = Field(default=90.0, gt=0, le=100)
+    mon_interval_s: int = Field(default=60, gt=0)
+    max_uptime_h: float = Field(default=24.0, gt=0)
+    restart_cooldown_s: float = Field(default=5.0, ge=0)
+    heartbeat_stale_s: int = Field(default=90, gt=0)
+
+
+class AlertsConfig(_Model):
+    webhook_url: str | None = None
+
+
+class SealConfig(_Model):
+    grace_s: int = Field(default=300, ge=0, description="an hour is sealed no earlier than its end + grace")
+
+
+class Settings(_Model):
+    environment: Literal["development", "production", "test"] = "development"
+    data_dir: str = ".marketprism"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    markets: dict[str, MarketConfig] = Field(default_factory=_default_markets)
+    streams: dict[str, StreamConfig] = Field(default_factory=_default_streams)
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    window_rules: dict[str, WindowRule] = Field(default_factory=_default_window_rules)
+    orderbook: OrderBookConfig = Field(default_factory=OrderBookConfig)
+    collector: CollectorConfig = Field(default_factory=CollectorConfig)
+    writer: WriterConfig = Field(default_factory=WriterConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    seal: SealConfig = Field(default_factory=SealConfig)
+
+    @field_validator("markets")
+    @classmethod
+    def _market_ids(cls, v: dict[str, MarketConfig]) -> dict[str, MarketConfig]:
+        for name in v:
+            if not name.replace("_", "").isalnum() or name != name.lower():
+                raise ValueError(f"market id {name!r} must be lower_snake_case")
+        return v
+
+    @field_validator("window_rules")
+    @classmethod
+    def _rule_keys(cls, v: dict[str, WindowRule]) -> dict[str, WindowRule]:
+        unknown = sorted(set(v) - set(DATA_TYPES))
+        if unknown:
+            raise ValueError(f"unknown data types {unknown}; allowed: {list(DATA_TYPES)}")
+        defaults = _default_window_rules()
+        return {t: v.get(t, defaults[t]) for t in DATA_TYPES}
+
+    @model_validator(mode="after")
+    def _streams_cover_types(self) -> Settings:
+        for t in DATA_TYPES:
+            if self.stream_for(t) is None:
+                raise ValueError(
+                    f"no stream captures subject '{t}.>'; add it to a stream's subjects under 'streams'"
+                )
+        for shard, markets in self.collector.shards.items():
+            unknown = [m for m in markets if m not in self.markets]
+            if unknown:
+                raise ValueError(
+                    f"collector.shards.{shard} names unknown markets {unknown}; allowed: {sorted(self.markets)}"
+                )
+        return self
+
+    # ---------------------------------------------------------------- derived values
+
+    def stream_for(self, data_type: str) -> str | None:
+        for name, s in self.streams.items():
+            for subj in s.subjects:
+                if subj in (f"{data_type}.>", ">") or subj.startswith(f"{data_type}."):
+                    return name
+        return None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def nats_store_dir(self) -> Path:
+        return Path(self.nats.store_dir) if self.nats.store_dir else self.data_path / "nats"
+
+    @property
+    def embedded_store_path(self) -> Path:
+        return Path(self.storage.path) if self.storage.path else self.data_path / "clickhouse"
+
+    def enabled_markets(self) -> dict[str, MarketConfig]:
+        return {k: m for k, m in self.markets.items() if m.enabled}
+
+    def shard_markets(self, shard: str) -> dict[str, MarketConfig]:
+        if shard not in self.collector.shards:
+            raise ConfigError(
+                f"unknown shard {shard!r}; configured shards: {sorted(self.collector.shards)} "
+                "(collector.shards in the YAML)"
+            )
+        names = self.collector.shards[shard] or list(self.enabled_markets())
+        return {n: self.markets[n] for n in names if self.markets[n].enabled}
+
+
+# ---------------------------------------------------------------- loading with provenance
+
+ENV_ALIASES: tuple[tuple[str, str], ...] = (
+    # (env var, key path); earlier entries win over later ones for the same path
+    ("MARKETPRISM_NATS_URL", "nats.url"),
+    ("NATS_URL", "nats.url"),
+    ("HEALTH_CHECK_PORT", "collector.health_port"),
+    ("METRICS_PORT", "collector.metrics_port"),
+    ("HEALTH_GRACE_SECONDS", "collector.grace_s"),
+    ("LOG_LEVEL", "log_level"),
+    ("CLICKHOUSE_URL", "storage.url"),
+    ("CLICKHOUSE_USER", "storage.user"),
+    ("CLICKHOUSE_PASSWORD", "storage.password"),
+    ("ALERT_WEBHOOK_URL", "alerts.webhook_url"),
+    ("AUTO_RESTART_ON_HEALTH_CRITICAL", "supervisor.auto_restart_on_health_critical"),
+    ("COLLECTOR_MEMORY_MB", "supervisor.memory_mb"),
+    ("COLLECTOR_CPU_THRESHOLD", "supervisor.cpu_threshold"),
+    ("COLLECTOR_MON_INTERVAL", "supervisor.mon_interval_s"),
+    ("COLLECTOR_MAX_UPTIME_H", "supervisor.max_uptime_h"),
+    ("COLLECTOR_RESTART_COOLDOWN", "supervisor.restart_cooldown_s"),
+    ("ALLOW_MULTIPLE", "collector.allow_multiple"),
+)
+
+GENERIC_ENV_PREFIX = "MARKETPRISM__"
+SECRET_PATHS = frozenset({"storage.password"})
+
+
+class LoadedConfig:
+    """Validated settings plus where each value came from."""
+
+    def __init__(self, settings: Settings, sources: dict[str, str], path: Path | None) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.path = path
+
+    def source_of(self, key: str) -> str:
+        parts = key.split(".")
+        for i in range(len(parts), 0, -1):
+            src = self.sources.get(".".join(parts[:i]))
+            if src:
+                return src
+        return "default"
+
+    def effective(self) -> list[tuple[str, str, str]]:
+        """(key path, value, source) for every leaf; secrets masked."""
+        rows: list[tuple[str, str, str]] = []
+        dumped = self.settings.model_dump(mode="json")
+        for key, value in _flatten(dumped):
+            shown = "****" if key in SECRET_PATHS and value else _show(value)
+            rows.append((key, shown, self.source_of(key)))
+        return rows
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return "" if value is None else str(value)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.extend(_flatten(v, key))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _set_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _parse_scalar(text: str) -> Any:
+    """Values from env / CLI are YAML scalars: ``3``, ``true``, ``[a, b]``, ``null``."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _merge_defaults_for_markets(tree: dict[str, Any]) -> None:
+    """A YAML market entry that names a default market inherits that market's defaults."""
+    markets = tree.get("markets")
+    if not isinstance(markets, dict):
+        return
+    defaults = {k: v.model_dump(mode="json") for k, v in _default_markets().items()}
+    for name, entry in list(markets.items()):
+        if name in defaults and isinstance(entry, dict):
+            merged = dict(defaults[name])
+            merged.update(entry)
+            markets[name] = merged
+
+
+def resolve_config_path(explicit: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("MARKETPRISM_CONFIG"):
+        return Path(env["MARKETPRISM_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Load, merge and validate. ``overrides`` are CLI values: ``key.path=value`` strings or a mapping.
+
+    Raises ConfigError naming the key path, the bad value and what is allowed.
+    """
+    env = os.environ if env is None else env
+    cfg_path = resolve_config_path(path, env)
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if cfg_path is not None:
+        if not cfg_path.exists():
+            raise ConfigError(
+                f"config file {cfg_path} does not exist; set MARKETPRISM_CONFIG or --config to an existing "
+                "YAML file, e.g. config/marketprism.yaml"
+            )
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{cfg_path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{cfg_path} must hold a mapping at the top level, got {type(loaded).__name__}")
+        tree = loaded
+        for key, _ in _flatten(tree):
+            sources[key] = f"yaml:{cfg_path}"
+        _merge_defaults_for_markets(tree)
+
+    # environment: seeds' names (first wins per path), then generic MARKETPRISM__A__B
+    seen: set[str] = set()
+    for var, key in ENV_ALIASES:
+        if var in env and key not in seen:
+            _set_path(tree, key, _parse_scalar(env[var]))
+            sources[key] = f"env:{var}"
+            seen.add(key)
+    for var, value in env.items():
+        if var.startswith(GENERIC_ENV_PREFIX):
+            key = var[len(GENERIC_ENV_PREFIX) :].lower().replace("__", ".")
+            _set_path(tree, key, _parse_scalar(value))
+            sources[key] = f"env:{var}"
+
+    items = overrides.items() if isinstance(overrides, Mapping) else (_split_override(o) for o in overrides)
+    for key, value in items:
+        _set_path(tree, key, _parse_scalar(value) if isinstance(value, str) else value)
+        sources[key] = "cli"
+
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, cfg_path)) from None
+    return LoadedConfig(settings, sources, cfg_path)
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value, e.g. storage.backend=clickhouse")
+    key, value = text.split("=", 1)
+    return key.strip(), value
+
+
+def format_validation_error(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        value = err.get("input")
+        shown = "(missing)" if err["type"] == "missing" else repr(value)
+        if isinstance(value, dict):
+            shown = "{...}"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against config/marketprism.yaml"
+        lines.append(f"  {loc or '<root>'}: {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def settings_from_env() -> Settings:
+    """The effective settings for processes started without CLI flags (Dagster runs, tests)."""
+    return load_config().settings

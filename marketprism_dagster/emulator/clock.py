@@ -1,0 +1,35 @@
+"""Event-time clock of the emulator: wall clock by default, injectable for tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Source of exchange event times (ms since the Unix epoch, UTC)."""
+
+    def now_ms(self) -> int: ...
+
+
+class WallClock:
+    """The real wall clock."""
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+class ManualClock:
+    """A clock that moves only when told to (tests)."""
+
+    def __init__(self, start_ms: int) -> None:
+        self._now = start_ms
+
+    def now_ms(self) -> int:
+        return self._now
+
+    def set(self, ms: int) -> None:
+        self._now = ms
+
+    def advance(self, ms: int) -> None:
+        self._now += ms

@@ -1,0 +1,157 @@
+"""Embedded ClickHouse (chDB) behind a per-operation file lock.
+
+chDB lets one process at a time open a data path. Every operation therefore takes an
+exclusive ``flock`` on ``<path>.lock``, opens a session, works and closes. A long-lived
+writer may instead ``hold()`` the session across consecutive batches (opening costs
+~70 ms); it hands the store over as soon as another process registers as a waiter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import structlog
+
+from marketprism_dagster.storage.base import Store, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+# chDB keeps process-global state: serialize every session of this process.
+_PROCESS_LOCK = threading.RLock()
+
+
+class EmbeddedStore(Store):
+    backend = "embedded"
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = 30.0) -> None:
+        self.path = Path(path).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_timeout_s = lock_timeout_s
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._waiters = self.path.with_name(self.path.name + ".waiters")
+        self._waiters.mkdir(parents=True, exist_ok=True)
+        self._session: Any = None
+        self._lock_fd: int | None = None
+        self._holding = False
+        self._depth = 0
+
+    # ------------------------------------------------------------------ locking
+
+    def _acquire(self) -> None:
+        marker = self._waiters / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.lock_timeout_s
+        marker.touch()
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        raise StoreUnavailable(
+                            f"embedded store {self.path} stayed locked by another process for "
+                            f"{self.lock_timeout_s:.0f} s; stop that process or raise storage.lock_timeout_s"
+                        ) from None
+                    time.sleep(0.005)
+        finally:
+            marker.unlink(missing_ok=True)
+        self._lock_fd = fd
+        try:
+            from chdb import session as chdb_session
+
+            self._session = chdb_session.Session(str(self.path))
+        except Exception:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._session is not None:
+            try:
+                self._session.close()
+            finally:
+                self._session = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def others_waiting(self) -> bool:
+        mine = f"{os.getpid()}-"
+        return any(not p.name.startswith(mine) for p in self._waiters.iterdir())
+
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[Any]:
+        """The open chDB session for one operation (reentrant)."""
+        with _PROCESS_LOCK:
+            opened_here = self._session is None
+            if opened_here:
+                self._acquire()
+            self._depth += 1
+            try:
+                yield self._session
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and (not self._holding or self.others_waiting()):
+                    self._release()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[EmbeddedStore]:
+        """Keep the session open across operations; hand over to waiting processes between them."""
+        self._holding = True
+        try:
+            yield self
+        finally:
+            self._holding = False
+            with _PROCESS_LOCK:
+                if self._depth == 0:
+                    self._release()
+
+    def yield_to_waiters(self) -> None:
+        """Between batches: if another process waits for the store, let it in now."""
+        with _PROCESS_LOCK:
+            if self._depth == 0 and self._session is not None and self.others_waiting():
+                self._release()
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        with _PROCESS_LOCK:
+            self._holding = False
+            if self._depth == 0:
+                self._release()
+
+    # ------------------------------------------------------------------ Store
+
+    def execute(self, sql: str) -> None:
+        with self.operation() as s:
+            s.query(sql)
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        with self.operation() as s:
+            result = s.query(sql, "ArrowTable")
+        return result if isinstance(result, pa.Table) else pa.table({})
+
+    def _insert_arrow(self, database: str, table: str, sql: str, data: pa.Table, settings: dict[str, Any]) -> None:
+        # chDB's Python() table function resolves the name in this frame's locals.
+        mp_arrow_batch = data  # noqa: F841
+        stmt = sql.format(src="Python(mp_arrow_batch)")
+        if settings:
+            stmt += " SETTINGS " + ", ".join(f"{k} = {_sql_literal(v)}" for k, v in settings.items())
+        with self.operation() as s:
+            s.query(stmt)
+
+
+def _sql_literal(v: Any) -> str:
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(v)

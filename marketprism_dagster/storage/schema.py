@@ -1,0 +1,78 @@
+"""DDL for hot, cold and meta databases, derived from the record column tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.records import RECORD_TYPES, TableSettings, create_table_sql
+from marketprism_dagster.storage.base import Store
+
+# The writer's ledger of committed JetStream sequence ranges: one row per (batch, table).
+# A restart resumes from it and integrity checks prove contiguity from it.
+LEDGER_TABLE = "ingest_ledger"
+
+
+def ledger_ddl(database: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{LEDGER_TABLE}` (\n"
+        "  `stream` LowCardinality(String),\n"
+        "  `first_seq` UInt64,\n"
+        "  `last_seq` UInt64,\n"
+        "  `data_type` LowCardinality(String),\n"
+        "  `rows` UInt64,\n"
+        "  `dead_letters` UInt64,\n"
+        "  `min_ts` Nullable(DateTime64(3, 'UTC')),\n"
+        "  `max_ts` Nullable(DateTime64(3, 'UTC')),\n"
+        "  `token` String,\n"
+        "  `committed_at` DateTime64(3, 'UTC')\n"
+        ")\nENGINE = ReplacingMergeTree\n"
+        "ORDER BY (`stream`, `first_seq`, `data_type`)\n"
+        "SETTINGS non_replicated_deduplication_window = 10000"
+    )
+
+
+@dataclass
+class SchemaReport:
+    created: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f"created  {n}" for n in self.created] + [f"verified {n}" for n in self.verified]
+
+
+def data_tables(settings: Settings) -> list[tuple[str, str, TableSettings]]:
+    """(database, table, settings) for the 16 hot and cold tables."""
+    st = settings.storage
+    out = []
+    for name in RECORD_TYPES:
+        out.append((st.hot_database, name, TableSettings(ttl_days=st.hot_ttl_days)))
+        out.append((st.cold_database, name, TableSettings(ttl_days=st.cold_ttl_days)))
+    return out
+
+
+def init_schema(store: Store, settings: Settings) -> SchemaReport:
+    """Create databases and tables that do not exist; idempotent."""
+    st = settings.storage
+    report = SchemaReport()
+    databases = (st.hot_database, st.cold_database, st.ledger_database)
+    existing_dbs = {str(r[0]) for r in store.query_rows("SELECT name FROM system.databases")}
+    for db in databases:
+        (report.verified if db in existing_dbs else report.created).append(f"database {db}")
+        store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    existing = {
+        f"{d}.{t}"
+        for d, t in store.query_rows(
+            "SELECT database, name FROM system.tables WHERE database IN ("
+            + ", ".join(f"'{d}'" for d in databases)
+            + ")"
+        )
+    }
+    for db, table, ts in data_tables(settings):
+        full = f"{db}.{table}"
+        (report.verified if full in existing else report.created).append(f"table {full}")
+        store.execute(create_table_sql(RECORD_TYPES[table], db, ts))
+    full = f"{st.ledger_database}.{LEDGER_TABLE}"
+    (report.verified if full in existing else report.created).append(f"table {full}")
+    store.execute(ledger_ddl(st.ledger_database))
+    return report

@@ -1,0 +1,45 @@
+"""A ClickHouse server through clickhouse-connect (HTTP, port 8123 by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from marketprism_dagster.storage.base import Store, StoreUnavailable
+
+
+class ServerStore(Store):
+    backend = "clickhouse"
+
+    def __init__(self, url: str, user: str = "default", password: str = "") -> None:
+        import clickhouse_connect
+        from clickhouse_connect.driver.exceptions import OperationalError
+
+        self.url = url
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url, username=user, password=password)
+        except OperationalError as exc:
+            raise StoreUnavailable(
+                f"ClickHouse server at {url} did not answer ({exc}); start it or set storage.url / CLICKHOUSE_URL"
+            ) from exc
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from clickhouse_connect.driver.exceptions import OperationalError
+
+        try:
+            return fn(*args, **kwargs)
+        except OperationalError as exc:
+            raise StoreUnavailable(f"ClickHouse server at {self.url} unavailable: {exc}") from exc
+
+    def execute(self, sql: str) -> None:
+        self._call(self._client.command, sql)
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        return self._call(self._client.query_arrow, sql, use_strings=True)
+
+    def _insert_arrow(self, database: str, table: str, sql: str, data: pa.Table, settings: dict[str, Any]) -> None:
+        self._call(self._client.insert_arrow, table, data, database=database, settings=settings)
+
+    def close(self) -> None:
+        self._client.close()
