@@ -8,8 +8,11 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.records import RECORD_TYPES, TableSettings, create_table_sql
 from marketprism_dagster.storage.base import Store
 
-# The writer's ledger of committed JetStream sequence ranges: one row per (batch, table).
-# A restart resumes from it and integrity checks prove contiguity from it.
+# The writer's ledger of committed JetStream sequence ranges. For every committed batch
+# (a contiguous range first_seq..last_seq of one stream) the writer inserts one row with
+# data_type '*' (messages = last_seq - first_seq + 1, dead_letters counted) and one row per
+# (data_type, hour of event time) with the rows it inserted. A restart resumes from it; the
+# seal and integrity checks prove contiguity and per-hour counts from it.
 LEDGER_TABLE = "ingest_ledger"
 
 
@@ -20,6 +23,8 @@ def ledger_ddl(database: str) -> str:
         "  `first_seq` UInt64,\n"
         "  `last_seq` UInt64,\n"
         "  `data_type` LowCardinality(String),\n"
+        "  `hour` DateTime('UTC'),\n"
+        "  `messages` UInt64,\n"
         "  `rows` UInt64,\n"
         "  `dead_letters` UInt64,\n"
         "  `min_ts` Nullable(DateTime64(3, 'UTC')),\n"
@@ -27,7 +32,7 @@ def ledger_ddl(database: str) -> str:
         "  `token` String,\n"
         "  `committed_at` DateTime64(3, 'UTC')\n"
         ")\nENGINE = ReplacingMergeTree\n"
-        "ORDER BY (`stream`, `first_seq`, `data_type`)\n"
+        "ORDER BY (`stream`, `first_seq`, `data_type`, `hour`)\n"
         "SETTINGS non_replicated_deduplication_window = 10000"
     )
 
