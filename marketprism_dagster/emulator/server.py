@@ -1,0 +1,176 @@
+"""The emulator: one aiohttp server per venue on 127.0.0.1, in-loop or in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from types import TracebackType
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from .config import MARKET_SERVER, SERVERS, EmulatorConfig
+from .connection import VenueStats
+from .context import VenueContext
+from .faults import FaultLedger, VenueFaults
+from .fixtures import fixtures_dir
+from .hub import StreamHub
+
+log = structlog.get_logger()
+
+
+class _Venue(Protocol):
+    def app(self) -> web.Application: ...
+
+
+def _venue(ctx: VenueContext) -> _Venue:
+    if ctx.name.startswith("binance"):
+        from .binance import BinanceVenue
+
+        return BinanceVenue(ctx)
+    if ctx.name == "okx":
+        from .okx import OkxVenue
+
+        return OkxVenue(ctx)
+    from .deribit import DeribitVenue
+
+    return DeribitVenue(ctx)
+
+
+class Emulator:
+    """Binance / OKX / Deribit stand-in. ``async with Emulator(cfg) as emu: emu.urls``."""
+
+    def __init__(self, cfg: EmulatorConfig | None = None) -> None:
+        self.cfg = cfg or EmulatorConfig()
+        self.ledger = FaultLedger()
+        self.contexts: dict[str, VenueContext] = {}
+        self.ports: dict[str, int] = {}
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> Emulator:
+        cfg = self.cfg
+        root = fixtures_dir(cfg.fixtures)
+        plan = cfg.fault_plan
+        t0 = time.monotonic()
+        for name in cfg.venues:
+            ctx = VenueContext(name=name, cfg=cfg, root=root, faults=VenueFaults(name, plan, self.ledger, t0),
+                               stats=VenueStats(), hub=StreamHub(name, cfg.rate))
+            app = _venue(ctx).app()
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+            await runner.setup()
+            port = 0 if cfg.port == 0 else cfg.port + SERVERS.index(name)
+            site = web.TCPSite(runner, cfg.host, port, reuse_address=True)
+            await site.start()
+            server = site._server
+            assert server is not None
+            sockets = getattr(server, "sockets", None) or []
+            self.ports[name] = sockets[0].getsockname()[1] if sockets else port
+            self.contexts[name] = ctx
+            self._runners.append(runner)
+        log.info("emulator.started", mode=cfg.mode, ports=self.ports, faults=[r.text for r in plan.rules])
+        return self
+
+    async def stop(self) -> None:
+        for ctx in self.contexts.values():
+            for conn in list(ctx.conns):
+                conn.closed = True
+                with contextlib.suppress(Exception):
+                    await conn.ws.close()
+            await ctx.hub.close()
+            for task in list(ctx.tasks):
+                task.cancel()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        log.info("emulator.stopped")
+
+    async def __aenter__(self) -> Emulator:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    @property
+    def urls(self) -> dict[str, dict[str, str]]:
+        """market id -> {"rest": "http://127.0.0.1:P", "ws": "ws://127.0.0.1:P"} (OKX markets share one)."""
+        out: dict[str, dict[str, str]] = {}
+        for market, server in MARKET_SERVER.items():
+            port = self.ports.get(server)
+            if port is not None:
+                out[market] = {"rest": f"http://{self.cfg.host}:{port}", "ws": f"ws://{self.cfg.host}:{port}"}
+        return out
+
+    @property
+    def faults_fired(self) -> dict[str, dict[str, int]]:
+        """fault kind -> venue server -> times fired."""
+        return self.ledger.counts()
+
+    @property
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """venue server -> counters (connections, messages, REST requests and errors, faults)."""
+        return {
+            name: {**ctx.stats.as_dict(), "fault_frames_seen": ctx.faults.frames,
+                   "fault_requests_seen": ctx.faults.requests}
+            for name, ctx in self.contexts.items()
+        }
+
+    @classmethod
+    def start_in_thread(cls, cfg: EmulatorConfig | None = None, timeout: float = 30.0) -> EmulatorThread:
+        """Run an emulator on its own event loop in a daemon thread (for sync code and tests)."""
+        return EmulatorThread(cls(cfg), timeout)
+
+
+class EmulatorThread:
+    """A running emulator in a background thread: `.urls`, `.stats`, `.faults_fired`, `.stop()`."""
+
+    def __init__(self, emulator: Emulator, timeout: float = 30.0) -> None:
+        self.emulator = emulator
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="marketprism-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("emulator did not start in time")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self.emulator.start())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self.emulator.stop())
+        self._loop.close()
+
+    @property
+    def urls(self) -> dict[str, dict[str, str]]:
+        return self.emulator.urls
+
+    @property
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return self.emulator.stats
+
+    @property
+    def faults_fired(self) -> dict[str, dict[str, int]]:
+        return self.emulator.faults_fired
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> EmulatorThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
