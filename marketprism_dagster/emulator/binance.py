@@ -129,7 +129,7 @@ class BinanceMarket:
         for size in tape.burst_sizes(n):
             for _ in range(size):  # one burst shares the trade time
                 is_buy = rng.random() < 0.5
-                qty = rng.randint(1, 20) * inst.lot
+                qty = rng.randint(1, 20) * inst.size_step
                 price = self.book.best_ask if is_buy else self.book.best_bid
                 fills = rng.randint(1, 3)
                 if raw_trade:
@@ -162,7 +162,7 @@ class BinanceMarket:
         self.last_liq_ms = now
         rng, inst = self.liq_rng, self.inst
         sell = rng.random() < 0.5
-        qty = inst.qty(rng.randint(1, 500) * inst.lot)
+        qty = inst.qty(rng.randint(1, 500) * inst.size_step)
         ref = self.book.best_bid if sell else self.book.best_ask
         price = inst.px(max(inst.tick, ref + (-1 if sell else 1) * rng.randint(1, 30) * inst.tick))
         avg = inst.px(ref)

@@ -61,6 +61,12 @@ class Instrument:
     _qty_cache: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
+    def size_step(self) -> int:
+        """Synthetic sizes are multiples of this: about 0.001 base units, at least one lot."""
+        step = 10 ** (self.qty_dec - 3) if self.qty_dec > 3 else 1
+        return max(self.lot, step - step % self.lot)
+
+    @property
     def base(self) -> str:
         return self.symbol.split("-")[0]
 
@@ -89,7 +95,7 @@ class Instrument:
         return fmt_fixed(value // 10 ** (dec - out), out)
 
     def price_units(self, price: float) -> int:
-        raw = int(round(price * 10**self.price_dec))
+        raw = round(price * 10**self.price_dec)
         return max(self.tick, raw - raw % self.tick)
 
 
@@ -112,7 +118,7 @@ class SynthBook:
             self._set(False, mid + i * tick, self._size())
 
     def _size(self) -> int:
-        return self.rng.randint(1, 60) * self.inst.lot
+        return self.rng.randint(1, 60) * self.inst.size_step
 
     def _set(self, is_bid: bool, price: int, qty: int) -> None:
         book, keys = (self.bids, self.bid_keys) if is_bid else (self.asks, self.ask_keys)

@@ -1,0 +1,490 @@
+"""OKX v5 public: WS ``/ws/v5/public`` and the REST endpoints the collector polls.
+
+WS: text ``ping`` -> ``pong``; ``{"op":"subscribe"|"unsubscribe","args":[...]}`` with
+``event`` acks (``connId``, and ``id`` echoed when sent) or ``event:error`` (60012 invalid
+request, 60018 unknown channel/instrument). Channels: ``books`` (snapshot on subscribe, then
+updates chained by seqId/prevSeqId with the documented CRC32 checksum), ``trades``,
+``funding-rate``, ``open-interest``, ``liquidation-orders`` (instType SWAP).
+
+REST: ``/api/v5/public/instruments``, ``/public/funding-rate``, ``/public/open-interest``,
+``/market/books``, and the rubik statistics
+``/api/v5/rubik/stat/contracts/{long-short-account-ratio, long-short-account-ratio-contract,
+long-short-account-ratio-contract-top-trader, long-short-position-ratio-contract-top-trader,
+open-interest-history}`` (paths as in documented/okx_long_short_ratio.json and
+okx_open_interest.json).
+
+Replay: recorded ``books``/``trades``/``tickers`` frames verbatim; subscribe acks in the
+recorded (2022) form ``{"event":"subscribe","arg":...}`` so a client repeating the recorded
+requests receives the recorded bytes. funding-rate, open-interest, liquidation-orders and
+the rubik endpoints were never recorded: they answer with the documented examples
+(documented/okx_*.json) re-addressed to the requested instId (liquidation-orders: the
+example's instrument is kept: it names a SWAP instrument of the venue); REST books with the
+recorded snapshot of the instrument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import structlog
+from aiohttp import WSMsgType, web
+
+from . import series
+from .config import okx_inst_id
+from .connection import Conn, Frame
+from .context import VenueContext, json_response, rest_middleware, ws_response
+from .faults import FLAG_CHECKSUM, FLAG_SEQ, FaultRule
+from .fixtures import documented_example, load_session, readdress
+from .hub import TopicSpec
+from .okx_checksum import okx_checksum
+from .replay import okx_frames, replay_frames
+from .synth import Instrument, SynthBook, TradeTape, rng_for, units
+
+log = structlog.get_logger()
+
+CHANNELS = ("books", "trades", "funding-rate", "open-interest", "liquidation-orders")
+RUBIK = {
+    "long-short-account-ratio-contract": "long-short-account-ratio-contract",
+    "long-short-account-ratio-contract-top-trader": "long-short-account-ratio-contract-top-trader",
+    "long-short-position-ratio-contract-top-trader": "long-short-position-ratio-contract-top-trader",
+}
+RUBIK_PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1H": 3_600_000, "2H": 7_200_000,
+                 "4H": 14_400_000, "6H": 21_600_000, "12H": 43_200_000, "1D": 86_400_000,
+                 "6Hutc": 21_600_000, "12Hutc": 43_200_000, "1Dutc": 86_400_000}
+_conn_ids = itertools.count(0xA4D3AE55)
+
+
+@lru_cache(maxsize=2)
+def _recorded_instruments(root: Path) -> dict[str, bytes]:
+    """instType (plus '&uly=' for options) -> the last recorded instruments answer."""
+    out: dict[str, bytes] = {}
+    for rec in load_session(root, "okx.info"):
+        query = parse_qs(urlsplit(rec.url).query)
+        key = query.get("instType", [""])[0] + "".join(f"&uly={u}" for u in query.get("uly", []))
+        if rec.payload is not None:
+            out[key] = rec.payload
+    return out
+
+
+def _levels(inst: Instrument, changes: list[tuple[int, int]]) -> list[list[str]]:
+    px, qty = inst.px, inst.qty
+    return [[px(p), qty(q), "0", str(1 + (p ^ q) % 9) if q else "0"] for p, q in changes]
+
+
+class OkxMarket:
+    def __init__(self, venue: OkxVenue, inst: Instrument, inst_type: str) -> None:
+        self.venue = venue
+        self.inst = inst
+        self.inst_type = inst_type
+        seed, iid = venue.ctx.cfg.seed, inst.venue_symbol
+        self.book = SynthBook(inst, rng_for(seed, "okx", iid, "book"), levels=venue.ctx.cfg.book_levels)
+        self.seq = 10_000
+        self.tape = TradeTape(rng_for(seed, "okx", iid, "trades"))
+        self.liq_rng = rng_for(seed, "okx", iid, "liq")
+
+    def _checksum(self) -> int:
+        inst, book = self.inst, self.book
+        bids = [(inst.px(p), inst.qty(q)) for p, q in book.top_bids(25)]
+        asks = [(inst.px(p), inst.qty(q)) for p, q in book.top_asks(25)]
+        return okx_checksum(bids, asks)
+
+    def snapshot_frame(self, topic: str) -> Frame:
+        inst, book = self.inst, self.book
+        now = self.venue.ctx.clock.now_ms()
+        data = {"asks": _levels(inst, book.top_asks(400)), "bids": _levels(inst, book.top_bids(400)),
+                "ts": str(now), "checksum": self._checksum(), "prevSeqId": -1, "seqId": self.seq}
+        msg = {"arg": {"channel": "books", "instId": inst.venue_symbol}, "action": "snapshot", "data": [data]}
+        return Frame(topic, orjson.dumps(msg), FLAG_CHECKSUM)
+
+    def update_frames(self, topic: str, n: int) -> list[Frame]:
+        out: list[Frame] = []
+        inst = self.inst
+        arg = {"channel": "books", "instId": inst.venue_symbol}
+        rng = self.book.rng
+        now = str(self.venue.ctx.clock.now_ms())
+        for _ in range(n):
+            bids, asks = self.book.step(rng.randint(1, 4))
+            prev = self.seq
+            self.seq += rng.randint(1, 5)
+            data = {"asks": _levels(inst, asks), "bids": _levels(inst, bids), "ts": now,
+                    "checksum": self._checksum(), "prevSeqId": prev, "seqId": self.seq}
+            out.append(Frame(topic, orjson.dumps({"arg": arg, "action": "update", "data": [data]}),
+                             FLAG_SEQ | FLAG_CHECKSUM))
+        return out
+
+    def trade_frames(self, topic: str, n: int) -> list[Frame]:
+        out: list[Frame] = []
+        inst, tape, rng = self.inst, self.tape, self.tape.rng
+        arg = {"channel": "trades", "instId": inst.venue_symbol}
+        now = str(self.venue.ctx.clock.now_ms())
+        for size in tape.burst_sizes(n):
+            for _ in range(size):  # a burst shares one millisecond, each trade its own id
+                is_buy = rng.random() < 0.5
+                price = self.book.best_ask if is_buy else self.book.best_bid
+                data = {"instId": inst.venue_symbol, "tradeId": str(tape.next_id), "px": inst.px(price),
+                        "sz": inst.qty(rng.randint(1, 20) * inst.size_step), "side": "buy" if is_buy else "sell",
+                        "ts": now, "count": "1", "seqId": tape.next_agg_id}
+                tape.next_id += 1
+                tape.next_agg_id += 1
+                out.append(Frame(topic, orjson.dumps({"arg": arg, "data": [data]})))
+        return out
+
+    def funding(self, now: int) -> dict[str, Any]:
+        seed, sym = self.venue.ctx.cfg.seed, self.inst.symbol
+        funding_time = series.next_boundary(now, series.FUNDING_PERIOD_MS)
+        rate = series.funding_rate(seed, sym, now)
+        return {"formulaType": "noRate", "fundingRate": f"{rate:.16f}", "fundingTime": str(funding_time),
+                "impactValue": "", "instId": self.inst.venue_symbol, "instType": "SWAP", "interestRate": "",
+                "maxFundingRate": "0.00375", "method": "current_period", "minFundingRate": "-0.00375",
+                "nextFundingRate": "", "nextFundingTime": str(funding_time + series.FUNDING_PERIOD_MS),
+                "premium": f"{rate * 0.9:.16f}", "settFundingRate": f"{series.funding_rate(seed, sym, now - 28_800_000):.16f}",
+                "settState": "settled", "ts": str(now)}
+
+    def open_interest(self, now: int) -> dict[str, Any]:
+        base = series.open_interest_base(self.venue.ctx.cfg.seed, self.inst.symbol, now)
+        ct_val = float(self.inst.ct_val or 1)
+        contracts = round(base / ct_val, 2)
+        return {"instId": self.inst.venue_symbol, "instType": self.inst_type, "oi": f"{contracts:.2f}",
+                "oiCcy": f"{contracts * ct_val:.8f}", "oiUsd": f"{contracts * ct_val * self.book.mid():.4f}",
+                "ts": str(now)}
+
+    def liquidation(self, now: int) -> dict[str, Any]:
+        rng, inst = self.liq_rng, self.inst
+        details = []
+        for i in range(rng.randint(2, 4)):
+            short = rng.random() < 0.5
+            ref = self.book.best_ask if short else self.book.best_bid
+            details.append({"bkLoss": "0", "bkPx": inst.px(ref), "ccy": "", "posSide": "short" if short else "long",
+                            "side": "buy" if short else "sell", "sz": inst.qty(rng.randint(1, 200) * inst.size_step),
+                            "ts": str(now - 40 * i)})
+        uly = inst.symbol
+        return {"details": details, "instFamily": uly, "instId": inst.venue_symbol, "instType": "SWAP", "uly": uly}
+
+
+class OkxVenue:
+    def __init__(self, ctx: VenueContext) -> None:
+        self.ctx = ctx
+        self.recorded = _recorded_instruments(ctx.root)
+        self.instruments: dict[str, dict[str, Any]] = {}
+        for key in ("SPOT", "SWAP"):
+            for item in orjson.loads(self.recorded.get(key, b'{"data":[]}'))["data"]:
+                self.instruments[item["instId"]] = item
+        self.configured: dict[str, str] = {}  # instId -> market id
+        for market in ("okx_spot", "okx_derivatives"):
+            for sym in ctx.cfg.symbols.get(market, ()):
+                self.configured[okx_inst_id(sym, market)] = market
+        if not ctx.replay:
+            self._add_missing()
+        self.markets: dict[str, OkxMarket] = {}
+        self.frames = okx_frames(ctx.root) if ctx.replay else []
+        self.recorded_books: dict[str, dict[str, Any]] = {}
+        if ctx.replay:
+            for rec in self.frames:
+                msg = orjson.loads(rec.payload)
+                iid = msg["arg"].get("instId")
+                if msg.get("action") == "snapshot" and iid not in self.recorded_books:
+                    self.recorded_books[iid] = msg["data"][0]
+
+    def _add_missing(self) -> None:
+        for iid, market in self.configured.items():
+            if iid in self.instruments:
+                continue
+            swap = market == "okx_derivatives"
+            template = copy.deepcopy(self.instruments.get("BTC-USDT-SWAP" if swap else "BTC-USDT", {}))
+            base, quote = iid.split("-")[:2]
+            values = {"instId": iid, "baseCcy": "" if swap else base, "quoteCcy": "" if swap else quote,
+                      "uly": f"{base}-{quote}" if swap else "", "instFamily": f"{base}-{quote}" if swap else "",
+                      "ctValCcy": base if swap else "", "settleCcy": quote if swap else ""}
+            self.instruments[iid] = readdress(template, values)
+
+    def instrument(self, iid: str) -> Instrument | None:
+        item = self.instruments.get(iid)
+        if item is None:
+            return None
+        price_dec, tick = units(item.get("tickSz") or "0.1")
+        qty_dec, lot = units(item.get("lotSz") or "0.00000001")
+        base, quote = iid.split("-")[:2]
+        return Instrument(f"{base}-{quote}", iid, price_dec, tick, qty_dec, lot, None, None, item.get("ctVal", ""))
+
+    def market(self, iid: str) -> OkxMarket | None:
+        found = self.markets.get(iid)
+        if found is None:
+            inst = self.instrument(iid)
+            if inst is None:
+                return None
+            found = self.markets[iid] = OkxMarket(self, inst, self.instruments[iid].get("instType", "SPOT"))
+        return found
+
+    # ---- WebSocket ------------------------------------------------------------------
+    async def ws_handler(self, request: web.Request) -> web.StreamResponse:
+        ws = ws_response()
+        await ws.prepare(request)
+        ctx = self.ctx
+        conn = Conn(ws, ctx.faults, ctx.stats)
+        conn_id = f"{next(_conn_ids) & 0xFFFFFFFF:08x}"
+        ctx.conns.add(conn)
+        ctx.stats.ws_connections += 1
+        ctx.stats.ws_open += 1
+        replay_task: asyncio.Task[None] | None = None
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                ctx.stats.ws_requests += 1
+                if msg.data == "ping":
+                    await conn.send_control(b"pong")
+                    continue
+                await self._on_request(conn, conn_id, msg.data)
+                if ctx.replay and replay_task is None and conn.subs:
+                    replay_task = ctx.spawn(self._replay(conn))
+        finally:
+            conn.closed = True
+            ctx.hub.drop(conn)
+            ctx.conns.discard(conn)
+            ctx.stats.ws_open -= 1
+            if replay_task is not None:
+                replay_task.cancel()
+        return ws
+
+    async def _replay(self, conn: Conn) -> None:
+        await asyncio.sleep(self.ctx.cfg.replay_settle)
+        await replay_frames(conn, self.frames, self.ctx.cfg.speed, conn.subs.__contains__,
+                            lambda r: Frame(r.topic, r.payload, r.flags))
+
+    def _error(self, conn_id: str, code: str, msg: str, req_id: Any) -> bytes:
+        body: dict[str, Any] = {"event": "error", "code": code, "msg": msg, "connId": conn_id}
+        return orjson.dumps({"id": req_id, **body} if req_id is not None else body)
+
+    async def _on_request(self, conn: Conn, conn_id: str, text: str) -> None:
+        try:
+            req = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            req = None
+        op = req.get("op") if isinstance(req, dict) else None
+        args = req.get("args") if isinstance(req, dict) else None
+        req_id = req.get("id") if isinstance(req, dict) else None
+        if op not in ("subscribe", "unsubscribe") or not isinstance(args, list) or not args:
+            await conn.send_control(self._error(conn_id, "60012", f"Invalid request: {text}", req_id))
+            return
+        for arg in args:
+            if not isinstance(arg, dict):
+                await conn.send_control(self._error(conn_id, "60012", f"Invalid request: {text}", req_id))
+                continue
+            channel = arg.get("channel")
+            key = arg.get("instType") if channel == "liquidation-orders" else arg.get("instId")
+            topic = f"{channel}:{key}"
+            valid = channel in CHANNELS and (
+                (channel == "liquidation-orders" and key == "SWAP") or key in self.instruments
+                or (self.ctx.replay and any(f.topic == topic for f in self.frames)))
+            if channel not in CHANNELS and self.ctx.replay and any(f.topic == topic for f in self.frames):
+                valid = True  # recorded channels (tickers) replay too
+            if not valid:
+                await conn.send_control(self._error(
+                    conn_id, "60018", f"Wrong URL or channel:{channel},instId:{key} doesn't exist. Please use "
+                    "the correct URL, channel and parameters referring to API document.", req_id))
+                continue
+            if self.ctx.replay:
+                ack: dict[str, Any] = {"event": op, "arg": arg}
+            else:
+                ack = {"event": op, "arg": arg, "connId": conn_id}
+                if req_id is not None:
+                    ack = {"id": req_id, **ack}
+            if op == "unsubscribe":
+                self.ctx.hub.unsubscribe(conn, topic)
+                await conn.send_control(orjson.dumps(ack))
+                continue
+            await conn.send_control(orjson.dumps(ack))
+            await self._subscribe(conn, topic, str(channel), str(key))
+
+    async def _subscribe(self, conn: Conn, topic: str, channel: str, key: str) -> None:
+        if self.ctx.replay:
+            conn.subs.add(topic)
+            await conn.send_frames(self._documented_push(topic, channel, key))
+            return
+        cfg = self.ctx.cfg
+        if channel == "liquidation-orders":
+            rng = rng_for(cfg.seed, "okx", "liq-all")
+            swaps = [iid for iid, m in self.configured.items() if m == "okx_derivatives"]
+            spec = TopicSpec(topic, lambda n: self._liquidation_frames(topic, swaps, rng), "sporadic",
+                             cfg.period("liquidation"), rng)
+            self.ctx.hub.subscribe(conn, spec)
+            return
+        market = self.market(key)
+        assert market is not None
+        arg = {"channel": channel, "instId": key}
+        if channel == "books":
+            snapshot = market.snapshot_frame(topic)
+            self.ctx.hub.subscribe(conn, TopicSpec(topic, lambda n: market.update_frames(topic, n)))
+            await conn.send_frames([snapshot])  # no await between snapshot and joining the stream
+        elif channel == "trades":
+            self.ctx.hub.subscribe(conn, TopicSpec(topic, lambda n: market.trade_frames(topic, n)))
+        elif channel == "funding-rate":
+            self.ctx.hub.subscribe(conn, TopicSpec(topic, lambda n: [Frame(topic, orjson.dumps(
+                {"arg": arg, "data": [market.funding(self.ctx.clock.now_ms())]}))], "period",
+                cfg.period("okx_funding_rate")))
+        elif channel == "open-interest":
+            self.ctx.hub.subscribe(conn, TopicSpec(topic, lambda n: [Frame(topic, orjson.dumps(
+                {"arg": arg, "data": [market.open_interest(self.ctx.clock.now_ms())]}))], "period",
+                cfg.period("okx_open_interest")))
+
+    def _liquidation_frames(self, topic: str, swaps: list[str], rng: Any) -> list[Frame]:
+        market = self.market(rng.choice(swaps)) if swaps else None
+        if market is None:
+            return []
+        data = market.liquidation(self.ctx.clock.now_ms())
+        return [Frame(topic, orjson.dumps({"arg": {"channel": "liquidation-orders", "instType": "SWAP"},
+                                           "data": [data]}))]
+
+    def _documented_push(self, topic: str, channel: str, key: str) -> list[Frame]:
+        root = self.ctx.root
+        if channel == "funding-rate":
+            body = readdress(documented_example(root, "okx_funding_rate", "okx/funding-rate/push"), {"instId": key})
+        elif channel == "open-interest":
+            body = readdress(documented_example(root, "okx_open_interest", "okx/open-interest/push"), {"instId": key})
+        elif channel == "liquidation-orders":
+            body = documented_example(root, "okx_liquidation_orders", "okx/liquidation-orders/push")
+            body.pop("id", None)
+        else:
+            return []
+        return [Frame(topic, orjson.dumps(body))]
+
+    # ---- REST -----------------------------------------------------------------------
+    @staticmethod
+    def _ok(data: Any) -> web.Response:
+        return json_response({"code": "0", "data": data, "msg": ""})
+
+    @staticmethod
+    def _bad_inst() -> web.Response:
+        return json_response({"code": "51001", "data": [], "msg": "Instrument ID or Spread ID doesn't exist."})
+
+    @staticmethod
+    def _missing(param: str) -> web.Response:
+        return json_response({"code": "50014", "data": [], "msg": f"Parameter {param} can not be empty."}, 400)
+
+    async def get_instruments(self, request: web.Request) -> web.Response:
+        inst_type = request.query.get("instType", "")
+        if not inst_type:
+            return self._missing("instType")
+        iid = request.query.get("instId")
+        if self.ctx.replay and not iid and inst_type in self.recorded:
+            return json_response(self.recorded[inst_type])
+        items = [i for i in self.instruments.values() if i.get("instType") == inst_type]
+        if iid:
+            items = [i for i in items if i["instId"] == iid]
+        return self._ok(items)
+
+    async def funding_rate(self, request: web.Request) -> web.Response:
+        iid = request.query.get("instId", "")
+        if not iid:
+            return self._missing("instId")
+        if self.ctx.replay:
+            return json_response(readdress(documented_example(self.ctx.root, "okx_funding_rate", "okx/funding-rate/rest"),
+                                           {"instId": iid}))
+        market = self.market(iid)
+        if market is None or market.inst_type != "SWAP":
+            return self._bad_inst()
+        return self._ok([market.funding(self.ctx.clock.now_ms())])
+
+    async def open_interest(self, request: web.Request) -> web.Response:
+        iid = request.query.get("instId", "")
+        inst_type = request.query.get("instType", "")
+        if not inst_type:
+            return self._missing("instType")
+        if self.ctx.replay:
+            return json_response(readdress(documented_example(self.ctx.root, "okx_open_interest",
+                                                              "okx/open-interest/rest"), {"instId": iid}))
+        now = self.ctx.clock.now_ms()
+        ids = [iid] if iid else [i for i, m in self.configured.items() if m == "okx_derivatives"]
+        out = []
+        for one in ids:
+            market = self.market(one)
+            if market is None or market.inst_type != inst_type:
+                return self._bad_inst()
+            out.append(market.open_interest(now))
+        return self._ok(out)
+
+    async def books(self, request: web.Request) -> web.Response:
+        iid = request.query.get("instId", "")
+        if not iid:
+            return self._missing("instId")
+        try:
+            size = max(1, min(int(request.query.get("sz", "1")), 400))
+        except ValueError:
+            size = 1
+        if self.ctx.replay:
+            snap = self.recorded_books.get(iid)
+            if snap is None:
+                return self._bad_inst()
+            return self._ok([{"asks": snap["asks"][:size], "bids": snap["bids"][:size], "ts": snap["ts"]}])
+        market = self.market(iid)
+        if market is None:
+            return self._bad_inst()
+        inst, book = market.inst, market.book
+        return self._ok([{"asks": _levels(inst, book.top_asks(size)), "bids": _levels(inst, book.top_bids(size)),
+                          "ts": str(self.ctx.clock.now_ms())}])
+
+    async def rubik(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        q = request.query
+        period = q.get("period", "5m")
+        if name == "long-short-account-ratio":
+            key, example = q.get("ccy", ""), "okx/long-short-account-ratio/rest"
+            if not key:
+                return self._missing("ccy")
+        elif name in RUBIK:
+            key, example = q.get("instId", ""), f"okx/{name}/rest"
+            if not key:
+                return self._missing("instId")
+        elif name == "open-interest-history":
+            key, example = q.get("instId", ""), "okx/open-interest-history/rest"
+        else:
+            return json_response({"code": "50014", "data": [], "msg": "Path not found"}, 404)
+        if period not in RUBIK_PERIODS:
+            return json_response({"code": "51000", "data": [], "msg": "Parameter period error"}, 400)
+        if self.ctx.replay:
+            file = "okx_open_interest" if name == "open-interest-history" else "okx_long_short_ratio"
+            return json_response(documented_example(self.ctx.root, file, example))
+        if name != "long-short-account-ratio" and self.market(key) is None:
+            return self._bad_inst()
+        try:
+            limit = max(1, min(int(q.get("limit", "100")), 100))
+            begin = int(q["begin"]) if "begin" in q else None
+            end = int(q["end"]) if "end" in q else None
+        except ValueError:
+            return json_response({"code": "51000", "data": [], "msg": "Parameter limit error"}, 400)
+        seed = self.ctx.cfg.seed
+        stamps = series.series_timestamps(RUBIK_PERIODS[period], self.ctx.clock.now_ms(), limit, begin, end)
+        rows: list[list[str]] = []
+        for ts in reversed(stamps):  # newest first, as OKX answers
+            if name == "open-interest-history":
+                market = self.market(key)
+                assert market is not None
+                oi = market.open_interest(ts)
+                rows.append([str(ts), oi["oi"], oi["oiCcy"], oi["oiUsd"]])
+            else:
+                ratio, _, _ = series.ratio_strings(seed, f"okx:{name}:{key}", ts)
+                rows.append([str(ts), ratio])
+        return self._ok(rows)
+
+    def fault_response(self, rule: FaultRule) -> web.Response:
+        if rule.kind == "rest_429":
+            return json_response({"code": "50011", "data": [], "msg": "Too Many Requests"}, 429, {"Retry-After": "1"})
+        return json_response({"code": "50001", "data": [], "msg": "Service temporarily unavailable. Please try again "
+                              "later."}, 503)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[rest_middleware(self.ctx, self.fault_response)])
+        app.router.add_get("/ws/v5/public", self.ws_handler)
+        app.router.add_get("/api/v5/public/instruments", self.get_instruments)
+        app.router.add_get("/api/v5/public/funding-rate", self.funding_rate)
+        app.router.add_get("/api/v5/public/open-interest", self.open_interest)
+        app.router.add_get("/api/v5/market/books", self.books)
+        app.router.add_get("/api/v5/rubik/stat/contracts/{name}", self.rubik)
+        return app
