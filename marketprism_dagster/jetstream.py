@@ -42,11 +42,15 @@ def stream_config(name: str, cfg: StreamConfig) -> js_api.StreamConfig:
     )
 
 
+def _plain(value: object) -> object:
+    return getattr(value, "value", value)
+
+
 def _differs(current: js_api.StreamConfig, wanted: js_api.StreamConfig) -> list[str]:
     fields = ("subjects", "max_bytes", "max_age", "duplicate_window", "num_replicas", "discard", "retention")
     out = []
     for f in fields:
-        a, b = getattr(current, f), getattr(wanted, f)
+        a, b = _plain(getattr(current, f)), _plain(getattr(wanted, f))
         if f == "subjects":
             a, b = sorted(a or []), sorted(b or [])
         if f in ("max_age", "duplicate_window"):
@@ -65,10 +69,11 @@ async def ensure_stream(js: JetStreamContext, name: str, cfg: StreamConfig) -> S
         return StreamReport(name, "created")
     current = info.config
     for f in IMMUTABLE:
-        if getattr(current, f) != getattr(wanted, f):
+        have, want = _plain(getattr(current, f)), _plain(getattr(wanted, f))
+        if have != want:
             raise StreamConflict(
-                f"stream {name}: {f} is {getattr(current, f).value!r} on the server but "
-                f"{getattr(wanted, f).value!r} in config (streams.{name}.{f}); JetStream cannot change it in "
+                f"stream {name}: {f} is {have!r} on the server but "
+                f"{want!r} in config (streams.{name}.{f}); JetStream cannot change it in "
                 f"place. Either set streams.{name}.{f} back, or back up and delete the stream "
                 f"(nats stream rm {name}) so it can be recreated. Nothing was deleted."
             )

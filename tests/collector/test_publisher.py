@@ -1,0 +1,104 @@
+"""JetStreamPublisher against a real nats-server: acks, dedup, bounded buffer, NATS restart, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from collector_helpers import connect_nats, fixture_trades, stream_messages
+from nats.aio.client import Client as NATS
+
+from marketprism_dagster import records
+from marketprism_dagster.config import Settings
+from marketprism_dagster.jetstream import ensure_streams
+from marketprism_dagster.nats_server import EmbeddedNats
+from marketprism_dagster.publisher import JetStreamPublisher
+
+
+def submit_all(pub: JetStreamPublisher, recs: list) -> int:
+    return sum(pub.submit(records.subject(r), records.encode(r), records.msg_id(r)) for r in recs)
+
+
+async def test_every_record_is_stored_once_with_its_msg_id(js_nc: NATS, fixtures_dir: Path) -> None:
+    recs = fixture_trades(fixtures_dir, 3000)
+    pub = await JetStreamPublisher(js_nc, max_inflight=256).start()
+    assert submit_all(pub, recs) == 3000
+    assert await pub.flush(20)
+    await pub.close()
+    assert (pub.stats.acked, pub.stats.duplicates, pub.stats.dropped, pub.stats.failed) == (3000, 0, 0, 0)
+    assert sum(pub.stats.latency_buckets) == 3000
+    msgs = await stream_messages(js_nc, "MARKET_DATA")
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == [records.msg_id(r) for r in recs]
+    assert [records.decode(m.data) for m in msgs] == recs
+    assert msgs[0].subject == "trade.binance_spot.spot.BTC-USDT"
+
+
+async def test_republished_identity_is_counted_as_duplicate_not_stored(js_nc: NATS, fixtures_dir: Path) -> None:
+    recs = fixture_trades(fixtures_dir, 50)
+    pub = await JetStreamPublisher(js_nc).start()
+    submit_all(pub, recs)
+    assert await pub.flush(10)
+    submit_all(pub, recs[:20])  # a reconnect or repeated poll re-publishes the same data points
+    assert await pub.flush(10)
+    await pub.close()
+    assert (pub.stats.acked, pub.stats.duplicates) == (50, 20)
+    info = await js_nc.jetstream().stream_info("MARKET_DATA")
+    assert info.state.messages == 50
+
+
+async def test_full_buffer_rejects_and_counts_without_waiting(nats_server: EmbeddedNats, fixtures_dir: Path) -> None:
+    nc = await connect_nats(nats_server.url)
+    await ensure_streams(nc.jetstream(), Settings())
+    nats_server.stop()  # NATS down: nothing drains
+    await asyncio.wait_for(_until(lambda: not nc.is_connected), 10)
+    pub = await JetStreamPublisher(nc, buffer_size=100).start()
+    recs = fixture_trades(fixtures_dir, 130)
+    accepted = submit_all(pub, recs)
+    assert accepted == 100
+    assert pub.stats.dropped == 30
+    assert pub.buffered == 100
+    await pub.close(flush_timeout=0.1)
+    with contextlib.suppress(OSError):  # nats-py raises closing a connection that is reconnecting
+        await nc.close()
+
+
+async def test_records_buffered_while_nats_restarts_are_all_delivered(
+    nats_server: EmbeddedNats, fixtures_dir: Path
+) -> None:
+    nc = await connect_nats(nats_server.url, reconnected_cb=None)
+    await ensure_streams(nc.jetstream(), Settings())
+    pub = await JetStreamPublisher(nc, ack_timeout_s=1.0).start()
+    recs = fixture_trades(fixtures_dir, 600)
+    submit_all(pub, recs[:200])
+    assert await pub.flush(10)
+    nats_server.stop()
+    await asyncio.wait_for(_until(lambda: not nc.is_connected), 10)
+    submit_all(pub, recs[200:])  # buffered: the caller never waits
+    assert pub.stats.dropped == 0
+    nats_server.start()
+    assert await pub.flush(30)
+    await pub.close()
+    msgs = await stream_messages(nc, "MARKET_DATA")
+    ids = [m.headers["Nats-Msg-Id"] for m in msgs]
+    assert sorted(ids) == sorted(records.msg_id(r) for r in recs)
+    assert pub.stats.acked == 600
+    await nc.close()
+
+
+async def test_subject_without_stream_is_retried_then_given_up_and_counted(js_nc: NATS, fixtures_dir: Path) -> None:
+    failed: list[tuple[str, str]] = []
+    pub = await JetStreamPublisher(js_nc, max_attempts=3, on_failed=lambda s, c: failed.append((s, c))).start()
+    rec = fixture_trades(fixtures_dir, 1)[0]
+    pub.submit("nostream.binance_spot.spot.BTC-USDT", records.encode(rec), records.msg_id(rec))
+    assert await pub.flush(10)
+    await pub.close()
+    assert pub.stats.errors == {"no_responders": 3}
+    assert pub.stats.retries == 2
+    assert pub.stats.failed == 1
+    assert failed == [("nostream.binance_spot.spot.BTC-USDT", "no_responders")]
+
+
+async def _until(cond, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    while not cond():
+        await asyncio.sleep(interval)
