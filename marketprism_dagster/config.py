@@ -262,6 +262,11 @@ class CollectorConfig(_Model):
     publish_buffer: int = Field(default=200_000, gt=0, description="records held while NATS is down")
     max_inflight_acks: int = Field(default=4096, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_initial_s: float = Field(default=0.5, gt=0, description="first reconnect delay, doubling to the max")
+    ws_heartbeat_s: float = Field(default=20.0, gt=0, description="WS protocol ping interval; no pong: reconnect")
+    rest_timeout_s: float = Field(default=10.0, gt=0)
+    ack_timeout_s: float = Field(default=5.0, gt=0, description="JetStream PubAck wait before resending (same Msg-Id)")
+    recent_records: int = Field(default=100, ge=1, le=1000, description="records kept per (market, type) for the API")
     shards: dict[str, list[str]] = Field(
         default_factory=lambda: {"main": []},
         description="shard name -> market ids it collects (empty = all enabled markets)",
