@@ -24,9 +24,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration."
 app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML file (env MARKETPRISM_CONFIG)")]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="override a key: key.path=value (repeatable)")
-]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: key.path=value (repeatable)")]
 NatsOpt = Annotated[str | None, typer.Option("--nats-url", help="NATS url (beats MARKETPRISM_NATS_URL)")]
 
 
@@ -76,6 +74,21 @@ def init(config: ConfigOpt = None, set_: SetOpt = None, nats_url: NatsOpt = None
         raise fail(f"init failed: {exc}") from None
     for line in lines:
         typer.echo(line)
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None, nats_url: NatsOpt = None) -> None:
+    """Run MarketPrism on the configured stack (embedded NATS + chDB by default)."""
+    from marketprism_dagster.bootstrap import initialize
+
+    loaded = load(config, set_, nats_url)
+    try:
+        lines = asyncio.run(initialize(loaded.settings))
+    except Exception as exc:
+        raise fail(f"init failed: {exc}") from None
+    for line in lines:
+        typer.echo(line)
+    typer.echo("initialized; the collector, writer and Dagster services start from `marketprism dev`")
 
 
 @app.command()

@@ -339,9 +339,7 @@ class Settings(_Model):
     def _streams_cover_types(self) -> Settings:
         for t in DATA_TYPES:
             if self.stream_for(t) is None:
-                raise ValueError(
-                    f"no stream captures subject '{t}.>'; add it to a stream's subjects under 'streams'"
-                )
+                raise ValueError(f"no stream captures subject '{t}.>'; add it to a stream's subjects under 'streams'")
         for shard, markets in self.collector.shards.items():
             unknown = [m for m in markets if m not in self.markets]
             if unknown:

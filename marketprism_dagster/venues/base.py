@@ -27,6 +27,10 @@ class Instrument:
     contract_value: Decimal | None = None  # base units per contract (OKX ctVal); None = quantities already base
     tick_size: str | None = None
     lot_size: str | None = None
+    # Added for the venue modules: True for coin-margined (inverse) contracts, whose contract
+    # value is in the QUOTE currency (OKX UNI-USD-SWAP). Their books are maintained and verified
+    # but no base-unit records are derived from them (outside our market matrix).
+    inverse: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,10 @@ class VenueAdapter(ABC):
     """Pure, per-market state machine: parsers + order books + subscription specs."""
 
     venue: str
+    # Added for offline replay (``marketprism normalize``): when True, ``load_instruments`` keeps
+    # every instrument in the metadata and the adapter follows whatever symbols the recorded
+    # messages carry, instead of the configured ``market.symbols``. The runtime leaves it False.
+    accept_all_symbols: bool = False
 
     def __init__(self, market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> None:
         self.market_id = market_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 import polars as pl
 import pytest
 
@@ -63,7 +64,9 @@ def test_record_round_trips_json_insert_select_with_exact_decimals(store, record
 def test_orderbook_levels_keep_order_and_exact_values(store, record_factory):
     book = record_factory("orderbook", 7, _now(), price=HUGE, quantity=TINY)
     store.insert("marketprism_hot", "orderbook", records.to_columns("orderbook", [book]))
-    bids = store.query_value("SELECT arrayMap(x -> (toString(x.price), toString(x.quantity)), bids) FROM marketprism_hot.orderbook")
+    bids = store.query_value(
+        "SELECT arrayMap(x -> (toString(x.price), toString(x.quantity)), bids) FROM marketprism_hot.orderbook"
+    )
     assert [tuple(b.values()) if isinstance(b, dict) else tuple(b) for b in bids] == [(HUGE, TINY), ("100.4", "1")]
 
 

@@ -46,7 +46,9 @@ async def test_streams_match_design_and_second_run_verifies(nats_server, setting
         await nc.close()
 
 
-async def test_changed_mutable_limit_is_updated_in_place_keeping_messages(nats_server, settings_factory, record_factory):
+async def test_changed_mutable_limit_is_updated_in_place_keeping_messages(
+    nats_server, settings_factory, record_factory
+):
     nc = await connect(nats_server.url)
     try:
         js = nc.jetstream()
@@ -91,7 +93,9 @@ async def test_publishing_the_same_record_twice_stores_one_message(nats_server, 
         for data_type in records.DATA_TYPES:
             rec = record_factory(data_type, 42, now)
             acks = [
-                await js.publish(records.subject(rec), records.encode(rec), headers={"Nats-Msg-Id": records.msg_id(rec)})
+                await js.publish(
+                    records.subject(rec), records.encode(rec), headers={"Nats-Msg-Id": records.msg_id(rec)}
+                )
                 for _ in range(2)
             ]
             assert acks[0].duplicate is not True and acks[1].duplicate is True

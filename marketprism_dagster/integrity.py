@@ -1,0 +1,388 @@
+"""Integrity rules as pure functions over a Store and Settings (the seeds' ``manage_all.sh integrity``).
+
+Each rule returns a ``CheckResult``; the Dagster asset checks and ``marketprism integrity``
+call the same functions. Times are compared in the database (``timestamp`` = exchange event
+time) and returned as int ms UTC so both backends give the same answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.records import RECORD_TYPES, identity_sql
+from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.schema import LEDGER_TABLE
+
+Severity = Literal["ERROR", "WARN"]
+HOT_COLD_LAG_WARN_S = 3600
+HEALTHY_FEED_STATES = frozenset({"healthy", "ok", "connected", "idle"})
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One rule's verdict. ``severity`` is what a failure means (ERROR fails the run, WARN warns)."""
+
+    check: str
+    target: str  # "hot.trade", "cold.trade", "MARKET_DATA", ...
+    passed: bool
+    severity: Severity
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "PASS" if self.passed else ("WARN" if self.severity == "WARN" else "FAIL")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def configured_types(settings: Settings) -> list[str]:
+    """Data types some enabled market collects, in declaration order."""
+    wanted = {t for m in settings.enabled_markets().values() for t in m.data_types}
+    return [t for t in RECORD_TYPES if t in wanted]
+
+
+def _fmt_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------- window presence and lag
+
+
+@dataclass(frozen=True)
+class FeedStatus:
+    """What the collector's /health says about one data type's feeds."""
+
+    healthy: bool
+    detail: str
+
+
+def collector_feed_status(settings: Settings, data_type: str, timeout_s: float = 2.0) -> FeedStatus | None:
+    """Ask the collector's ``/health`` (127.0.0.1:collector.health_port) about ``data_type``'s feeds.
+
+    None when the collector does not answer: nobody vouches for an empty window then.
+    """
+    url = f"http://127.0.0.1:{settings.collector.health_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            body = json.loads(resp.read())
+    except Exception:
+        # a 503 still carries the JSON body
+        return _feed_status_from_error(url, data_type, timeout_s)
+    return feed_status_from_health(body, data_type)
+
+
+def _feed_status_from_error(url: str, data_type: str, timeout_s: float) -> FeedStatus | None:
+    import urllib.error
+
+    try:
+        urllib.request.urlopen(url, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        try:
+            return feed_status_from_health(json.loads(exc.read()), data_type)
+        except ValueError:
+            return None
+    except Exception:
+        return None
+    return None
+
+
+def feed_status_from_health(body: dict[str, Any], data_type: str) -> FeedStatus | None:
+    coverage = (body.get("coverage") or {}).get(data_type)
+    if not isinstance(coverage, dict) or not coverage:
+        return None
+    states = {market: str((v or {}).get("status", "unknown")) for market, v in coverage.items()}
+    bad = {m: s for m, s in states.items() if s not in HEALTHY_FEED_STATES}
+    detail = ", ".join(f"{m}={s}" for m, s in sorted(states.items()))
+    return FeedStatus(healthy=not bad, detail=detail)
+
+
+def window_presence(
+    store: Store,
+    settings: Settings,
+    data_type: str,
+    *,
+    now: int | None = None,
+    feeds: FeedStatus | None = None,
+) -> CheckResult:
+    """Rows must exist within the type's window (trade/orderbook 5 min, liquidation 1 h, others 8 h).
+
+    Liquidations are rare: an empty window passes while the collector reports the feeds healthy.
+    """
+    now = now_ms() if now is None else now
+    rule = settings.window_rules[data_type]
+    db = settings.storage.hot_database
+    since = now - rule.window_s * 1000
+    rows, symbols = store.query_rows(
+        f"SELECT count(), uniqExact(exchange, symbol) FROM `{db}`.`{data_type}` "
+        f"WHERE timestamp >= fromUnixTimestamp64Milli({since}) AND timestamp <= fromUnixTimestamp64Milli({now})"
+    )[0]
+    rows, symbols = int(rows), int(symbols)
+    window = _fmt_age(rule.window_s)
+    meta: dict[str, Any] = {"rows_in_window": rows, "series_in_window": symbols, "window_s": rule.window_s}
+    if rows > 0:
+        return CheckResult(
+            "recent_window", f"hot.{data_type}", True, "ERROR", f"{rows} rows in the last {window}", meta
+        )
+    if data_type == "liquidation" and feeds is not None and feeds.healthy:
+        meta["feeds"] = feeds.detail
+        return CheckResult(
+            "recent_window",
+            f"hot.{data_type}",
+            True,
+            "ERROR",
+            f"no liquidations in the last {window}, accepted: the collector reports its liquidation feeds "
+            f"healthy ({feeds.detail})",
+            meta,
+        )
+    why = ""
+    if data_type == "liquidation":
+        meta["feeds"] = feeds.detail if feeds else "collector did not answer"
+        why = f"; liquidation feeds: {meta['feeds']}"
+    return CheckResult(
+        "recent_window", f"hot.{data_type}", False, "ERROR", f"no {data_type} rows in the last {window}{why}", meta
+    )
+
+
+def newest_ms(store: Store, database: str, data_type: str, before_ms: int | None = None) -> int | None:
+    where = f" WHERE timestamp < fromUnixTimestamp64Milli({before_ms})" if before_ms is not None else ""
+    value = store.query_value(
+        f"SELECT if(count() = 0, NULL, toUnixTimestamp64Milli(max(timestamp))) FROM `{database}`.`{data_type}`{where}"
+    )
+    return None if value is None else int(value)
+
+
+def data_lag(store: Store, settings: Settings, data_type: str, *, now: int | None = None) -> CheckResult:
+    """Newest event time vs now: WARN over ``lag_warn_s``, ERROR over ``lag_error_s``."""
+    now = now_ms() if now is None else now
+    rule = settings.window_rules[data_type]
+    newest = newest_ms(store, settings.storage.hot_database, data_type)
+    target = f"hot.{data_type}"
+    if newest is None:
+        return CheckResult("data_lag", target, False, "ERROR", f"no {data_type} rows at all", {"lag_s": None})
+    lag_s = max(0.0, (now - newest) / 1000)
+    meta = {"lag_s": round(lag_s, 3), "newest_ms": newest, "warn_s": rule.lag_warn_s, "error_s": rule.lag_error_s}
+    if lag_s > rule.lag_error_s:
+        return CheckResult("data_lag", target, False, "ERROR", f"newest {data_type} is {_fmt_age(lag_s)} old", meta)
+    if lag_s > rule.lag_warn_s:
+        return CheckResult("data_lag", target, False, "WARN", f"newest {data_type} is {_fmt_age(lag_s)} old", meta)
+    return CheckResult("data_lag", target, True, "ERROR", f"newest {data_type} is {_fmt_age(lag_s)} old", meta)
+
+
+# ---------------------------------------------------------------- duplicates and ledger gaps
+
+
+def duplicates(
+    store: Store, settings: Settings, data_type: str, *, database: str | None = None, where: str = ""
+) -> CheckResult:
+    """Rows sharing an identity (without FINAL: what is physically stored). Must be 0."""
+    db = database or settings.storage.hot_database
+    ident = identity_sql(RECORD_TYPES[data_type])
+    cond = f" WHERE {where}" if where else ""
+    dup_keys, dup_rows = store.query_rows(
+        f"SELECT count(), sum(c - 1) FROM (SELECT {ident}, count() AS c FROM `{db}`.`{data_type}`{cond} "
+        f"GROUP BY {ident} HAVING c > 1)"
+    )[0]
+    dup_keys, dup_rows = int(dup_keys or 0), int(dup_rows or 0)
+    kind = "hot" if db == settings.storage.hot_database else "cold"
+    meta = {
+        "duplicate_identities": dup_keys,
+        "extra_rows": dup_rows,
+        "identity": list(RECORD_TYPES[data_type].identity),
+    }
+    if dup_rows:
+        return CheckResult(
+            "duplicates",
+            f"{kind}.{data_type}",
+            False,
+            "ERROR",
+            f"{dup_rows} extra rows over {dup_keys} identities",
+            meta,
+        )
+    return CheckResult("duplicates", f"{kind}.{data_type}", True, "ERROR", "0 duplicates by identity", meta)
+
+
+@dataclass(frozen=True)
+class SeqRange:
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+def committed_ranges(store: Store, settings: Settings, stream: str) -> list[SeqRange]:
+    """The writer's committed batches of ``stream``, merged into maximal contiguous ranges."""
+    rows = store.query_rows(
+        f"SELECT first_seq, max(last_seq) FROM `{settings.storage.ledger_database}`.`{LEDGER_TABLE}` "
+        f"WHERE stream = '{stream}' AND data_type = '*' GROUP BY first_seq ORDER BY first_seq"
+    )
+    return merge_ranges(SeqRange(int(a), int(b)) for a, b in rows)
+
+
+def merge_ranges(ranges: Iterable[SeqRange]) -> list[SeqRange]:
+    out: list[SeqRange] = []
+    for r in sorted(ranges, key=lambda r: r.first):
+        if out and r.first <= out[-1].last + 1:
+            if r.last > out[-1].last:
+                out[-1] = SeqRange(out[-1].first, r.last)
+        else:
+            out.append(r)
+    return out
+
+
+def gaps_between(ranges: list[SeqRange], upto: int | None = None) -> list[SeqRange]:
+    """Missing sequence numbers between committed ranges (and up to ``upto`` if given)."""
+    gaps = [SeqRange(a.last + 1, b.first - 1) for a, b in itertools.pairwise(ranges)]
+    if upto is not None:
+        gaps = [SeqRange(g.first, min(g.last, upto)) for g in gaps if g.first <= upto]
+        if ranges and ranges[-1].last < upto:
+            gaps.append(SeqRange(ranges[-1].last + 1, upto))
+    return gaps
+
+
+def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:
+    """Committed JetStream sequence ranges must be contiguous: 0 gaps."""
+    ranges = committed_ranges(store, settings, stream)
+    gaps = gaps_between(ranges)
+    missing = sum(g.count for g in gaps)
+    meta: dict[str, Any] = {
+        "gaps": len(gaps),
+        "missing_messages": missing,
+        "first_seq": ranges[0].first if ranges else None,
+        "last_seq": ranges[-1].last if ranges else None,
+        "gap_ranges": [f"{g.first}-{g.last}" for g in gaps[:20]],
+    }
+    if gaps:
+        return CheckResult(
+            "ledger_gaps",
+            stream,
+            False,
+            "ERROR",
+            f"{len(gaps)} gaps, {missing} messages never committed; run `marketprism repair` to fetch them",
+            meta,
+        )
+    desc = f"seq {ranges[0].first}..{ranges[-1].last} contiguous" if ranges else "nothing committed yet"
+    return CheckResult("ledger_gaps", stream, True, "ERROR", desc, meta)
+
+
+# ---------------------------------------------------------------- hot / cold
+
+
+def content_digest(store: Store, database: str, data_type: str, where: str) -> tuple[int, int]:
+    """(rows, checksum) over the FINAL rows matching ``where``: sum of cityHash64 over all columns."""
+    cols = ", ".join(f"`{c}`" for c in RECORD_TYPES[data_type].column_names)
+    rows, digest = store.query_rows(
+        f"SELECT count(), toString(sum(cityHash64({cols}))) FROM `{database}`.`{data_type}` FINAL WHERE {where}"
+    )[0]
+    return int(rows), int(digest or 0)
+
+
+def time_where(start_ms: int, end_ms: int) -> str:
+    """Event time in [start_ms, end_ms)."""
+    return f"timestamp >= fromUnixTimestamp64Milli({start_ms}) AND timestamp < fromUnixTimestamp64Milli({end_ms})"
+
+
+def day_where(day_ms: int) -> str:
+    return time_where(day_ms, day_ms + 86_400_000)
+
+
+def hot_cold_parity(
+    store: Store, settings: Settings, data_type: str, day_ms: int, cold: Store | None = None
+) -> CheckResult:
+    """Hot and cold hold the same rows for the day: equal count and content checksum."""
+    st = settings.storage
+    where = day_where(day_ms)
+    hot_rows, hot_sum = content_digest(store, st.hot_database, data_type, where)
+    cold_rows, cold_sum = content_digest(cold or store, st.cold_database, data_type, where)
+    meta = {"hot_rows": hot_rows, "cold_rows": cold_rows, "hot_checksum": str(hot_sum), "cold_checksum": str(cold_sum)}
+    ok = hot_rows == cold_rows and hot_sum == cold_sum
+    desc = f"{hot_rows} rows, checksums equal" if ok else f"hot {hot_rows} rows vs cold {cold_rows}, checksums differ"
+    return CheckResult("hot_cold_parity", f"cold.{data_type}", ok, "ERROR", desc, meta)
+
+
+def hot_cold_lag(
+    store: Store, settings: Settings, data_type: str, *, horizon_ms: int, cold: Store | None = None
+) -> CheckResult:
+    """How far cold trails hot, over the data that could be replicated (event time < ``horizon_ms``,
+    the end of the newest fully sealed day). WARN over 60 minutes."""
+    st = settings.storage
+    hot_newest = newest_ms(store, st.hot_database, data_type, before_ms=horizon_ms)
+    cold_newest = newest_ms(cold or store, st.cold_database, data_type)
+    meta: dict[str, Any] = {"hot_newest_ms": hot_newest, "cold_newest_ms": cold_newest, "horizon_ms": horizon_ms}
+    target = f"cold.{data_type}"
+    if hot_newest is None:
+        return CheckResult("hot_cold_lag", target, True, "WARN", "nothing replicable in hot yet", meta)
+    lag_s = max(0.0, (hot_newest - (cold_newest or 0)) / 1000) if cold_newest is not None else None
+    meta["lag_s"] = lag_s
+    if lag_s is None:
+        return CheckResult("hot_cold_lag", target, False, "WARN", "cold is empty while hot has replicable rows", meta)
+    if lag_s > HOT_COLD_LAG_WARN_S:
+        return CheckResult("hot_cold_lag", target, False, "WARN", f"cold trails hot by {_fmt_age(lag_s)}", meta)
+    return CheckResult("hot_cold_lag", target, True, "WARN", f"cold trails hot by {_fmt_age(lag_s)}", meta)
+
+
+def schema_parity(store: Store, settings: Settings, data_type: str, cold: Store | None = None) -> CheckResult:
+    """Hot and cold tables have identical columns (names, types, order)."""
+    st = settings.storage
+    hot_cols = store.table_columns(st.hot_database, data_type)
+    cold_cols = (cold or store).table_columns(st.cold_database, data_type)
+    diff = sorted(set(hot_cols) ^ set(cold_cols))
+    meta = {"hot_columns": len(hot_cols), "cold_columns": len(cold_cols), "differences": [f"{n} {t}" for n, t in diff]}
+    if not hot_cols or not cold_cols:
+        return CheckResult(
+            "schema_parity", f"cold.{data_type}", False, "ERROR", "table missing; run `marketprism init`", meta
+        )
+    if hot_cols != cold_cols:
+        what = ", ".join(meta["differences"]) or "column order differs"
+        return CheckResult("schema_parity", f"cold.{data_type}", False, "ERROR", f"schemas differ: {what}", meta)
+    return CheckResult("schema_parity", f"cold.{data_type}", True, "ERROR", f"{len(hot_cols)} columns identical", meta)
+
+
+# ---------------------------------------------------------------- everything, for the CLI
+
+
+def run_all(
+    store: Store,
+    settings: Settings,
+    *,
+    now: int | None = None,
+    horizon_ms: int | None = None,
+    feed_status: FeedStatus | Literal["probe"] | None = "probe",
+    cold: Store | None = None,
+) -> list[CheckResult]:
+    """Every rule for every configured type: what ``marketprism integrity`` prints."""
+    now = now_ms() if now is None else now
+    horizon = horizon_ms if horizon_ms is not None else (now // 86_400_000) * 86_400_000
+    results: list[CheckResult] = []
+    for t in configured_types(settings):
+        feeds = None
+        if t == "liquidation":
+            feeds = collector_feed_status(settings, t) if feed_status == "probe" else feed_status
+        results.append(window_presence(store, settings, t, now=now, feeds=feeds))  # type: ignore[arg-type]
+        results.append(data_lag(store, settings, t, now=now))
+        results.append(duplicates(store, settings, t))
+        results.append(hot_cold_lag(store, settings, t, horizon_ms=horizon, cold=cold))
+        results.append(schema_parity(store, settings, t, cold=cold))
+    for stream in sorted({settings.stream_for(t) for t in configured_types(settings)} - {None}):
+        results.append(ledger_gaps(store, settings, str(stream)))
+    return results
+
+
+def all_passed(results: Iterable[CheckResult]) -> bool:
+    """Exit-0 rule of ``marketprism integrity``: every ERROR rule passes (WARNs are reported only)."""
+    return all(r.passed or r.severity == "WARN" for r in results)

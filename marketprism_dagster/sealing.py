@@ -1,0 +1,277 @@
+"""Seal a closed hour of one data type: prove from the writer's ledger that every JetStream
+message of the hour is in the hot table, repairing interior gaps from JetStream first.
+
+The proof, for stream S of the type and hour H (event time):
+
+1. the hour is closed: now >= end of H + ``seal.grace_s``;
+2. boundary B = the first message S stored at or after that cutoff (binary search over the
+   stream by stored time). A message of H published within the grace has seq < B;
+3. the ledger's committed ranges of S are contiguous from its first committed seq to B - 1.
+   An interior gap (the writer moved past it without committing) is fetched from JetStream
+   and committed through the writer's own ``commit_batch`` (same dedup tokens, same ledger
+   rows), so a repeated repair inserts nothing twice. An uncommitted tail means the writer is
+   still behind: refuse and retry later (committing it here would race the writer);
+4. the rows the ledger says were inserted for (type, H) are in the table.
+
+Without a JetStream connection step 2 is skipped and the proof rests on the ledger alone
+(``proof = "ledger"`` in the report).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.integrity import SeqRange, committed_ranges, gaps_between, now_ms, time_where
+from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.schema import LEDGER_TABLE
+
+log = structlog.get_logger(__name__)
+
+HOUR_MS = 3_600_000
+
+
+class SealRefused(Exception):
+    """The hour cannot be sealed (yet): the message says why and what to do."""
+
+    def __init__(self, message: str, report: SealReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class SealReport:
+    data_type: str
+    stream: str
+    hour_ms: int
+    rows: int = 0
+    rows_raw: int = 0
+    ledger_rows: int = 0
+    dedup_count: int = 0
+    symbols: list[str] = field(default_factory=list)
+    min_ts_ms: int | None = None
+    max_ts_ms: int | None = None
+    boundary_seq: int | None = None
+    committed_through: int | None = None
+    repaired_ranges: list[str] = field(default_factory=list)
+    repaired_messages: int = 0
+    proof: str = "ledger+jetstream"
+
+    @property
+    def hour(self) -> datetime:
+        return datetime.fromtimestamp(self.hour_ms / 1000, UTC)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "rows_raw": self.rows_raw,
+            "ledger_rows": self.ledger_rows,
+            "dedup_count": self.dedup_count,
+            "symbols": ", ".join(self.symbols),
+            "symbol_count": len(self.symbols),
+            "min_event_time": _iso(self.min_ts_ms),
+            "max_event_time": _iso(self.max_ts_ms),
+            "boundary_seq": self.boundary_seq,
+            "committed_through": self.committed_through,
+            "repaired_messages": self.repaired_messages,
+            "repaired_ranges": ", ".join(self.repaired_ranges),
+            "proof": self.proof,
+        }
+
+
+def _iso(ms: int | None) -> str:
+    return "" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def hour_start_ms(hour: datetime | int) -> int:
+    ms = hour if isinstance(hour, int) else int(hour.timestamp() * 1000)
+    return ms - ms % HOUR_MS
+
+
+async def boundary_seq(js: Any, stream: str, cutoff_ms: int) -> tuple[int, int, int]:
+    """(first seq stored at or after ``cutoff_ms`` (last + 1 if none), stream first seq, last seq)."""
+    info = await js.stream_info(stream)
+    first, last = int(info.state.first_seq), int(info.state.last_seq)
+    if last == 0 or last < first:
+        return last + 1, first, last
+
+    async def stored_ms(seq: int) -> tuple[int, int] | None:
+        from nats.js.errors import NotFoundError
+
+        try:
+            msg = await js.get_msg(stream, seq=seq, next=True)
+        except NotFoundError:
+            return None
+        return int(msg.seq), int(msg.time.timestamp() * 1000)
+
+    # Invariant: stored seqs < lo were stored before the cutoff, stored seqs >= hi at or after it.
+    lo, hi = first, last + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = await stored_ms(mid)  # the first stored seq >= mid (mid <= last, which is stored)
+        if found is None:
+            hi = mid
+            continue
+        seq, t = found
+        if t >= cutoff_ms:
+            hi = mid
+        else:
+            lo = seq + 1
+    return lo, first, last
+
+
+async def fetch_range(js: Any, stream: str, gap: SeqRange) -> list[Any]:
+    """The messages gap.first..gap.last as the writer's StreamMessage; raises SealRefused if any is gone."""
+    from nats.js.errors import NotFoundError
+
+    from marketprism_dagster.writer.ingest import StreamMessage
+
+    out = []
+    for seq in range(gap.first, gap.last + 1):
+        try:
+            m = await js.get_msg(stream, seq=seq)
+        except NotFoundError:
+            raise SealRefused(
+                f"{stream} seq {seq} is no longer in JetStream (aged out or deleted): the gap "
+                f"{gap.first}-{gap.last} cannot be repaired; the hour stays unsealed"
+            ) from None
+        out.append(StreamMessage(seq=int(m.seq), subject=str(m.subject), data=m.data or b"", headers=m.headers))
+    return out
+
+
+async def repair_gaps(js: Any, store: Store, settings: Settings, stream: str, gaps: list[SeqRange]) -> int:
+    """Fetch and commit the missing ranges through the writer's commit path; returns messages committed."""
+    from marketprism_dagster.writer.ingest import commit_batch
+
+    done = 0
+    step = settings.writer.batch_size
+    for gap in gaps:
+        for start in range(gap.first, gap.last + 1, step):
+            part = SeqRange(start, min(gap.last, start + step - 1))
+            messages = await fetch_range(js, stream, part)
+            commit_batch(store, settings, stream, messages)
+            done += len(messages)
+            log.info("seal.repaired", stream=stream, first_seq=part.first, last_seq=part.last)
+    return done
+
+
+def _ledger_rows(store: Store, settings: Settings, data_type: str, hour_ms: int) -> int:
+    value = store.query_value(
+        f"SELECT sum(rows) FROM `{settings.storage.ledger_database}`.`{LEDGER_TABLE}` FINAL "
+        f"WHERE data_type = '{data_type}' AND hour = toDateTime({hour_ms // 1000}, 'UTC')"
+    )
+    return int(value or 0)
+
+
+def _table_stats(
+    store: Store, settings: Settings, data_type: str, hour_ms: int
+) -> tuple[int, int, list[str], Any, Any]:
+    db = settings.storage.hot_database
+    where = time_where(hour_ms, hour_ms + HOUR_MS)
+    raw = int(store.query_value(f"SELECT count() FROM `{db}`.`{data_type}` WHERE {where}") or 0)
+    final, symbols, lo, hi = store.query_rows(
+        "SELECT count(), arraySort(groupUniqArray(concat(exchange, ':', symbol))), "
+        "if(count() = 0, NULL, toUnixTimestamp64Milli(min(timestamp))), "
+        "if(count() = 0, NULL, toUnixTimestamp64Milli(max(timestamp))) "
+        f"FROM `{db}`.`{data_type}` FINAL WHERE {where}"
+    )[0]
+    return raw, int(final), [str(s) for s in symbols or []], lo, hi
+
+
+async def seal_hour(
+    store: Store,
+    settings: Settings,
+    data_type: str,
+    hour: datetime | int,
+    js: Any = None,
+    *,
+    now: int | None = None,
+) -> SealReport:
+    """Seal ``hour`` (datetime or ms) of ``data_type``; raises SealRefused when it cannot be proven."""
+    now = now_ms() if now is None else now
+    h = hour_start_ms(hour)
+    stream = settings.stream_for(data_type)
+    assert stream is not None  # Settings validation guarantees a stream per type
+    report = SealReport(data_type=data_type, stream=stream, hour_ms=h)
+    cutoff = h + HOUR_MS + settings.seal.grace_s * 1000
+    if now < cutoff:
+        raise SealRefused(
+            f"hour {_iso(h)} of {data_type} closes at {_iso(cutoff)} (end + seal.grace_s={settings.seal.grace_s} s); "
+            "it is sealed automatically a few minutes after that",
+            report,
+        )
+
+    ranges = committed_ranges(store, settings, stream)
+    if js is not None:
+        b, js_first, _ = await boundary_seq(js, stream, cutoff)
+        report.boundary_seq = b
+        gaps = gaps_between(ranges, upto=b - 1)
+        if not ranges and js_first <= b - 1:
+            gaps = [SeqRange(js_first, b - 1)]
+        committed_last = ranges[-1].last if ranges else 0
+        tail = [g for g in gaps if g.first > committed_last]
+        interior = [g for g in gaps if g.first <= committed_last]
+        if tail:
+            raise SealRefused(
+                f"the hot writer has committed {stream} through seq {committed_last} but messages up to "
+                f"seq {b - 1} were stored before {_iso(cutoff)}; the writer is behind (or stopped): "
+                "retry when it catches up (check the writer run in the Dagster UI)",
+                report,
+            )
+        if interior:
+            report.repaired_ranges = [f"{g.first}-{g.last}" for g in interior]
+            report.repaired_messages = await repair_gaps(js, store, settings, stream, interior)
+            ranges = committed_ranges(store, settings, stream)
+            left = gaps_between(ranges, upto=b - 1)
+            if left:
+                raise SealRefused(f"{stream} still has gaps after repair: {left}", report)
+    else:
+        report.proof = "ledger"
+        gaps = gaps_between(ranges)
+        if gaps:
+            raise SealRefused(
+                f"{stream} has {len(gaps)} ledger gaps ({gaps[0].first}-{gaps[0].last}, ...) and no JetStream "
+                "connection to repair them; check nats.url and retry",
+                report,
+            )
+        last_commit = store.query_value(
+            f"SELECT toUnixTimestamp64Milli(max(committed_at)) FROM `{settings.storage.ledger_database}`."
+            f"`{LEDGER_TABLE}` WHERE stream = '{stream}'"
+        )
+        if not last_commit or int(last_commit) < cutoff:
+            raise SealRefused(
+                f"the hot writer has committed nothing for {stream} since {_iso(cutoff)}; without JetStream "
+                "the hour cannot be proven complete: retry with NATS reachable",
+                report,
+            )
+    report.committed_through = ranges[-1].last if ranges else None
+
+    for _attempt in range(3):
+        ledger_before = _ledger_rows(store, settings, data_type, h)
+        raw, final, symbols, lo, hi = _table_stats(store, settings, data_type, h)
+        ledger_after = _ledger_rows(store, settings, data_type, h)
+        if ledger_before == ledger_after:
+            break
+        time.sleep(0.2)  # the writer committed a late row meanwhile; measure again
+    report.ledger_rows, report.rows_raw, report.rows = ledger_after, raw, final
+    report.symbols, report.min_ts_ms, report.max_ts_ms = symbols, lo, hi
+    report.dedup_count = max(0, ledger_after - final)
+    if raw > ledger_after:
+        raise SealRefused(
+            f"{data_type} hour {_iso(h)} holds {raw} rows but the ledger accounts for {ledger_after}: rows were "
+            "inserted outside the writer; inspect them before sealing",
+            report,
+        )
+    if raw < ledger_after and raw != final:
+        raise SealRefused(
+            f"{data_type} hour {_iso(h)}: the ledger committed {ledger_after} rows, the table holds {raw} "
+            f"({final} distinct): {ledger_after - raw} rows are missing",
+            report,
+        )
+    log.info("seal.sealed", data_type=data_type, hour=_iso(h), rows=final, repaired=report.repaired_messages)
+    return report
