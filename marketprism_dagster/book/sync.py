@@ -1,0 +1,288 @@
+"""Exchange-exact book synchronization and wall-clock aligned publishing.
+
+``UpdateIdSync`` implements Binance's rules (spot: REST snapshot, buffered diffs, the first
+applied diff bridges ``lastUpdateId + 1``, then strict ``U == prev u + 1``; USD-M: the first
+applied diff has ``U <= lastUpdateId <= u``, then ``pu == prev u``). ``SeqIdSync``
+implements OKX ``books`` (snapshot in the stream, ``prevSeqId == previous seqId``, CRC32
+checksum of the top 25 levels after EVERY message). Any gap or mismatch drops the book to
+unsynchronized; nothing is published until a fresh snapshot synchronizes it again.
+
+Publishing (``Ticker``): the snapshot for tick T is the book after every update whose
+exchange event time is < T; it is taken when the first update with event time >= T arrives,
+before that update is applied. Its fields are tick=T, timestamp=event time of the last
+applied update, update_id=last applied id. Two replicas that see the same updates therefore
+produce the same (symbol, update_id) identities. ``cadence_ms == 0`` publishes after every
+applied update with tick = its event time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from marketprism_dagster.book.levels import Book, Level
+
+
+class Status(IntEnum):
+    APPLIED = 0
+    BUFFERED = 1  # waiting for a snapshot; the caller should fetch one if ``need_snapshot``
+    STALE = 2  # older than the book, ignored (normal right after a snapshot)
+    GAP = 3  # sequence broken: book dropped, resync needed
+    CHECKSUM = 4  # checksum mismatch: book dropped, resync needed
+    IGNORED = 5  # not synchronized (waiting for a snapshot from the stream)
+    SYNCED = 6  # a snapshot synchronized the book
+    SNAPSHOT_TOO_OLD = 7  # snapshot predates the buffered diffs: fetch another
+    SNAPSHOT_PENDING = 8  # snapshot loaded, waiting for the diff that bridges it
+
+
+@dataclass(frozen=True, slots=True)
+class BookSnapshot:
+    """A top-N view ready to become an ``orderbook`` record (levels in venue strings/units)."""
+
+    tick: int
+    timestamp: int
+    update_id: int
+    bids: list[Level]
+    asks: list[Level]
+
+
+class Ticker:
+    """Decides when a synchronized book is published (see module docstring)."""
+
+    __slots__ = ("cadence_ms", "depth", "last_event_ms", "ready")
+
+    def __init__(self, cadence_ms: int, depth: int) -> None:
+        self.cadence_ms = cadence_ms
+        self.depth = depth
+        self.last_event_ms: int | None = None
+        self.ready: list[BookSnapshot] = []
+
+    def reset(self) -> None:
+        self.last_event_ms = None
+
+    def before(self, book: Book, event_ms: int, update_id: int | None) -> None:
+        c = self.cadence_ms
+        last = self.last_event_ms
+        if c > 0 and last is not None and update_id is not None and event_ms // c > last // c:
+            bids, asks = book.top(self.depth)
+            self.ready.append(BookSnapshot(event_ms - event_ms % c, last, update_id, bids, asks))
+
+    def after(self, book: Book, event_ms: int, update_id: int) -> None:
+        if self.cadence_ms <= 0:
+            bids, asks = book.top(self.depth)
+            self.ready.append(BookSnapshot(event_ms, event_ms, update_id, bids, asks))
+        self.last_event_ms = event_ms
+
+    def drain(self) -> list[BookSnapshot]:
+        out, self.ready = self.ready, []
+        return out
+
+
+@dataclass(slots=True)
+class Diff:
+    first_id: int  # U
+    last_id: int  # u
+    prev_id: int | None  # pu (USD-M), None on spot
+    event_ms: int
+    bids: Sequence[Sequence[str]]
+    asks: Sequence[Sequence[str]]
+
+
+class UpdateIdSync:
+    """Binance diff-depth synchronization for one symbol (``rule`` "spot" or "usdm").
+
+    Feed every diff to ``on_diff`` and every REST snapshot body to ``on_snapshot``. When a
+    call leaves ``need_snapshot`` True the caller fetches a snapshot (then calls
+    ``snapshot_requested()``). ``synced`` is True only while the book is exact.
+    """
+
+    def __init__(self, rule: str, cadence_ms: int, depth: int, max_buffer: int = 5000) -> None:
+        if rule not in ("spot", "usdm"):
+            raise ValueError(f"rule must be 'spot' or 'usdm', got {rule!r}")
+        self.usdm = rule == "usdm"
+        self.book = Book()
+        self.ticker = Ticker(cadence_ms, depth)
+        self.buffer: deque[Diff] = deque(maxlen=max_buffer)
+        self.synced = False
+        self.bridged = False  # first diff after the snapshot applied
+        self.update_id: int | None = None  # last applied u (or snapshot lastUpdateId)
+        self.timestamp: int | None = None  # event time of the last applied diff
+        self.need_snapshot = False
+        self.snapshot_inflight = False
+        self.buffer_drops = 0
+
+    def reset(self) -> None:
+        """Forget everything (e.g. the feed reconnected)."""
+        self.book.clear()
+        self.buffer.clear()
+        self.ticker.reset()
+        self.synced = self.bridged = False
+        self.update_id = self.timestamp = None
+        self.need_snapshot = self.snapshot_inflight = False
+
+    def snapshot_requested(self) -> None:
+        self.need_snapshot = False
+        self.snapshot_inflight = True
+
+    def _desync(self) -> None:
+        self.book.clear()
+        self.buffer.clear()
+        self.ticker.reset()
+        self.synced = self.bridged = False
+        self.update_id = None
+        self.need_snapshot = True
+        self.snapshot_inflight = False
+
+    def _buffer(self, d: Diff) -> Status:
+        if len(self.buffer) == self.buffer.maxlen:
+            self.buffer_drops += 1
+        self.buffer.append(d)
+        if not self.snapshot_inflight:
+            self.need_snapshot = True
+        return Status.BUFFERED
+
+    def on_diff(self, d: Diff) -> Status:
+        if not self.synced:
+            return self._buffer(d)
+        return self._apply(d)
+
+    def _apply(self, d: Diff) -> Status:
+        last = self.update_id
+        assert last is not None
+        if not self.bridged:
+            if self.usdm:
+                if d.last_id < last:
+                    return Status.STALE
+                ok = d.first_id <= last <= d.last_id
+            else:
+                if d.last_id <= last:
+                    return Status.STALE
+                ok = d.first_id <= last + 1 <= d.last_id
+            if not ok:
+                self._desync()
+                self._buffer(d)
+                return Status.GAP
+            self.bridged = True
+        else:
+            if self.usdm and d.prev_id is not None:
+                ok = d.prev_id == last
+            else:
+                if d.last_id <= last:
+                    return Status.STALE
+                ok = d.first_id == last + 1
+            if not ok:
+                self._desync()
+                self._buffer(d)
+                return Status.GAP
+        book = self.book
+        self.ticker.before(book, d.event_ms, last)
+        book.apply(d.bids, d.asks)
+        self.update_id = d.last_id
+        self.timestamp = d.event_ms
+        self.ticker.after(book, d.event_ms, d.last_id)
+        return Status.APPLIED
+
+    def on_snapshot(self, last_update_id: int, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> Status:
+        self.snapshot_inflight = False
+        buffered = list(self.buffer)
+        self.buffer.clear()
+        # a snapshot older than the first buffered diff cannot be bridged: fetch another
+        if buffered:
+            first = buffered[0]
+            too_old = last_update_id < first.first_id if self.usdm else last_update_id + 1 < first.first_id
+            if too_old:
+                self.buffer.extend(buffered)
+                self.need_snapshot = True
+                return Status.SNAPSHOT_TOO_OLD
+        self.book.load(bids, asks)
+        self.ticker.reset()
+        self.update_id = last_update_id
+        self.timestamp = None
+        self.synced = True
+        self.bridged = False
+        self.need_snapshot = False
+        for d in buffered:
+            st = self._apply(d)
+            if st is Status.GAP:
+                # the buffer itself is broken after the snapshot: _apply re-buffered d
+                return Status.GAP
+        return Status.SYNCED if self.bridged else Status.SNAPSHOT_PENDING
+
+
+class SeqIdSync:
+    """OKX ``books`` synchronization for one instrument (snapshot arrives in the stream)."""
+
+    CHECKSUM_LEVELS = 25
+
+    def __init__(self, cadence_ms: int, depth: int) -> None:
+        self.book = Book()
+        self.ticker = Ticker(cadence_ms, depth)
+        self.synced = False
+        self.seq_id: int | None = None
+        self.timestamp: int | None = None
+        self.update_count = 0  # messages applied since the snapshot (fallback identity when no seqId)
+        self.checksums_verified = 0
+        self._crc: int | None = None  # cached checksum while the top levels are unchanged
+
+    def reset(self) -> None:
+        self.book.clear()
+        self.ticker.reset()
+        self.synced = False
+        self.seq_id = self.timestamp = None
+        self._crc = None
+
+    def _verify(self, checksum: int | None, touched: bool) -> bool:
+        if checksum is None:
+            return True
+        if touched or self._crc is None:
+            self._crc = self.book.okx_checksum(self.CHECKSUM_LEVELS)
+        self.checksums_verified += 1
+        return self._crc == checksum
+
+    def on_snapshot(
+        self,
+        seq_id: int | None,
+        ts: int,
+        bids: Sequence[Sequence[str]],
+        asks: Sequence[Sequence[str]],
+        checksum: int | None,
+    ) -> Status:
+        self.book.load(bids, asks)
+        self.ticker.reset()
+        self._crc = None
+        if not self._verify(checksum, True):
+            self.reset()
+            return Status.CHECKSUM
+        self.synced = True
+        self.seq_id = seq_id
+        self.timestamp = ts
+        self.ticker.last_event_ms = ts
+        return Status.SYNCED
+
+    def on_update(
+        self,
+        seq_id: int | None,
+        prev_seq_id: int | None,
+        ts: int,
+        bids: Sequence[Sequence[str]],
+        asks: Sequence[Sequence[str]],
+        checksum: int | None,
+    ) -> Status:
+        if not self.synced:
+            return Status.IGNORED
+        if seq_id is not None and prev_seq_id is not None and self.seq_id is not None and prev_seq_id != self.seq_id:
+            self.reset()
+            return Status.GAP
+        book = self.book
+        uid = self.seq_id if self.seq_id is not None else self.timestamp
+        self.ticker.before(book, ts, uid)
+        touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
+        if not self._verify(checksum, touched):
+            self.reset()
+            return Status.CHECKSUM
+        self.seq_id = seq_id
+        self.timestamp = ts
+        self.ticker.after(book, ts, seq_id if seq_id is not None else ts)
+        return Status.APPLIED

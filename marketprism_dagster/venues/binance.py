@@ -1,0 +1,417 @@
+"""Binance spot and USD-M perpetuals: channel specs, symbol mapping, pure parsers, book sync.
+
+Streams (2026 routes; every URL is built from ``market.ws_url`` / ``market.rest_url``):
+
+* spot: ``{ws}/stream?streams=<sym>@depth@100ms/<sym>@aggTrade`` (one feed);
+* USD-M: ``{ws}/public/stream?streams=<sym>@depth@100ms`` and
+  ``{ws}/market/stream?streams=<sym>@aggTrade/<sym>@markPrice@1s/<sym>@forceOrder``.
+
+REST: depth snapshots ``/api/v3/depth`` / ``/fapi/v1/depth`` (requested through
+``FetchSnapshot`` when a book needs one), instruments from ``exchangeInfo``, and polls for
+``/fapi/v1/openInterest`` and the two long/short ratios
+(``/futures/data/topLongShortPositionRatio`` = lsr_top_position,
+``/futures/data/globalLongShortAccountRatio`` = lsr_all_account).
+
+Messages are routed by content (``e``), not by feed key, so one combined recorded stream
+(the 2021 sessions) replays through the same code as the split 2026 routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from marketprism_dagster.book import Diff, Status, UpdateIdSync
+from marketprism_dagster.config import MarketConfig, OrderBookConfig
+from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
+from marketprism_dagster.venues.base import FetchSnapshot, Instrument, Output, RestPoll, VenueAdapter, WsFeed
+from marketprism_dagster.venues.common import PERIOD_SECONDS, ErrorLog, book_record
+
+SPOT_DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # limit upper bound -> weight
+USDM_DEPTH_WEIGHTS = ((50, 2), (100, 5), (500, 10), (1000, 20))
+
+LSR_PATHS = {
+    "lsr_top_position": "/futures/data/topLongShortPositionRatio",
+    "lsr_all_account": "/futures/data/globalLongShortAccountRatio",
+}
+LSR_LIMIT = 3  # several points per poll; JetStream dedup drops the repeats
+
+
+def depth_weight(limit: int, spot: bool) -> int:
+    table = SPOT_DEPTH_WEIGHTS if spot else USDM_DEPTH_WEIGHTS
+    for bound, weight in table:
+        if limit <= bound:
+            return weight
+    return table[-1][1]
+
+
+def parse_exchange_info(body: bytes | str, perpetual: bool) -> list[Instrument]:
+    """Instruments from ``exchangeInfo`` (spot or fapi); USD-M keeps ``contractType == PERPETUAL``
+    unless ``perpetual`` is False."""
+    out: list[Instrument] = []
+    for s in orjson.loads(body)["symbols"]:
+        if perpetual and s.get("contractType", "PERPETUAL") != "PERPETUAL":
+            continue
+        tick = lot = None
+        for f in s.get("filters", ()):
+            if f.get("filterType") == "PRICE_FILTER":
+                tick = f.get("tickSize")
+            elif f.get("filterType") == "LOT_SIZE":
+                lot = f.get("stepSize")
+        out.append(
+            Instrument(
+                symbol=f"{s['baseAsset']}-{s['quoteAsset']}",
+                exchange_symbol=s["symbol"],
+                base=s["baseAsset"],
+                quote=s["quoteAsset"],
+                tick_size=tick,
+                lot_size=lot,
+            )
+        )
+    return out
+
+
+class BinanceAdapter(VenueAdapter):
+    venue = "binance"
+
+    def __init__(self, market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> None:
+        super().__init__(market_id, market, orderbook)
+        self.spot = market.market_type == "spot"
+        self.market_type = market.market_type
+        self.books: dict[str, UpdateIdSync] = {}
+        self.mark_price: dict[str, str] = {}  # latest mark price per exchange symbol (markPrice stream)
+        self.errors = ErrorLog(market_id)
+        self._handlers = {
+            "aggTrade": self._agg_trade,
+            "depthUpdate": self._depth,
+            "markPriceUpdate": self._mark_price,
+            "forceOrder": self._force_order,
+        }
+
+    # ------------------------------------------------------------ instruments
+    def instrument_urls(self) -> Sequence[str]:
+        path = "/api/v3/exchangeInfo" if self.spot else "/fapi/v1/exchangeInfo"
+        return [self.market.rest_url.rstrip("/") + path]
+
+    def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
+        found: dict[str, Instrument] = {}
+        for body in bodies.values():
+            for inst in parse_exchange_info(body, perpetual=not self.spot and not self.accept_all_symbols):
+                found.setdefault(inst.exchange_symbol, inst)
+        if self.accept_all_symbols:
+            self.instruments = found
+            return found
+        by_norm = {i.symbol: i for i in found.values()}
+        unknown = [s for s in self.market.symbols if s not in by_norm]
+        if unknown:
+            raise ValueError(
+                f"markets.{self.market_id}.symbols: {unknown} not listed by {self.instrument_urls()[0]} "
+                "(use BASE-QUOTE as in exchangeInfo baseAsset/quoteAsset, e.g. BTC-USDT)"
+            )
+        self.instruments = {by_norm[s].exchange_symbol: by_norm[s] for s in self.market.symbols}
+        return self.instruments
+
+    # ------------------------------------------------------------ subscriptions
+    def _streams(self, kinds: Sequence[str]) -> str:
+        return "/".join(f"{sym.lower()}@{k}" for sym in self.instruments for k in kinds)
+
+    def ws_feeds(self) -> list[WsFeed]:
+        ws = self.market.ws_url.rstrip("/")
+        types = set(self.market.data_types)
+        if self.spot:
+            kinds = [k for t, k in (("orderbook", "depth@100ms"), ("trade", "aggTrade")) if t in types]
+            return [WsFeed(f"{self.market_id}/stream", f"{ws}/stream?streams={self._streams(kinds)}")] if kinds else []
+        feeds: list[WsFeed] = []
+        if "orderbook" in types:
+            feeds.append(
+                WsFeed(f"{self.market_id}/public", f"{ws}/public/stream?streams={self._streams(['depth@100ms'])}")
+            )
+        market_kinds = [
+            k
+            for t, k in (
+                ("trade", "aggTrade"),
+                ("funding_rate", "markPrice@1s"),
+                ("open_interest", "markPrice@1s"),  # mark price gives the OI quote value
+                ("liquidation", "forceOrder"),
+            )
+            if t in types
+        ]
+        market_kinds = list(dict.fromkeys(market_kinds))
+        if market_kinds:
+            feeds.append(
+                WsFeed(f"{self.market_id}/market", f"{ws}/market/stream?streams={self._streams(market_kinds)}")
+            )
+        return feeds
+
+    def rest_polls(self) -> list[RestPoll]:
+        if self.spot:
+            return []
+        rest = self.market.rest_url.rstrip("/")
+        types = set(self.market.data_types)
+        polls: list[RestPoll] = []
+        for sym in self.instruments:
+            if "open_interest" in types:
+                polls.append(
+                    RestPoll(
+                        key=f"{self.market_id}/open_interest/{sym}",
+                        data_type="open_interest",
+                        url=f"{rest}/fapi/v1/openInterest?symbol={sym}",
+                        period_s=self.market.poll_interval_s,
+                        symbol=sym,
+                    )
+                )
+            for data_type, path in LSR_PATHS.items():
+                if data_type in types:
+                    period = self.market.lsr_period
+                    polls.append(
+                        RestPoll(
+                            key=f"{self.market_id}/{data_type}/{sym}",
+                            data_type=data_type,
+                            url=f"{rest}{path}?symbol={sym}&period={period}&limit={LSR_LIMIT}",
+                            period_s=PERIOD_SECONDS[period],
+                            symbol=sym,
+                        )
+                    )
+        return polls
+
+    def snapshot_action(self, sym: str) -> FetchSnapshot:
+        limit = self.orderbook.snapshot_limit
+        path = "/api/v3/depth" if self.spot else "/fapi/v1/depth"
+        return FetchSnapshot(
+            symbol=sym,
+            url=f"{self.market.rest_url.rstrip('/')}{path}?symbol={sym}&limit={limit}",
+            weight=depth_weight(limit, self.spot),
+        )
+
+    # ------------------------------------------------------------ inputs
+    def on_connect(self, feed_key: str, received_at: int) -> Output:
+        """A (re)connect of the depth feed (or an unknown key, e.g. a recorded URL) resets every book;
+        snapshots are requested when the first diff of each symbol arrives (Binance's procedure)."""
+        if feed_key.endswith("/market"):
+            return Output()
+        for sync in self.books.values():
+            sync.reset()
+        return Output()
+
+    def on_message(self, feed_key: str, raw: bytes | str, received_at: int) -> Output:
+        out = Output()
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.errors.bad(out, "parse_error", "json", raw)
+            return out
+        data = msg.get("data", msg) if type(msg) is dict else msg
+        items = data if type(data) is list else (data,)  # !markPrice@arr style arrays
+        for d in items:
+            if type(d) is not dict:
+                self.errors.bad(out, "parse_error", "shape", raw)
+                continue
+            handler = self._handlers.get(d.get("e"))  # type: ignore[arg-type]
+            if handler is None:
+                if "result" in d or "id" in d:
+                    continue  # subscription reply
+                self.errors.bad(out, "unsupported_message", str(d.get("e") or msg.get("stream")), raw)
+                continue
+            try:
+                handler(d, received_at, out)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                self.errors.bad(out, "parse_error", str(d.get("e")), raw, error=repr(exc))
+        return out
+
+    def _instrument(self, sym: str, out: Output) -> Instrument | None:
+        inst = self.instruments.get(sym)
+        if inst is None:
+            self.errors.bad(out, "unknown_symbol", sym)
+        return inst
+
+    def _agg_trade(self, d: dict[str, Any], received_at: int, out: Output) -> None:
+        sym = d["s"]
+        inst = self.instruments.get(sym) or self._instrument(sym, out)
+        if inst is None:
+            return
+        out.records.append(
+            Trade(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=sym,
+                timestamp=d["T"],
+                received_at=received_at,
+                trade_id=str(d["a"]),
+                price=d["p"],
+                quantity=d["q"],
+                side="sell" if d["m"] else "buy",  # m: buyer is maker -> the taker sold
+            )
+        )
+
+    def _sync(self, sym: str) -> UpdateIdSync:
+        sync = self.books.get(sym)
+        if sync is None:
+            ob = self.orderbook
+            sync = self.books[sym] = UpdateIdSync("spot" if self.spot else "usdm", ob.cadence_ms, ob.depth)
+        return sync
+
+    def _publish(self, sync: UpdateIdSync, inst: Instrument, received_at: int, out: Output) -> None:
+        depth = self.orderbook.depth
+        for snap in sync.ticker.drain():
+            out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
+
+    def _depth(self, d: dict[str, Any], received_at: int, out: Output) -> None:
+        sym = d["s"]
+        inst = self.instruments.get(sym) or self._instrument(sym, out)
+        if inst is None:
+            return
+        sync = self.books.get(sym) or self._sync(sym)
+        st = sync.on_diff(Diff(d["U"], d["u"], d.get("pu"), d["E"], d["b"], d["a"]))
+        if st is Status.APPLIED:
+            if sync.ticker.ready:
+                self._publish(sync, inst, received_at, out)
+            return
+        if st is Status.GAP:
+            out.count("resync")
+            out.count("sequence_gap")
+        if sync.ticker.ready:
+            self._publish(sync, inst, received_at, out)
+        if sync.need_snapshot:
+            sync.snapshot_requested()
+            out.actions.append(self.snapshot_action(sym))
+
+    def on_snapshot(self, symbol: str, body: bytes, received_at: int) -> Output:
+        out = Output()
+        inst = self._instrument(symbol, out)
+        if inst is None:
+            return out
+        try:
+            snap = orjson.loads(body)
+            last_id, bids, asks = int(snap["lastUpdateId"]), snap["bids"], snap["asks"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.errors.bad(out, "parse_error", "depth_snapshot", body, error=repr(exc))
+            sync = self._sync(symbol)
+            sync.snapshot_inflight = False
+            sync.need_snapshot = True
+        else:
+            sync = self._sync(symbol)
+            st = sync.on_snapshot(last_id, bids, asks)
+            if st is Status.SNAPSHOT_TOO_OLD:
+                out.count("snapshot_too_old")
+            elif st is Status.GAP:
+                out.count("resync")
+                out.count("sequence_gap")
+            self._publish(sync, inst, received_at, out)
+        if sync.need_snapshot:
+            sync.snapshot_requested()
+            out.actions.append(self.snapshot_action(symbol))
+        return out
+
+    def _mark_price(self, d: dict[str, Any], received_at: int, out: Output) -> None:
+        sym = d["s"]
+        inst = self.instruments.get(sym) or self._instrument(sym, out)
+        if inst is None:
+            return
+        if d.get("st") not in (None, 1):  # after the COIN-M migration: st 2 = COIN-M
+            return
+        mark = d.get("p")
+        if mark:
+            self.mark_price[sym] = mark
+        if "funding_rate" not in self.market.data_types and not self.accept_all_symbols:
+            return
+        out.records.append(
+            FundingRate(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=sym,
+                timestamp=d["E"],
+                received_at=received_at,
+                funding_rate=d["r"],
+                next_funding_time=d.get("T"),
+                mark_price=mark or None,
+                index_price=d.get("i") or None,
+            )
+        )
+
+    def _force_order(self, d: dict[str, Any], received_at: int, out: Output) -> None:
+        if d.get("st") not in (None, 1):
+            return
+        o = d["o"]
+        sym = o["s"]
+        inst = self.instruments.get(sym) or self._instrument(sym, out)
+        if inst is None:
+            return
+        ap = o.get("ap")
+        price = ap if ap and Decimal(ap) != 0 else o["p"]
+        z = o.get("z")
+        qty = z if z and Decimal(z) != 0 else o["q"]
+        out.records.append(
+            Liquidation(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=sym,
+                timestamp=o["T"],
+                received_at=received_at,
+                side=o["S"].lower(),
+                price=price,
+                quantity=qty,
+                status=o.get("X", "").lower(),
+            )
+        )
+
+    # ------------------------------------------------------------ REST polls
+    def on_rest(self, poll: RestPoll, body: bytes, received_at: int) -> Output:
+        out = Output()
+        inst = self._instrument(poll.symbol, out)
+        if inst is None:
+            return out
+        try:
+            payload = orjson.loads(body)
+            if poll.data_type == "open_interest":
+                out.records.append(self._open_interest(inst, payload, received_at))
+            elif poll.data_type in LSR_PATHS:
+                out.records.extend(self._ratios(poll.data_type, inst, payload, received_at))
+            else:
+                self.errors.bad(out, "unsupported_message", poll.data_type)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.errors.bad(out, "parse_error", poll.data_type, body, error=repr(exc))
+        return out
+
+    def _open_interest(self, inst: Instrument, p: dict[str, Any], received_at: int) -> Any:
+        oi = p["openInterest"]
+        mark = self.mark_price.get(inst.exchange_symbol)
+        value = format(Decimal(oi) * Decimal(mark), "f") if mark else None
+        return OpenInterest(
+            exchange=self.market_id,
+            market_type=self.market_type,
+            symbol=inst.symbol,
+            exchange_symbol=inst.exchange_symbol,
+            timestamp=int(p["time"]),
+            received_at=received_at,
+            open_interest=oi,  # USD-M: base-asset units
+            open_interest_value=value,
+        )
+
+    def _ratios(self, data_type: str, inst: Instrument, rows: list[dict[str, Any]], received_at: int) -> list[Any]:
+        struct = LsrTopPosition if data_type == "lsr_top_position" else LsrAllAccount
+        if isinstance(rows, dict):
+            raise ValueError(f"error body: {rows}")
+        return [
+            struct(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=inst.exchange_symbol,
+                timestamp=int(r["timestamp"]),  # an integer in the 2026 spec, a string on older doc pages
+                received_at=received_at,
+                period=self.market.lsr_period,
+                long_short_ratio=r["longShortRatio"],
+                long_ratio=r.get("longAccount", r.get("longPosition")),
+                short_ratio=r.get("shortAccount", r.get("shortPosition")),
+            )
+            for r in rows
+        ]
+
+
+ADAPTER = BinanceAdapter

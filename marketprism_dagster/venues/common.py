@@ -1,0 +1,112 @@
+"""Small helpers shared by the venue modules: exact decimal strings, periods, record fields."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import structlog
+
+from marketprism_dagster.book import BookSnapshot
+from marketprism_dagster.records import OrderBook
+from marketprism_dagster.venues.base import Instrument, Output
+
+log = structlog.get_logger(__name__)
+
+PERIOD_SECONDS: dict[str, int] = {
+    "5m": 300,
+    "15m": 900,
+    "30m": 1800,
+    "1h": 3600,
+    "2h": 7200,
+    "4h": 14400,
+    "6h": 21600,
+    "12h": 43200,
+    "1d": 86400,
+}
+
+
+def decimal_str(value: Any) -> str:
+    """A plain decimal string for a venue number: strings kept as sent when already plain,
+    exponent forms ("1e-05") and JSON numbers (Deribit) rewritten exactly; never via float
+    arithmetic. Raises ValueError on anything that is not a finite number."""
+    if isinstance(value, str):
+        if value and "e" not in value and "E" not in value and value.lstrip("-").replace(".", "", 1).isdigit():
+            return value
+        text = value
+    elif isinstance(value, bool) or value is None:
+        raise ValueError(f"not a number: {value!r}")
+    else:
+        text = repr(value)  # ints, and floats only from JSON text (shortest round-trip repr)
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not a number: {value!r}") from None
+    if not d.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
+    return format(d, "f")
+
+
+def scale(qty: str, factor: Decimal | None) -> str:
+    """``qty * factor`` exactly (contracts -> base units), as a plain decimal string."""
+    if factor is None:
+        return qty
+    out = format(Decimal(qty) * factor, "f")
+    if "." in out:
+        out = out.rstrip("0").rstrip(".") or "0"
+    return out
+
+
+def loads_exact(raw: bytes | str) -> Any:
+    """JSON with floats kept as their decimal text (for venues that send JSON numbers)."""
+    return json.loads(raw, parse_float=decimal_str)
+
+
+def period_ms(period: str) -> int:
+    return PERIOD_SECONDS[period] * 1000
+
+
+def book_record(
+    market_id: str,
+    market_type: str,
+    inst: Instrument,
+    snap: BookSnapshot,
+    received_at: int,
+    depth: int,
+) -> Any:
+    """An ``orderbook`` record; levels converted to base units when the instrument has a contract value."""
+    bids, asks = snap.bids, snap.asks
+    cv = inst.contract_value
+    if cv is not None and not inst.inverse:
+        bids = [(p, scale(q, cv)) for p, q in bids]
+        asks = [(p, scale(q, cv)) for p, q in asks]
+    return OrderBook(
+        exchange=market_id,
+        market_type=market_type,
+        symbol=inst.symbol,
+        exchange_symbol=inst.exchange_symbol,
+        timestamp=snap.timestamp,
+        received_at=received_at,
+        update_id=snap.update_id,
+        tick=snap.tick,
+        depth=depth,
+        bids=bids,
+        asks=asks,
+    )
+
+
+class ErrorLog:
+    """Count every bad input; log the first occurrence of each (kind, context) once."""
+
+    def __init__(self, market_id: str) -> None:
+        self.market_id = market_id
+        self._seen: set[tuple[str, str]] = set()
+
+    def bad(self, out: Output, kind: str, context: str, raw: bytes | str | None = None, **fields: Any) -> None:
+        out.count(kind)
+        key = (kind, context)
+        if key not in self._seen:
+            self._seen.add(key)
+            sample = raw[:200] if raw is not None else None
+            log.warning("venue.bad_input", market=self.market_id, kind=kind, context=context, sample=sample, **fields)

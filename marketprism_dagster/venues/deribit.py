@@ -1,0 +1,165 @@
+"""Deribit volatility index (DVOL) over JSON-RPC WebSocket, with REST candle backfill.
+
+Feed ``{ws}/ws/api/v2``: ``public/set_heartbeat`` (interval 30 s) then ``public/subscribe`` to
+``deribit_volatility_index.{btc_usd,eth_usd}``. The server's ``heartbeat`` notifications of
+type ``test_request`` are answered with ``public/test`` (else Deribit closes the socket).
+On every (re)connect a ``Backfill`` of ``public/get_volatility_index_data`` (resolution 60,
+the last ``BACKFILL_MINUTES``) fills any gap; candles map to ``volatility_index`` records
+with index_value = close and open/high/low/close set.
+
+Deribit sends JSON numbers: they are parsed with their decimal text kept (never float).
+Config symbols are currencies (BTC, ETH); the index name is ``<ccy>_usd``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from marketprism_dagster.config import MarketConfig, OrderBookConfig
+from marketprism_dagster.records import VolatilityIndex
+from marketprism_dagster.venues.base import Backfill, Instrument, Output, Send, VenueAdapter, WsFeed
+from marketprism_dagster.venues.common import ErrorLog, decimal_str, loads_exact
+
+CHANNEL_PREFIX = "deribit_volatility_index."
+HEARTBEAT_S = 30
+BACKFILL_MINUTES = 60
+
+
+class DeribitAdapter(VenueAdapter):
+    venue = "deribit"
+
+    def __init__(self, market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> None:
+        super().__init__(market_id, market, orderbook)
+        self.market_type = market.market_type
+        self.feed_key = f"{market_id}/ws"
+        self.errors = ErrorLog(market_id)
+        self._ids = itertools.count(1000)
+        self.instruments = self._index_instruments(market.symbols)
+
+    @staticmethod
+    def _index_instruments(symbols: Sequence[str]) -> dict[str, Instrument]:
+        out = {}
+        for s in symbols:
+            ccy = s.split("-")[0].upper()
+            name = f"{ccy.lower()}_usd"
+            out[name] = Instrument(symbol=ccy, exchange_symbol=name, base=ccy, quote="USD")
+        return out
+
+    # ------------------------------------------------------------ instruments
+    def instrument_urls(self) -> Sequence[str]:
+        return []  # DVOL indices are named by currency; nothing to fetch
+
+    def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
+        return self.instruments
+
+    # ------------------------------------------------------------ subscriptions
+    def _rpc(self, method: str, params: dict[str, Any], rid: int | None = None) -> str:
+        rid = next(self._ids) if rid is None else rid
+        return json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}, separators=(",", ":"))
+
+    def ws_feeds(self) -> list[WsFeed]:
+        channels = [CHANNEL_PREFIX + name for name in self.instruments]
+        return [
+            WsFeed(
+                key=self.feed_key,
+                url=f"{self.market.ws_url.rstrip('/')}/ws/api/v2",
+                subscribe=(
+                    self._rpc("public/set_heartbeat", {"interval": HEARTBEAT_S}, 1),
+                    self._rpc("public/subscribe", {"channels": channels}, 2),
+                ),
+            )
+        ]
+
+    def backfill_url(self, currency: str, end_ms: int, minutes: int = BACKFILL_MINUTES) -> str:
+        return (
+            f"{self.market.rest_url.rstrip('/')}/api/v2/public/get_volatility_index_data?currency={currency}"
+            f"&start_timestamp={end_ms - minutes * 60_000}&end_timestamp={end_ms}&resolution=60"
+        )
+
+    # ------------------------------------------------------------ inputs
+    def on_connect(self, feed_key: str, received_at: int) -> Output:
+        out = Output()
+        for name, inst in self.instruments.items():
+            out.actions.append(
+                Backfill(key=f"{self.market_id}/dvol/{name}", url=self.backfill_url(inst.symbol, received_at))
+            )
+        return out
+
+    def on_message(self, feed_key: str, raw: bytes | str, received_at: int) -> Output:
+        out = Output()
+        try:
+            msg = loads_exact(raw)
+            method = msg.get("method")
+            if method == "heartbeat":
+                if msg.get("params", {}).get("type") == "test_request":
+                    out.actions.append(Send(feed_key, self._rpc("public/test", {})))
+                return out
+            if method != "subscription":
+                if "error" in msg:
+                    self.errors.bad(out, "rpc_error", str(msg["error"].get("code")), raw)
+                return out  # RPC results (subscribe, set_heartbeat, test)
+            params = msg["params"]
+            channel = params["channel"]
+            if not channel.startswith(CHANNEL_PREFIX):
+                self.errors.bad(out, "unsupported_message", channel.split(".")[0], raw)
+                return out
+            data = params["data"]
+            inst = self.instruments.get(data["index_name"])
+            if inst is None:
+                self.errors.bad(out, "unknown_symbol", data["index_name"])
+                return out
+            value = decimal_str(data["volatility"])
+            out.records.append(
+                VolatilityIndex(
+                    exchange=self.market_id,
+                    market_type=self.market_type,
+                    symbol=inst.symbol,
+                    exchange_symbol=inst.exchange_symbol,
+                    timestamp=int(data["timestamp"]),
+                    received_at=received_at,
+                    index_value=value,
+                )
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.errors.bad(out, "parse_error", "message", raw, error=repr(exc))
+        return out
+
+    def on_backfill(self, key: str, body: bytes, received_at: int) -> Output:
+        """Candles ``[[ts, open, high, low, close], ...]`` -> volatility_index (index_value = close)."""
+        out = Output()
+        name = key.rsplit("/", 1)[-1]
+        inst = self.instruments.get(name)
+        if inst is None:
+            self.errors.bad(out, "unknown_symbol", name)
+            return out
+        try:
+            payload = loads_exact(body)
+            if "error" in payload:
+                self.errors.bad(out, "rpc_error", str(payload["error"].get("code")), body)
+                return out
+            for ts, o, h, low, c in payload["result"]["data"]:
+                close = decimal_str(c)
+                out.records.append(
+                    VolatilityIndex(
+                        exchange=self.market_id,
+                        market_type=self.market_type,
+                        symbol=inst.symbol,
+                        exchange_symbol=inst.exchange_symbol,
+                        timestamp=int(ts),
+                        received_at=received_at,
+                        index_value=close,
+                        open=decimal_str(o),
+                        high=decimal_str(h),
+                        low=decimal_str(low),
+                        close=close,
+                    )
+                )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.errors.bad(out, "parse_error", "backfill", body, error=repr(exc))
+        return out
+
+
+ADAPTER = DeribitAdapter

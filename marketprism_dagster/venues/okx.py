@@ -1,0 +1,391 @@
+"""OKX spot and USDT swaps (v5 public WebSocket + rubik REST): specs, symbol mapping, parsers.
+
+One WebSocket feed ``{ws}/ws/v5/public`` subscribes per instId to ``trades``, ``books``
+(400 levels, snapshot then updates, seqId/prevSeqId, CRC32 checksum verified on EVERY
+message), ``funding-rate`` and ``open-interest``, plus ``liquidation-orders`` for instType
+SWAP; text "ping" after 25 s idle, answered by "pong". Books need no REST snapshot: on a
+checksum mismatch or a seqId gap the adapter asks the runtime to ``Send`` unsubscribe and
+subscribe for that instId, which makes OKX push a fresh snapshot.
+
+Swap sizes are contracts: base quantity = contracts x ``ctVal`` (exact Decimal), the raw
+count kept in ``quantity_contracts`` / ``open_interest_contracts``. Symbols come from the
+instruments endpoint (spot baseCcy-quoteCcy; linear swaps ctValCcy-settleCcy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from marketprism_dagster.book import SeqIdSync, Status
+from marketprism_dagster.config import MarketConfig, OrderBookConfig
+from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
+from marketprism_dagster.venues.base import Instrument, Output, RestPoll, Send, VenueAdapter, WsFeed
+from marketprism_dagster.venues.common import PERIOD_SECONDS, ErrorLog, book_record, scale
+
+INST_TYPE = {"spot": "SPOT", "perpetual": "SWAP"}
+RUBIK_PATHS = {
+    "lsr_top_position": "/api/v5/rubik/stat/contracts/long-short-position-ratio-contract-top-trader",
+    "lsr_all_account": "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract",
+}
+RUBIK_PERIOD = {"1h": "1H", "2h": "2H", "4h": "4H", "6h": "6H", "12h": "12H", "1d": "1D"}  # others as-is
+LSR_LIMIT = 3
+PING_INTERVAL_S = 25.0
+
+
+def parse_instruments(body: bytes | str) -> list[Instrument]:
+    """Instruments from ``/api/v5/public/instruments`` (any instType)."""
+    out: list[Instrument] = []
+    payload = orjson.loads(body)
+    for i in payload.get("data", ()):
+        kind = i.get("instType")
+        if kind == "SPOT":
+            base, quote, cv, inverse = i["baseCcy"], i["quoteCcy"], None, False
+        elif kind in ("SWAP", "FUTURES"):
+            inverse = i.get("ctType") == "inverse"
+            if inverse:  # contract value in USD, settled in the coin
+                base, quote = i["settleCcy"], i["ctValCcy"]
+            else:
+                base, quote = i["ctValCcy"], i["settleCcy"]
+            cv = Decimal(i["ctVal"])
+        else:
+            continue  # options are outside our matrix
+        out.append(
+            Instrument(
+                symbol=f"{base}-{quote}",
+                exchange_symbol=i["instId"],
+                base=base,
+                quote=quote,
+                contract_value=cv,
+                tick_size=i.get("tickSz"),
+                lot_size=i.get("lotSz"),
+                inverse=inverse,
+            )
+        )
+    return out
+
+
+def _levels(x: Any) -> Sequence[Sequence[str]]:
+    return x if x else ()
+
+
+class OkxAdapter(VenueAdapter):
+    venue = "okx"
+
+    def __init__(self, market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> None:
+        super().__init__(market_id, market, orderbook)
+        self.market_type = market.market_type
+        self.inst_type = INST_TYPE[market.market_type]
+        self.feed_key = f"{market_id}/public"
+        self.books: dict[str, SeqIdSync] = {}
+        self.errors = ErrorLog(market_id)
+        self._handlers = {
+            "trades": self._trades,
+            "books": self._books,
+            "funding-rate": self._funding,
+            "open-interest": self._open_interest,
+            "liquidation-orders": self._liquidations,
+        }
+
+    # ------------------------------------------------------------ instruments
+    def instrument_urls(self) -> Sequence[str]:
+        return [f"{self.market.rest_url.rstrip('/')}/api/v5/public/instruments?instType={self.inst_type}"]
+
+    def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
+        found: dict[str, Instrument] = {}
+        for body in bodies.values():
+            for inst in parse_instruments(body):
+                found.setdefault(inst.exchange_symbol, inst)
+        if self.accept_all_symbols:
+            self.instruments = found
+            return found
+        suffix = "-SWAP" if self.inst_type == "SWAP" else ""
+        by_norm = {
+            i.symbol: i
+            for i in found.values()
+            if not i.inverse and i.exchange_symbol.endswith(suffix) and (suffix or i.contract_value is None)
+        }
+        unknown = [s for s in self.market.symbols if s not in by_norm]
+        if unknown:
+            raise ValueError(
+                f"markets.{self.market_id}.symbols: {unknown} not listed by {self.instrument_urls()[0]} "
+                "(use BASE-QUOTE, e.g. BTC-USDT; okx perpetual = USDT-margined swaps)"
+            )
+        self.instruments = {by_norm[s].exchange_symbol: by_norm[s] for s in self.market.symbols}
+        return self.instruments
+
+    # ------------------------------------------------------------ subscriptions
+    def _args(self) -> list[dict[str, str]]:
+        types = set(self.market.data_types)
+        channels = [
+            c
+            for t, c in (
+                ("trade", "trades"),
+                ("orderbook", "books"),
+                ("funding_rate", "funding-rate"),
+                ("open_interest", "open-interest"),
+            )
+            if t in types
+        ]
+        args = [{"channel": c, "instId": inst} for inst in self.instruments for c in channels]
+        if "liquidation" in types:
+            args.append({"channel": "liquidation-orders", "instType": "SWAP"})
+        return args
+
+    def ws_feeds(self) -> list[WsFeed]:
+        args = self._args()
+        if not args:
+            return []
+        frame = orjson.dumps({"op": "subscribe", "args": args}).decode()
+        return [
+            WsFeed(
+                key=self.feed_key,
+                url=f"{self.market.ws_url.rstrip('/')}/ws/v5/public",
+                subscribe=(frame,),
+                ping_text="ping",
+                ping_interval_s=PING_INTERVAL_S,
+                pong_text="pong",
+            )
+        ]
+
+    def rest_polls(self) -> list[RestPoll]:
+        if self.inst_type != "SWAP":
+            return []
+        rest = self.market.rest_url.rstrip("/")
+        period = self.market.lsr_period
+        venue_period = RUBIK_PERIOD.get(period, period)
+        polls = []
+        for inst in self.instruments:
+            for data_type, path in RUBIK_PATHS.items():
+                if data_type in self.market.data_types:
+                    polls.append(
+                        RestPoll(
+                            key=f"{self.market_id}/{data_type}/{inst}",
+                            data_type=data_type,
+                            url=f"{rest}{path}?instId={inst}&period={venue_period}&limit={LSR_LIMIT}",
+                            period_s=PERIOD_SECONDS[period],
+                            symbol=inst,
+                        )
+                    )
+        return polls
+
+    def resubscribe(self, inst_id: str, feed_key: str | None = None) -> list[Send]:
+        """Unsubscribe + subscribe ``books`` for one instId: OKX then pushes a fresh snapshot."""
+        arg = [{"channel": "books", "instId": inst_id}]
+        key = feed_key or self.feed_key
+        return [
+            Send(key, orjson.dumps({"op": "unsubscribe", "args": arg}).decode()),
+            Send(key, orjson.dumps({"op": "subscribe", "args": arg}).decode()),
+        ]
+
+    # ------------------------------------------------------------ inputs
+    def on_connect(self, feed_key: str, received_at: int) -> Output:
+        """Reconnect: every book waits for the snapshot OKX pushes after the subscribe frame."""
+        for sync in self.books.values():
+            sync.reset()
+        return Output()
+
+    def on_message(self, feed_key: str, raw: bytes | str, received_at: int) -> Output:
+        out = Output()
+        if raw == "pong" or raw == b"pong":
+            return out
+        try:
+            msg = orjson.loads(raw)
+            arg = msg.get("arg")
+            if "event" in msg:
+                self._event(msg, raw, out)
+                return out
+            channel = arg["channel"]
+            data = msg["data"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            self.errors.bad(out, "parse_error", "envelope", raw, error=repr(exc))
+            return out
+        handler = self._handlers.get(channel)
+        if handler is None:
+            self.errors.bad(out, "unsupported_message", channel, raw)
+            return out
+        try:
+            handler(feed_key, msg, arg, data, received_at, out)
+        except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as exc:
+            self.errors.bad(out, "parse_error", channel, raw, error=repr(exc))
+        return out
+
+    def _event(self, msg: dict[str, Any], raw: bytes | str, out: Output) -> None:
+        ev = msg["event"]
+        if ev == "error":
+            self.errors.bad(out, "subscribe_error", str(msg.get("code")), raw, msg=msg.get("msg"))
+        elif ev == "notice":
+            self.errors.bad(out, "venue_notice", str(msg.get("code")), raw, msg=msg.get("msg"))
+
+    def _instrument(self, inst_id: str, out: Output) -> Instrument | None:
+        inst = self.instruments.get(inst_id)
+        if inst is None:
+            self.errors.bad(out, "unknown_symbol", inst_id)
+        return inst
+
+    def _linear(self, inst: Instrument, out: Output) -> bool:
+        if inst.inverse:
+            self.errors.bad(out, "unsupported_instrument", inst.exchange_symbol)
+            return False
+        return True
+
+    def _trades(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
+        inst_id = arg["instId"]
+        inst = self.instruments.get(inst_id) or self._instrument(inst_id, out)
+        if inst is None or not self._linear(inst, out):
+            return
+        cv = inst.contract_value
+        for t in data:
+            sz = t["sz"]
+            out.records.append(
+                Trade(
+                    exchange=self.market_id,
+                    market_type=self.market_type,
+                    symbol=inst.symbol,
+                    exchange_symbol=inst_id,
+                    timestamp=int(t["ts"]),
+                    received_at=received_at,
+                    trade_id=t["tradeId"],
+                    price=t["px"],
+                    quantity=scale(sz, cv) if cv is not None else sz,
+                    quantity_contracts=sz if cv is not None else None,
+                    side=t["side"],
+                )
+            )
+
+    def _books(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
+        inst_id = arg["instId"]
+        inst = self.instruments.get(inst_id) or self._instrument(inst_id, out)
+        if inst is None:
+            return
+        sync = self.books.get(inst_id)
+        if sync is None:
+            sync = self.books[inst_id] = SeqIdSync(self.orderbook.cadence_ms, self.orderbook.depth)
+        d = data[0]
+        seq = d.get("seqId")
+        checksum = d.get("checksum")
+        if msg.get("action") == "snapshot":
+            st = sync.on_snapshot(seq, int(d["ts"]), _levels(d.get("bids")), _levels(d.get("asks")), checksum)
+        else:
+            st = sync.on_update(
+                seq, d.get("prevSeqId"), int(d["ts"]), _levels(d.get("bids")), _levels(d.get("asks")), checksum
+            )
+        if sync.ticker.ready:
+            depth = self.orderbook.depth
+            snaps = sync.ticker.drain()
+            if not inst.inverse:
+                for snap in snaps:
+                    out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
+        if st is Status.APPLIED or st is Status.SYNCED:
+            return
+        if st is Status.IGNORED:
+            out.count("book_unsynced_update")
+            return
+        out.count("resync")
+        out.count("checksum_failure" if st is Status.CHECKSUM else "sequence_gap")
+        out.actions.extend(self.resubscribe(inst_id, fk if fk.startswith(self.market_id) else None))
+
+    def _funding(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
+        inst_id = arg["instId"]
+        inst = self.instruments.get(inst_id) or self._instrument(inst_id, out)
+        if inst is None:
+            return
+        for f in data:
+            ts = f.get("ts")
+            out.records.append(
+                FundingRate(
+                    exchange=self.market_id,
+                    market_type=self.market_type,
+                    symbol=inst.symbol,
+                    exchange_symbol=inst_id,
+                    # ts is the exchange time; pre-2023 pushes had none: fall back to receive time
+                    timestamp=int(ts) if ts else received_at,
+                    received_at=received_at,
+                    funding_rate=f["fundingRate"],
+                    # fundingTime = the settlement the current rate applies to (Binance's "T")
+                    next_funding_time=int(f["fundingTime"]) if f.get("fundingTime") else None,
+                )
+            )
+
+    def _open_interest(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
+        inst_id = arg["instId"]
+        inst = self.instruments.get(inst_id) or self._instrument(inst_id, out)
+        if inst is None or not self._linear(inst, out):
+            return
+        for o in data:
+            oi = o["oi"]
+            out.records.append(
+                OpenInterest(
+                    exchange=self.market_id,
+                    market_type=self.market_type,
+                    symbol=inst.symbol,
+                    exchange_symbol=inst_id,
+                    timestamp=int(o["ts"]),
+                    received_at=received_at,
+                    open_interest=o.get("oiCcy") or scale(oi, inst.contract_value),
+                    open_interest_value=o.get("oiUsd") or None,
+                    open_interest_contracts=oi,
+                )
+            )
+
+    def _liquidations(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
+        for group in data:
+            inst_id = group["instId"]
+            inst = self.instruments.get(inst_id)
+            if inst is None:  # the channel pushes every SWAP: keep only ours
+                out.count("liquidation_other_symbol")
+                continue
+            if not self._linear(inst, out):
+                continue
+            for det in group["details"]:
+                sz = det["sz"]
+                out.records.append(
+                    Liquidation(
+                        exchange=self.market_id,
+                        market_type=self.market_type,
+                        symbol=inst.symbol,
+                        exchange_symbol=inst_id,
+                        timestamp=int(det["ts"]),
+                        received_at=received_at,
+                        side=det["side"],
+                        price=det["bkPx"],
+                        quantity=scale(sz, inst.contract_value),
+                        quantity_contracts=sz,
+                        status="",  # OKX gives no order status for liquidation pushes
+                    )
+                )
+
+    # ------------------------------------------------------------ REST polls (rubik)
+    def on_rest(self, poll: RestPoll, body: bytes, received_at: int) -> Output:
+        out = Output()
+        inst = self._instrument(poll.symbol, out)
+        if inst is None:
+            return out
+        struct = LsrTopPosition if poll.data_type == "lsr_top_position" else LsrAllAccount
+        try:
+            payload = orjson.loads(body)
+            if payload.get("code") not in ("0", 0):
+                self.errors.bad(out, "rest_error", poll.data_type, body, code=payload.get("code"))
+                return out
+            for row in payload["data"]:
+                out.records.append(
+                    struct(
+                        exchange=self.market_id,
+                        market_type=self.market_type,
+                        symbol=inst.symbol,
+                        exchange_symbol=inst.exchange_symbol,
+                        timestamp=int(row[0]),
+                        received_at=received_at,
+                        period=self.market.lsr_period,
+                        long_short_ratio=row[1],  # OKX gives the ratio only, no long/short shares
+                    )
+                )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            self.errors.bad(out, "parse_error", poll.data_type, body, error=repr(exc))
+        return out
+
+
+ADAPTER = OkxAdapter
