@@ -1,0 +1,144 @@
+"""Supervision decisions for the long-running services (pure: no Dagster, no I/O).
+
+One service per collector shard plus the hot writer. Given the runs that exist and the
+clock, ``plan`` says which services need a run launched, which runs are dead (stale
+heartbeat: reap, i.e. kill the worker and mark the run failed) and which live runs must be
+restarted gracefully (the seeds' self-healing: memory, CPU, max uptime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from marketprism_dagster.config import Settings
+
+SERVICE_TAG = "marketprism/service"
+HEARTBEAT_TAG = "marketprism/heartbeat"
+PID_TAG = "marketprism/pid"
+RSS_TAG = "marketprism/rss_mb"
+CPU_TAG = "marketprism/cpu_pct"
+STARTED_TAG = "marketprism/started"
+# a run that has not heartbeated at all is given this long after it was created
+START_GRACE_S = 120.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # "collector:main" | "writer"
+    kind: str  # collector | writer
+    shard: str | None = None
+
+
+def services(settings: Settings) -> list[Service]:
+    out = [Service(f"collector:{shard}", "collector", shard) for shard in settings.collector.shards]
+    out.append(Service("writer", "writer"))
+    return out
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the supervisor needs to know about one unfinished run."""
+
+    run_id: str
+    service: str
+    status: str  # QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING
+    created_at: float
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def heartbeat(self) -> float | None:
+        v = self.tags.get(HEARTBEAT_TAG)
+        return float(v) if v else None
+
+    @property
+    def pid(self) -> int | None:
+        v = self.tags.get(PID_TAG)
+        return int(v) if v else None
+
+    def number(self, tag: str) -> float | None:
+        v = self.tags.get(tag)
+        try:
+            return float(v) if v else None
+        except ValueError:
+            return None
+
+
+@dataclass
+class Plan:
+    launch: list[Service] = field(default_factory=list)
+    reap: list[tuple[RunView, str]] = field(default_factory=list)  # dead: kill + mark failed
+    restart: list[tuple[RunView, str]] = field(default_factory=list)  # alive: graceful stop
+    waiting: list[tuple[Service, str]] = field(default_factory=list)  # cooldown
+
+
+def stale_reason(run: RunView, now: float, stale_s: float) -> str | None:
+    beat = run.heartbeat
+    if beat is None:
+        if run.status == "QUEUED":
+            return None
+        age = now - run.created_at
+        return f"no heartbeat {age:.0f} s after creation" if age > max(stale_s, START_GRACE_S) else None
+    age = now - beat
+    return (
+        f"last heartbeat {age:.0f} s ago (limit supervisor.heartbeat_stale_s={stale_s:.0f})" if age > stale_s else None
+    )
+
+
+def limit_reason(run: RunView, now: float, settings: Settings) -> str | None:
+    sup = settings.supervisor
+    rss = run.number(RSS_TAG)
+    if rss is not None and rss > sup.memory_mb:
+        return f"rss {rss:.0f} MB over supervisor.memory_mb={sup.memory_mb}"
+    cpu = run.number(CPU_TAG)
+    if cpu is not None and cpu > sup.cpu_threshold:
+        return f"cpu {cpu:.0f}% over supervisor.cpu_threshold={sup.cpu_threshold:.0f}"
+    started = run.number(STARTED_TAG)
+    if started is not None and now - started > sup.max_uptime_h * 3600:
+        return f"up {(now - started) / 3600:.1f} h, over supervisor.max_uptime_h={sup.max_uptime_h}"
+    return None
+
+
+def plan(
+    settings: Settings,
+    runs: Iterable[RunView],
+    now: float,
+    last_stop: Mapping[str, float] | None = None,
+) -> Plan:
+    """Decide. ``runs`` are the unfinished runs carrying SERVICE_TAG; ``last_stop`` maps a service
+    to when its previous run ended (or was reaped), for the restart cooldown."""
+    last_stop = last_stop or {}
+    sup = settings.supervisor
+    by_service: dict[str, list[RunView]] = {}
+    for r in runs:
+        by_service.setdefault(r.service, []).append(r)
+    out = Plan()
+    for svc in services(settings):
+        alive: list[RunView] = []
+        for r in sorted(by_service.get(svc.name, []), key=lambda r: r.created_at, reverse=True):
+            why = stale_reason(r, now, sup.heartbeat_stale_s)
+            if why:
+                out.reap.append((r, why))
+            else:
+                alive.append(r)
+        # exactly one: the newest live run stays, extra ones are stopped (unless ALLOW_MULTIPLE)
+        if not settings.collector.allow_multiple:
+            for extra in alive[1:]:
+                out.restart.append((extra, f"more than one run for {svc.name}"))
+            alive = alive[:1]
+        if alive:
+            for r in alive:
+                if r.status == "STARTED":
+                    why = limit_reason(r, now, settings)
+                    if why:
+                        out.restart.append((r, why))
+            continue
+        if out.reap and any(r.service == svc.name for r, _ in out.reap):
+            out.waiting.append((svc, "reaping a dead run; relaunch after the cooldown"))
+            continue
+        stopped = last_stop.get(svc.name)
+        if stopped is not None and now - stopped < sup.restart_cooldown_s:
+            out.waiting.append((svc, f"cooldown {sup.restart_cooldown_s - (now - stopped):.0f} s"))
+            continue
+        out.launch.append(svc)
+    return out
