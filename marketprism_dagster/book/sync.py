@@ -184,6 +184,13 @@ class UpdateIdSync:
         self.ticker.after(book, d.event_ms, d.last_id)
         return Status.APPLIED
 
+    def final_snapshot(self, depth: int) -> BookSnapshot | None:
+        """The current book if synchronized and bridged (tick = timestamp = last event time)."""
+        if not (self.synced and self.bridged) or self.update_id is None or self.timestamp is None:
+            return None
+        bids, asks = self.book.top(depth)
+        return BookSnapshot(self.timestamp, self.timestamp, self.update_id, bids, asks)
+
     def on_snapshot(self, last_update_id: int, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> Status:
         self.snapshot_inflight = False
         buffered = list(self.buffer)
@@ -232,6 +239,14 @@ class SeqIdSync:
         self.synced = False
         self.seq_id = self.timestamp = None
         self._crc = None
+
+    def final_snapshot(self, depth: int) -> BookSnapshot | None:
+        """The current book if synchronized (update_id = seqId, or ts where the venue sent no seqId)."""
+        if not self.synced or self.timestamp is None:
+            return None
+        bids, asks = self.book.top(depth)
+        uid = self.seq_id if self.seq_id is not None else self.timestamp
+        return BookSnapshot(self.timestamp, self.timestamp, uid, bids, asks)
 
     def _verify(self, checksum: int | None, touched: bool) -> bool:
         if checksum is None:
