@@ -129,7 +129,7 @@ def config_show(
 
 
 # Modules that add their own commands (emulate, collect, normalize, write, dev, demo, ...).
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("marketprism_dagster.normalize",)
 
 
 def _register_all() -> None:
