@@ -22,7 +22,8 @@ def _client(url: str, seconds: float, okx: bool, out: mp.Queue) -> None:
     async def run() -> None:
         async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
             if okx:
-                args = [{"channel": ch, "instId": i} for ch in ("books", "trades") for i in ("BTC-USDT", "ETH-USDT-SWAP")]
+                ids = ("BTC-USDT", "ETH-USDT-SWAP")
+                args = [{"channel": ch, "instId": i} for ch in ("books", "trades") for i in ids]
                 await ws.send_str(orjson.dumps({"op": "subscribe", "args": args}).decode())
             count = 0
             warm_end = time.perf_counter() + 1.0

@@ -294,7 +294,8 @@ class BinanceVenue:
         sym, _, kind = stream.partition("@")
         values = {"s": sym.upper(), "symbol": sym.upper()}
         if stream.startswith("!markPrice@arr"):
-            body: Any = documented_example(root, "binance_usdm_funding_mark_price", "binance_usdm/markPrice_arr/connector")
+            body: Any = documented_example(root, "binance_usdm_funding_mark_price",
+                                           "binance_usdm/markPrice_arr/connector")
         elif stream == "!forceOrder@arr":
             body = documented_example(root, "binance_usdm_liquidation", "binance_usdm/forceOrder_arr/connector")
         elif kind.startswith("markPrice"):
@@ -470,7 +471,8 @@ class BinanceVenue:
     async def open_interest(self, request: web.Request) -> web.Response:
         sym = request.query.get("symbol", "").upper()
         if self.ctx.replay:
-            body = documented_example(self.ctx.root, "binance_usdm_open_interest", "binance_usdm/openInterest/connector")
+            body = documented_example(self.ctx.root, "binance_usdm_open_interest",
+                                      "binance_usdm/openInterest/connector")
             return self._weighted(readdress(body, {"symbol": sym}), 1)
         market = self.market(sym)
         if market is None:

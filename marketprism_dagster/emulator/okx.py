@@ -144,7 +144,8 @@ class OkxMarket:
                 "impactValue": "", "instId": self.inst.venue_symbol, "instType": "SWAP", "interestRate": "",
                 "maxFundingRate": "0.00375", "method": "current_period", "minFundingRate": "-0.00375",
                 "nextFundingRate": "", "nextFundingTime": str(funding_time + series.FUNDING_PERIOD_MS),
-                "premium": f"{rate * 0.9:.16f}", "settFundingRate": f"{series.funding_rate(seed, sym, now - 28_800_000):.16f}",
+                "premium": f"{rate * 0.9:.16f}",
+                "settFundingRate": f"{series.funding_rate(seed, sym, now - series.FUNDING_PERIOD_MS):.16f}",
                 "settState": "settled", "ts": str(now)}
 
     def open_interest(self, now: int) -> dict[str, Any]:
@@ -385,8 +386,8 @@ class OkxVenue:
         if not iid:
             return self._missing("instId")
         if self.ctx.replay:
-            return json_response(readdress(documented_example(self.ctx.root, "okx_funding_rate", "okx/funding-rate/rest"),
-                                           {"instId": iid}))
+            example = documented_example(self.ctx.root, "okx_funding_rate", "okx/funding-rate/rest")
+            return json_response(readdress(example, {"instId": iid}))
         market = self.market(iid)
         if market is None or market.inst_type != "SWAP":
             return self._bad_inst()

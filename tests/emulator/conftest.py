@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(os.environ.get("MARKETPRISM_FIXTURES") or Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures")
+DEFAULT = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(os.environ.get("MARKETPRISM_FIXTURES") or DEFAULT)
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,7 @@ async def test_stall_pauses_then_resumes_the_stream(fixtures_root: Path) -> None
 
 
 async def test_bad_checksum_corrupts_the_scheduled_okx_books_frame(fixtures_root: Path) -> None:
-    async with Emulator(_cfg(fixtures_root, "okx", "bad_checksum@okx:at=15")) as emu, aiohttp.ClientSession() as http:
+    async with Emulator(_cfg(fixtures_root, "okx", "bad_checksum@okx:at=15")) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
         async with http.ws_connect(emu.urls["okx_spot"]["ws"] + "/ws/v5/public") as ws:
             await ws.send_str('{"op":"subscribe","args":[{"channel":"books","instId":"BTC-USDT"}]}')
             await ws.receive()

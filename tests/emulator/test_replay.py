@@ -63,7 +63,7 @@ async def test_okx_session_replays_acks_and_frames_byte_identical(fixtures_root:
     recs = _records(fixtures_root, "okx.ws")
     sends = [_bytes(r) for r in recs if r["kind"] == "send"]
     expected = [_bytes(r) for r in recs if r["kind"] == "recv"]
-    async with Emulator(_cfg(fixtures_root, "okx")) as emu, aiohttp.ClientSession() as http:
+    async with Emulator(_cfg(fixtures_root, "okx")) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
         async with http.ws_connect(emu.urls["okx_spot"]["ws"] + "/ws/v5/public") as ws:
             for text in sends:
                 await ws.send_str(text)
@@ -77,7 +77,7 @@ async def test_deribit_session_replays_rpc_answer_and_notifications_byte_identic
     recs = _records(fixtures_root, "deribit.ws")
     sends = [_bytes(r) for r in recs if r["kind"] == "send"]
     expected = [_bytes(r) for r in recs if r["kind"] == "recv"]
-    async with Emulator(_cfg(fixtures_root, "deribit")) as emu, aiohttp.ClientSession() as http:
+    async with Emulator(_cfg(fixtures_root, "deribit")) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
         async with http.ws_connect(emu.urls["deribit_derivatives"]["ws"] + "/ws/api/v2") as ws:
             for text in sends:
                 await ws.send_str(text)
@@ -87,7 +87,8 @@ async def test_deribit_session_replays_rpc_answer_and_notifications_byte_identic
 async def test_replay_rest_answers_from_recorded_snapshots_and_documented_examples(fixtures_root: Path) -> None:
     http_rec = _records(fixtures_root, "binance_usdm.http")[0]
     path = urlsplit(http_rec["url"])
-    cfg = EmulatorConfig(mode="replay", venues=("binance_derivatives", "okx", "deribit"), speed=0, fixtures=fixtures_root)
+    venues = ("binance_derivatives", "okx", "deribit")
+    cfg = EmulatorConfig(mode="replay", venues=venues, speed=0, fixtures=fixtures_root)
     async with Emulator(cfg) as emu, aiohttp.ClientSession() as http:
         rest = emu.urls["binance_derivatives"]["rest"]
         async with http.get(f"{rest}{path.path}?{path.query}") as resp:
@@ -96,7 +97,8 @@ async def test_replay_rest_answers_from_recorded_snapshots_and_documented_exampl
         async with http.get(f"{rest}/fapi/v1/premiumIndex?symbol=ETHUSDT") as resp:
             body = await resp.json()
             assert body["symbol"] == "ETHUSDT" and body["markPrice"] == "11793.63104562"
-        async with http.get(f"{emu.urls['okx_derivatives']['rest']}/api/v5/public/funding-rate?instId=ETH-USDT-SWAP") as resp:
+        okx = emu.urls["okx_derivatives"]["rest"]
+        async with http.get(f"{okx}/api/v5/public/funding-rate?instId=ETH-USDT-SWAP") as resp:
             body = await resp.json()
             assert body["data"][0]["instId"] == "ETH-USDT-SWAP"
             assert body["data"][0]["fundingRate"] == "0.0000182221218054"
