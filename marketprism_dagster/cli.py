@@ -129,7 +129,10 @@ def config_show(
 
 
 # Modules that add their own commands (emulate, collect, normalize, write, dev, demo, ...).
-_COMMAND_MODULES: tuple[str, ...] = ("marketprism_dagster.normalize",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "marketprism_dagster.normalize",
+    "marketprism_dagster.emulator.cli",
+)
 
 
 def _register_all() -> None:

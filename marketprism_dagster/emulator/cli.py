@@ -74,3 +74,8 @@ def emulate(
             raise typer.BadParameter(f"--symbol {item!r}: use MARKET=SYM[,SYM] with MARKET in {', '.join(symbols)}")
         symbols[market] = tuple(s.strip().upper() for s in syms.split(",") if s.strip())
     run_emulator(venue, mode, speed, rate, seed, faults, port, symbols, fixtures)
+
+
+def register(root: typer.Typer) -> None:
+    """Mount `emulate` on the main `marketprism` command line."""
+    root.command("emulate")(emulate)
