@@ -74,6 +74,17 @@ def parse_exchange_info(body: bytes | str, perpetual: bool) -> list[Instrument]:
     return out
 
 
+def parse_depth_update(d: Mapping[str, Any]) -> Diff:
+    """A ``depthUpdate`` event (the ``data`` of a combined-stream frame) as a ``Diff``."""
+    return Diff(d["U"], d["u"], d.get("pu"), d["E"], d["b"], d["a"])
+
+
+def parse_depth_snapshot(body: bytes | str) -> tuple[int, int | None, list[Any], list[Any]]:
+    """``/api/v3/depth`` or ``/fapi/v1/depth`` -> (lastUpdateId, event time E or None on spot, bids, asks)."""
+    snap = orjson.loads(body)
+    return int(snap["lastUpdateId"]), snap.get("E"), snap["bids"], snap["asks"]
+
+
 class BinanceAdapter(VenueAdapter):
     venue = "binance"
 
@@ -265,7 +276,7 @@ class BinanceAdapter(VenueAdapter):
         if inst is None:
             return
         sync = self.books.get(sym) or self._sync(sym)
-        st = sync.on_diff(Diff(d["U"], d["u"], d.get("pu"), d["E"], d["b"], d["a"]))
+        st = sync.on_diff(parse_depth_update(d))
         if st is Status.APPLIED:
             if sync.ticker.ready:
                 self._publish(sync, inst, received_at, out)
@@ -285,8 +296,7 @@ class BinanceAdapter(VenueAdapter):
         if inst is None:
             return out
         try:
-            snap = orjson.loads(body)
-            last_id, bids, asks = int(snap["lastUpdateId"]), snap["bids"], snap["asks"]
+            last_id, _event_ms, bids, asks = parse_depth_snapshot(body)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.errors.bad(out, "parse_error", "depth_snapshot", body, error=repr(exc))
             sync = self._sync(symbol)

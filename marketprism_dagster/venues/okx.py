@@ -15,6 +15,7 @@ instruments endpoint (spot baseCcy-quoteCcy; linear swaps ctValCcy-settleCcy).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -68,8 +69,31 @@ def parse_instruments(body: bytes | str) -> list[Instrument]:
     return out
 
 
-def _levels(x: Any) -> Sequence[Sequence[str]]:
-    return x if x else ()
+@dataclass(frozen=True, slots=True)
+class BookMessage:
+    inst_id: str
+    snapshot: bool
+    seq_id: int | None  # absent before 2023 (the 2022 recording)
+    prev_seq_id: int | None
+    ts: int
+    bids: Sequence[Sequence[str]]  # [price, size, "0", orders]; size in contracts for derivatives
+    asks: Sequence[Sequence[str]]
+    checksum: int | None
+
+
+def parse_book_message(msg: Mapping[str, Any]) -> BookMessage:
+    """A ``books`` / ``books-l2-tbt`` / ``books50-l2-tbt`` push (already JSON-decoded)."""
+    d = msg["data"][0]
+    return BookMessage(
+        inst_id=msg["arg"]["instId"],
+        snapshot=msg.get("action") == "snapshot",
+        seq_id=d.get("seqId"),
+        prev_seq_id=d.get("prevSeqId"),
+        ts=int(d["ts"]),
+        bids=d.get("bids") or (),
+        asks=d.get("asks") or (),
+        checksum=d.get("checksum"),
+    )
 
 
 class OkxAdapter(VenueAdapter):
@@ -85,6 +109,8 @@ class OkxAdapter(VenueAdapter):
         self._handlers = {
             "trades": self._trades,
             "books": self._books,
+            "books-l2-tbt": self._books,  # same format (login channels; accepted for recordings)
+            "books50-l2-tbt": self._books,
             "funding-rate": self._funding,
             "open-interest": self._open_interest,
             "liquidation-orders": self._liquidations,
@@ -264,15 +290,11 @@ class OkxAdapter(VenueAdapter):
         sync = self.books.get(inst_id)
         if sync is None:
             sync = self.books[inst_id] = SeqIdSync(self.orderbook.cadence_ms, self.orderbook.depth)
-        d = data[0]
-        seq = d.get("seqId")
-        checksum = d.get("checksum")
-        if msg.get("action") == "snapshot":
-            st = sync.on_snapshot(seq, int(d["ts"]), _levels(d.get("bids")), _levels(d.get("asks")), checksum)
+        b = parse_book_message(msg)
+        if b.snapshot:
+            st = sync.on_snapshot(b.seq_id, b.ts, b.bids, b.asks, b.checksum)
         else:
-            st = sync.on_update(
-                seq, d.get("prevSeqId"), int(d["ts"]), _levels(d.get("bids")), _levels(d.get("asks")), checksum
-            )
+            st = sync.on_update(b.seq_id, b.prev_seq_id, b.ts, b.bids, b.asks, b.checksum)
         if sync.ticker.ready:
             depth = self.orderbook.depth
             snaps = sync.ticker.drain()
