@@ -233,9 +233,7 @@ def test_okx_book_messages_match_expected(messages: Any, make_adapter: Any, inst
 
 
 @pytest.mark.parametrize("data_type", ["trade", "l2_update", "l2_snapshot", "ticker", "open_interest", "bbo"])
-def test_deribit_non_dvol_messages_are_rejected_and_counted(
-    messages: Any, make_adapter: Any, data_type: str
-) -> None:
+def test_deribit_non_dvol_messages_are_rejected_and_counted(messages: Any, make_adapter: Any, data_type: str) -> None:
     """Deribit's only type in our matrix is DVOL: other subscriptions are counted, RPC results ignored."""
     adapter = make_adapter("deribit_derivatives", all_symbols=False)
     for m in messages("deribit", data_type).values():
