@@ -28,7 +28,7 @@ from marketprism_dagster.book import Diff, Status, UpdateIdSync
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import FetchSnapshot, Instrument, Output, RestPoll, VenueAdapter, WsFeed
-from marketprism_dagster.venues.common import PERIOD_SECONDS, ErrorLog, book_record
+from marketprism_dagster.venues.common import PERIOD_SECONDS, ErrorLog, book_record, scale
 
 SPOT_DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # limit upper bound -> weight
 USDM_DEPTH_WEIGHTS = ((50, 2), (100, 5), (500, 10), (1000, 20))
@@ -391,7 +391,7 @@ class BinanceAdapter(VenueAdapter):
     def _open_interest(self, inst: Instrument, p: dict[str, Any], received_at: int) -> Any:
         oi = p["openInterest"]
         mark = self.mark_price.get(inst.exchange_symbol)
-        value = format(Decimal(oi) * Decimal(mark), "f") if mark else None
+        value = scale(oi, Decimal(mark)) if mark else None
         return OpenInterest(
             exchange=self.market_id,
             market_type=self.market_type,
