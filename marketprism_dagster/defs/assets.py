@@ -1,0 +1,138 @@
+"""hot/<type> (hourly: seal the closed hour) and cold/<type> (daily: replicate + verify) assets."""
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+import structlog
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.records import RECORD_TYPES
+from marketprism_dagster.replication import ReplicationFailed, replicate_day
+from marketprism_dagster.sealing import SealRefused, SealReport, seal_hour
+from marketprism_dagster.storage.base import Store
+from resources import ClickHouseResource, NatsResource
+
+log = structlog.get_logger(__name__)
+
+HOT_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=3), warn_window=timedelta(hours=2))
+# the day's cold partition is due by 02:00 UTC the next day (hour 23 seals at ~00:07)
+COLD_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 2 * * *", lower_bound_delta=timedelta(hours=2))
+SEAL_RETRY = dg.RetryPolicy(max_retries=3, delay=120)
+
+
+def hot_key(data_type: str) -> dg.AssetKey:
+    return dg.AssetKey(["hot", data_type])
+
+
+def cold_key(data_type: str) -> dg.AssetKey:
+    return dg.AssetKey(["cold", data_type])
+
+
+def seal_cron(settings: Settings) -> str:
+    """A few minutes after each hour, once the seal grace has passed."""
+    return f"{min(59, settings.seal.grace_s // 60 + 2)} * * * *"
+
+
+async def seal_with_nats(store: Store, settings: Settings, nats: NatsResource, data_type: str, hour: Any) -> SealReport:
+    """Seal with the JetStream proof; fall back to the ledger-only proof when NATS is unreachable."""
+    try:
+        cm = nats.jetstream()
+        js = await asyncio.wait_for(cm.__aenter__(), timeout=settings.nats.connect_timeout_s + 3)
+    except Exception as exc:
+        log.warning("seal.nats_unreachable", url=settings.nats.url, error=str(exc))
+        return await seal_hour(store, settings, data_type, hour, None)
+    try:
+        return await seal_hour(store, settings, data_type, hour, js)
+    finally:
+        await cm.__aexit__(None, None, None)
+
+
+def build_hot_asset(data_type: str, settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=hot_key(data_type),
+        partitions_def=partitions,
+        group_name="hot",
+        kinds={"clickhouse"},
+        description=(
+            f"marketprism_hot.{data_type}, one partition per event-time hour. Materializing a partition SEALS "
+            "the closed hour: proves from the writer's sequence ledger that every JetStream message of the hour "
+            "is in the table, fetching missing ranges from JetStream first (repair / backfill)."
+        ),
+        automation_condition=dg.AutomationCondition.on_cron(seal_cron(settings)),
+        freshness_policy=HOT_FRESHNESS,
+        retry_policy=SEAL_RETRY,
+        metadata={"table": f"{settings.storage.hot_database}.{data_type}", "stream": settings.stream_for(data_type)},
+    )
+    def _hot(
+        context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, nats: NatsResource
+    ) -> dg.MaterializeResult:
+        settings_now = clickhouse.load_settings()
+        hour = context.partition_time_window.start
+        with clickhouse.open() as store:
+            try:
+                report = asyncio.run(seal_with_nats(store, settings_now, nats, data_type, hour))
+            except SealRefused as exc:
+                meta = exc.report.metadata() if exc.report else {}
+                raise dg.Failure(description=str(exc), metadata=meta, allow_retries=True) from None
+        context.log.info(f"sealed {data_type} {hour:%Y-%m-%d %H}:00: {report.rows} rows")
+        return dg.MaterializeResult(metadata={**report.metadata(), "dagster/row_count": report.rows})
+
+    return _hot
+
+
+def unsealed_hours(instance: dg.DagsterInstance, data_type: str, hour_keys: list[str]) -> list[str]:
+    done = instance.get_materialized_partitions(hot_key(data_type))
+    return [k for k in hour_keys if k not in done]
+
+
+def build_cold_asset(
+    data_type: str, settings: Settings, partitions: dg.PartitionsDefinition, hourly: dg.TimeWindowPartitionsDefinition
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=cold_key(data_type),
+        partitions_def=partitions,
+        group_name="cold",
+        kinds={"clickhouse"},
+        deps=[dg.AssetDep(hot_key(data_type), partition_mapping=dg.TimeWindowPartitionMapping())],
+        description=(
+            f"marketprism_cold.{data_type}, one partition per day: idempotent replication of the day's 24 sealed "
+            "hot hours (partition replace), verified by count and content checksum."
+        ),
+        automation_condition=dg.AutomationCondition.eager(),
+        freshness_policy=COLD_FRESHNESS,
+        metadata={"table": f"{settings.storage.cold_database}.{data_type}"},
+    )
+    def _cold(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource) -> dg.MaterializeResult:
+        settings_now = clickhouse.load_settings()
+        window = context.partition_time_window
+        hours = hourly.get_partition_keys_in_time_window(dg.TimeWindow(window.start, window.end))
+        missing = unsealed_hours(context.instance, data_type, hours)
+        if missing:
+            raise dg.Failure(
+                description=(
+                    f"{len(missing)} of the day's hours of hot/{data_type} are not sealed ({missing[0]} ...): "
+                    "cold replicates only sealed days; materialize (backfill) those hot partitions first"
+                ),
+                metadata={"unsealed_hours": ", ".join(missing)},
+            )
+        day = context.partition_time_window.start
+        with clickhouse.open() as store:
+            try:
+                report = replicate_day(store, settings_now, data_type, day)
+            except ReplicationFailed as exc:
+                raise dg.Failure(description=str(exc)) from None
+        return dg.MaterializeResult(metadata={**report.metadata(), "dagster/row_count": report.rows})
+
+    return _cold
+
+
+def build_assets(
+    settings: Settings, hourly: dg.TimeWindowPartitionsDefinition, daily: dg.PartitionsDefinition
+) -> list[Any]:
+    out: list[Any] = []
+    for t in RECORD_TYPES:
+        out.append(build_hot_asset(t, settings, hourly))
+        out.append(build_cold_asset(t, settings, daily, hourly))
+    return out

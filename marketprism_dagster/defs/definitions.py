@@ -1,0 +1,54 @@
+"""Code location ``marketprism``: hot/cold assets, integrity checks, the checks-only schedule,
+the automation sensor (starts ON) and the alert sensors."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from marketprism_dagster.config import Settings, settings_from_env
+from marketprism_dagster.defs import partitions
+from marketprism_dagster.defs.assets import build_assets
+from marketprism_dagster.defs.checks import build_checks, window_check_keys
+from resources import ClickHouseResource, NatsResource
+from sensors.alerts import integrity_alerts, run_failure_alerts
+
+CHECKS_EVERY = "*/5 * * * *"
+
+
+def build_definitions(settings: Settings, resources: dict[str, object] | None = None) -> dg.Definitions:
+    hourly, daily = partitions.hourly(settings), partitions.daily(settings)
+    assets = build_assets(settings, hourly, daily)
+    checks = build_checks(settings, hourly, daily)
+    integrity_job = dg.define_asset_job(
+        "integrity_checks",
+        selection=dg.AssetSelection.checks(*window_check_keys(checks)),
+        description="window rules, lag, duplicates, ledger gaps, hot/cold lag, schema parity; materializes nothing",
+    )
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[integrity_job],
+        schedules=[
+            dg.ScheduleDefinition(
+                name="integrity_checks_every_5_min",
+                job=integrity_job,
+                cron_schedule=CHECKS_EVERY,
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+            )
+        ],
+        sensors=[
+            dg.AutomationConditionSensorDefinition(
+                "seal_and_replicate",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=30,
+                description="seals hot hours a few minutes after they end and replicates sealed days to cold",
+            ),
+            integrity_alerts,
+            run_failure_alerts,
+        ],
+        resources=resources or {"clickhouse": ClickHouseResource(), "nats": NatsResource()},
+    )
+
+
+defs = build_definitions(settings_from_env())

@@ -1,0 +1,108 @@
+"""Run a long-lived asyncio service (collector shard, hot writer) inside a Dagster op.
+
+The op runs until the run is terminated: termination arrives as SIGINT, which Dagster
+raises as DagsterExecutionInterruptedError; the service's ``stop`` event is set and it gets
+``DRAIN_S`` seconds to cancel its tasks and drain NATS. A heartbeat (run tags: time, pid,
+RSS, CPU) proves the worker is alive to the supervisor sensor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import dagster as dg
+import psutil
+from dagster._core.errors import DagsterExecutionInterruptedError
+
+from marketprism_dagster import supervision as sv
+from marketprism_dagster.config import Settings
+
+DRAIN_S = 20.0
+BEAT_EVERY_S = 5.0
+
+
+class RunHeartbeat:
+    """``heartbeat()`` callable handed to the service; writes run tags at most every ``every_s``."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, every_s: float = BEAT_EVERY_S) -> None:
+        self.instance = instance
+        self.run_id = run_id
+        self.every_s = every_s
+        self.started = time.time()
+        self._last = 0.0
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)
+
+    def __call__(self, *_: object, **__: object) -> None:
+        now = time.time()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        self.instance.add_run_tags(
+            self.run_id,
+            {
+                sv.HEARTBEAT_TAG: f"{now:.3f}",
+                sv.PID_TAG: str(os.getpid()),
+                sv.STARTED_TAG: f"{self.started:.3f}",
+                sv.RSS_TAG: f"{self._proc.memory_info().rss / 2**20:.1f}",
+                sv.CPU_TAG: f"{self._proc.cpu_percent(None):.1f}",
+            },
+        )
+
+
+async def _beat_forever(beat: RunHeartbeat, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        beat()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=beat.every_s)
+
+
+def run_until_terminated(
+    log: dg.DagsterLogManager,
+    beat: RunHeartbeat,
+    program: Callable[[asyncio.Event, RunHeartbeat], Awaitable[None]],
+) -> None:
+    """Run ``program(stop, heartbeat)`` on a fresh loop until it returns or the run is terminated."""
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        beater = asyncio.ensure_future(_beat_forever(beat, stop))
+        try:
+            await program(stop, beat)
+        finally:
+            stop.set()
+            await beater
+
+    task = loop.create_task(main())
+    beat()
+    try:
+        loop.run_until_complete(task)
+    except DagsterExecutionInterruptedError:
+        log.info("termination requested: stopping the service and draining NATS")
+        loop.call_soon_threadsafe(stop.set)
+        try:
+            loop.run_until_complete(asyncio.wait_for(asyncio.shield(task), DRAIN_S))
+        except (TimeoutError, DagsterExecutionInterruptedError):
+            task.cancel()
+            with contextlib.suppress(BaseException):  # cancelled or interrupted again
+                loop.run_until_complete(task)
+        raise
+    finally:
+        loop.close()
+
+
+async def collector_program(settings: Settings, shard: str, stop: asyncio.Event, beat: RunHeartbeat) -> None:
+    from marketprism_dagster.collector.runtime import run_collector
+
+    await run_collector(settings, shard, stop=stop, heartbeat=beat)
+
+
+async def writer_program(settings: Settings, stop: asyncio.Event, beat: RunHeartbeat) -> None:
+    from marketprism_dagster.writer.service import run_writer
+
+    await run_writer(settings, stop=stop, heartbeat=beat)

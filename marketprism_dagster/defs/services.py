@@ -1,0 +1,52 @@
+"""Code location ``marketprism_services``: the collector shards and the hot writer as long runs,
+kept alive by the supervisor sensor. Separate from the batch location so reloading batch code
+never touches the collectors."""
+
+import dagster as dg
+
+from marketprism_dagster.config import settings_from_env
+from marketprism_dagster.defs.runner import RunHeartbeat, collector_program, run_until_terminated, writer_program
+from sensors.supervisor import build_supervisor
+
+
+class ServiceConfig(dg.Config):
+    kind: str = "collector"  # collector | writer
+    shard: str = ""
+
+
+@dg.op(description="runs the service's asyncio program until the run is terminated")
+def run_service(context: dg.OpExecutionContext, config: ServiceConfig) -> None:
+    settings = settings_from_env()
+    beat = RunHeartbeat(context.instance, context.run_id)
+    if config.kind == "collector":
+        shard = config.shard or next(iter(settings.collector.shards))
+
+        def program(stop, hb):  # type: ignore[no-untyped-def]
+            return collector_program(settings, shard, stop, hb)
+    else:
+
+        def program(stop, hb):  # type: ignore[no-untyped-def]
+            return writer_program(settings, stop, hb)
+
+    run_until_terminated(context.log, beat, program)
+
+
+@dg.job(
+    name="collector",
+    executor_def=dg.in_process_executor,
+    description="one collector shard (tag marketprism/service=collector:<shard>); started by service_supervisor",
+)
+def collector_job() -> None:
+    run_service()
+
+
+@dg.job(
+    name="writer",
+    executor_def=dg.in_process_executor,
+    description="the hot writer: JetStream -> ClickHouse hot tables; started by service_supervisor",
+)
+def writer_job() -> None:
+    run_service()
+
+
+defs = dg.Definitions(jobs=[collector_job, writer_job], sensors=[build_supervisor([collector_job, writer_job])])

@@ -1,0 +1,26 @@
+"""NATS JetStream as a Dagster resource, configured from the YAML (nats.url)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from marketprism_dagster.jetstream import connect
+from resources.settings import SettingsResource
+
+
+class NatsResource(SettingsResource):
+    """An async JetStream context for one step: ``async with nats.jetstream() as js``."""
+
+    @property
+    def url(self) -> str:
+        return self.load_settings().nats.url
+
+    @contextlib.asynccontextmanager
+    async def jetstream(self) -> AsyncIterator[Any]:
+        nc = await connect(self.url, name="marketprism-dagster")
+        try:
+            yield nc.jetstream()
+        finally:
+            await nc.drain()
