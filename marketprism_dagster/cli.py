@@ -132,6 +132,8 @@ def config_show(
 _COMMAND_MODULES: tuple[str, ...] = (
     "marketprism_dagster.normalize",
     "marketprism_dagster.emulator.cli",
+    "marketprism_dagster.writer.cli",
+    "marketprism_dagster.collector.cli",
 )
 
 

@@ -267,6 +267,7 @@ class CollectorConfig(_Model):
     rest_timeout_s: float = Field(default=10.0, gt=0)
     ack_timeout_s: float = Field(default=5.0, gt=0, description="JetStream PubAck wait before resending (same Msg-Id)")
     recent_records: int = Field(default=100, ge=1, le=1000, description="records kept per (market, type) for the API")
+    http_host: str = Field(default="127.0.0.1", description="bind address of /health, /api/v1 and /metrics")
     shards: dict[str, list[str]] = Field(
         default_factory=lambda: {"main": []},
         description="shard name -> market ids it collects (empty = all enabled markets)",
@@ -281,6 +282,9 @@ class WriterConfig(_Model):
     max_backoff_s: float = Field(default=30.0, gt=0)
     dead_letter_stream: str = "DEAD_LETTER"
     durable_prefix: str = "marketprism_hot_writer"
+    health_host: str = Field(default="127.0.0.1", description="bind address of /health and /metrics")
+    batch_max_bytes: int = Field(default=64 * 1024**2, gt=0, description="fetch no more payload bytes per batch")
+    monitor_interval_s: float = Field(default=2.0, gt=0, description="lag refresh and heartbeat period")
 
 
 class SupervisorConfig(_Model):

@@ -13,9 +13,7 @@ from marketprism_dagster import records
 
 
 async def connect_nats(url: str, **kwargs: Any) -> NATS:
-    return await nats.connect(
-        url, connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.1, **kwargs
-    )
+    return await nats.connect(url, connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.1, **kwargs)
 
 
 async def stream_messages(nc: NATS, stream: str, subject: str = ">") -> list[Any]:

@@ -1,0 +1,511 @@
+"""The collector process: adapters (pure) driven by WebSockets, REST polls and timers; records to JetStream.
+
+``run_collector(settings, shard)`` is the entry point for the CLI and for Dagster supervision.
+Per shard: one instance (file lock), one NATS connection with a ``JetStreamPublisher``, one
+``FeedConnection`` per adapter WebSocket feed, one task per REST poll, a 100 ms timer, and
+the HTTP servers (/health + /api/v1 on ``collector.health_port``, /metrics on
+``collector.metrics_port``). Nothing on the read path waits on NATS: records go into the
+publisher's bounded buffer; overflow is counted per (exchange, symbol/data type).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+import nats
+import structlog
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from marketprism_dagster import records
+from marketprism_dagster.collector.api import CollectorApi
+from marketprism_dagster.collector.backoff import Backoff
+from marketprism_dagster.collector.health import health_path, health_report, write_health_file
+from marketprism_dagster.collector.lock import InstanceLock
+from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
+from marketprism_dagster.collector.rest import RestClient, RestError
+from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState, now_ms
+from marketprism_dagster.collector.ws import FeedConnection
+from marketprism_dagster.config import MarketConfig, OrderBookConfig, Settings
+from marketprism_dagster.jetstream import ensure_streams
+from marketprism_dagster.publisher import JetStreamPublisher, PublishStats
+from marketprism_dagster.venues.base import (
+    Backfill,
+    FetchSnapshot,
+    Output,
+    Reconnect,
+    RestPoll,
+    Send,
+    VenueAdapter,
+)
+
+log = structlog.get_logger(__name__)
+
+AdapterFactory = Callable[[str, MarketConfig, OrderBookConfig], VenueAdapter]
+
+TIMER_S = 0.1
+HOUSEKEEPING_S = 2.0
+# adapter events that are not errors (informational state changes); all others count as errors by code
+INFO_EVENTS = frozenset({"resync", "snapshot_too_old", "book_unsynced_update", "liquidation_other_symbol"})
+
+
+def next_poll_time(now: float, period_s: float, offset_s: float) -> float:
+    """The next ``k * period + offset`` strictly after ``now`` (wall seconds): e.g. every 5 min at :00:02."""
+    return (math.floor((now - offset_s) / period_s) + 1) * period_s + offset_s
+
+
+def _default_factory(market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> VenueAdapter:
+    from marketprism_dagster.venues import adapter_for
+
+    return adapter_for(market_id, market, orderbook)
+
+
+class Collector:
+    def __init__(
+        self, settings: Settings, shard: str = "main", *, adapter_factory: AdapterFactory | None = None
+    ) -> None:
+        self.settings = settings
+        self.shard = shard
+        cfg = settings.collector
+        self.markets = settings.shard_markets(shard)
+        self.state = CollectorState(shard, recent_size=cfg.recent_records)
+        self.metrics = CollectorMetrics()
+        self.metrics.bind_state(self.state)
+        self.api = CollectorApi(self)
+        factory = adapter_factory or _default_factory
+        self.adapters: dict[str, VenueAdapter] = {
+            m: factory(m, mc, settings.orderbook) for m, mc in self.markets.items()
+        }
+        for m, mc in self.markets.items():
+            self.state.markets[m] = MarketState(mc.venue, mc.market_type, tuple(mc.data_types), tuple(mc.symbols))
+        self.feeds: dict[str, FeedConnection] = {}
+        self.nc: NATS = NATS()
+        self.publisher = JetStreamPublisher(
+            self.nc,
+            max_inflight=cfg.max_inflight_acks,
+            buffer_size=cfg.publish_buffer,
+            ack_timeout_s=cfg.ack_timeout_s,
+            on_failed=self._on_publish_failed,
+        )
+        self.metrics.bind_publisher(
+            lambda: self.publisher.stats, lambda: (self.publisher.buffered, self.publisher.inflight)
+        )
+        self.health_port: int | None = None  # bound ports (useful with port 0)
+        self.metrics_port: int | None = None
+        self.health_file = health_path(settings.data_dir, shard)
+        self.ready = asyncio.Event()  # set once the HTTP servers listen
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._snapshots_inflight: set[tuple[str, str]] = set()
+        self._logged: set[tuple[str, str]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._rest: RestClient | None = None
+        self._runners: list[web.AppRunner] = []
+        self._drop_children: dict[tuple[str, str], Any] = {}
+
+    def publish_stats(self) -> PublishStats | None:
+        return self.publisher.stats
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event, heartbeat: Callable[[], None] | None = None) -> None:
+        lock = None if self.settings.collector.allow_multiple else InstanceLock(self.settings.data_dir, self.shard)
+        if lock is not None:
+            lock.acquire()
+        try:
+            await self._start_http()
+            self.ready.set()
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.collector.rest_timeout_s)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                self._session = session
+                self._rest = RestClient(
+                    session, self.metrics, self.state, timeout_s=self.settings.collector.rest_timeout_s
+                )
+                log.info(
+                    "collector.start",
+                    shard=self.shard,
+                    markets=list(self.markets),
+                    health_port=self.health_port,
+                    metrics_port=self.metrics_port,
+                )
+                self._spawn(self._nats_main())
+                for market in self.markets:
+                    self._spawn(self._market_main(market))
+                self._spawn(self._timer_loop())
+                self._spawn(self._housekeeping(heartbeat))
+                await stop.wait()
+                await self._shutdown()
+        finally:
+            for runner in self._runners:
+                await runner.cleanup()
+            self._runners = []
+            if lock is not None:
+                lock.release()
+            log.info("collector.stopped", shard=self.shard)
+
+    async def _shutdown(self) -> None:
+        log.info("collector.stopping", shard=self.shard, pending=self.publisher.pending)
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.nc.is_connected:
+            flushed = await self.publisher.close(flush_timeout=5.0)
+            log.info("collector.flushed", complete=flushed, acked=self.publisher.stats.acked)
+        else:
+            await self.publisher.close(flush_timeout=0)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        self.state.nats_connected = False
+        for f in self.state.feeds.values():
+            f.connected = False
+        body, _ = health_report(self.state, self.settings)
+        body["status"] = "stopped"
+        with contextlib.suppress(OSError):
+            write_health_file(self.health_file, body)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("collector.task_failed", task=task.get_coro().__qualname__, error=repr(task.exception()))
+            self.metrics.error(ANY, "task_failed")
+
+    async def _start_http(self) -> None:
+        cfg = self.settings.collector
+        same = cfg.health_port == cfg.metrics_port and cfg.health_port != 0
+        apps = [(self.api.app(with_metrics=same), cfg.health_port)]
+        if not same:
+            apps.append((self.api.metrics_app(), cfg.metrics_port))
+        ports: list[int] = []
+        for app, port in apps:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, cfg.http_host, port)
+            await site.start()
+            self._runners.append(runner)
+            server = site._server
+            assert server is not None and server.sockets  # type: ignore[attr-defined]
+            ports.append(int(server.sockets[0].getsockname()[1]))  # type: ignore[attr-defined]
+        self.health_port = ports[0]
+        self.metrics_port = ports[0] if same else ports[1]
+
+    # ------------------------------------------------------------------ NATS
+
+    async def _nats_main(self) -> None:
+        backoff = Backoff(self.settings.collector.reconnect_initial_s, self.settings.collector.reconnect_max_s)
+        url = self.settings.nats.url
+
+        async def disconnected() -> None:
+            self.state.nats_connected = False
+            log.warning("collector.nats_disconnected", url=url)
+
+        async def reconnected() -> None:
+            self.state.nats_connected = True
+            self.publisher.requeue_inflight()
+            log.info("collector.nats_reconnected", url=url)
+
+        async def on_error(exc: Exception) -> None:
+            log.debug("collector.nats_error", error=repr(exc))
+
+        while True:
+            nc = NATS()
+            try:
+                await nc.connect(
+                    servers=[url],
+                    name=f"marketprism-collector-{self.shard}",
+                    connect_timeout=self.settings.nats.connect_timeout_s,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    error_cb=on_error,
+                )
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                self.metrics.error(ANY, "nats_connect")
+                delay = backoff.next()
+                log.warning("collector.nats_connect_failed", url=url, error=repr(exc), retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
+                continue
+            break
+        self.nc = nc
+        self.publisher.nc = nc
+        self.state.nats_connected = True
+        log.info("collector.nats_connected", url=url)
+        try:
+            await ensure_streams(nc.jetstream(), self.settings)
+        except Exception as exc:  # streams may be managed elsewhere; publishing reports what is missing
+            self.metrics.error(ANY, "ensure_streams")
+            log.warning("collector.ensure_streams_failed", error=repr(exc))
+        await self.publisher.start()
+
+    def _on_publish_failed(self, subject: str, code: str) -> None:
+        parts = subject.split(".")
+        self.metrics.error(parts[1] if len(parts) > 1 else ANY, f"publish_{code}", parts[0])
+
+    # ------------------------------------------------------------------ markets
+
+    async def _market_main(self, market: str) -> None:
+        adapter = self.adapters[market]
+        ms = self.state.markets[market]
+        cfg = self.settings.collector
+        backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
+        while not await self._load_instruments(market):
+            await asyncio.sleep(backoff.next())
+        ms.instruments_loaded = True
+        assert self._session is not None
+        for feed in adapter.ws_feeds():
+            fs = self.state.feeds[feed.key] = FeedState(market)
+            conn = FeedConnection(
+                feed,
+                market,
+                self._session,
+                fs,
+                self.metrics,
+                on_connect=lambda key, ts, m=market: self._on_connect(m, key, ts),
+                on_message=self._message_handler(market),
+                heartbeat_s=cfg.ws_heartbeat_s,
+                backoff=Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s),
+            )
+            self.feeds[feed.key] = conn
+            self._spawn(conn.run())
+        for poll in adapter.rest_polls():
+            self._spawn(self._poll_loop(market, poll))
+        self.state.running = all(m.instruments_loaded for m in self.state.markets.values())
+        refresh = self.markets[market].instruments_refresh_s
+        while True:
+            await asyncio.sleep(refresh)
+            await self._load_instruments(market)
+
+    async def _load_instruments(self, market: str) -> bool:
+        adapter = self.adapters[market]
+        assert self._rest is not None
+        try:
+            bodies = {url: (await self._rest.get(market, url))[0] for url in adapter.instrument_urls()}
+            instruments = adapter.load_instruments(bodies)
+        except (RestError, ValueError) as exc:
+            self.metrics.error(market, "instruments")
+            self.state.errors += 1
+            log.error("collector.instruments_failed", market=market, error=str(exc))
+            return False
+        log.info("collector.instruments_loaded", market=market, count=len(instruments))
+        return True
+
+    def _message_handler(self, market: str) -> Callable[[str, str | bytes, int], None]:
+        adapter = self.adapters[market]
+        handle = self._handle
+
+        def on_message(feed_key: str, raw: str | bytes, received_at: int) -> None:
+            try:
+                out = adapter.on_message(feed_key, raw, received_at)
+            except Exception as exc:  # a parser bug must not take the feed down: count, log once, skip
+                self._adapter_failed(market, "on_message", exc, raw)
+                return
+            handle(market, out)
+
+        return on_message
+
+    def _on_connect(self, market: str, feed_key: str, ts: int) -> None:
+        try:
+            out = self.adapters[market].on_connect(feed_key, ts)
+        except Exception as exc:
+            self._adapter_failed(market, "on_connect", exc)
+            return
+        self._handle(market, out)
+
+    def _adapter_failed(self, market: str, where: str, exc: Exception, raw: str | bytes | None = None) -> None:
+        self.metrics.error(market, "adapter_exception")
+        self.state.errors += 1
+        key = (market, f"{where}:{type(exc).__name__}")
+        if key not in self._logged:
+            self._logged.add(key)
+            log.exception(
+                "collector.adapter_failed", market=market, where=where, sample=None if raw is None else raw[:200]
+            )
+
+    # ------------------------------------------------------------------ outputs
+
+    def _handle(self, market: str, out: Output) -> None:
+        if out.records:
+            self._emit(market, out.records)
+        if out.events:
+            self._count_events(market, out.events)
+        for action in out.actions:
+            self._dispatch(market, action)
+
+    def _emit(self, market: str, recs: list[Any]) -> None:
+        submit = self.publisher.submit
+        remember = self.state.remember
+        for r in recs:
+            data_type = records.data_type_of(r)
+            if not submit(records.subject(r), records.encode(r), records.msg_id(r)):
+                self._count_drop(market, data_type, r.symbol)
+            remember(data_type, market, r, r.received_at)
+
+    def _count_drop(self, market: str, data_type: str, symbol: str) -> None:
+        if data_type == "orderbook":
+            self.metrics.orderbook_queue_drops.labels(market, symbol).inc()
+        self.metrics.queue_drops.labels(market, data_type).inc()
+        key = (market, "queue_full")
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(
+                "collector.publish_buffer_full",
+                market=market,
+                buffer=self.publisher.buffer_size,
+                nats_connected=self.state.nats_connected,
+            )
+
+    def _count_events(self, market: str, events: dict[str, int]) -> None:
+        m = self.metrics
+        for event, n in events.items():
+            m.adapter_events.labels(market, event).inc(n)
+            if event in RESYNC_EVENTS:
+                m.resyncs.labels(market).inc(n)
+            if event in CHECKSUM_EVENTS:
+                m.checksum_failures.labels(market).inc(n)
+            if event not in INFO_EVENTS:
+                m.error(market, event, n=n)
+                self.state.errors += n
+
+    def _dispatch(self, market: str, action: Any) -> None:
+        if isinstance(action, Send):
+            conn = self.feeds.get(action.feed_key)
+            if conn is None:
+                self.metrics.error(market, "unknown_feed")
+                return
+            self._spawn(conn.send(action.text))
+        elif isinstance(action, FetchSnapshot):
+            key = (market, action.symbol)
+            if key in self._snapshots_inflight:
+                return
+            self._snapshots_inflight.add(key)
+            self._spawn(self._fetch_snapshot(market, action))
+        elif isinstance(action, Reconnect):
+            conn = self.feeds.get(action.feed_key)
+            if conn is not None:
+                conn.reconnect(action.reason)
+        elif isinstance(action, Backfill):
+            self._spawn(self._backfill(market, action))
+        else:
+            self.metrics.error(market, "unknown_action")
+
+    async def _fetch_snapshot(self, market: str, action: FetchSnapshot) -> None:
+        assert self._rest is not None
+        cfg = self.settings.collector
+        backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
+        try:
+            while True:
+                try:
+                    body, ts = await self._rest.get(market, action.url, action.weight)
+                    break
+                except RestError as exc:
+                    log.warning("collector.snapshot_failed", market=market, symbol=action.symbol, error=str(exc))
+                    await asyncio.sleep(backoff.next())
+        finally:
+            self._snapshots_inflight.discard((market, action.symbol))
+        try:
+            out = self.adapters[market].on_snapshot(action.symbol, body, ts)
+        except Exception as exc:
+            self._adapter_failed(market, "on_snapshot", exc, body)
+            return
+        self._handle(market, out)
+
+    async def _backfill(self, market: str, action: Backfill) -> None:
+        assert self._rest is not None
+        try:
+            body, ts = await self._rest.get(market, action.url)
+        except RestError as exc:
+            log.warning("collector.backfill_failed", market=market, key=action.key, error=str(exc))
+            return
+        try:
+            out = self.adapters[market].on_backfill(action.key, body, ts)
+        except Exception as exc:
+            self._adapter_failed(market, "on_backfill", exc, body)
+            return
+        self._handle(market, out)
+
+    async def _poll_loop(self, market: str, poll: RestPoll) -> None:
+        """Poll once at start, then on every period boundary + offset."""
+        assert self._rest is not None
+        adapter = self.adapters[market]
+        while True:
+            try:
+                body, ts = await self._rest.get(market, poll.url, poll.weight)
+            except RestError as exc:
+                log.warning("collector.poll_failed", market=market, key=poll.key, error=str(exc))
+            else:
+                try:
+                    out = adapter.on_rest(poll, body, ts)
+                except Exception as exc:
+                    self._adapter_failed(market, "on_rest", exc, body)
+                else:
+                    self._handle(market, out)
+            now = time.time()
+            await asyncio.sleep(next_poll_time(now, poll.period_s, poll.offset_s) - now)
+
+    async def _timer_loop(self) -> None:
+        loaded = self.state.markets
+        while True:
+            await asyncio.sleep(TIMER_S)
+            now = now_ms()
+            for market, adapter in self.adapters.items():
+                if not loaded[market].instruments_loaded:
+                    continue
+                try:
+                    out = adapter.on_timer(now)
+                except Exception as exc:
+                    self._adapter_failed(market, "on_timer", exc)
+                    continue
+                self._handle(market, out)
+
+    async def _housekeeping(self, heartbeat: Callable[[], None] | None) -> None:
+        while True:
+            self.api.rate.sample(sum(self.state.records.values()))
+            body, _ = health_report(self.state, self.settings)
+            try:
+                write_health_file(self.health_file, body)
+            except OSError as exc:
+                log.warning("collector.health_file_failed", path=str(self.health_file), error=repr(exc))
+            if heartbeat is not None:
+                try:
+                    heartbeat()
+                except Exception as exc:
+                    log.warning("collector.heartbeat_failed", error=repr(exc))
+            await asyncio.sleep(HOUSEKEEPING_S)
+
+
+async def run_collector(
+    settings: Settings,
+    shard: str = "main",
+    *,
+    stop: asyncio.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    adapter_factory: AdapterFactory | None = None,
+) -> None:
+    """Run one collector shard until ``stop`` is set (or SIGTERM/SIGINT when no event is given)."""
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+    try:
+        await Collector(settings, shard, adapter_factory=adapter_factory).run(stop, heartbeat)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
