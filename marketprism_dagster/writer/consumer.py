@@ -1,0 +1,288 @@
+"""JetStream side of the writer: the durable pull consumer, a catch-up reader and the in-order buffer.
+
+The durable consumer (``{writer.durable_prefix}_{stream}``, deliver all, AckPolicy.ALL) is
+created once and never reset. Its delivery state is not trusted for *position*: the ledger
+is (see ``ingest``). The buffer keeps delivered messages by stream sequence and hands out
+contiguous ranges starting right after the watermark. When the next sequence is not in the
+buffer although the stream holds it (after a crash the previous process's deliveries stay
+pending until ack_wait, and max_ack_pending can stall the durable), a short-lived ephemeral
+consumer (deliver by start sequence, no acks) reads it straight from the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.writer.ingest import StreamMessage
+
+log = structlog.get_logger(__name__)
+
+
+class ConsumerConflict(Exception):
+    """The durable exists with a configuration the writer cannot use; it is never reset silently."""
+
+
+def durable_name(settings: Settings, stream: str) -> str:
+    return f"{settings.writer.durable_prefix}_{stream}"
+
+
+def durable_config(settings: Settings, stream: str) -> js_api.ConsumerConfig:
+    name = durable_name(settings, stream)
+    return js_api.ConsumerConfig(
+        name=name,
+        durable_name=name,
+        description="MarketPrism hot writer (ledger-ordered, ack-all after commit)",
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.ALL,
+        ack_wait=float(settings.nats.ack_wait_s),
+        max_ack_pending=settings.streams[stream].max_ack_pending,
+        max_deliver=-1,
+        replay_policy=js_api.ReplayPolicy.INSTANT,
+    )
+
+
+# Fields that define what the consumer delivers and how acks work: a difference means the
+# durable belongs to something else (or an older writer), and changing it would reset it.
+_FIXED = ("deliver_policy", "ack_policy", "filter_subject", "filter_subjects", "opt_start_seq", "opt_start_time",
+          "deliver_subject")
+# Fields JetStream lets us update in place without touching the delivery state.
+_TUNABLE = ("ack_wait", "max_ack_pending")
+
+
+async def ensure_durable(js: JetStreamContext, settings: Settings, stream: str) -> str:
+    """Create the durable if missing; update tunables; refuse (ConsumerConflict) on anything else."""
+    wanted = durable_config(settings, stream)
+    name = wanted.durable_name or ""
+    try:
+        info = await js.consumer_info(stream, name)
+    except NotFoundError:
+        await js.add_consumer(stream, wanted)
+        log.info("writer.consumer_created", stream=stream, consumer=name)
+        return "created"
+    cur = info.config
+    bad = []
+    for f in _FIXED:
+        a, b = getattr(cur, f, None), getattr(wanted, f, None)
+        if (a or None) != (b or None):
+            bad.append(f"{f}={a!r} (want {b!r})")
+    if bad:
+        raise ConsumerConflict(
+            f"durable consumer {name} on stream {stream} exists with {', '.join(bad)}. The writer never resets or "
+            f"recreates it (that would lose or replay data). If it is a leftover, back it up and delete it "
+            f"(nats consumer rm {stream} {name}); or set writer.durable_prefix to use another name."
+        )
+    changed = [f for f in _TUNABLE if round(float(getattr(cur, f) or 0), 3) != round(float(getattr(wanted, f) or 0), 3)]
+    if changed:
+        cfg = cur
+        for f in changed:
+            setattr(cfg, f, getattr(wanted, f))
+        await js.add_consumer(stream, cfg)  # JetStream treats a create with the same name as an update
+        log.info("writer.consumer_updated", stream=stream, consumer=name, fields=changed)
+        return "updated"
+    return "verified"
+
+
+def _to_stream_message(m: Msg, seq: int) -> StreamMessage:
+    return StreamMessage(seq=seq, subject=m.subject, data=m.data, headers=dict(m.headers) if m.headers else None)
+
+
+@dataclass
+class Pending:
+    message: StreamMessage
+    delivery: Msg | None  # the durable's delivery (for the ack), None when read by the catch-up reader
+
+
+@dataclass
+class Taken:
+    """A contiguous range ready to commit."""
+
+    first_seq: int
+    last_seq: int
+    messages: list[StreamMessage]
+    ack: Msg | None  # the durable delivery with the highest sequence in the range
+
+
+@dataclass
+class StreamBuffer:
+    """Delivered messages by sequence, handed out as contiguous ranges after the watermark."""
+
+    stream: str
+    watermark: int
+    forced_end: int | None = None  # a crashed range that must be re-committed exactly
+    pending: dict[int, Pending] = field(default_factory=dict)
+    absent: list[tuple[int, int]] = field(default_factory=list)  # ranges the stream no longer holds
+    stale_ack: Msg | None = None  # highest delivery at or below the watermark, still to ack
+
+    def add(self, seq: int, message: StreamMessage, delivery: Msg | None) -> None:
+        if seq <= self.watermark:
+            if delivery is not None and (self.stale_ack is None or delivery_seq(self.stale_ack) < seq):
+                self.stale_ack = delivery
+            return
+        cur = self.pending.get(seq)
+        if cur is None or delivery is not None:
+            self.pending[seq] = Pending(message, delivery if delivery is not None else (cur.delivery if cur else None))
+
+    def mark_absent(self, lo: int, hi: int) -> None:
+        if hi >= lo:
+            self.absent.append((lo, hi))
+
+    @property
+    def expected(self) -> int:
+        return self.watermark + 1
+
+    def _absent_until(self, seq: int) -> int | None:
+        for lo, hi in self.absent:
+            if lo <= seq <= hi:
+                return hi
+        return None
+
+    def has_hole(self) -> bool:
+        """Messages are waiting but the next sequence is not among them."""
+        return bool(self.pending) and self.expected not in self.pending and self._absent_until(self.expected) is None
+
+    def _ready(self, limit: int) -> tuple[int, int | None]:
+        """(messages ready, last sequence ready) from ``expected`` on, at most ``limit`` messages."""
+        if self.forced_end is not None:
+            limit = max(limit, self.forced_end - self.watermark)
+        seq = self.expected
+        n = 0
+        last: int | None = None
+        end = self.forced_end
+        while n < limit and (end is None or seq <= end):
+            if seq in self.pending:
+                n += 1
+                last = seq
+                seq += 1
+                continue
+            hi = self._absent_until(seq)
+            if hi is None:
+                break
+            last = hi if end is None else min(hi, end)
+            seq = last + 1
+        return n, last
+
+    def ready_count(self, limit: int) -> int:
+        return self._ready(limit)[0]
+
+    def take(self, limit: int) -> Taken | None:
+        n, last = self._ready(limit)
+        if last is None:
+            return None
+        if self.forced_end is not None and last < self.forced_end:
+            return None  # the in-flight range of a crashed writer is committed whole or not at all
+        first = self.expected
+        msgs: list[StreamMessage] = []
+        ack: Msg | None = None
+        for seq in range(first, last + 1) if n else ():
+            p = self.pending.get(seq)
+            if p is None:
+                continue
+            msgs.append(p.message)
+            if p.delivery is not None:
+                ack = p.delivery
+        return Taken(first, last, msgs, ack)
+
+    def committed(self, taken: Taken) -> None:
+        for m in taken.messages:
+            self.pending.pop(m.seq, None)
+        self.watermark = taken.last_seq
+        self.absent = [(lo, hi) for lo, hi in self.absent if hi > self.watermark]
+        if self.forced_end is not None and self.watermark >= self.forced_end:
+            self.forced_end = None
+
+    def delivered_count(self) -> int:
+        return sum(1 for p in self.pending.values() if p.delivery is not None)
+
+
+def delivery_seq(m: Msg) -> int:
+    """The stream sequence of a durable delivery, from its reply subject (cheap: no metadata object)."""
+    tokens = m.reply.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (+ domain/hash in v2 format)
+    return int(tokens[-4]) if len(tokens) == 9 else m.metadata.sequence.stream
+
+
+class DurableReader:
+    """Fetch from the durable pull consumer; ack with AckPolicy.ALL."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings, stream: str) -> None:
+        self.js = js
+        self.settings = settings
+        self.stream = stream
+        self.name = durable_name(settings, stream)
+        self.sub: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        await ensure_durable(self.js, self.settings, self.stream)
+        self.sub = await self.js.pull_subscribe_bind(durable=self.name, stream=self.stream)
+
+    async def fetch(self, n: int, timeout: float) -> list[Msg]:
+        assert self.sub is not None
+        try:
+            return await self.sub.fetch(n, timeout=timeout)
+        except TimeoutError:
+            return []
+
+    async def ack(self, m: Msg) -> None:
+        await m.ack()
+
+    async def info(self) -> js_api.ConsumerInfo:
+        return await self.js.consumer_info(self.stream, self.name)
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+
+
+async def read_range(js: JetStreamContext, stream: str, start_seq: int, max_msgs: int, timeout: float = 2.0
+                     ) -> list[StreamMessage]:
+    """Up to ``max_msgs`` messages of ``stream`` from ``start_seq`` on, in order, without acks.
+
+    A short-lived ephemeral consumer (memory, deleted after use); used to fill the writer's
+    buffer after a crash and by the repair path to re-read a range.
+    """
+    name = f"mp_catchup_{stream.lower()}_{start_seq}_{id(js) & 0xFFFF:x}"
+    cfg = js_api.ConsumerConfig(
+        name=name,
+        deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start_seq,
+        ack_policy=js_api.AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    await js.add_consumer(stream, cfg)
+    sub = await js.pull_subscribe_bind(consumer=name, stream=stream)
+    out: list[StreamMessage] = []
+    try:
+        while len(out) < max_msgs:
+            try:
+                got = await sub.fetch(min(max_msgs - len(out), 10_000), timeout=timeout)
+            except TimeoutError:
+                break
+            if not got:
+                break
+            out.extend(_to_stream_message(m, delivery_seq(m)) for m in got)
+            info_pending = got[-1].reply.split(".")[-1] if got[-1].reply else "0"
+            if info_pending == "0":
+                break  # nothing more in the stream right now
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+    return out
+
+
+def to_stream_message(m: Msg) -> tuple[int, StreamMessage]:
+    seq = delivery_seq(m)
+    return seq, _to_stream_message(m, seq)

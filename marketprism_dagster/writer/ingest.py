@@ -1,0 +1,509 @@
+"""Commit one contiguous JetStream sequence range into the hot tables: the writer's reusable core.
+
+``commit_batch(store, settings, stream, messages)`` decodes the messages, sets aside the
+poison ones (with a reason), inserts the good records per table with a deduplication token
+derived from the sequence range, and then writes the ledger. The hot writer calls it (in
+two steps, ``prepare_batch`` + ``commit_prepared``, so it can publish dead letters between
+them); the seal/repair path calls it with messages it re-read from JetStream.
+
+Exactly once, the argument
+--------------------------
+Definitions: per stream, the *watermark* W is the highest ``last_seq`` of the stream's
+``'*'`` rows in ``marketprism_meta.ingest_ledger``. The writer commits ranges strictly in
+order: the next range always starts at W + 1 and contains every message of the stream
+between its first and last sequence (sequences the stream no longer holds are recorded
+as absent: ``messages`` < ``last_seq - first_seq + 1``). So ledger ranges tile 1..W with no gap
+and no overlap, and the ledger alone says which sequences are in the tables.
+
+A commit of range [a, b] is, in this order:
+
+1. an *intent* row (a, b) in ``marketprism_meta.ingest_intent`` (``INTENT_TABLE``);
+2. dead letters published to JetStream and acknowledged by the server (writer only);
+3. one insert per table, token ``f"{stream}:{a}-{b}:{data_type}"``;
+4. the ledger rows (``'*'`` plus one per (data_type, hour)) in one insert;
+5. the JetStream ack (AckPolicy.ALL on the highest delivered message of the range).
+
+A crash can happen between any two steps, and JetStream redelivers everything not acked.
+
+* Crash before 1, or after 4: nothing of [a, b] is in the tables (before 1), or all of it
+  and the ledger says so (after 4). On restart W is read from the ledger; redelivered
+  messages at or below W are acknowledged without insert; the rest are new work.
+* Crash between 1 and 4: the tables may hold any subset of the range (a table insert is
+  atomic per part, but several tables and partitions are several parts), the ledger does
+  not. On restart the intent with ``first_seq == W + 1`` says exactly which range was in
+  flight, so the first batch is forced to be [a, b] again (never regrouped differently:
+  missing sequences are re-read from the stream), and it is committed in *recovery* mode:
+  for each table the identities of the batch already present in the table (looked up in
+  the batch's time range) are removed, and only the rest is inserted. This does not trust
+  ClickHouse's insert-deduplication log to have survived the crash (a kill between its
+  log append and the part rename would otherwise make the retry look like a duplicate
+  and drop it); it trusts only the rows that are there.
+* Duplicates in flight within one process (a retry after StoreUnavailable, a server
+  timeout after the insert landed) reuse the same prepared batch and tokens, and
+  ClickHouse drops the repeated block (``non_replicated_deduplication_window``).
+* AckPolicy.ALL is safe because the writer acks sequence b only after every sequence
+  <= b is in the ledger: the implicit acks it gives never cover uncommitted messages.
+  One writer per durable consumer is required (two would race on W).
+
+So after any sequence of kills, each sequence <= W is in the tables exactly once, and
+sequences > W are still unacknowledged in JetStream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import structlog
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, subject, to_arrow, to_columns
+from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.schema import LEDGER_TABLE
+
+log = structlog.get_logger(__name__)
+
+INTENT_TABLE = "ingest_intent"
+ALL_TYPES = "*"  # the ledger's per-batch row
+
+# Event and receive times outside [2000-01-01, 2200-01-01) are schema-invalid.
+MIN_TIME_MS = 946_684_800_000
+MAX_TIME_MS = 7_258_118_400_000
+
+_LEDGER_SCHEMA = pa.schema(
+    [
+        ("stream", pa.string()),
+        ("first_seq", pa.uint64()),
+        ("last_seq", pa.uint64()),
+        ("data_type", pa.string()),
+        ("hour", pa.timestamp("s", tz="UTC")),
+        ("messages", pa.uint64()),
+        ("rows", pa.uint64()),
+        ("dead_letters", pa.uint64()),
+        ("min_ts", pa.timestamp("ms", tz="UTC")),
+        ("max_ts", pa.timestamp("ms", tz="UTC")),
+        ("token", pa.string()),
+        ("committed_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+_INTENT_SCHEMA = pa.schema(
+    [
+        ("stream", pa.string()),
+        ("first_seq", pa.uint64()),
+        ("last_seq", pa.uint64()),
+        ("created_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+
+def intent_ddl(database: str) -> str:
+    """The writer's in-flight ranges (see the module docstring); a few bytes per batch."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{INTENT_TABLE}` (\n"
+        "  `stream` LowCardinality(String),\n"
+        "  `first_seq` UInt64,\n"
+        "  `last_seq` UInt64,\n"
+        "  `created_at` DateTime64(3, 'UTC')\n"
+        ")\nENGINE = ReplacingMergeTree\n"
+        "ORDER BY (`stream`, `first_seq`, `last_seq`)\n"
+        "TTL toDateTime(created_at) + INTERVAL 30 DAY DELETE"
+    )
+
+
+def ensure_writer_tables(store: Store, settings: Settings) -> None:
+    """The intent table beside the ledger (the ledger itself comes from ``init_schema``)."""
+    db = settings.storage.ledger_database
+    store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    store.execute(intent_ddl(db))
+
+
+# ---------------------------------------------------------------------------- data shapes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """One JetStream message as the writer sees it, whatever delivered it."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A message that cannot become a row: dead-lettered with ``reason`` (``kind`` is the metric label)."""
+
+    message: StreamMessage
+    kind: str
+    reason: str
+
+
+@dataclass
+class TableBatch:
+    data_type: str
+    records: list[Any]
+    table: pa.Table
+    token: str
+
+
+@dataclass
+class PreparedBatch:
+    """A decoded range, ready to commit. ``first_seq``/``last_seq`` bound the range even if ends are absent."""
+
+    stream: str
+    first_seq: int
+    last_seq: int
+    messages: int
+    tables: dict[str, TableBatch] = field(default_factory=dict)
+    poison: list[Poison] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.table.num_rows for t in self.tables.values())
+
+    @property
+    def range_token(self) -> str:
+        return f"{self.stream}:{self.first_seq}-{self.last_seq}"
+
+
+@dataclass
+class BatchResult:
+    stream: str
+    first_seq: int
+    last_seq: int
+    messages: int
+    rows_by_table: dict[str, int]
+    poison: list[Poison]
+    recovered: bool = False  # committed in recovery mode
+    skipped_existing: int = 0  # recovery mode: rows already present, not reinserted
+    insert_seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rows_by_table.values())
+
+
+def data_token(stream: str, first_seq: int, last_seq: int, data_type: str) -> str:
+    return f"{stream}:{first_seq}-{last_seq}:{data_type}"
+
+
+# ---------------------------------------------------------------------------- decoding
+
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(data_type: str) -> msgspec.json.Decoder[Any]:
+    dec = _DECODERS.get(data_type)
+    if dec is None:
+        from marketprism_dagster.records import STRUCTS
+
+        dec = _DECODERS[data_type] = msgspec.json.Decoder(STRUCTS[data_type])
+    return dec
+
+
+def _time_columns(rt: RecordType) -> tuple[str, ...]:
+    return tuple(c.name for c in rt.columns if c.wire in (Wire.TIME_MS, Wire.OPT_TIME_MS))
+
+
+_TIME_COLUMNS = {name: _time_columns(rt) for name, rt in RECORD_TYPES.items()}
+
+
+def classify(msg: StreamMessage) -> tuple[str, Any] | Poison:
+    """(data_type, record) or the reason the message cannot be stored."""
+    data_type = msg.subject.split(".", 1)[0]
+    if data_type not in RECORD_TYPES:
+        return Poison(msg, "unknown_data_type", f"subject {msg.subject!r} names no known data type")
+    try:
+        record = _decoder(data_type).decode(msg.data)
+    except msgspec.ValidationError as exc:
+        return Poison(msg, "schema_invalid", f"{data_type}: {exc}")
+    except msgspec.DecodeError as exc:
+        return Poison(msg, "undecodable", f"not JSON: {exc}")
+    expected = subject(record)
+    if expected != msg.subject:
+        return Poison(msg, "subject_mismatch", f"record belongs on {expected!r}, arrived on {msg.subject!r}")
+    for name in _TIME_COLUMNS[data_type]:
+        t = getattr(record, name)
+        if t is not None and not MIN_TIME_MS <= t < MAX_TIME_MS:
+            return Poison(msg, "schema_invalid", f"{data_type}.{name} = {t} ms is outside 2000..2200")
+    return data_type, record
+
+
+def _arrow_or_poison(
+    data_type: str, pairs: list[tuple[StreamMessage, Any]]
+) -> tuple[pa.Table, list[Any], list[Poison]]:
+    """Typed Arrow for the records; a record Arrow rejects (bad decimal, overflow) becomes poison."""
+    records = [r for _, r in pairs]
+    try:
+        return to_arrow(data_type, to_columns(data_type, records)), records, []
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        pass
+    good: list[Any] = []
+    poison: list[Poison] = []
+    for msg, rec in pairs:
+        try:
+            to_arrow(data_type, to_columns(data_type, [rec]))
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+            poison.append(Poison(msg, "invalid_value", f"{data_type}: {type(exc).__name__}: {exc}"))
+        else:
+            good.append(rec)
+    return to_arrow(data_type, to_columns(data_type, good)), good, poison
+
+
+def prepare_batch(stream: str, messages: Sequence[StreamMessage], first_seq: int | None = None,
+                  last_seq: int | None = None) -> PreparedBatch:
+    """Decode and classify a contiguous range; pure (no I/O).
+
+    ``first_seq``/``last_seq`` default to the messages' extremes; pass them when the range's
+    ends are sequences the stream no longer holds, so the ledger still tiles the sequence space.
+    """
+    if not messages and (first_seq is None or last_seq is None):
+        raise ValueError("an empty batch needs explicit first_seq and last_seq")
+    seqs = [m.seq for m in messages]
+    lo = min(seqs) if first_seq is None else first_seq
+    hi = max(seqs) if last_seq is None else last_seq
+    if seqs and (min(seqs) < lo or max(seqs) > hi):
+        raise ValueError(f"messages {min(seqs)}..{max(seqs)} fall outside the range {lo}..{hi}")
+    batch = PreparedBatch(stream, lo, hi, len(messages))
+    by_type: dict[str, list[tuple[StreamMessage, Any]]] = defaultdict(list)
+    for msg in messages:
+        out = classify(msg)
+        if isinstance(out, Poison):
+            batch.poison.append(out)
+        else:
+            by_type[out[0]].append((msg, out[1]))
+    for data_type, pairs in by_type.items():
+        table, records, poison = _arrow_or_poison(data_type, pairs)
+        batch.poison.extend(poison)
+        if records:
+            token = data_token(stream, lo, hi, data_type)
+            batch.tables[data_type] = TableBatch(data_type, records, table, token)
+    return batch
+
+
+# ---------------------------------------------------------------------------- committing
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ledger_rows(batch: PreparedBatch) -> pa.Table:
+    now = _now_ms()
+    cols: dict[str, list[Any]] = {name: [] for name in _LEDGER_SCHEMA.names}
+
+    def add(data_type: str, hour_s: int, messages: int, rows: int, dead: int, lo: int | None, hi: int | None,
+            token: str) -> None:
+        for k, v in (
+            ("stream", batch.stream),
+            ("first_seq", batch.first_seq),
+            ("last_seq", batch.last_seq),
+            ("data_type", data_type),
+            ("hour", hour_s),
+            ("messages", messages),
+            ("rows", rows),
+            ("dead_letters", dead),
+            ("min_ts", lo),
+            ("max_ts", hi),
+            ("token", token),
+            ("committed_at", now),
+        ):
+            cols[k].append(v)
+
+    all_lo: int | None = None
+    all_hi: int | None = None
+    per_hour: list[tuple[str, int, int, int, int, str]] = []
+    for data_type, tb in sorted(batch.tables.items()):
+        groups: dict[int, list[int]] = {}
+        for rec in tb.records:
+            ts = rec.timestamp
+            hour = ts // 3_600_000 * 3600
+            g = groups.get(hour)
+            if g is None:
+                groups[hour] = [1, ts, ts]
+            else:
+                g[0] += 1
+                if ts < g[1]:
+                    g[1] = ts
+                if ts > g[2]:
+                    g[2] = ts
+        for hour, (n, lo, hi) in sorted(groups.items()):
+            per_hour.append((data_type, hour, n, lo, hi, tb.token))
+            all_lo = lo if all_lo is None else min(all_lo, lo)
+            all_hi = hi if all_hi is None else max(all_hi, hi)
+    star_hour = (all_lo // 3_600_000 * 3600) if all_lo is not None else 0
+    add(ALL_TYPES, star_hour, batch.messages, batch.rows, len(batch.poison), all_lo, all_hi,
+        f"{batch.range_token}:{ALL_TYPES}")
+    for data_type, hour, n, lo, hi, token in per_hour:
+        add(data_type, hour, 0, n, 0, lo, hi, token)
+    return pa.table(cols, schema=_LEDGER_SCHEMA)
+
+
+def _identity_select(rt: RecordType) -> str:
+    parts = []
+    for name in rt.identity:
+        wire = rt.column(name).wire
+        if wire in (Wire.TIME_MS, Wire.OPT_TIME_MS):
+            parts.append(f"toUnixTimestamp64Milli(`{name}`)")
+        else:
+            parts.append(f"`{name}`")
+    return ", ".join(parts)
+
+
+def _key_value(wire: Wire, value: Any) -> Any:
+    if wire in (Wire.DECIMAL, Wire.OPT_DECIMAL) and value is not None:
+        try:
+            return Decimal(str(value))
+        except InvalidOperation:
+            return str(value)
+    if wire in (Wire.TIME_MS, Wire.OPT_TIME_MS, Wire.UINT) and value is not None:
+        return int(value)
+    return value
+
+
+def identity_key(rt: RecordType, record: Any) -> tuple[Any, ...]:
+    return tuple(_key_value(rt.column(n).wire, getattr(record, n)) for n in rt.identity)
+
+
+def _sql_str(v: str) -> str:
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def existing_identities(store: Store, database: str, data_type: str, records: Iterable[Any]) -> set[tuple[Any, ...]]:
+    """Identities among ``records`` already present in ``database.data_type`` (no FINAL needed)."""
+    rt = RECORD_TYPES[data_type]
+    recs = list(records)
+    if not recs:
+        return set()
+    lo = min(r.timestamp for r in recs)
+    hi = max(r.timestamp for r in recs)
+    exchanges = sorted({r.exchange for r in recs})
+    symbols = sorted({r.symbol for r in recs})
+    sql = (
+        f"SELECT {_identity_select(rt)} FROM `{database}`.`{data_type}` "
+        f"WHERE `timestamp` BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi}) "
+        f"AND `exchange` IN ({', '.join(_sql_str(e) for e in exchanges)}) "
+        f"AND `symbol` IN ({', '.join(_sql_str(s) for s in symbols)})"
+    )
+    wires = [rt.column(n).wire for n in rt.identity]
+    wanted = {identity_key(rt, r) for r in recs}
+    found = set()
+    for row in store.query_rows(sql):
+        key = tuple(_key_value(w, v) for w, v in zip(wires, row, strict=True))
+        if key in wanted:
+            found.add(key)
+    return found
+
+
+def write_intent(store: Store, settings: Settings, stream: str, first_seq: int, last_seq: int) -> None:
+    table = pa.table(
+        {"stream": [stream], "first_seq": [first_seq], "last_seq": [last_seq], "created_at": [_now_ms()]},
+        schema=_INTENT_SCHEMA,
+    )
+    store.insert_arrow_table(
+        settings.storage.ledger_database, INTENT_TABLE, table, dedup_token=f"intent:{stream}:{first_seq}-{last_seq}"
+    )
+
+
+def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, recovery: bool = False,
+                    intent: bool = True) -> BatchResult:
+    """Steps 1, 3 and 4 of the module docstring for a prepared batch. Raises StoreUnavailable untouched.
+
+    ``recovery=True`` inserts only the identities not already in the tables (used for the range
+    a crashed writer left in flight, and by the repair path, which re-commits a range whose
+    history is unknown); a retry of the same prepared batch in one process can use either mode.
+    """
+    started = time.perf_counter()
+    hot = settings.storage.hot_database
+    if intent:
+        write_intent(store, settings, batch.stream, batch.first_seq, batch.last_seq)
+    rows_by_table: dict[str, int] = {}
+    skipped = 0
+    for data_type, tb in sorted(batch.tables.items()):
+        if recovery:
+            rt = RECORD_TYPES[data_type]
+            present = existing_identities(store, hot, data_type, tb.records)
+            missing = [r for r in tb.records if identity_key(rt, r) not in present]
+            skipped += len(tb.records) - len(missing)
+            if missing:
+                # a fresh token: the crashed attempt's token may sit in the dedup log without its part
+                store.insert(hot, data_type, to_columns(data_type, missing),
+                             dedup_token=f"{tb.token}:recover:{uuid.uuid4().hex}")
+        else:
+            store.insert_arrow_table(hot, data_type, tb.table, dedup_token=tb.token)
+        rows_by_table[data_type] = tb.table.num_rows
+    ledger_token = f"ledger:{batch.range_token}"
+    if recovery:
+        ledger_token += f":recover:{uuid.uuid4().hex}"
+    store.insert_arrow_table(settings.storage.ledger_database, LEDGER_TABLE, _ledger_rows(batch),
+                             dedup_token=ledger_token)
+    return BatchResult(
+        stream=batch.stream,
+        first_seq=batch.first_seq,
+        last_seq=batch.last_seq,
+        messages=batch.messages,
+        rows_by_table=rows_by_table,
+        poison=list(batch.poison),
+        recovered=recovery,
+        skipped_existing=skipped,
+        insert_seconds=time.perf_counter() - started,
+    )
+
+
+def commit_batch(
+    store: Store,
+    settings: Settings,
+    stream: str,
+    messages: Sequence[StreamMessage],
+    *,
+    first_seq: int | None = None,
+    last_seq: int | None = None,
+    recovery: bool = True,
+    on_poison: Callable[[list[Poison]], None] | None = None,
+) -> BatchResult:
+    """Decode, classify, insert per table with range tokens, and write the ledger.
+
+    ``messages`` must be every message the stream holds in ``first_seq..last_seq`` (defaults:
+    the messages' extremes). Poison messages are returned in ``BatchResult.poison`` with their
+    reason; ``on_poison`` (if given) is called with them BEFORE the ledger is written, so a
+    caller that dead-letters them cannot lose them to a crash. ``recovery=True`` (the default,
+    right for the repair path) never inserts an identity that is already present.
+    Raises ``StoreUnavailable`` when the store cannot be reached; nothing is half-recorded in
+    the ledger then, and calling again with the same arguments is safe.
+    """
+    batch = prepare_batch(stream, messages, first_seq, last_seq)
+    if batch.poison and on_poison is not None:
+        on_poison(batch.poison)
+    return commit_prepared(store, settings, batch, recovery=recovery)
+
+
+# ---------------------------------------------------------------------------- resuming
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    stream: str
+    watermark: int  # highest committed last_seq (0 = nothing yet)
+    intent_last_seq: int | None  # in-flight range (watermark + 1 .. this) left by a crash
+
+
+def resume_point(store: Store, settings: Settings, stream: str) -> ResumePoint:
+    meta = settings.storage.ledger_database
+    s = _sql_str(stream)
+    watermark = store.query_value(
+        f"SELECT max(last_seq) FROM `{meta}`.`{LEDGER_TABLE}` WHERE stream = {s} AND data_type = '{ALL_TYPES}'"
+    )
+    w = int(watermark or 0)
+    pending = store.query_value(
+        f"SELECT max(last_seq) FROM `{meta}`.`{INTENT_TABLE}` WHERE stream = {s} AND first_seq = {w + 1}"
+    )
+    p = int(pending) if pending else None
+    return ResumePoint(stream, w, p if p and p > w else None)

@@ -1,0 +1,432 @@
+"""The hot writer process: JetStream durable consumers -> hot tables, exactly once in effect.
+
+One asyncio task per stream fetches from its durable consumer, keeps messages in sequence
+order (``consumer.StreamBuffer``), and commits contiguous ranges through ``ingest``; the
+store runs in one worker thread (chDB serializes sessions per process anyway), so fetching,
+heartbeats and HTTP stay responsive while a batch is inserted. When the store is unavailable
+the stream stops fetching and retries the same prepared batch with capped backoff; its
+messages stay unacknowledged in JetStream. SIGTERM (or ``stop``) finishes the batch in hand.
+
+Entry point for the CLI and Dagster: ``run_writer(settings, stop=..., heartbeat=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.jetstream import connect, ensure_streams
+from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
+from marketprism_dagster.storage.base import Store
+from marketprism_dagster.writer.consumer import (
+    DurableReader,
+    StreamBuffer,
+    Taken,
+    read_range,
+    to_stream_message,
+)
+from marketprism_dagster.writer.deadletter import ensure_dead_letter_stream, publish_dead_letters
+from marketprism_dagster.writer.http import WriterHttp
+from marketprism_dagster.writer.ingest import (
+    BatchResult,
+    PreparedBatch,
+    commit_prepared,
+    ensure_writer_tables,
+    prepare_batch,
+    resume_point,
+)
+from marketprism_dagster.writer.metrics import WriterMetrics
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+MIN_BACKOFF_S = 0.25
+
+
+@dataclass
+class StreamState:
+    name: str
+    reader: DurableReader
+    buffer: StreamBuffer
+    recovery_end: int | None
+    last_seq: int = 0
+    first_seq: int = 0
+    acked_seq: int = 0
+    avg_msg_bytes: float = 512.0
+    catching_up: bool = False
+
+
+class WriterService:
+    """One writer process. ``http_port`` is the bound port once ``started`` is set."""
+
+    def __init__(self, settings: Settings, *, heartbeat: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.heartbeat = heartbeat
+        self.metrics = WriterMetrics()
+        self.http = WriterHttp(self.health, self.metrics.render)
+        self.started = asyncio.Event()
+        self.started_at = time.time()
+        self.last_batch_at: float | None = None
+        self.store_ok = True
+        self.streams: dict[str, StreamState] = {}
+        self.nc: NATS | None = None
+        self.store: Store | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer-store")
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port
+
+    # ------------------------------------------------------------------ store thread
+
+    async def _in_store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def _after_batch(self) -> None:
+        yield_fn = getattr(self.store, "yield_to_waiters", None)
+        if yield_fn is not None:
+            yield_fn()
+
+    async def _store_call(self, stop: asyncio.Event, what: str, fn: Callable[..., T], *args: Any,
+                          **kwargs: Any) -> T | None:
+        """Run a store operation, retrying with capped backoff while the store is unavailable.
+
+        Returns None only when ``stop`` was set while waiting (the caller then gives up the batch).
+        """
+        backoff = MIN_BACKOFF_S
+        while True:
+            try:
+                out = await self._in_store(fn, *args, **kwargs)
+            except StoreUnavailable as exc:
+                self._store_down("store_unavailable", what, exc, backoff)
+            except Exception as exc:  # a failed insert must not kill the writer; retry is safe (tokens)
+                self._store_down("store_error", what, exc, backoff)
+            else:
+                if not self.store_ok:
+                    log.info("writer.store_available_again", operation=what)
+                self.store_ok = True
+                self.metrics.store_up.set(1)
+                return out
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            if stop.is_set():
+                return None
+            backoff = min(backoff * 2, self.settings.writer.max_backoff_s)
+
+    def _store_down(self, reason: str, what: str, exc: BaseException, backoff: float) -> None:
+        self.metrics.failures.labels(reason).inc()
+        self.metrics.store_up.set(0)
+        if self.store_ok:
+            log.warning("writer.store_unavailable", operation=what, reason=reason, error=str(exc)[:300],
+                        retry_in_s=backoff)
+        else:
+            log.debug("writer.store_still_unavailable", operation=what, error=str(exc)[:200], retry_in_s=backoff)
+        self.store_ok = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        self.nc = await connect(s.nats.url, name="marketprism-writer")
+        js = self.nc.jetstream()
+        try:
+            await ensure_streams(js, s)
+            await ensure_dead_letter_stream(js, s)
+            self.store = await self._in_store(open_store, s)
+            hold = getattr(self.store, "hold", None)
+            holding = hold() if hold is not None else contextlib.nullcontext()
+            with holding:
+                if await self._store_call(stop, "init_schema", self._init_store) is None:
+                    return
+                for name in s.streams:
+                    rp = await self._store_call(stop, "resume_point", resume_point, self.store, s, name)
+                    if rp is None:
+                        return
+                    reader = DurableReader(js, s, name)
+                    await reader.start()
+                    buf = StreamBuffer(name, rp.watermark, forced_end=rp.intent_last_seq)
+                    self.streams[name] = StreamState(name, reader, buf, rp.intent_last_seq)
+                    self.metrics.committed_seq.labels(name).set(rp.watermark)
+                    log.info("writer.resume", stream=name, watermark=rp.watermark, in_flight_until=rp.intent_last_seq)
+                await self.http.start(s.writer.health_host, s.writer.health_port)
+                log.info("writer.started", health_port=self.http.port, streams=list(self.streams))
+                await self._refresh_all()
+                self.started.set()
+                tasks = [asyncio.create_task(self._stream_loop(st, js, stop), name=f"writer.{st.name}")
+                         for st in self.streams.values()]
+                monitor = asyncio.create_task(self._monitor(stop), name="writer.monitor")
+                try:
+                    await asyncio.gather(*tasks)
+                finally:
+                    monitor.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await monitor
+                    for t in tasks:
+                        t.cancel()
+                await self._in_store(self._close_store)
+        finally:
+            await self.http.stop()
+            for st in self.streams.values():
+                await st.reader.stop()
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            self._executor.shutdown(wait=True)
+            log.info("writer.stopped")
+
+    def _init_store(self) -> bool:
+        assert self.store is not None
+        init_schema(self.store, self.settings)
+        ensure_writer_tables(self.store, self.settings)
+        return True
+
+    def _close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    # ------------------------------------------------------------------ per stream
+
+    def _fetch_size(self, st: StreamState) -> int:
+        w = self.settings.writer
+        room = self.settings.streams[st.name].max_ack_pending - st.buffer.delivered_count()
+        by_bytes = max(1, int(w.batch_max_bytes // max(st.avg_msg_bytes, 1.0)))
+        return max(0, min(w.batch_size, room, by_bytes))
+
+    def _batch_limit(self, st: StreamState) -> int:
+        w = self.settings.writer
+        return max(1, min(w.batch_size, int(w.batch_max_bytes // max(st.avg_msg_bytes, 1.0))))
+
+    async def _stream_loop(self, st: StreamState, js: Any, stop: asyncio.Event) -> None:
+        w = self.settings.writer
+        buf = st.buffer
+        while not stop.is_set():
+            limit = self._batch_limit(st)
+            fetched = 0
+            if buf.ready_count(limit) < limit:
+                n = self._fetch_size(st)
+                if n > 0:
+                    timeout = 0.05 if (st.catching_up or buf.pending) else w.fetch_timeout_s
+                    msgs = await st.reader.fetch(n, timeout)
+                    fetched = len(msgs)
+                    skipped = 0
+                    size = 0
+                    for m in msgs:
+                        seq, sm = to_stream_message(m)
+                        size += len(sm.data)
+                        if seq <= buf.watermark:
+                            skipped += 1
+                        buf.add(seq, sm, m)
+                    if msgs:
+                        st.avg_msg_bytes = 0.8 * st.avg_msg_bytes + 0.2 * (size / len(msgs))
+                        st.catching_up = False
+                    if skipped:
+                        self.metrics.skipped.labels(st.name).inc(skipped)
+                    if buf.stale_ack is not None:
+                        await st.reader.ack(buf.stale_ack)
+                        buf.stale_ack = None
+            if stop.is_set() and not buf.pending:
+                break
+            taken = buf.take(limit)
+            if taken is None:
+                if fetched == 0 or buf.has_hole():
+                    await self._catch_up(st, js, limit)
+                continue
+            if not await self._commit(st, taken, js, stop):
+                break  # stopped while the store was unavailable: the batch stays unacked
+
+    async def _catch_up(self, st: StreamState, js: Any, limit: int) -> None:
+        """The next sequence is not deliverable by the durable right now: read it from the stream."""
+        buf = st.buffer
+        await self._refresh_stream(st, js)
+        if st.last_seq < buf.expected:
+            return
+        if st.first_seq > buf.expected:
+            lost = st.first_seq - buf.expected
+            log.error("writer.messages_expired_before_commit", stream=st.name, first_missing=buf.expected,
+                      count=lost, hint="raise streams.<S>.max_age_s / max_bytes or keep the writer running")
+            self.metrics.failures.labels("expired_in_stream").inc(lost)
+            buf.mark_absent(buf.expected, st.first_seq - 1)
+            return
+        want = limit if buf.forced_end is None else max(limit, buf.forced_end - buf.watermark)
+        msgs = await read_range(js, st.name, buf.expected, want)
+        prev = buf.watermark
+        for sm in msgs:
+            if sm.seq > prev + 1:
+                buf.mark_absent(prev + 1, sm.seq - 1)
+            buf.add(sm.seq, sm, None)
+            prev = sm.seq
+        if msgs:
+            st.catching_up = True
+            log.info("writer.catch_up", stream=st.name, first=msgs[0].seq, last=msgs[-1].seq, count=len(msgs))
+
+    async def _commit(self, st: StreamState, taken: Taken, js: Any, stop: asyncio.Event) -> bool:
+        prepared: PreparedBatch = await asyncio.to_thread(
+            prepare_batch, st.name, taken.messages, taken.first_seq, taken.last_seq
+        )
+        if prepared.poison and not await self._dead_letter(st, prepared, js, stop):
+            return False
+        recovery = st.recovery_end is not None and taken.last_seq == st.recovery_end
+        result: BatchResult | None = await self._store_call(
+            stop, "commit", self._commit_in_store, prepared, recovery
+        )
+        if result is None:
+            return False
+        if taken.ack is not None:
+            await st.reader.ack(taken.ack)
+        st.buffer.committed(taken)
+        if recovery:
+            st.recovery_end = None
+            self.metrics.recovered.labels(st.name).inc()
+            log.info("writer.recovered_in_flight_range", stream=st.name, first=taken.first_seq, last=taken.last_seq,
+                     rows=result.rows, already_present=result.skipped_existing)
+        self._count(st, result)
+        return True
+
+    def _commit_in_store(self, prepared: PreparedBatch, recovery: bool) -> BatchResult:
+        assert self.store is not None
+        result = commit_prepared(self.store, self.settings, prepared, recovery=recovery)
+        self._after_batch()
+        return result
+
+    async def _dead_letter(self, st: StreamState, prepared: PreparedBatch, js: Any, stop: asyncio.Event) -> bool:
+        backoff = MIN_BACKOFF_S
+        while not stop.is_set():
+            try:
+                await publish_dead_letters(js, self.settings, st.name, prepared.poison)
+                break
+            except Exception as exc:
+                self.metrics.failures.labels("dead_letter_publish").inc()
+                log.warning("writer.dead_letter_publish_failed", stream=st.name, error=str(exc)[:300],
+                            retry_in_s=backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, self.settings.writer.max_backoff_s)
+        else:
+            return False
+        for p in prepared.poison:
+            self.metrics.dead_letters.labels(p.kind).inc()
+            log.warning("writer.dead_letter", stream=st.name, seq=p.message.seq, subject=p.message.subject,
+                        kind=p.kind, reason=p.reason[:300])
+        return True
+
+    def _count(self, st: StreamState, result: BatchResult) -> None:
+        m = self.metrics
+        m.batches.labels(st.name).inc()
+        m.messages.labels(st.name).inc(result.messages)
+        m.batch_size.labels(st.name).observe(result.messages)
+        m.insert_latency.labels(st.name).observe(result.insert_seconds)
+        for table, n in result.rows_by_table.items():
+            m.rows.labels(table).inc(n)
+        m.committed_seq.labels(st.name).set(result.last_seq)
+        self.last_batch_at = time.time()
+
+    # ------------------------------------------------------------------ monitoring
+
+    async def _refresh_stream(self, st: StreamState, js: Any) -> None:
+        try:
+            info = await js.stream_info(st.name)
+        except Exception as exc:
+            log.debug("writer.stream_info_failed", stream=st.name, error=str(exc))
+            return
+        st.last_seq = int(info.state.last_seq or 0)
+        st.first_seq = int(info.state.first_seq or 0)
+
+    async def _refresh_all(self) -> None:
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        for st in self.streams.values():
+            await self._refresh_stream(st, js)
+            try:
+                ci = await st.reader.info()
+                st.acked_seq = int(ci.ack_floor.stream_seq or 0) if ci.ack_floor else 0
+            except Exception as exc:
+                log.debug("writer.consumer_info_failed", stream=st.name, error=str(exc))
+            # acked = what the durable acknowledged, but committed ranges count even before their ack lands
+            acked = max(st.acked_seq, min(st.buffer.watermark, st.last_seq))
+            self.metrics.lag.labels(st.name).set(max(0, st.last_seq - acked))
+
+    async def _monitor(self, stop: asyncio.Event) -> None:
+        period = self.settings.writer.monitor_interval_s
+        while not stop.is_set():
+            await self._refresh_all()
+            if self.heartbeat is not None and self.nc is not None and self.nc.is_connected:
+                try:
+                    self.heartbeat()
+                except Exception as exc:
+                    log.warning("writer.heartbeat_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+
+    def health(self) -> tuple[dict[str, Any], bool]:
+        nats_ok = self.nc is not None and self.nc.is_connected
+        ok = nats_ok and self.store_ok and self.started.is_set()
+        consumers = {}
+        for st in self.streams.values():
+            acked = max(st.acked_seq, min(st.buffer.watermark, st.last_seq))
+            consumers[st.name] = {
+                "lag": max(0, st.last_seq - acked),
+                "acked_seq": acked,
+                "committed_seq": st.buffer.watermark,
+                "last_seq": st.last_seq,
+                "buffered": len(st.buffer.pending),
+            }
+        body = {
+            "status": "healthy" if ok else "unhealthy",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "consumers": consumers,
+            "store": "ok" if self.store_ok else "unavailable",
+            "nats": "connected" if nats_ok else "disconnected",
+            "last_batch_at": (datetime.fromtimestamp(self.last_batch_at, UTC).isoformat()
+                              if self.last_batch_at else None),
+        }
+        return body, ok
+
+
+async def run_writer(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    on_started: Callable[[WriterService], None] | None = None,
+) -> None:
+    """Run the hot writer until ``stop`` is set (or, without ``stop``, until SIGTERM / SIGINT).
+
+    ``heartbeat`` is called every ``writer.monitor_interval_s`` while the NATS connection is up
+    (a store outage is backpressure, not death: the writer keeps its messages unacked and
+    waits). ``on_started`` receives the service once /health answers (``.http_port``).
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    service = WriterService(settings, heartbeat=heartbeat)
+    runner = asyncio.create_task(service.run(stop))
+    if on_started is not None:
+        started = asyncio.create_task(service.started.wait())
+        await asyncio.wait({runner, started}, return_when=asyncio.FIRST_COMPLETED)
+        if service.started.is_set():
+            on_started(service)
+        started.cancel()
+    try:
+        await runner
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
