@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
@@ -56,3 +59,89 @@ def fixture_trades(fixtures_dir: Path, count: int, run: str = "t") -> list[Any]:
             )
         )
     return out
+
+
+# ---------------------------------------------------------------- collector against the emulator
+
+# market id -> (recorded symbols, data types, session file stems) of the fixture recordings
+REPLAY_MARKETS: dict[str, tuple[list[str], list[str], list[str]]] = {
+    "binance_spot": (["BLZ-ETH", "LRC-BTC", "NKN-USDT", "RUNE-EUR"], ["orderbook", "trade"], ["binance_spot"]),
+    "binance_derivatives": (
+        ["AKRO-USDT", "CTK-USDT", "KEEP-USDT", "SUSHI-USDT"],
+        ["orderbook", "trade"],
+        ["binance_usdm"],
+    ),
+    "okx_spot": (["BTC-USDT"], ["orderbook", "trade"], ["okx"]),
+    "deribit_derivatives": (["BTC", "ETH"], ["volatility_index"], ["deribit"]),
+}
+
+
+def emulator_overrides(urls: dict[str, dict[str, str]], markets: dict[str, tuple[list[str], list[str]]]) -> dict:
+    """Settings overrides pointing the given markets at the emulator; every other market disabled."""
+    ov: dict[str, Any] = {
+        "collector.health_port": 0,
+        "collector.metrics_port": 0,
+        "collector.reconnect_initial_s": 0.05,
+        "collector.reconnect_max_s": 0.5,
+        "collector.ack_timeout_s": 1.0,
+    }
+    for m in ("binance_spot", "binance_derivatives", "okx_spot", "okx_derivatives", "deribit_derivatives"):
+        if m not in markets:
+            ov[f"markets.{m}.enabled"] = False
+            continue
+        symbols, data_types = markets[m]
+        ov[f"markets.{m}.symbols"] = symbols
+        ov[f"markets.{m}.data_types"] = data_types
+        ov[f"markets.{m}.rest_url"] = urls[m]["rest"]
+        ov[f"markets.{m}.ws_url"] = urls[m]["ws"]
+    return ov
+
+
+def identity_view(record: Any) -> dict[str, Any]:
+    """A record's content without the local receive-time fields (which differ between live and offline runs)."""
+    body = msgspec.to_builtins(record)
+    body.pop("received_at", None)
+    body.pop("tick", None)
+    return body
+
+
+async def until(cond: Any, timeout: float, interval: float = 0.05) -> None:
+    """Wait (bounded) until ``cond()`` (sync or async) is truthy."""
+
+    async def loop() -> None:
+        while True:
+            v = cond()
+            if hasattr(v, "__await__"):
+                v = await v
+            if v:
+                return
+            await asyncio.sleep(interval)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def http_json(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def http_text(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.text()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        got = dict(kv.split("=", 1) for kv in label_text.rstrip("}").split(",") if kv)
+        got = {k: v.strip('"') for k, v in got.items()}
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
