@@ -39,12 +39,14 @@ class Book:
         self._ask_keys.clear()
 
     def load(self, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]]) -> None:
-        """Replace the whole book (a snapshot). Zero-quantity levels are skipped."""
+        """Replace the whole book (a snapshot); levels apply in order, zero quantities remove."""
         self.clear()
         for levels, side in ((bids, self._bids), (asks, self._asks)):
             for lv in levels:
                 p, q = lv[0], lv[1]
-                if not is_zero(q):
+                if is_zero(q):
+                    side.pop(Decimal(p), None)
+                else:
                     side[Decimal(p)] = (p, q, p + ":" + q)
         self._bid_keys[:] = sorted(self._bids)
         self._ask_keys[:] = sorted(self._asks)

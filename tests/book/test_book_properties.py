@@ -1,0 +1,219 @@
+"""Property tests of the book engine against a naive reference book (hypothesis)."""
+
+from __future__ import annotations
+
+import zlib
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from marketprism_dagster.book import Book, Diff, SeqIdSync, Status, UpdateIdSync
+
+Ref = dict[str, str]  # price string -> qty string (canonical spellings)
+
+
+def price(i: int) -> str:
+    return f"{Decimal(i) / 10:.1f}"
+
+
+levels = st.lists(
+    st.tuples(st.integers(1, 60), st.sampled_from(["0", "0.000", "1", "2.5", "0.001", "10"])), max_size=12
+)
+
+
+def as_levels(raw: list[tuple[int, str]], bid: bool) -> list[list[str]]:
+    # bids live below 10.0, asks above: the book never crosses
+    return [[price(i if bid else i + 100), q] for i, q in raw]
+
+
+def apply_ref(ref: Ref, lv: list[list[str]]) -> None:
+    for p, q in lv:
+        if Decimal(q) == 0:
+            ref.pop(p, None)
+        else:
+            ref[p] = q
+
+
+def numeric(ref: Ref) -> dict[Decimal, Decimal]:
+    return {Decimal(p): Decimal(q) for p, q in ref.items()}
+
+
+def naive_checksum(bids: Ref, asks: Ref) -> int:
+    b = sorted(bids.items(), key=lambda kv: -Decimal(kv[0]))[:25]
+    a = sorted(asks.items(), key=lambda kv: Decimal(kv[0]))[:25]
+    parts: list[str] = []
+    for i in range(max(len(b), len(a))):
+        if i < len(b):
+            parts += list(b[i])
+        if i < len(a):
+            parts += list(a[i])
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - 2**32 if crc >= 2**31 else crc
+
+
+@settings(max_examples=150, deadline=None)
+@given(snap_b=levels, snap_a=levels, steps=st.lists(st.tuples(levels, levels), max_size=30), n=st.integers(1, 30))
+def test_book_equals_reference_and_top_is_sorted(snap_b, snap_a, steps, n) -> None:
+    book, rb, ra = Book(), {}, {}
+    b0, a0 = as_levels(snap_b, True), as_levels(snap_a, False)
+    book.load(b0, a0)
+    apply_ref(rb, b0)
+    apply_ref(ra, a0)
+    for sb, sa in steps:
+        bl, al = as_levels(sb, True), as_levels(sa, False)
+        book.apply(bl, al, watch=25)
+        apply_ref(rb, bl)
+        apply_ref(ra, al)
+        assert book.as_dicts() == (numeric(rb), numeric(ra))
+        assert book.okx_checksum() == naive_checksum(rb, ra)
+    top_b, top_a = book.top(n)
+    assert [Decimal(p) for p, _ in top_b] == sorted(numeric(rb), reverse=True)[:n]
+    assert [Decimal(p) for p, _ in top_a] == sorted(numeric(ra))[:n]
+
+
+def chain(usdm: bool, start: int, sizes: list[int], bodies: list[tuple[list, list]]) -> list[Diff]:
+    diffs, prev = [], start
+    for i, (k, (b, a)) in enumerate(zip(sizes, bodies, strict=False)):
+        first, last = prev + 1, prev + k
+        diffs.append(Diff(first, last, prev if usdm else None, 1000 + 400 * i, as_levels(b, True), as_levels(a, False)))
+        prev = last
+    return diffs
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    usdm=st.booleans(),
+    sizes=st.lists(st.integers(1, 4), min_size=4, max_size=25),
+    bodies=st.lists(st.tuples(levels, levels), min_size=25, max_size=25),
+    snap=st.tuples(levels, levels),
+    snap_at=st.integers(0, 3),
+    gap_at=st.one_of(st.none(), st.integers(1, 20)),
+)
+def test_diff_sync_matches_reference_and_gaps_resync(usdm, sizes, bodies, snap, snap_at, gap_at) -> None:
+    diffs = chain(usdm, 100, sizes, bodies)
+    sync = UpdateIdSync("usdm" if usdm else "spot", cadence_ms=1000, depth=50)
+    # the snapshot lands inside diff snap_at's range (spot: lastUpdateId+1 in [U, u]; USD-M: in [U, u])
+    anchor = diffs[snap_at]
+    last_update_id = anchor.first_id - 1 if not usdm else anchor.first_id
+    if gap_at is not None and gap_at <= snap_at + 1:
+        gap_at = None
+    fed = [d for i, d in enumerate(diffs) if i != gap_at]
+    buffered = [d for d in fed if d.first_id <= anchor.first_id]
+    for d in buffered:
+        assert sync.on_diff(d) is Status.BUFFERED
+    assert sync.need_snapshot
+    sync.snapshot_requested()
+    sb, sa = as_levels(snap[0], True), as_levels(snap[1], False)
+    assert sync.on_snapshot(last_update_id, sb, sa) is Status.SYNCED
+    rb, ra = {}, {}
+    apply_ref(rb, sb)
+    apply_ref(ra, sa)
+    states: dict[int, tuple[dict, dict]] = {}  # update id -> reference state after it
+    for d in diffs:
+        # USD-M applies the bridging diff even when u == lastUpdateId (idempotent: absolute quantities)
+        if (d.last_id >= last_update_id if usdm else d.last_id > last_update_id) and d.first_id <= anchor.first_id:
+            apply_ref(rb, d.bids)
+            apply_ref(ra, d.asks)
+            states[d.last_id] = (numeric(rb), numeric(ra))
+    published = sync.ticker.drain()
+    gap_seen = False
+    for d in fed:
+        if d.first_id <= anchor.first_id:
+            continue
+        status = sync.on_diff(d)
+        if gap_at is not None and not gap_seen and diffs.index(d) > gap_at:
+            assert status is Status.GAP and not sync.synced and sync.need_snapshot
+            gap_seen = True
+            published += sync.ticker.drain()
+            continue
+        if gap_seen:
+            assert status is Status.BUFFERED
+            assert not sync.ticker.ready  # nothing is published while unsynchronized
+            continue
+        assert status is Status.APPLIED
+        apply_ref(rb, d.bids)
+        apply_ref(ra, d.asks)
+        states[d.last_id] = (numeric(rb), numeric(ra))
+        assert sync.book.as_dicts() == states[d.last_id]
+        published += sync.ticker.drain()
+    # every published book is exactly the reference state at its update id, and it is the state
+    # before the first diff of its tick (timestamp < tick <= next event time)
+    for snap_rec in published:
+        bids, asks = states[snap_rec.update_id]
+        assert {Decimal(p): Decimal(q) for p, q in snap_rec.bids} == dict(sorted(bids.items(), reverse=True)[:50])
+        assert {Decimal(p): Decimal(q) for p, q in snap_rec.asks} == dict(sorted(asks.items())[:50])
+        assert snap_rec.timestamp < snap_rec.tick and snap_rec.tick % 1000 == 0
+    assert gap_seen == (gap_at is not None and gap_at < len(diffs) - 1 and gap_at > snap_at)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    snap=st.tuples(levels, levels),
+    steps=st.lists(st.tuples(levels, levels), min_size=1, max_size=30),
+    bad_at=st.one_of(st.none(), st.integers(0, 29)),
+    gap=st.booleans(),
+)
+def test_okx_seq_checksum_sync_never_publishes_a_wrong_book(snap, steps, bad_at, gap) -> None:
+    sync = SeqIdSync(cadence_ms=1000, depth=400)
+    rb, ra = {}, {}
+    sb, sa = as_levels(snap[0], True), as_levels(snap[1], False)
+    apply_ref(rb, sb)
+    apply_ref(ra, sa)
+    assert sync.on_snapshot(10, 500, sb, sa, naive_checksum(rb, ra)) is Status.SYNCED
+    states = {10: (numeric(rb), numeric(ra))}
+    seq, published, broken = 10, [], False
+    for i, (b, a) in enumerate(steps):
+        bl, al = as_levels(b, True), as_levels(a, False)
+        nb, na = dict(rb), dict(ra)
+        apply_ref(nb, bl)
+        apply_ref(na, al)
+        checksum = naive_checksum(nb, na)
+        prev = seq
+        if i == bad_at:
+            if gap:
+                prev = seq - 1  # prevSeqId does not chain
+            else:
+                checksum ^= 1  # corrupt
+        status = sync.on_update(seq + 3, prev, 600 + 300 * i, bl, al, checksum)
+        published += sync.ticker.drain()
+        if i == bad_at:
+            assert status is (Status.GAP if gap else Status.CHECKSUM) and not sync.synced
+            broken = True
+            continue
+        if broken:
+            assert status is Status.IGNORED and not sync.ticker.ready
+            continue
+        assert status is Status.APPLIED
+        seq += 3
+        rb, ra = nb, na
+        states[seq] = (numeric(rb), numeric(ra))
+    assert sync.synced is not broken
+    for s in published:
+        assert ({Decimal(p): Decimal(q) for p, q in s.bids}, {Decimal(p): Decimal(q) for p, q in s.asks}) == states[
+            s.update_id
+        ]
+
+
+def test_replicas_with_different_snapshots_publish_identical_identities() -> None:
+    """Two replicas synchronized at different points emit the same (update_id, tick) for shared ticks."""
+    bodies = [([(i % 50 + 1, "1")], [(i % 40 + 1, "2")]) for i in range(60)]
+    diffs = chain(True, 1000, [2] * 60, bodies)
+    out = []
+    for start in (3, 17):
+        sync = UpdateIdSync("usdm", cadence_ms=1000, depth=10)
+        for d in diffs[: start + 1]:
+            sync.on_diff(d)
+        sync.snapshot_requested()
+        # replica-specific snapshot: the state at diffs[start] computed from scratch
+        ref_b: Ref = {}
+        ref_a: Ref = {}
+        for d in diffs[: start + 1]:
+            apply_ref(ref_b, d.bids)
+            apply_ref(ref_a, d.asks)
+        sync.on_snapshot(diffs[start].last_id, [[p, q] for p, q in ref_b.items()], [[p, q] for p, q in ref_a.items()])
+        for d in diffs[start + 1 :]:
+            sync.on_diff(d)
+        out.append({(s.tick, s.update_id, tuple(s.bids), tuple(s.asks)) for s in sync.ticker.drain()})
+    late = out[1]
+    assert late and late <= out[0]
