@@ -284,10 +284,12 @@ def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:
 
 
 def content_digest(store: Store, database: str, data_type: str, where: str) -> tuple[int, int]:
-    """(rows, checksum) over the FINAL rows matching ``where``: sum of cityHash64 over all columns."""
+    """(rows, checksum) over the FINAL rows matching ``where``: sum of cityHash64 of each whole row
+    (hashed as text so NULLs count: cityHash64 of a NULL argument is NULL and sum() would skip it)."""
     cols = ", ".join(f"`{c}`" for c in RECORD_TYPES[data_type].column_names)
     rows, digest = store.query_rows(
-        f"SELECT count(), toString(sum(cityHash64({cols}))) FROM `{database}`.`{data_type}` FINAL WHERE {where}"
+        f"SELECT count(), toString(sum(cityHash64(toString(tuple({cols}))))) "
+        f"FROM `{database}`.`{data_type}` FINAL WHERE {where}"
     )[0]
     return int(rows), int(digest or 0)
 

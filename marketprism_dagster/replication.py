@@ -80,7 +80,10 @@ def _copy_once(hot: Store, cold: Store, settings: Settings, data_type: str, day_
             mode = "client-stream"
             data = hot.query_arrow(f"SELECT {cols} FROM `{st.hot_database}`.`{data_type}` FINAL WHERE {where}")
             cold.insert_arrow_table(st.cold_database, staging, data)
-        cold.execute(f"ALTER TABLE {target} REPLACE PARTITION ID '{partition_id(day_ms)}' FROM {stage}")
+        if int(cold.query_value(f"SELECT count() FROM {stage}") or 0) == 0:
+            cold.execute(f"ALTER TABLE {target} DROP PARTITION ID '{partition_id(day_ms)}'")  # an empty day
+        else:
+            cold.execute(f"ALTER TABLE {target} REPLACE PARTITION ID '{partition_id(day_ms)}' FROM {stage}")
     finally:
         cold.execute(f"DROP TABLE IF EXISTS {stage}")
     return mode

@@ -6,8 +6,8 @@ The proof, for stream S of the type and hour H (event time):
 1. the hour is closed: now >= end of H + ``seal.grace_s``;
 2. boundary B = the first message S stored at or after that cutoff (binary search over the
    stream by stored time). A message of H published within the grace has seq < B;
-3. the ledger's committed ranges of S are contiguous from its first committed seq to B - 1.
-   An interior gap (the writer moved past it without committing) is fetched from JetStream
+3. the ledger's committed ranges of S reach B - 1 and have no gaps. An interior gap
+   (the writer moved past it without committing) is fetched from JetStream
    and committed through the writer's own ``commit_batch`` (same dedup tokens, same ledger
    rows), so a repeated repair inserts nothing twice. An uncommitted tail means the writer is
    still behind: refuse and retry later (committing it here would race the writer);
@@ -210,24 +210,22 @@ async def seal_hour(
     if js is not None:
         b, js_first, _ = await boundary_seq(js, stream, cutoff)
         report.boundary_seq = b
-        gaps = gaps_between(ranges, upto=b - 1)
-        if not ranges and js_first <= b - 1:
-            gaps = [SeqRange(js_first, b - 1)]
-        committed_last = ranges[-1].last if ranges else 0
-        tail = [g for g in gaps if g.first > committed_last]
-        interior = [g for g in gaps if g.first <= committed_last]
-        if tail:
+        committed_last = ranges[-1].last if ranges else js_first - 1
+        if committed_last < b - 1:
             raise SealRefused(
                 f"the hot writer has committed {stream} through seq {committed_last} but messages up to "
                 f"seq {b - 1} were stored before {_iso(cutoff)}; the writer is behind (or stopped): "
                 "retry when it catches up (check the writer run in the Dagster UI)",
                 report,
             )
+        # Interior gaps (anywhere: late messages of the hour may sit past the boundary) are safe to
+        # repair: the writer has moved past them and will never commit them itself.
+        interior = gaps_between(ranges)
         if interior:
             report.repaired_ranges = [f"{g.first}-{g.last}" for g in interior]
             report.repaired_messages = await repair_gaps(js, store, settings, stream, interior)
             ranges = committed_ranges(store, settings, stream)
-            left = gaps_between(ranges, upto=b - 1)
+            left = gaps_between(ranges)
             if left:
                 raise SealRefused(f"{stream} still has gaps after repair: {left}", report)
     else:
