@@ -52,6 +52,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 MIN_BACKOFF_S = 0.25
+HAND_OVER_PERIOD_S = 0.25
 
 
 @dataclass
@@ -166,13 +167,16 @@ class WriterService:
                 self.started.set()
                 tasks = [asyncio.create_task(self._stream_loop(st, js, stop), name=f"writer.{st.name}")
                          for st in self.streams.values()]
-                monitor = asyncio.create_task(self._monitor(stop), name="writer.monitor")
+                helpers = [asyncio.create_task(self._monitor(stop), name="writer.monitor"),
+                           asyncio.create_task(self._hand_over(stop), name="writer.hand_over")]
                 try:
                     await asyncio.gather(*tasks)
                 finally:
-                    monitor.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await monitor
+                    for h in helpers:
+                        h.cancel()
+                    for h in helpers:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await h
                     for t in tasks:
                         t.cancel()
                 await self._in_store(self._close_store)
@@ -367,6 +371,18 @@ class WriterService:
                     log.warning("writer.heartbeat_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), period)
+
+    async def _hand_over(self, stop: asyncio.Event) -> None:
+        """Let other processes (queries, the seal) into the embedded store even while no batch flows."""
+        if getattr(self.store, "yield_to_waiters", None) is None:
+            return
+        while not stop.is_set():
+            try:
+                await self._in_store(self._after_batch)
+            except Exception as exc:
+                log.debug("writer.hand_over_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HAND_OVER_PERIOD_S)
 
     def health(self) -> tuple[dict[str, Any], bool]:
         nats_ok = self.nc is not None and self.nc.is_connected
