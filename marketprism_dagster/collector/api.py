@@ -152,8 +152,14 @@ class CollectorApi:
         return self.view.state
 
     def _require_initialized(self) -> None:
+        if self.state.stopping:
+            raise ApiError("SERVICE_UNAVAILABLE", "the collector is shutting down; retry against the next instance")
         if not self.state.markets:
-            raise ApiError("COLLECTOR_NOT_INITIALIZED", "the collector is starting: no markets registered yet; retry")
+            raise ApiError(
+                "COLLECTOR_NOT_INITIALIZED",
+                f"no markets registered for shard {self.state.shard!r}: the collector is starting, or no market of "
+                "this shard is enabled (markets.<id>.enabled, collector.shards)",
+            )
 
     def _total_records(self) -> int:
         return sum(self.state.records.values())

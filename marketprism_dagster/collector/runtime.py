@@ -151,6 +151,7 @@ class Collector:
 
     async def _shutdown(self) -> None:
         log.info("collector.stopping", shard=self.shard, pending=self.publisher.pending)
+        self.state.stopping = True
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()

@@ -50,6 +50,7 @@ class CollectorState:
     rest_requests: int = 0
     errors: int = 0
     nats_connected: bool = False
+    stopping: bool = False  # set when shutdown begins (API answers SERVICE_UNAVAILABLE)
     running: bool = False  # set once every market's instruments are loaded and feeds started
 
     @property

@@ -46,7 +46,10 @@ def raw_trade_ids(fixtures_dir: Path) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {m: set() for m in ("binance_spot", "binance_derivatives", "okx_spot")}
     spot = {s.replace("-", "") for s in REPLAY_MARKETS["binance_spot"][0]}
     usdm = {s.replace("-", "") for s in REPLAY_MARKETS["binance_derivatives"][0]}
-    for stem, market, symbols in (("binance_spot", "binance_spot", spot), ("binance_usdm", "binance_derivatives", usdm)):
+    for stem, market, symbols in (
+        ("binance_spot", "binance_spot", spot),
+        ("binance_usdm", "binance_derivatives", usdm),
+    ):
         for line in (fixtures_dir / "sessions" / f"{stem}.ws.jsonl").open():
             rec = json.loads(line)
             data = (rec.get("data") or {}).get("data") if rec["kind"] == "recv" else None
@@ -73,7 +76,9 @@ async def test_replayed_sessions_reach_jetstream_exactly_once(
     nats_server: EmbeddedNats, settings_factory: Callable[..., Settings], fixtures_dir: Path
 ) -> None:
     markets = {m: (v[0], v[1]) for m, v in REPLAY_MARKETS.items()}
-    cfg = EmulatorConfig(mode="replay", speed=0, fixtures=fixtures_dir, symbols={m: tuple(v[0]) for m, v in markets.items()})
+    cfg = EmulatorConfig(
+        mode="replay", speed=0, fixtures=fixtures_dir, symbols={m: tuple(v[0]) for m, v in markets.items()}
+    )
     async with Emulator(cfg) as emu:
         settings = settings_factory(
             nats_url=nats_server.url, **emulator_overrides(emu.urls, markets), **{"orderbook.cadence_ms": 0}
@@ -122,7 +127,9 @@ async def test_replayed_sessions_reach_jetstream_exactly_once(
     # independent counts from the raw frames: every trade id exactly once
     trade_ids = raw_trade_ids(fixtures_dir)
     for market, tids in trade_ids.items():
-        published = sorted(r.trade_id for r in got.values() if r.exchange == market and records.data_type_of(r) == "trade")
+        published = sorted(
+            r.trade_id for r in got.values() if r.exchange == market and records.data_type_of(r) == "trade"
+        )
         assert published == sorted(tids), market
     assert sum(len(v) for v in trade_ids.values()) == 2 + 91 + 69
     # OKX: one book per update frame, all checksums verified
