@@ -125,6 +125,7 @@ async def test_nats_restart_loses_nothing_and_never_blocks_the_feeds(
             nats_server.stop()
             await until(lambda: not collector.state.nats_connected, 10)
             status, health = await http_json(f"http://127.0.0.1:{collector.health_port}/health")
+            assert status == 200
             assert health["checks"]["nats"]["connected"] is False
             assert health["status"] == "degraded"
             messages = collector.state.ws_messages_total()

@@ -1,4 +1,4 @@
-"""The collector against the emulator replaying every fixture session: JetStream gets exactly what the recording implies."""
+"""The collector against the emulator replaying every fixture session: JetStream gets what the recording implies."""
 
 from __future__ import annotations
 
