@@ -1,6 +1,6 @@
 """The price-level book: two sorted sides keyed by exact ``Decimal`` prices.
 
-Each side is a dict ``price -> (price_str, qty_str, "price:qty")`` plus a sorted list of the
+Each side is a dict ``price -> (price_str, qty_str)`` plus a sorted list of the
 keys (``bisect``), ascending on both sides: the best bid is the LAST bid key, the best ask
 the FIRST ask key. The venue's original strings are kept untouched, so published levels and
 the OKX checksum use exactly what the venue sent. No float is ever involved.
@@ -27,8 +27,8 @@ class Book:
     __slots__ = ("_ask_keys", "_asks", "_bid_keys", "_bids")
 
     def __init__(self) -> None:
-        self._bids: dict[Decimal, tuple[str, str, str]] = {}
-        self._asks: dict[Decimal, tuple[str, str, str]] = {}
+        self._bids: dict[Decimal, Level] = {}
+        self._asks: dict[Decimal, Level] = {}
         self._bid_keys: list[Decimal] = []
         self._ask_keys: list[Decimal] = []
 
@@ -47,7 +47,7 @@ class Book:
                 if is_zero(q):
                     side.pop(Decimal(p), None)
                 else:
-                    side[Decimal(p)] = (p, q, p + ":" + q)
+                    side[Decimal(p)] = (p, q)
         self._bid_keys[:] = sorted(self._bids)
         self._ask_keys[:] = sorted(self._asks)
 
@@ -68,15 +68,13 @@ class Book:
     def top(self, n: int) -> tuple[list[Level], list[Level]]:
         """Best ``n`` levels per side, best first, as the venue's strings."""
         b, a = self._bids, self._asks
-        bids = [b[k][:2] for k in self._bid_keys[: -n - 1 : -1]]
-        asks = [a[k][:2] for k in self._ask_keys[:n]]
-        return bids, asks  # type: ignore[return-value]
+        return [b[k] for k in self._bid_keys[: -n - 1 : -1]], [a[k] for k in self._ask_keys[:n]]
 
     def okx_checksum(self, n: int = 25) -> int:
         """OKX CRC32 over the best ``n`` levels: bid:ask interleaved, shorter side skipped, signed."""
         b, a = self._bids, self._asks
-        bs = [b[k][2] for k in self._bid_keys[: -n - 1 : -1]]
-        as_ = [a[k][2] for k in self._ask_keys[:n]]
+        bs = [":".join(b[k]) for k in self._bid_keys[: -n - 1 : -1]]
+        as_ = [":".join(a[k]) for k in self._ask_keys[:n]]
         nb, na = len(bs), len(as_)
         m = min(nb, na)
         parts: list[str] = [""] * (2 * m)
@@ -98,10 +96,10 @@ class Book:
         return len(self._ask_keys)
 
     def best_bid(self) -> Level | None:
-        return self._bids[self._bid_keys[-1]][:2] if self._bid_keys else None  # type: ignore[return-value]
+        return self._bids[self._bid_keys[-1]] if self._bid_keys else None
 
     def best_ask(self) -> Level | None:
-        return self._asks[self._ask_keys[0]][:2] if self._ask_keys else None  # type: ignore[return-value]
+        return self._asks[self._ask_keys[0]] if self._ask_keys else None
 
     def as_dicts(self) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
         """Exact numeric view (for tests and checks)."""
@@ -112,12 +110,25 @@ class Book:
 
 
 def _apply_side(
-    side: dict[Decimal, tuple[str, str, str]],
+    side: dict[Decimal, Level],
     keys: list[Decimal],
     levels: Iterable[Sequence[str]],
     watch: int,
     is_bid: bool,
 ) -> bool:
+    if watch <= 0:  # fast path: no top-of-book tracking
+        for lv in levels:
+            p = lv[0]
+            q = lv[1]
+            k = Decimal(p)
+            if not q.strip("0."):
+                if side.pop(k, None) is not None:
+                    del keys[bisect_left(keys, k)]
+            else:
+                if k not in side:
+                    insort(keys, k)
+                side[k] = (p, q)
+        return False
     touched = False
     bound: Decimal | None = None
     check = watch > 0
@@ -139,5 +150,5 @@ def _apply_side(
         else:
             if k not in side:
                 insort(keys, k)
-            side[k] = (p, q, p + ":" + q)
+            side[k] = (p, q)
     return touched
