@@ -1,4 +1,10 @@
-"""A ClickHouse server through clickhouse-connect (HTTP, port 8123 by default)."""
+"""A ClickHouse server through clickhouse-connect (HTTP, port 8123 by default).
+
+The client runs without an HTTP session (``autogenerate_session_id=False``): the store keeps
+no session state (no temporary tables, no ``SET``), and a session would forbid using one
+store from several threads at once (clickhouse-connect raises "concurrent queries within the
+same session"; the server answers SESSION_IS_LOCKED), which the embedded store allows.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ class ServerStore(Store):
 
         self.url = url
         try:
-            self._client = clickhouse_connect.get_client(dsn=url, username=user, password=password)
+            self._client = clickhouse_connect.get_client(
+                dsn=url, username=user, password=password, autogenerate_session_id=False
+            )
         except OperationalError as exc:
             raise StoreUnavailable(
                 f"ClickHouse server at {url} did not answer ({exc}); start it or set storage.url / CLICKHOUSE_URL"
