@@ -35,6 +35,7 @@ from marketprism_dagster.collector.state import CollectorState, FeedState, Marke
 from marketprism_dagster.collector.ws import FeedConnection
 from marketprism_dagster.config import MarketConfig, OrderBookConfig, Settings
 from marketprism_dagster.jetstream import ensure_streams
+from marketprism_dagster.nats_server import host_port
 from marketprism_dagster.publisher import JetStreamPublisher, PublishStats
 from marketprism_dagster.venues.base import (
     Backfill,
@@ -155,7 +156,10 @@ class Collector:
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=3.0)
+            if stuck:  # e.g. nats-py swallowing a cancellation inside its reconnect loop: do not hang the exit
+                log.warning("collector.tasks_not_stopped", tasks=sorted(t.get_coro().__qualname__ for t in stuck))
         if self.nc.is_connected:
             flushed = await self.publisher.close(flush_timeout=5.0)
             log.info("collector.flushed", complete=flushed, acked=self.publisher.stats.acked)
@@ -223,6 +227,13 @@ class Collector:
         while True:
             nc = NATS()
             try:
+                # nats-py retries a refused first connect forever by itself (and may swallow a cancellation
+                # while doing so): probe the port first so our own backoff loop owns the waiting.
+                host, port = host_port(url)
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), self.settings.nats.connect_timeout_s
+                )
+                writer.close()
                 await nc.connect(
                     servers=[url],
                     name=f"marketprism-collector-{self.shard}",
