@@ -275,6 +275,7 @@ class WriterService:
             log.info("writer.catch_up", stream=st.name, first=msgs[0].seq, last=msgs[-1].seq, count=len(msgs))
 
     async def _commit(self, st: StreamState, taken: Taken, js: Any, stop: asyncio.Event) -> bool:
+        t0 = time.perf_counter()
         prepared: PreparedBatch = await asyncio.to_thread(
             prepare_batch, st.name, taken.messages, taken.first_seq, taken.last_seq
         )
@@ -286,9 +287,13 @@ class WriterService:
         )
         if result is None:
             return False
+        t1 = time.perf_counter()
         if taken.ack is not None:
             await st.reader.ack(taken.ack)
         st.buffer.committed(taken)
+        log.debug("writer.batch", stream=st.name, first=taken.first_seq, last=taken.last_seq,
+                  messages=len(taken.messages), prepare_ms=round((t1 - t0 - result.insert_seconds) * 1000, 1),
+                  store_ms=round(result.insert_seconds * 1000, 1))
         if recovery:
             st.recovery_end = None
             self.metrics.recovered.labels(st.name).inc()
