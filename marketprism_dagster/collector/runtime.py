@@ -246,6 +246,8 @@ class Collector:
                     error_cb=on_error,
                 )
             except (nats.errors.Error, OSError, TimeoutError) as exc:
+                if self.state.stopping:  # a cancellation can be lost inside wait_for (Python 3.11)
+                    return
                 self.metrics.error(ANY, "nats_connect")
                 delay = backoff.next()
                 log.warning("collector.nats_connect_failed", url=url, error=repr(exc), retry_in_s=round(delay, 3))

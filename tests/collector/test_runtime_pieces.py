@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestServer
 from collector_helpers import emulator_overrides, http_json, http_text, metric_value, until
 
 from marketprism_dagster.collector.backoff import Backoff
+from marketprism_dagster.collector.health import read_health
 from marketprism_dagster.collector.lock import AlreadyRunning, InstanceLock
 from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.ratelimit import RateLimiter, parse_retry_after
-from marketprism_dagster.collector.runtime import Collector, next_poll_time
+from marketprism_dagster.collector.runtime import Collector, next_poll_time, run_collector
 from marketprism_dagster.collector.state import FeedState
 from marketprism_dagster.collector.ws import FeedConnection
 from marketprism_dagster.config import Settings
@@ -211,3 +212,15 @@ async def test_full_publish_buffer_counts_order_book_drops_per_symbol(
     assert metric_value(text, "marketprism_publish_buffered") == 20
     assert status == 200 and health["status"] in ("degraded", "healthy")
     assert health["checks"]["nats"]["connected"] is False
+
+
+async def test_run_collector_heartbeats_until_stopped(settings_factory: Callable[..., Settings]) -> None:
+    beats: list[float] = []
+    stop = asyncio.Event()
+    settings = settings_factory(**NO_MARKETS, **EPHEMERAL)
+    task = asyncio.create_task(run_collector(settings, "main", stop=stop, heartbeat=lambda: beats.append(1.0)))
+    await until(lambda: len(beats) >= 2, 10)  # every HOUSEKEEPING_S while the loop is alive
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert read_health(settings.data_dir)["status"] == "stopped"
