@@ -56,6 +56,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -403,14 +404,44 @@ def existing_identities(store: Store, database: str, data_type: str, records: It
     return found
 
 
+def _ms_literal(ms: int | None) -> str:
+    if ms is None:
+        return "NULL"
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    return f"'{dt:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}'"
+
+
+def values_insert_sql(database: str, table: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
+                      token: str) -> str:
+    """``INSERT ... VALUES`` with a deduplication token: ~3 ms in chDB against ~9 ms through an Arrow scan."""
+    cols = ", ".join(f"`{c}`" for c in columns)
+    values = ", ".join("(" + ", ".join(r) + ")" for r in rows)
+    return (f"INSERT INTO `{database}`.`{table}` ({cols}) "
+            f"SETTINGS insert_deduplicate = 1, insert_deduplication_token = {_sql_str(token)} VALUES {values}")
+
+
 def write_intent(store: Store, settings: Settings, stream: str, first_seq: int, last_seq: int) -> None:
-    table = pa.table(
-        {"stream": [stream], "first_seq": [first_seq], "last_seq": [last_seq], "created_at": [_now_ms()]},
-        schema=_INTENT_SCHEMA,
-    )
-    store.insert_arrow_table(
-        settings.storage.ledger_database, INTENT_TABLE, table, dedup_token=f"intent:{stream}:{first_seq}-{last_seq}"
-    )
+    row = (_sql_str(stream), str(first_seq), str(last_seq), _ms_literal(_now_ms()))
+    store.execute(values_insert_sql(settings.storage.ledger_database, INTENT_TABLE, _INTENT_SCHEMA.names, [row],
+                                    f"intent:{stream}:{first_seq}-{last_seq}"))
+
+
+def _ledger_values(table: pa.Table) -> list[list[str]]:
+    out = []
+    for row in table.to_pylist():
+        vals = []
+        for name in _LEDGER_SCHEMA.names:
+            v = row[name]
+            if name in ("stream", "data_type", "token"):
+                vals.append(_sql_str(v))
+            elif name == "hour":
+                vals.append(f"'{v:%Y-%m-%d %H:%M:%S}'")
+            elif name in ("min_ts", "max_ts", "committed_at"):
+                vals.append("NULL" if v is None else _ms_literal(int(v.timestamp() * 1000)))
+            else:
+                vals.append(str(int(v)))
+        out.append(vals)
+    return out
 
 
 def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, recovery: bool = False,
@@ -443,8 +474,8 @@ def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, r
     ledger_token = f"ledger:{batch.range_token}"
     if recovery:
         ledger_token += f":recover:{uuid.uuid4().hex}"
-    store.insert_arrow_table(settings.storage.ledger_database, LEDGER_TABLE, _ledger_rows(batch),
-                             dedup_token=ledger_token)
+    store.execute(values_insert_sql(settings.storage.ledger_database, LEDGER_TABLE, _LEDGER_SCHEMA.names,
+                                    _ledger_values(_ledger_rows(batch)), ledger_token))
     return BatchResult(
         stream=batch.stream,
         first_seq=batch.first_seq,

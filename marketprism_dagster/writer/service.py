@@ -394,6 +394,7 @@ class WriterService:
         ok = nats_ok and self.store_ok and self.started.is_set()
         consumers = {}
         for st in self.streams.values():
+            st.last_seq = max(st.last_seq, st.buffer.watermark)  # committed sequences exist
             acked = max(st.acked_seq, min(st.buffer.watermark, st.last_seq))
             consumers[st.name] = {
                 "lag": max(0, st.last_seq - acked),
