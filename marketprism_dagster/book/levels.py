@@ -1,19 +1,39 @@
-"""The price-level book: two sorted sides keyed by exact ``Decimal`` prices.
+"""The price-level book: two sides, each a sorted key list with a parallel list of levels.
 
-Each side is a dict ``price -> (price_str, qty_str)`` plus a sorted list of the
-keys (``bisect``), ascending on both sides: the best bid is the LAST bid key, the best ask
-the FIRST ask key. The venue's original strings are kept untouched, so published levels and
-the OKX checksum use exactly what the venue sent. No float is ever involved.
+Each side keeps ``keys`` (ascending; bid keys are NEGATED prices so that the best level of
+both sides is at index 0) and ``vals``, the venue's original ``(price, qty)`` strings at the
+same index. A ``+inf`` sentinel ends every key list (``None`` in ``vals``), so a lookup
+``keys[bisect_left(keys, k)] == k`` never needs a bounds check. Reading the best ``n`` levels
+is one list slice; a quantity change at an existing price replaces one list item; only a
+level that appears or disappears moves keys (a C-level ``list.insert`` / ``del``).
+
+Keys are exact ORDER keys, never values: published levels and the OKX checksum use the
+venue's strings untouched. Fast mode keys are ``float(price)``, used only where that is
+provably exact: a plain decimal string of at most 15 characters has at most 15 significant
+digits, and correctly rounded decimal -> double conversion of such numbers (well inside the
+normal double range) is strictly monotonic (DBL_DIG = 15: distinct decimals of <= 15
+significant digits map to distinct doubles), so float order == ``Decimal`` order and float
+equality == ``Decimal`` equality (``"7.50"`` and ``"7.5"`` are one level, as with ``Decimal``).
+Any price outside that domain (longer strings, exponents beyond 1e+-200, zero, negative,
+non-finite) switches the book to exact mode: ``Decimal`` keys from then on until the next
+``load``/``clear`` (a snapshot starts in fast mode again).
 """
 
 from __future__ import annotations
 
 import zlib
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from itertools import chain
+from typing import Any
 
 Level = tuple[str, str]  # (price, quantity) as the venue spelled them
+
+_INF = float("inf")
+_FAST_MIN = 1e-200  # fast (float) keys only for prices strictly inside (1e-200, 1e200)
+_FAST_MAX = 1e200
+_FAST_LEN = 15  # ... spelled with at most 15 characters (so at most 15 significant digits)
 
 
 def is_zero(qty: str) -> bool:
@@ -21,134 +41,191 @@ def is_zero(qty: str) -> bool:
     return not qty.strip("0.")
 
 
+class _Inexact(Exception):
+    """A price the fast float keys cannot order exactly: the book switches to Decimal keys."""
+
+
+def _exact_key(p: str) -> Decimal:
+    try:
+        d = Decimal(p)
+    except InvalidOperation:
+        raise ValueError(f"invalid price {p!r}") from None
+    if not d.is_finite():
+        raise ValueError(f"non-finite price {p!r}")
+    return d
+
+
+def _fast_key(p: str) -> float:
+    k = float(p)  # ValueError on text that is not a number
+    if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+        raise _Inexact(p)
+    return k
+
+
 class Book:
     """Both sides of one instrument's book. Pure data structure: no sequencing rules here."""
 
-    __slots__ = ("_ask_keys", "_asks", "_bid_keys", "_bids")
+    __slots__ = ("_ak", "_av", "_bk", "_bv", "_exact")
 
     def __init__(self) -> None:
-        self._bids: dict[Decimal, Level] = {}
-        self._asks: dict[Decimal, Level] = {}
-        self._bid_keys: list[Decimal] = []
-        self._ask_keys: list[Decimal] = []
+        self._bk: list[Any] = [_INF]  # negated bid prices, ascending (best bid first)
+        self._bv: list[Any] = [None]
+        self._ak: list[Any] = [_INF]  # ask prices, ascending (best ask first)
+        self._av: list[Any] = [None]
+        self._exact = False  # True: Decimal keys (some price outside the fast domain)
 
     def clear(self) -> None:
-        self._bids.clear()
-        self._asks.clear()
-        self._bid_keys.clear()
-        self._ask_keys.clear()
+        self._bk[:] = self._ak[:] = [_INF]
+        self._bv[:] = self._av[:] = [None]
+        self._exact = False
 
+    # -- writing
     def load(self, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]]) -> None:
         """Replace the whole book (a snapshot); levels apply in order, zero quantities remove."""
+        bids, asks = list(bids), list(asks)
         self.clear()
-        for levels, side in ((bids, self._bids), (asks, self._asks)):
-            for lv in levels:
-                p, q = lv[0], lv[1]
-                if is_zero(q):
-                    side.pop(Decimal(p), None)
-                else:
-                    side[Decimal(p)] = (p, q)
-        self._bid_keys[:] = sorted(self._bids)
-        self._ask_keys[:] = sorted(self._asks)
+        try:
+            self._load_side(bids, True, _fast_key)
+            self._load_side(asks, False, _fast_key)
+        except _Inexact:
+            self._exact = True
+            self._load_side(bids, True, _exact_key)
+            self._load_side(asks, False, _exact_key)
+
+    def _load_side(self, levels: list[Sequence[str]], bid: bool, key: Any) -> None:
+        side: dict[Any, Level] = {}
+        for lv in levels:
+            p = lv[0]
+            q = lv[1]
+            k = -key(p) if bid else key(p)
+            if q.strip("0."):
+                side[k] = (p, q)
+            else:
+                side.pop(k, None)
+        ks = sorted(side)
+        vals: list[Any] = [side[k] for k in ks]
+        ks.append(_INF)
+        vals.append(None)
+        if bid:
+            self._bk, self._bv = ks, vals
+        else:
+            self._ak, self._av = ks, vals
 
     def apply(self, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]], watch: int = 0) -> bool:
         """Apply absolute level quantities (0 removes; removing an absent level is normal).
 
-        Returns True when any change may have touched the best ``watch`` levels of a side
-        (always False when ``watch`` is 0): callers cache the OKX checksum with it.
+        Returns True when the best ``watch`` levels of a side changed (always False when
+        ``watch`` is 0): callers cache the OKX checksum with it.
         """
-        touched = False
+        if watch > 0:
+            b0 = self._bv[:watch]
+            a0 = self._av[:watch]
         if bids:
-            touched = _apply_side(self._bids, self._bid_keys, bids, watch, True)
+            self._apply_side(self._bk, self._bv, bids, True)
         if asks:
-            touched = _apply_side(self._asks, self._ask_keys, asks, watch, False) or touched
-        return touched
+            self._apply_side(self._ak, self._av, asks, False)
+        if watch > 0:
+            return self._bv[:watch] != b0 or self._av[:watch] != a0
+        return False
+
+    def _apply_side(self, keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str]], bid: bool) -> None:
+        if not self._exact:
+            try:
+                _apply_fast(keys, vals, levels, bid)
+                return
+            except _Inexact:
+                # re-keying keeps the order; re-applying the whole list is exact because every
+                # level is an absolute assignment (the last one per price wins either way)
+                self._to_exact()
+        _apply_exact(keys, vals, levels, bid)
+
+    def _to_exact(self) -> None:
+        self._exact = True
+        for keys, vals, sign in ((self._bk, self._bv, -1), (self._ak, self._av, 1)):
+            keys[:-1] = [sign * Decimal(v[0]) for v in vals[:-1]]
 
     # -- reading
     def top(self, n: int) -> tuple[list[Level], list[Level]]:
         """Best ``n`` levels per side, best first, as the venue's strings."""
-        b, a = self._bids, self._asks
-        return [b[k] for k in self._bid_keys[: -n - 1 : -1]], [a[k] for k in self._ask_keys[:n]]
+        bv, av = self._bv, self._av
+        nb, na = len(bv) - 1, len(av) - 1
+        return bv[: n if n < nb else nb], av[: n if n < na else na]
 
     def okx_checksum(self, n: int = 25) -> int:
         """OKX CRC32 over the best ``n`` levels: bid:ask interleaved, shorter side skipped, signed."""
-        b, a = self._bids, self._asks
-        bs = [":".join(b[k]) for k in self._bid_keys[: -n - 1 : -1]]
-        as_ = [":".join(a[k]) for k in self._ask_keys[:n]]
+        bs, as_ = self.top(n)
         nb, na = len(bs), len(as_)
-        m = min(nb, na)
-        parts: list[str] = [""] * (2 * m)
-        parts[0::2] = bs[:m]
-        parts[1::2] = as_[:m]
-        if nb > m:
-            parts.extend(bs[m:])
-        elif na > m:
-            parts.extend(as_[m:])
-        crc = zlib.crc32(":".join(parts).encode())
+        if nb == na:
+            parts: list[Level] = [None] * (2 * nb)  # type: ignore[list-item]
+            parts[0::2] = bs
+            parts[1::2] = as_
+        else:
+            m = min(nb, na)
+            parts = [None] * (2 * m)  # type: ignore[list-item]
+            parts[0::2] = bs[:m]
+            parts[1::2] = as_[:m]
+            parts += bs[m:] if nb > m else as_[m:]
+        crc = zlib.crc32(":".join(chain.from_iterable(parts)).encode())
         return crc - 0x100000000 if crc & 0x80000000 else crc
 
     @property
     def bid_count(self) -> int:
-        return len(self._bid_keys)
+        return len(self._bk) - 1
 
     @property
     def ask_count(self) -> int:
-        return len(self._ask_keys)
+        return len(self._ak) - 1
 
     def best_bid(self) -> Level | None:
-        return self._bids[self._bid_keys[-1]] if self._bid_keys else None
+        return self._bv[0]  # type: ignore[no-any-return]
 
     def best_ask(self) -> Level | None:
-        return self._asks[self._ask_keys[0]] if self._ask_keys else None
+        return self._av[0]  # type: ignore[no-any-return]
 
     def as_dicts(self) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
         """Exact numeric view (for tests and checks)."""
         return (
-            {k: Decimal(v[1]) for k, v in self._bids.items()},
-            {k: Decimal(v[1]) for k, v in self._asks.items()},
+            {Decimal(p): Decimal(q) for p, q in self._bv[:-1]},
+            {Decimal(p): Decimal(q) for p, q in self._av[:-1]},
         )
 
 
-def _apply_side(
-    side: dict[Decimal, Level],
-    keys: list[Decimal],
-    levels: Iterable[Sequence[str]],
-    watch: int,
-    is_bid: bool,
-) -> bool:
-    if watch <= 0:  # fast path: no top-of-book tracking
-        for lv in levels:
-            p = lv[0]
-            q = lv[1]
-            k = Decimal(p)
-            if not q.strip("0."):
-                if side.pop(k, None) is not None:
-                    del keys[bisect_left(keys, k)]
-            else:
-                if k not in side:
-                    insort(keys, k)
-                side[k] = (p, q)
-        return False
-    touched = False
-    bound: Decimal | None = None
-    check = watch > 0
-    if check and len(keys) >= watch:
-        bound = keys[-watch] if is_bid else keys[watch - 1]
-    elif check:
-        touched = True  # fewer levels than watched: every change is in the top
-        check = False
+def _apply_fast(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str]], bid: bool) -> None:
+    bl = bisect_left
+    lo = _FAST_MIN
+    hi = _FAST_MAX
     for lv in levels:
         p = lv[0]
         q = lv[1]
-        k = Decimal(p)
-        if check and (k >= bound if is_bid else k <= bound):  # type: ignore[operator]
-            touched = True
-            check = False
-        if not q.strip("0."):
-            if side.pop(k, None) is not None:
-                del keys[bisect_left(keys, k)]
-        else:
-            if k not in side:
-                insort(keys, k)
-            side[k] = (p, q)
-    return touched
+        k = float(p)
+        if len(p) > 15 or not lo < k < hi:
+            raise _Inexact(p)
+        if bid:
+            k = -k
+        i = bl(keys, k)
+        if keys[i] == k:
+            if q.strip("0."):
+                vals[i] = (p, q)
+            else:
+                del keys[i]
+                del vals[i]
+        elif q.strip("0."):
+            keys.insert(i, k)
+            vals.insert(i, (p, q))
+
+
+def _apply_exact(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str]], bid: bool) -> None:
+    for lv in levels:
+        p = lv[0]
+        q = lv[1]
+        k = -_exact_key(p) if bid else _exact_key(p)
+        i = bisect_left(keys, k)
+        if keys[i] == k:
+            if q.strip("0."):
+                vals[i] = (p, q)
+            else:
+                del keys[i]
+                del vals[i]
+        elif q.strip("0."):
+            keys.insert(i, k)
+            vals.insert(i, (p, q))

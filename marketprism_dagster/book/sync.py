@@ -66,14 +66,17 @@ class Ticker:
         c = self.cadence_ms
         last = self.last_event_ms
         if c > 0 and last is not None and update_id is not None and event_ms // c > last // c:
-            bids, asks = book.top(self.depth)
-            self.ready.append(BookSnapshot(event_ms - event_ms % c, last, update_id, bids, asks))
+            self.publish(book, event_ms - event_ms % c, last, update_id)
 
     def after(self, book: Book, event_ms: int, update_id: int) -> None:
         if self.cadence_ms <= 0:
-            bids, asks = book.top(self.depth)
-            self.ready.append(BookSnapshot(event_ms, event_ms, update_id, bids, asks))
+            self.publish(book, event_ms, event_ms, update_id)
         self.last_event_ms = event_ms
+
+    def publish(self, book: Book, tick: int, timestamp: int, update_id: int) -> None:
+        """Copy the book's top ``depth`` levels (two list slices) into a ready snapshot."""
+        bids, asks = book.top(self.depth)
+        self.ready.append(BookSnapshot(tick, timestamp, update_id, bids, asks))
 
     def drain(self) -> list[BookSnapshot]:
         out, self.ready = self.ready, []
@@ -146,42 +149,72 @@ class UpdateIdSync:
     def on_diff(self, d: Diff) -> Status:
         if not self.synced:
             return self._buffer(d)
-        return self._apply(d)
+        return self._apply(d.first_id, d.last_id, d.prev_id, d.event_ms, d.bids, d.asks, d)
 
-    def _apply(self, d: Diff) -> Status:
+    def on_update(
+        self,
+        first_id: int,
+        last_id: int,
+        prev_id: int | None,
+        event_ms: int,
+        bids: Sequence[Sequence[str]],
+        asks: Sequence[Sequence[str]],
+    ) -> Status:
+        """``on_diff`` without building a ``Diff`` unless it has to be buffered (the hot path)."""
+        if not self.synced:
+            return self._buffer(Diff(first_id, last_id, prev_id, event_ms, bids, asks))
+        return self._apply(first_id, last_id, prev_id, event_ms, bids, asks, None)
+
+    def _apply(
+        self,
+        first_id: int,
+        last_id: int,
+        prev_id: int | None,
+        event_ms: int,
+        bids: Sequence[Sequence[str]],
+        asks: Sequence[Sequence[str]],
+        d: Diff | None,
+    ) -> Status:
         last = self.update_id
         assert last is not None
-        if not self.bridged:
-            if self.usdm:
-                if d.last_id < last:
-                    return Status.STALE
-                ok = d.first_id <= last <= d.last_id
+        if self.bridged:
+            if self.usdm and prev_id is not None:
+                ok = prev_id == last
             else:
-                if d.last_id <= last:
+                if last_id <= last:
                     return Status.STALE
-                ok = d.first_id <= last + 1 <= d.last_id
-            if not ok:
-                self._desync()
-                self._buffer(d)
-                return Status.GAP
-            self.bridged = True
+                ok = first_id == last + 1
         else:
-            if self.usdm and d.prev_id is not None:
-                ok = d.prev_id == last
-            else:
-                if d.last_id <= last:
+            if self.usdm:
+                if last_id < last:
                     return Status.STALE
-                ok = d.first_id == last + 1
-            if not ok:
-                self._desync()
-                self._buffer(d)
-                return Status.GAP
+                ok = first_id <= last <= last_id
+            else:
+                if last_id <= last:
+                    return Status.STALE
+                ok = first_id <= last + 1 <= last_id
+            if ok:
+                self.bridged = True
+        if not ok:
+            self._desync()
+            self._buffer(d or Diff(first_id, last_id, prev_id, event_ms, bids, asks))
+            return Status.GAP
         book = self.book
-        self.ticker.before(book, d.event_ms, last)
-        book.apply(d.bids, d.asks)
-        self.update_id = d.last_id
-        self.timestamp = d.event_ms
-        self.ticker.after(book, d.event_ms, d.last_id)
+        ticker = self.ticker
+        c = ticker.cadence_ms
+        prev_ms = ticker.last_event_ms
+        if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
+            ticker.publish(book, event_ms - event_ms % c, prev_ms, last)
+        try:
+            book.apply(bids, asks)
+        except Exception:
+            self._desync()  # a level the book could not take (bad price): never keep a half-applied book
+            raise
+        self.update_id = last_id
+        self.timestamp = event_ms
+        if c <= 0:
+            ticker.publish(book, event_ms, event_ms, last_id)
+        ticker.last_event_ms = event_ms
         return Status.APPLIED
 
     def final_snapshot(self, depth: int) -> BookSnapshot | None:
@@ -211,7 +244,7 @@ class UpdateIdSync:
         self.bridged = False
         self.need_snapshot = False
         for d in buffered:
-            st = self._apply(d)
+            st = self._apply(d.first_id, d.last_id, d.prev_id, d.event_ms, d.bids, d.asks, d)
             if st is Status.GAP:
                 # the buffer itself is broken after the snapshot: _apply re-buffered d
                 return Status.GAP
@@ -291,13 +324,31 @@ class SeqIdSync:
             self.reset()
             return Status.GAP
         book = self.book
-        uid = self.seq_id if self.seq_id is not None else self.timestamp
-        self.ticker.before(book, ts, uid)
-        touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
-        if not self._verify(checksum, touched):
-            self.reset()
-            return Status.CHECKSUM
+        ticker = self.ticker
+        c = ticker.cadence_ms
+        prev_ms = ticker.last_event_ms
+        if c > 0 and prev_ms is not None and ts // c > prev_ms // c:
+            uid = self.seq_id if self.seq_id is not None else self.timestamp
+            if uid is not None:
+                ticker.publish(book, ts - ts % c, prev_ms, uid)
+        try:
+            touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
+        except Exception:
+            self.reset()  # a level the book could not take: never keep a half-applied book
+            raise
+        # verification on EVERY update: recompute when the top levels changed, else the cached
+        # checksum of the unchanged top levels is compared
+        if checksum is not None:
+            crc = self._crc
+            if touched or crc is None:
+                crc = self._crc = book.okx_checksum(self.CHECKSUM_LEVELS)
+            self.checksums_verified += 1
+            if crc != checksum:
+                self.reset()
+                return Status.CHECKSUM
         self.seq_id = seq_id
         self.timestamp = ts
-        self.ticker.after(book, ts, seq_id if seq_id is not None else ts)
+        if c <= 0:
+            ticker.publish(book, ts, ts, seq_id if seq_id is not None else ts)
+        ticker.last_event_ms = ts
         return Status.APPLIED
