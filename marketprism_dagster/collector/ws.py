@@ -20,6 +20,7 @@ from marketprism_dagster.venues.base import WsFeed
 
 log = structlog.get_logger(__name__)
 
+YIELD_EVERY = 128  # frames read back to back before the reader yields the event loop
 _DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 
 
@@ -136,6 +137,9 @@ class FeedConnection:
                 st.messages += 1
                 st.last_message_ts = received_at
                 on_message(key, data, received_at)
+                if st.messages % YIELD_EVERY == 0:
+                    # receive() does not suspend while frames are buffered: let the publisher and acks run
+                    await asyncio.sleep(0)
                 continue
             if self._reconnect_reason is not None:
                 return f"reconnect requested: {self._reconnect_reason}"
