@@ -211,6 +211,32 @@ class WriterService:
         w = self.settings.writer
         return max(1, min(w.batch_size, int(w.batch_max_bytes // max(st.avg_msg_bytes, 1.0))))
 
+    async def _fetch_into_buffer(self, st: StreamState, timeout: float) -> int:
+        """One fetch from the durable into the buffer; acks redeliveries already committed. Returns messages."""
+        buf = st.buffer
+        n = self._fetch_size(st)
+        if n <= 0:
+            return 0
+        msgs = await st.reader.fetch(n, timeout)
+        skipped = 0
+        size = 0
+        for m in msgs:
+            seq, sm = to_stream_message(m)
+            size += len(sm.data)
+            if seq <= buf.watermark:
+                skipped += 1
+            buf.add(seq, sm, m)
+        if msgs:
+            st.avg_msg_bytes = 0.8 * st.avg_msg_bytes + 0.2 * (size / len(msgs))
+            st.catching_up = False
+        if skipped:
+            self.metrics.skipped.labels(st.name).inc(skipped)
+        if buf.stale_ack is not None:
+            # AckPolicy.ALL on a sequence <= watermark only covers committed sequences
+            await st.reader.ack(buf.stale_ack)
+            buf.stale_ack = None
+        return len(msgs)
+
     async def _stream_loop(self, st: StreamState, js: Any, stop: asyncio.Event) -> None:
         w = self.settings.writer
         buf = st.buffer
@@ -218,27 +244,8 @@ class WriterService:
             limit = self._batch_limit(st)
             fetched = 0
             if buf.ready_count(limit) < limit:
-                n = self._fetch_size(st)
-                if n > 0:
-                    timeout = 0.05 if (st.catching_up or buf.pending) else w.fetch_timeout_s
-                    msgs = await st.reader.fetch(n, timeout)
-                    fetched = len(msgs)
-                    skipped = 0
-                    size = 0
-                    for m in msgs:
-                        seq, sm = to_stream_message(m)
-                        size += len(sm.data)
-                        if seq <= buf.watermark:
-                            skipped += 1
-                        buf.add(seq, sm, m)
-                    if msgs:
-                        st.avg_msg_bytes = 0.8 * st.avg_msg_bytes + 0.2 * (size / len(msgs))
-                        st.catching_up = False
-                    if skipped:
-                        self.metrics.skipped.labels(st.name).inc(skipped)
-                    if buf.stale_ack is not None:
-                        await st.reader.ack(buf.stale_ack)
-                        buf.stale_ack = None
+                timeout = 0.05 if (st.catching_up or buf.pending) else w.fetch_timeout_s
+                fetched = await self._fetch_into_buffer(st, timeout)
             if stop.is_set() and not buf.pending:
                 break
             taken = buf.take(limit)
@@ -246,7 +253,12 @@ class WriterService:
                 if fetched == 0 or buf.has_hole():
                     await self._catch_up(st, js, limit)
                 continue
-            if not await self._commit(st, taken, js, stop):
+            commit = asyncio.create_task(self._commit(st, taken, js, stop))
+            # prefetch the next batch while this one is inserted (room permitting: max_ack_pending)
+            while not commit.done() and not stop.is_set() and self._fetch_size(st) > 0 \
+                    and len(buf.pending) - len(taken.messages) < limit:
+                await self._fetch_into_buffer(st, 0.05)
+            if not await commit:
                 break  # stopped while the store was unavailable: the batch stays unacked
 
     async def _catch_up(self, st: StreamState, js: Any, limit: int) -> None:
