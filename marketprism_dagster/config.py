@@ -258,7 +258,6 @@ class CollectorConfig(_Model):
     health_port: int = Field(default=8087, ge=0, le=65535)
     metrics_port: int = Field(default=9093, ge=0, le=65535)
     grace_s: int = Field(default=120, ge=0)
-    queue_size: int = Field(default=100_000, gt=0)
     publish_buffer: int = Field(default=200_000, gt=0, description="records held while NATS is down")
     max_inflight_acks: int = Field(default=4096, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
@@ -303,6 +302,9 @@ class AlertsConfig(_Model):
 
 class SealConfig(_Model):
     grace_s: int = Field(default=300, ge=0, description="an hour is sealed no earlier than its end + grace")
+    writer_slack_s: int = Field(
+        default=30, ge=0, description="a seal needs every message stored more than this long ago committed"
+    )
 
 
 class Settings(_Model):
