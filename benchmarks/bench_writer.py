@@ -155,11 +155,13 @@ async def bench_pipeline(tmp: Path, n: int, extra: dict[str, Any]) -> dict[str, 
             out["backlog_drain_msgs_per_s"] = round(n / (done - first)) if done > first else None
             out["writer_peak_rss_mb_backlog"] = round(rss_peak_mb(proc.pid), 1)
             # live: publish while the writer runs; rate = records committed per second of publishing+drain
-            live = generate(n, base_ms=recent_base_ms() + 3_600_000, seed=43)
+            live = generate(n, seed=43, first_index=10 * n)
             t0 = time.monotonic()
             await publish(nc, live)
+            out["live_publish_s"] = round(time.monotonic() - t0, 2)
             lasts = {s: (await js.stream_info(s)).state.last_seq for s in settings.streams}
             _, done = await drain(port, lasts)
+            assert sum(lasts.values()) == 2 * n, lasts
             out["live_msgs_per_s"] = round(n / (done - t0))
             out["writer_peak_rss_mb"] = round(rss_peak_mb(proc.pid), 1)
             h = health(port) or {}

@@ -131,8 +131,11 @@ def make_record(data_type: str, i: int, base_ms: int, rng: random.Random, depth:
     raise ValueError(data_type)
 
 
-def generate(n: int, base_ms: int | None = None, seed: int = 7, depth: int = 20) -> list[Any]:
-    """``n`` records in the MIX proportions, interleaved deterministically, every type present."""
+def generate(n: int, base_ms: int | None = None, seed: int = 7, depth: int = 20, first_index: int = 0) -> list[Any]:
+    """``n`` records in the MIX proportions, interleaved deterministically, every type present.
+
+    Identities derive from the per-type index: runs meant to add new records use another ``first_index``.
+    """
     base = base_ms if base_ms is not None else recent_base_ms()
     rng = random.Random(seed)
     total = sum(w for _, w in MIX)
@@ -140,7 +143,7 @@ def generate(n: int, base_ms: int | None = None, seed: int = 7, depth: int = 20)
     counts["trade"] += n - sum(counts.values())
     order = [t for t, c in counts.items() for _ in range(c)]
     rng.shuffle(order)
-    seen: Counter[str] = Counter()
+    seen: Counter[str] = Counter({t: first_index for t in counts})
     out = []
     for t in order:
         out.append(make_record(t, seen[t], base, rng, depth))
