@@ -2,8 +2,8 @@
 
 Each side keeps ``keys`` (ascending; bid keys are NEGATED prices so that the best level of
 both sides is at index 0) and ``vals``, the venue's original ``(price, qty)`` strings at the
-same index. A ``+inf`` sentinel ends every key list (``None`` in ``vals``), so a lookup
-``keys[bisect_left(keys, k)] == k`` never needs a bounds check. Reading the best ``n`` levels
+same index. A sentinel ends every key list (``None`` in ``vals``; NaN in fast mode, +inf in exact
+mode), so a lookup ``keys[bisect_left(keys, k)] == k`` never needs a bounds check. Reading the best ``n`` levels
 is one list slice; a quantity change at an existing price replaces one list item; only a
 level that appears or disappears moves keys (a C-level ``list.insert`` / ``del``).
 
@@ -31,6 +31,7 @@ from typing import Any
 Level = tuple[str, str]  # (price, quantity) as the venue spelled them
 
 _INF = float("inf")
+_END = float("nan")  # fast-mode sentinel: never equal to a key, never below one
 _FAST_MIN = 1e-200  # fast (float) keys only for prices strictly inside (1e-200, 1e200)
 _FAST_MAX = 1e200
 _FAST_LEN = 15  # ... spelled with at most 15 characters (so at most 15 significant digits)
@@ -68,14 +69,14 @@ class Book:
     __slots__ = ("_ak", "_av", "_bk", "_bv", "_exact")
 
     def __init__(self) -> None:
-        self._bk: list[Any] = [_INF]  # negated bid prices, ascending (best bid first)
+        self._bk: list[Any] = [_END]  # negated bid prices, ascending (best bid first)
         self._bv: list[Any] = [None]
-        self._ak: list[Any] = [_INF]  # ask prices, ascending (best ask first)
+        self._ak: list[Any] = [_END]  # ask prices, ascending (best ask first)
         self._av: list[Any] = [None]
         self._exact = False  # True: Decimal keys (some price outside the fast domain)
 
     def clear(self) -> None:
-        self._bk[:] = self._ak[:] = [_INF]
+        self._bk[:] = self._ak[:] = [_END]
         self._bv[:] = self._av[:] = [None]
         self._exact = False
 
@@ -88,7 +89,7 @@ class Book:
             self._load_side(bids, True, _fast_key)
             self._load_side(asks, False, _fast_key)
         except _Inexact:
-            self._exact = True
+            self._exact = True  # before the loads: the sentinel depends on the mode
             self._load_side(bids, True, _exact_key)
             self._load_side(asks, False, _exact_key)
 
@@ -104,7 +105,7 @@ class Book:
                 side.pop(k, None)
         ks = sorted(side)
         vals: list[Any] = [side[k] for k in ks]
-        ks.append(_INF)
+        ks.append(_INF if self._exact else _END)
         vals.append(None)
         if bid:
             self._bk, self._bv = ks, vals
@@ -120,29 +121,41 @@ class Book:
         if watch > 0:
             b0 = self._bv[:watch]
             a0 = self._av[:watch]
-        if bids:
-            self._apply_side(self._bk, self._bv, bids, True)
-        if asks:
-            self._apply_side(self._ak, self._av, asks, False)
+        if not self._exact:
+            try:
+                _apply_fast(self._bk, self._bv, bids, self._ak, self._av, asks)
+            except _Inexact:
+                # re-keying keeps the order; re-applying both lists is exact because every level
+                # is an absolute assignment (the last one per price wins either way)
+                self._to_exact()
+                _apply_exact(self._bk, self._bv, bids, True)
+                _apply_exact(self._ak, self._av, asks, False)
+        else:
+            _apply_exact(self._bk, self._bv, bids, True)
+            _apply_exact(self._ak, self._av, asks, False)
         if watch > 0:
             return self._bv[:watch] != b0 or self._av[:watch] != a0
         return False
 
-    def _apply_side(self, keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str]], bid: bool) -> None:
-        if not self._exact:
-            try:
-                _apply_fast(keys, vals, levels, bid)
-                return
-            except _Inexact:
-                # re-keying keeps the order; re-applying the whole list is exact because every
-                # level is an absolute assignment (the last one per price wins either way)
-                self._to_exact()
-        _apply_exact(keys, vals, levels, bid)
+    def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
+        """``apply`` for levels that are exactly ``(price, qty)`` TUPLES of str (e.g. decoded by
+        msgspec as ``tuple[str, str]``): they are stored as they are, without a copy."""
+        if self._exact:
+            _apply_exact(self._bk, self._bv, bids, True)
+            _apply_exact(self._ak, self._av, asks, False)
+            return
+        try:
+            _apply_fast_pairs(self._bk, self._bv, bids, self._ak, self._av, asks)
+        except _Inexact:
+            self._to_exact()
+            _apply_exact(self._bk, self._bv, bids, True)
+            _apply_exact(self._ak, self._av, asks, False)
 
     def _to_exact(self) -> None:
         self._exact = True
         for keys, vals, sign in ((self._bk, self._bv, -1), (self._ak, self._av, 1)):
             keys[:-1] = [sign * Decimal(v[0]) for v in vals[:-1]]
+            keys[-1] = _INF  # Decimal cannot be compared with the NaN sentinel
 
     # -- reading
     def top(self, n: int) -> tuple[list[Level], list[Level]]:
@@ -190,28 +203,104 @@ class Book:
         )
 
 
-def _apply_fast(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str]], bid: bool) -> None:
+def _apply_fast(
+    bk: list[Any],
+    bv: list[Any],
+    bids: Iterable[Sequence[str]],
+    ak: list[Any],
+    av: list[Any],
+    asks: Iterable[Sequence[str]],
+) -> None:
+    """Float-keyed updates of both sides (one call per message: this is the hot loop).
+
+    A hit (``keys[i] == k``) needs only the length check: k equals a key already proven in
+    range, and two <= 15-character prices with equal doubles are equal decimals. A miss that
+    inserts gets the full check. The NaN sentinel never equals anything and never compares
+    below ``k``, so ``bisect_left`` stops at it and ``keys[i]`` is always valid.
+    """
     bl = bisect_left
-    lo = _FAST_MIN
-    hi = _FAST_MAX
-    for lv in levels:
+    for lv in bids:
+        p = lv[0]
+        q = lv[1]
+        k = -float(p)
+        i = bl(bk, k)
+        if bk[i] == k:
+            if len(p) > _FAST_LEN:
+                raise _Inexact(p)
+            if q.strip("0."):
+                bv[i] = (p, q)
+            else:
+                del bk[i]
+                del bv[i]
+        elif q.strip("0."):
+            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+                raise _Inexact(p)
+            bk.insert(i, k)
+            bv.insert(i, (p, q))
+    for lv in asks:  # the same loop with un-negated keys
         p = lv[0]
         q = lv[1]
         k = float(p)
-        if len(p) > 15 or not lo < k < hi:
-            raise _Inexact(p)
-        if bid:
-            k = -k
-        i = bl(keys, k)
-        if keys[i] == k:
+        i = bl(ak, k)
+        if ak[i] == k:
+            if len(p) > _FAST_LEN:
+                raise _Inexact(p)
             if q.strip("0."):
-                vals[i] = (p, q)
+                av[i] = (p, q)
             else:
-                del keys[i]
-                del vals[i]
+                del ak[i]
+                del av[i]
         elif q.strip("0."):
-            keys.insert(i, k)
-            vals.insert(i, (p, q))
+            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+                raise _Inexact(p)
+            ak.insert(i, k)
+            av.insert(i, (p, q))
+
+
+def _apply_fast_pairs(
+    bk: list[Any],
+    bv: list[Any],
+    bids: Iterable[Level],
+    ak: list[Any],
+    av: list[Any],
+    asks: Iterable[Level],
+) -> None:
+    """``_apply_fast`` for (price, qty) tuples, stored without a copy (same rules, line for line)."""
+    bl = bisect_left
+    for lv in bids:
+        p, q = lv
+        k = -float(p)
+        i = bl(bk, k)
+        if bk[i] == k:
+            if len(p) > _FAST_LEN:
+                raise _Inexact(p)
+            if q.strip("0."):
+                bv[i] = lv
+            else:
+                del bk[i]
+                del bv[i]
+        elif q.strip("0."):
+            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+                raise _Inexact(p)
+            bk.insert(i, k)
+            bv.insert(i, lv)
+    for lv in asks:
+        p, q = lv
+        k = float(p)
+        i = bl(ak, k)
+        if ak[i] == k:
+            if len(p) > _FAST_LEN:
+                raise _Inexact(p)
+            if q.strip("0."):
+                av[i] = lv
+            else:
+                del ak[i]
+                del av[i]
+        elif q.strip("0."):
+            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+                raise _Inexact(p)
+            ak.insert(i, k)
+            av.insert(i, lv)
 
 
 def _apply_exact(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str]], bid: bool) -> None:

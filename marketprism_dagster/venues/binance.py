@@ -22,9 +22,11 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 
 from marketprism_dagster.book import Diff, Status, UpdateIdSync
+from marketprism_dagster.book.sync import APPLIED
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import FetchSnapshot, Instrument, Output, RestPoll, VenueAdapter, WsFeed
@@ -74,6 +76,39 @@ def parse_exchange_info(body: bytes | str, perpetual: bool) -> list[Instrument]:
     return out
 
 
+class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
+    """The fields of an ``aggTrade`` event the adapter reads (typed fast path)."""
+
+    s: str
+    a: int
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+class _DepthUpdate(msgspec.Struct, tag_field="e", tag="depthUpdate"):
+    """The fields of a ``depthUpdate`` event the adapter reads; levels arrive as (price, qty) tuples."""
+
+    E: int
+    s: str
+    U: int
+    u: int
+    b: list[tuple[str, str]]
+    a: list[tuple[str, str]]
+    pu: int | None = None
+
+
+class _Frame(msgspec.Struct):
+    data: _AggTrade | _DepthUpdate
+
+
+# Combined-stream frames of the two hot events decode straight into typed structs; anything
+# else (markPrice, forceOrder, replies, errors, odd shapes) fails validation here and takes the
+# generic orjson path, which keeps every existing rule for bad input.
+_FAST_DECODER = msgspec.json.Decoder(_Frame)
+
+
 def parse_depth_update(d: Mapping[str, Any]) -> Diff:
     """A ``depthUpdate`` event (the ``data`` of a combined-stream frame) as a ``Diff``."""
     return Diff(d["U"], d["u"], d.get("pu"), d["E"], d["b"], d["a"])
@@ -95,6 +130,7 @@ class BinanceAdapter(VenueAdapter):
         self.books: dict[str, UpdateIdSync] = {}
         self.mark_price: dict[str, str] = {}  # latest mark price per exchange symbol (markPrice stream)
         self.errors = ErrorLog(market_id)
+        self.generic_frames = 0  # frames that did not fit the typed fast path (normal for markPrice etc.)
         self._handlers = {
             "aggTrade": self._agg_trade,
             "depthUpdate": self._depth,
@@ -208,6 +244,45 @@ class BinanceAdapter(VenueAdapter):
         return Output()
 
     def on_message(self, feed_key: str, raw: bytes | str, received_at: int) -> Output:
+        try:
+            d = _FAST_DECODER.decode(raw).data
+        except msgspec.DecodeError:  # includes ValidationError: not one of the two hot events
+            self.generic_frames += 1
+            return self._on_message_generic(raw, received_at)
+        out = Output([], [], {})
+        try:
+            if type(d) is _DepthUpdate:
+                sym = d.s
+                inst = self.instruments.get(sym) or self._instrument(sym, out)
+                if inst is not None:
+                    sync = self.books.get(sym) or self._sync(sym)
+                    st = sync.on_update_pairs(d.U, d.u, d.pu, d.E, d.b, d.a)
+                    if st is not APPLIED or sync.ticker.ready:
+                        self._depth_done(st, sync, inst, received_at, out)
+            else:
+                sym = d.s
+                inst = self.instruments.get(sym) or self._instrument(sym, out)
+                if inst is not None:
+                    out.records.append(
+                        Trade(
+                            exchange=self.market_id,
+                            market_type=self.market_type,
+                            symbol=inst.symbol,
+                            exchange_symbol=sym,
+                            timestamp=d.T,
+                            received_at=received_at,
+                            trade_id=str(d.a),
+                            price=d.p,
+                            quantity=d.q,
+                            side="sell" if d.m else "buy",
+                        )
+                    )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError) as exc:
+            kind = "depthUpdate" if type(d) is _DepthUpdate else "aggTrade"
+            self.errors.bad(out, "parse_error", kind, raw, error=repr(exc))
+        return out
+
+    def _on_message_generic(self, raw: bytes | str, received_at: int) -> Output:
         out = Output()
         try:
             msg = orjson.loads(raw)
@@ -228,7 +303,7 @@ class BinanceAdapter(VenueAdapter):
                 continue
             try:
                 handler(d, received_at, out)
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError) as exc:
                 self.errors.bad(out, "parse_error", str(d.get("e")), raw, error=repr(exc))
         return out
 
@@ -276,8 +351,10 @@ class BinanceAdapter(VenueAdapter):
         if inst is None:
             return
         sync = self.books.get(sym) or self._sync(sym)
-        st = sync.on_diff(parse_depth_update(d))
-        if st is Status.APPLIED:
+        self._depth_done(sync.on_diff(parse_depth_update(d)), sync, inst, received_at, out)
+
+    def _depth_done(self, st: Status, sync: UpdateIdSync, inst: Instrument, received_at: int, out: Output) -> None:
+        if st is APPLIED:
             if sync.ticker.ready:
                 self._publish(sync, inst, received_at, out)
             return
@@ -288,7 +365,7 @@ class BinanceAdapter(VenueAdapter):
             self._publish(sync, inst, received_at, out)
         if sync.need_snapshot:
             sync.snapshot_requested()
-            out.actions.append(self.snapshot_action(sym))
+            out.actions.append(self.snapshot_action(inst.exchange_symbol))
 
     def on_snapshot(self, symbol: str, body: bytes, received_at: int) -> Output:
         out = Output()

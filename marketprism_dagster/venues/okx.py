@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from marketprism_dagster.book import SeqIdSync, Status
+from marketprism_dagster.book import SeqIdSync
+from marketprism_dagster.book.sync import APPLIED, CHECKSUM, IGNORED, SYNCED
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import Instrument, Output, RestPoll, Send, VenueAdapter, WsFeed
@@ -301,13 +302,13 @@ class OkxAdapter(VenueAdapter):
             if not inst.inverse:
                 for snap in snaps:
                     out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
-        if st is Status.APPLIED or st is Status.SYNCED:
+        if st is APPLIED or st is SYNCED:
             return
-        if st is Status.IGNORED:
+        if st is IGNORED:
             out.count("book_unsynced_update")
             return
         out.count("resync")
-        out.count("checksum_failure" if st is Status.CHECKSUM else "sequence_gap")
+        out.count("checksum_failure" if st is CHECKSUM else "sequence_gap")
         out.actions.extend(self.resubscribe(inst_id, fk if fk.startswith(self.market_id) else None))
 
     def _funding(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
