@@ -4,8 +4,9 @@ message of the hour is in the hot table, repairing interior gaps from JetStream 
 The proof, for stream S of the type and hour H (event time):
 
 1. the hour is closed: now >= end of H + ``seal.grace_s``;
-2. boundary B = the first message S stored at or after that cutoff (binary search over the
-   stream by stored time). A message of H published within the grace has seq < B;
+2. boundary B = the first message S stored at or after max(cutoff, now - seal.writer_slack_s)
+   (binary search over the stream by stored time). A message of H published within the grace,
+   or late but before that horizon, has seq < B;
 3. the ledger's committed ranges of S reach B - 1 and have no gaps. An interior gap
    (the writer moved past it without committing) is fetched from JetStream
    and committed through the writer's own ``commit_batch`` (same dedup tokens, same ledger
@@ -208,13 +209,16 @@ async def seal_hour(
 
     ranges = committed_ranges(store, settings, stream)
     if js is not None:
-        b, js_first, _ = await boundary_seq(js, stream, cutoff)
+        # Every message stored before max(cutoff, now - writer_slack_s) must be committed: that
+        # covers the hour's messages within the grace and the late ones stored since.
+        horizon = max(cutoff, now - settings.seal.writer_slack_s * 1000)
+        b, js_first, _ = await boundary_seq(js, stream, horizon)
         report.boundary_seq = b
         committed_last = ranges[-1].last if ranges else js_first - 1
         if committed_last < b - 1:
             raise SealRefused(
                 f"the hot writer has committed {stream} through seq {committed_last} but messages up to "
-                f"seq {b - 1} were stored before {_iso(cutoff)}; the writer is behind (or stopped): "
+                f"seq {b - 1} were stored before {_iso(horizon)}; the writer is behind (or stopped): "
                 "retry when it catches up (check the writer run in the Dagster UI)",
                 report,
             )

@@ -19,7 +19,6 @@ log = structlog.get_logger(__name__)
 HOT_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=3), warn_window=timedelta(hours=2))
 # the day's cold partition is due by 02:00 UTC the next day (hour 23 seals at ~00:07)
 COLD_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 2 * * *", lower_bound_delta=timedelta(hours=2))
-SEAL_RETRY = dg.RetryPolicy(max_retries=3, delay=120)
 
 
 def hot_key(data_type: str) -> dg.AssetKey:
@@ -62,7 +61,7 @@ def build_hot_asset(data_type: str, settings: Settings, partitions: dg.Partition
         ),
         automation_condition=dg.AutomationCondition.on_cron(seal_cron(settings)),
         freshness_policy=HOT_FRESHNESS,
-        retry_policy=SEAL_RETRY,
+        retry_policy=dg.RetryPolicy(max_retries=settings.seal.retries, delay=settings.seal.retry_delay_s),
         metadata={"table": f"{settings.storage.hot_database}.{data_type}", "stream": settings.stream_for(data_type)},
     )
     def _hot(
