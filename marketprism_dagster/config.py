@@ -305,6 +305,8 @@ class SealConfig(_Model):
     writer_slack_s: int = Field(
         default=30, ge=0, description="a seal needs every message stored more than this long ago committed"
     )
+    retries: int = Field(default=3, ge=0, description="Dagster retries of a refused seal (writer behind)")
+    retry_delay_s: int = Field(default=120, ge=0)
 
 
 class Settings(_Model):
