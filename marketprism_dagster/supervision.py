@@ -137,7 +137,7 @@ def plan(
             out.waiting.append((svc, "reaping a dead run; relaunch after the cooldown"))
             continue
         stopped = last_stop.get(svc.name)
-        if stopped is not None and now - stopped < sup.restart_cooldown_s:
+        if stopped is not None and sup.restart_cooldown_s > 0 and now - stopped < sup.restart_cooldown_s:
             out.waiting.append((svc, f"cooldown {sup.restart_cooldown_s - (now - stopped):.0f} s"))
             continue
         out.launch.append(svc)

@@ -1,0 +1,105 @@
+"""The supervisor sensor: one run per shard, never two, reaps a dead run and relaunches it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import dagster as dg
+from dagster._core.test_utils import create_run_for_test
+
+from marketprism_dagster import supervision as sv
+from marketprism_dagster.defs.services import defs as services_defs
+from sensors.supervisor import supervise
+
+SHARDS = {"collector.shards": {"spot": ["binance_spot", "okx_spot"], "deriv": ["binance_derivatives"]}}
+
+
+def _settings(settings_factory, **kw):
+    values = {"collector__shards": SHARDS["collector.shards"], "supervisor__restart_cooldown_s": 0, **kw}
+    return settings_factory(**values)
+
+
+def _tick(instance, settings, cursor=None, now=None):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=services_defs)
+    return supervise(ctx, settings, now=now)
+
+
+def _start(instance, request: dg.RunRequest, **tags) -> dg.DagsterRun:
+    return create_run_for_test(
+        instance,
+        job_name=request.job_name,
+        status=dg.DagsterRunStatus.STARTED,
+        tags={**request.tags, **tags},
+        run_config=request.run_config,
+    )
+
+
+def test_supervisor_launches_one_run_per_shard_and_the_writer_then_never_a_second(settings_factory, dagster_instance):
+    settings = _settings(settings_factory)
+    first = _tick(dagster_instance, settings)
+    services = sorted(r.tags[sv.SERVICE_TAG] for r in first.run_requests)
+    assert services == ["collector:deriv", "collector:spot", "writer"]
+    assert len({r.run_key for r in first.run_requests}) == 3
+    jobs = {r.tags[sv.SERVICE_TAG]: r.job_name for r in first.run_requests}
+    assert jobs == {"collector:deriv": "collector", "collector:spot": "collector", "writer": "writer"}
+    assert all(services_defs.resolve_job_def(j) for j in set(jobs.values()))
+    now = time.time()
+    for r in first.run_requests:
+        _start(dagster_instance, r, **{sv.HEARTBEAT_TAG: str(now)})
+    second = _tick(dagster_instance, settings, first.cursor)
+    assert second.run_requests == []
+    assert "all services running" in (second.skip_reason.skip_message if second.skip_reason else "")
+
+
+def test_supervisor_reaps_a_stale_run_kills_its_worker_and_relaunches(settings_factory, dagster_instance):
+    settings = _settings(settings_factory)
+    reqs = {r.tags[sv.SERVICE_TAG]: r for r in _tick(dagster_instance, settings).run_requests}
+    now = time.time()
+    for name in ("collector:spot", "collector:deriv"):
+        _start(dagster_instance, reqs[name], **{sv.HEARTBEAT_TAG: str(now)})
+    stale_run = _start(dagster_instance, reqs["writer"])
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", stale_run.run_id])
+    try:
+        dagster_instance.add_run_tags(
+            stale_run.run_id,
+            {sv.HEARTBEAT_TAG: str(now - settings.supervisor.heartbeat_stale_s - 5), sv.PID_TAG: str(worker.pid)},
+        )
+        result = _tick(dagster_instance, settings)
+        assert worker.wait(timeout=10) == -9  # SIGKILL: the dead worker is gone
+    finally:
+        worker.kill()
+    reaped = dagster_instance.get_run_by_id(stale_run.run_id)
+    assert reaped.status == dg.DagsterRunStatus.FAILURE
+    assert [r.tags[sv.SERVICE_TAG] for r in result.run_requests] == ["writer"]
+    assert "writer" in json.loads(result.cursor)
+
+
+def test_supervisor_waits_for_the_cooldown_before_relaunching(settings_factory, dagster_instance):
+    settings = _settings(settings_factory, supervisor__restart_cooldown_s=60)
+    cursor = json.dumps({"writer": time.time()})
+    result = _tick(dagster_instance, settings, cursor)
+    assert sorted(r.tags[sv.SERVICE_TAG] for r in result.run_requests) == ["collector:deriv", "collector:spot"]
+
+
+def test_supervisor_restarts_a_run_over_its_memory_limit_with_sigint(settings_factory, dagster_instance):
+    settings = _settings(settings_factory, supervisor__memory_mb=100)
+    reqs = {r.tags[sv.SERVICE_TAG]: r for r in _tick(dagster_instance, settings).run_requests}
+    now = time.time()
+    for name in ("collector:deriv", "writer"):
+        _start(dagster_instance, reqs[name], **{sv.HEARTBEAT_TAG: str(now)})
+    run = _start(dagster_instance, reqs["collector:spot"])
+    code = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)"
+    worker = subprocess.Popen([sys.executable, "-c", code, run.run_id])
+    try:
+        time.sleep(0.5)  # let the interpreter install its SIGINT handler
+        tags = {sv.HEARTBEAT_TAG: str(now), sv.PID_TAG: str(worker.pid), sv.RSS_TAG: "250.0"}
+        dagster_instance.add_run_tags(run.run_id, tags)
+        result = _tick(dagster_instance, settings)
+        assert worker.wait(timeout=10) == 3  # graceful: SIGINT -> KeyboardInterrupt -> drain and exit
+    finally:
+        worker.kill()
+    assert result.run_requests == []  # relaunched once the run has ended, not while it drains
+    assert "marketprism/restart_requested" in dagster_instance.get_run_by_id(run.run_id).tags
