@@ -1,0 +1,288 @@
+"""`marketprism dev | demo | integrity | repair`.
+
+``dev``: embedded NATS (if nats.url does not answer) + ``dagster dev -w workspace.yaml`` with
+DAGSTER_HOME under ``<data_dir>/dagster_home``; the supervisor sensor starts the collector
+shards and the writer. ``demo``: the same against the local emulator (synth mode, offline).
+Ctrl-C / SIGTERM stops everything started here, including long runs and code servers that
+``dagster dev`` would leave behind (they all share the dev server's session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import psutil
+import structlog
+import typer
+
+from marketprism_dagster.cli import ConfigOpt, SetOpt, fail, load, render_table
+from marketprism_dagster.config import Settings
+
+log = structlog.get_logger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+
+# ---------------------------------------------------------------- process management
+
+
+def render_instance_yaml(home: Path, template: Path = REPO / "dagster.yaml") -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    target.write_text(template.read_text().replace("{base_dir}", str(home.resolve())))
+    return target
+
+
+def session_processes(sid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError, OSError):
+            if os.getsid(p.pid) == sid and p.pid != os.getpid():
+                out.append(p)
+    return out
+
+
+def stop_session(proc: subprocess.Popen[bytes], timeout_s: float = 25.0) -> list[int]:
+    """SIGINT the dev server (it stops runs and code servers), then SIGTERM / SIGKILL what is left.
+
+    Returns the pids that had to be killed."""
+    sid = proc.pid  # started with start_new_session: its pid is the session id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(sid, signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and session_processes(sid):
+        time.sleep(0.3)
+    left = session_processes(sid)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    return [p.pid for p in left]
+
+
+def _restore_signals() -> None:
+    # A backgrounded `dagster dev` inherits SIG_IGN for SIGINT/SIGTERM: restore the defaults.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def start_dagster_dev(settings: Settings, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    home = (settings.data_path / "dagster_home").resolve()
+    render_instance_yaml(home)
+    env = {**env, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "yes"}
+    dagster = Path(sys.executable).with_name("dagster")
+    args = [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    log_path = home / "dagster-dev.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            args,
+            cwd=str(REPO),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_restore_signals,
+        )
+    log.info("dev.started", pid=proc.pid, url=f"http://127.0.0.1:{port}", dagster_home=str(home), log=str(log_path))
+    return proc
+
+
+@contextlib.contextmanager
+def emulator_in_thread(mode: str, rate: float) -> Iterator[dict[str, dict[str, str]]]:
+    """Run the emulator on its own loop in a thread; yield its URLs."""
+    from marketprism_dagster.emulator import Emulator, EmulatorConfig
+
+    ready: dict[str, dict[str, str]] = {}
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop: asyncio.Event | None = None
+
+    async def serve() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        async with Emulator(EmulatorConfig(mode=mode, rate=rate)) as emu:
+            ready.update(emu.urls)
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("the emulator did not start within 30 s")
+    try:
+        yield ready
+    finally:
+        if stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+def run_dev(settings: Settings, config_path: Path | None, port: int, extra_env: dict[str, str]) -> int:
+    """Serve until Ctrl-C / SIGTERM, then stop every process started here."""
+    from marketprism_dagster.bootstrap import init_storage, init_streams
+    from marketprism_dagster.nats_server import nats_available
+
+    env = {**os.environ, **extra_env}
+    if config_path:
+        env["MARKETPRISM_CONFIG"] = str(Path(config_path).resolve())
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with nats_available(settings.nats.url, settings.nats.embedded, settings.nats_store_dir) as url:
+            env["MARKETPRISM_NATS_URL"] = url
+            for line in asyncio.run(init_streams(url, settings)) + init_storage(settings):
+                log.info("dev.init", what=line)
+            proc = start_dagster_dev(settings, env, port)
+            try:
+                while not stopping.is_set() and proc.poll() is None:
+                    stopping.wait(0.5)
+            finally:
+                killed = stop_session(proc)
+                log.info("dev.stopped", killed_leftovers=killed)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0
+
+
+# ---------------------------------------------------------------- integrity and repair
+
+
+def _parse_time(text: str) -> datetime:
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+async def repair_range(settings: Settings, start: datetime, end: datetime) -> list[tuple[str, str, str, str]]:
+    """Seal every closed hour in [start, end) for every configured type, then replicate full days."""
+    from marketprism_dagster.integrity import configured_types
+    from marketprism_dagster.jetstream import connect
+    from marketprism_dagster.replication import ReplicationFailed, replicate_day
+    from marketprism_dagster.sealing import SealRefused, seal_hour
+    from marketprism_dagster.storage import open_store
+
+    rows: list[tuple[str, str, str, str]] = []
+    h0 = int(start.timestamp() * 1000) // HOUR_MS * HOUR_MS
+    h1 = int(end.timestamp() * 1000)
+    nc = await connect(settings.nats.url, name="marketprism-repair")
+    js = nc.jetstream()
+    sealed: dict[str, set[int]] = {}
+    try:
+        with open_store(settings) as store:
+            for t in configured_types(settings):
+                for h in range(h0, h1, HOUR_MS):
+                    label = datetime.fromtimestamp(h / 1000, UTC).strftime("%Y-%m-%d %H:00")
+                    try:
+                        rep = await seal_hour(store, settings, t, h, js)
+                        sealed.setdefault(t, set()).add(h)
+                        rows.append(("seal", t, label, f"ok {rep.rows} rows, repaired {rep.repaired_messages}"))
+                    except SealRefused as exc:
+                        rows.append(("seal", t, label, f"REFUSED {exc}"))
+                for d in range(h0 // DAY_MS * DAY_MS, h1, DAY_MS):
+                    if all(h in sealed.get(t, set()) for h in range(d, d + DAY_MS, HOUR_MS)):
+                        label = datetime.fromtimestamp(d / 1000, UTC).strftime("%Y-%m-%d")
+                        try:
+                            r = replicate_day(store, settings, t, d)
+                            rows.append(("replicate", t, label, f"ok {r.rows} rows"))
+                        except ReplicationFailed as exc:
+                            rows.append(("replicate", t, label, f"FAILED {exc}"))
+    finally:
+        await nc.drain()
+    return rows
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def dev(
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        port: Annotated[int, typer.Option(help="Dagster UI port")] = 3000,
+    ) -> None:
+        """Embedded NATS + the Dagster UI (dagster dev): collectors, writer, seals, checks, alerts."""
+        loaded = load(config, set_)
+        raise typer.Exit(run_dev(loaded.settings, loaded.path, port, {}))
+
+    @app.command()
+    def demo(
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        port: Annotated[int, typer.Option(help="Dagster UI port")] = 3000,
+        mode: Annotated[str, typer.Option(help="emulator mode: synth | replay")] = "synth",
+        rate: Annotated[float, typer.Option(help="synth messages/s per stream")] = 5.0,
+    ) -> None:
+        """`dev` against the local exchange emulator: fully offline."""
+        loaded = load(config, set_)
+        with emulator_in_thread(mode, rate) as urls:
+            env = {}
+            for market, u in urls.items():
+                if market in loaded.settings.markets:
+                    env[f"MARKETPRISM__MARKETS__{market.upper()}__REST_URL"] = u["rest"]
+                    env[f"MARKETPRISM__MARKETS__{market.upper()}__WS_URL"] = u["ws"]
+            os.environ.update(env)
+            raise typer.Exit(run_dev(loaded.settings, loaded.path, port, env))
+
+    @app.command()
+    def integrity(
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    ) -> None:
+        """Run the integrity rules; exit 0 only if every rule passes (warnings are printed, not fatal)."""
+        from marketprism_dagster import integrity as rules
+        from marketprism_dagster.storage import open_store
+
+        loaded = load(config, set_)
+        try:
+            with open_store(loaded.settings) as store:
+                results = rules.run_all(store, loaded.settings)
+        except Exception as exc:
+            raise fail(f"integrity checks could not run: {exc} (did you run `marketprism init`?)") from None
+        typer.echo(
+            render_table(
+                ["status", "check", "target", "detail"],
+                [(r.status, r.check, r.target, r.description) for r in results],
+                fmt,
+            )
+        )
+        raise typer.Exit(0 if rules.all_passed(results) else 1)
+
+    @app.command()
+    def repair(
+        from_: Annotated[str, typer.Option("--from", help="start, ISO time (UTC if no zone)")],
+        to: Annotated[str, typer.Option("--to", help="end (exclusive), ISO time")] = "",
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+    ) -> None:
+        """Backfill: seal every closed hour in the range (fetching gaps from JetStream), replicate full days."""
+        loaded = load(config, set_)
+        try:
+            start = _parse_time(from_)
+            end = _parse_time(to) if to else datetime.now(UTC) - timedelta(seconds=loaded.settings.seal.grace_s)
+        except ValueError as exc:
+            raise fail(f"--from/--to must be ISO times like 2025-01-31T00:00: {exc}") from None
+        rows = asyncio.run(repair_range(loaded.settings, start, end))
+        typer.echo(render_table(["step", "type", "partition", "result"], rows))
+        bad = [r for r in rows if not r[3].startswith("ok")]
+        raise typer.Exit(1 if bad else 0)
