@@ -1,0 +1,247 @@
+"""Smoke + browser test: `marketprism demo` (emulator + NATS + dagster dev) end to end.
+
+Starts the demo in a subprocess, waits for the collector and writer runs (GraphQL), for rows
+of every type, seals the latest closed hour of every hot asset through a backfill, reads the
+check results over GraphQL, opens the UI in headless chromium, then stops the demo and
+verifies nothing it started is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from marketprism_dagster.nats_server import free_port
+from marketprism_dagster.records import DATA_TYPES
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.slow
+
+
+def gql(port: int, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        out = json.loads(resp.read())
+    assert "errors" not in out, out
+    return out["data"]
+
+
+def wait_for(what: str, fn: Any, timeout: float, every: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = fn()
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+RUNS = "{ runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { runId jobName tags { key value } } } } }"
+
+
+def started_services(port: int) -> set[str]:
+    runs = gql(port, RUNS)["runsOrError"]["results"]
+    return {t["value"] for r in runs for t in r["tags"] if t["key"] == "marketprism/service"}
+
+
+def session_pids(sid: int) -> list[int]:
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(p.pid) == sid:
+                out.append(p.pid)
+    return out
+
+
+class Demo:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.data = tmp / "data"
+        self.env = {
+            **os.environ,
+            "MARKETPRISM_CONFIG": str(REPO / "config" / "marketprism.yaml"),
+            "MARKETPRISM__DATA_DIR": str(self.data),
+            "MARKETPRISM_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+            "HEALTH_CHECK_PORT": str(free_port()),
+            "METRICS_PORT": str(free_port()),
+            "MARKETPRISM__WRITER__HEALTH_PORT": str(free_port()),
+            "MARKETPRISM__SEAL__GRACE_S": "0",
+            "MARKETPRISM__SEAL__RETRIES": "0",
+            "LOG_FORMAT": "json",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.tmp / "demo.log", "wb")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("marketprism")), "demo", "--port", str(self.port)],
+            cwd=str(REPO),
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def descendants(self) -> list[int]:
+        assert self.proc is not None
+        pids = set(session_pids(self.proc.pid))
+        # dagster dev starts its own sessions for nothing we know of; also follow the process tree
+        with contextlib.suppress(psutil.Error):
+            pids |= {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
+        return sorted(pids)
+
+    def stop(self) -> list[int]:
+        """SIGINT (Ctrl-C) the demo; return the pids of everything it started that is still alive."""
+        assert self.proc is not None
+        started = self.descendants()
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=120)
+        deadline = time.monotonic() + 30
+        alive = [p for p in started if psutil.pid_exists(p)]
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.5)
+            alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        return alive
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    d = Demo(tmp_path_factory.mktemp("demo"))
+    d.start()
+    try:
+        wait_for("the Dagster UI", lambda: gql(d.port, "{ version }"), 180)
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            left = d.stop()
+            for pid in left:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
+
+
+def hot_counts(data: Path) -> dict[str, int]:
+    from marketprism_dagster.storage.embedded import EmbeddedStore
+
+    store = EmbeddedStore(data / "clickhouse", lock_timeout_s=30)
+    try:
+        return {t: int(store.query_value(f"SELECT count() FROM marketprism_hot.{t}") or 0) for t in DATA_TYPES}
+    finally:
+        store.close()
+
+
+BACKFILL = '{ partitionBackfillOrError(backfillId: "ID") { ... on PartitionBackfill { status } } }'
+CHECKS = """{ assetNodes(group: null) { assetKey { path } assetChecksOrError { ... on AssetChecks { checks {
+  name executionForLatestMaterialization { status } } } } } }"""
+
+
+def test_demo_runs_services_fills_every_type_seals_and_checks_then_stops_clean(demo: Demo) -> None:
+    services = wait_for(
+        "collector and writer runs STARTED",
+        lambda: started_services(demo.port) >= {"collector:main", "writer"} and started_services(demo.port),
+        240,
+    )
+    assert {"collector:main", "writer"} <= services
+    counts = wait_for("rows of every type", lambda: (c := hot_counts(demo.data)) and all(c.values()) and c, 300, 5)
+    assert all(v > 0 for v in counts.values()), counts
+
+    now = time.time()
+    hour = time.strftime("%Y-%m-%d-%H:00", time.gmtime(now - 3600))
+    launched = gql(
+        demo.port,
+        """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+            __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
+        {"p": {"partitionNames": [hour], "assetSelection": [{"path": ["hot", t]} for t in DATA_TYPES]}},
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill = launched["backfillId"]
+    status = wait_for(
+        "the seal backfill",
+        lambda: (
+            (
+                s := gql(
+                    demo.port,
+                    BACKFILL.replace("ID", backfill),
+                )["partitionBackfillOrError"]["status"]
+            )
+            in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED")
+            and s
+        ),
+        300,
+        5,
+    )
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
+
+    nodes = gql(demo.port, CHECKS)["assetNodes"]
+    hot = {"/".join(n["assetKey"]["path"]): n for n in nodes if n["assetKey"]["path"][0] == "hot"}
+    assert len(hot) == 8 and len(nodes) == 16
+    results = {
+        (key, c["name"]): (c["executionForLatestMaterialization"] or {}).get("status")
+        for key, n in hot.items()
+        for c in n["assetChecksOrError"]["checks"]
+    }
+    for t in DATA_TYPES:
+        assert results[(f"hot/{t}", "duplicates")] == "SUCCEEDED", results
+        assert results[(f"hot/{t}", "ledger_gaps")] == "SUCCEEDED", results
+        assert results[(f"hot/{t}", "recent_window")] in ("SUCCEEDED", "FAILED"), results
+    assert results[("hot/trade", "recent_window")] == "SUCCEEDED"
+    assert results[("hot/orderbook", "data_lag")] == "SUCCEEDED"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium: apt-get install -y chromium")
+def test_ui_shows_the_16_assets_and_their_checks(demo: Demo, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"http://127.0.0.1:{demo.port}/assets?view=flat", timeout=60_000)
+            for t in DATA_TYPES:
+                page.get_by_text(t, exact=True).first.wait_for(timeout=60_000)
+            text = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "assets.png"), full_page=True)
+            assert all(text.count(t) >= 2 for t in DATA_TYPES), text[:2000]  # hot/<t> and cold/<t>
+            page.goto(f"http://127.0.0.1:{demo.port}/assets/hot/trade?view=checks", timeout=60_000)
+            page.get_by_text("recent_window").first.wait_for(timeout=60_000)
+            checks_text = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "hot_trade_checks.png"), full_page=True)
+            for name in ("recent_window", "data_lag", "duplicates", "ledger_gaps"):
+                assert name in checks_text
+        finally:
+            browser.close()
+    assert (tmp_path / "assets.png").stat().st_size > 10_000
+    shutil.copy(tmp_path / "assets.png", demo.tmp / "assets.png")
+
+
+def test_stopping_the_demo_leaves_no_process_behind(demo: Demo) -> None:
+    left = demo.stop()
+    assert left == [], [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
