@@ -8,6 +8,22 @@ import sys
 import structlog
 
 
+class _StderrPrinter:
+    """Writes each rendered event to the CURRENT sys.stderr (which test runners and daemons may swap)."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        if stream is None or stream.closed:
+            return
+        print(message, file=stream, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _printer(*_args: object) -> _StderrPrinter:
+    return _StderrPrinter()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
@@ -24,6 +40,6 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_printer,
         cache_logger_on_first_use=False,
     )

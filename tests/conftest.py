@@ -121,3 +121,10 @@ def make_record(data_type: str, i: int, now_ms: int, *, price: str = "100.5", qu
 @pytest.fixture
 def record_factory() -> Callable[..., Any]:
     return make_record
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Report leaked file descriptors: the suite runs many servers and sockets in one process."""
+    fd_dir = Path("/proc/self/fd")
+    if fd_dir.is_dir():
+        print(f"\nopen file descriptors at session end: {len(list(fd_dir.iterdir()))}")

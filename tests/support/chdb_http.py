@@ -319,8 +319,9 @@ class ChdbHttpServer:
         line = b""
         while not line.endswith(b"\n"):
             remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([self._proc.stdout], [], [], max(remaining, 0))
-            if not ready:
+            poller = select.poll()  # not select(): the suite's process may hold > 1024 descriptors
+            poller.register(self._proc.stdout, select.POLLIN)
+            if not poller.poll(max(remaining, 0) * 1000):
                 self.kill()
                 raise TimeoutError(f"chDB HTTP shim did not start within {self.startup_timeout_s:.0f} s")
             chunk = os.read(self._proc.stdout.fileno(), 256)
