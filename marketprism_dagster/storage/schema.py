@@ -37,6 +37,23 @@ def ledger_ddl(database: str) -> str:
     )
 
 
+# The writer's in-flight ranges (see marketprism_dagster/writer/ingest.py): a few bytes per batch.
+INTENT_TABLE = "ingest_intent"
+
+
+def intent_ddl(database: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{INTENT_TABLE}` (\n"
+        "  `stream` LowCardinality(String),\n"
+        "  `first_seq` UInt64,\n"
+        "  `last_seq` UInt64,\n"
+        "  `created_at` DateTime64(3, 'UTC')\n"
+        ")\nENGINE = ReplacingMergeTree\n"
+        "ORDER BY (`stream`, `first_seq`, `last_seq`)\n"
+        "TTL toDateTime(created_at) + INTERVAL 30 DAY DELETE"
+    )
+
+
 @dataclass
 class SchemaReport:
     created: list[str] = field(default_factory=list)
@@ -77,7 +94,8 @@ def init_schema(store: Store, settings: Settings) -> SchemaReport:
         full = f"{db}.{table}"
         (report.verified if full in existing else report.created).append(f"table {full}")
         store.execute(create_table_sql(RECORD_TYPES[table], db, ts))
-    full = f"{st.ledger_database}.{LEDGER_TABLE}"
-    (report.verified if full in existing else report.created).append(f"table {full}")
-    store.execute(ledger_ddl(st.ledger_database))
+    for table, ddl in ((LEDGER_TABLE, ledger_ddl), (INTENT_TABLE, intent_ddl)):
+        full = f"{st.ledger_database}.{table}"
+        (report.verified if full in existing else report.created).append(f"table {full}")
+        store.execute(ddl(st.ledger_database))
     return report

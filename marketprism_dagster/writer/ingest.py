@@ -67,11 +67,10 @@ import structlog
 from marketprism_dagster.config import Settings
 from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, subject, to_arrow, to_columns
 from marketprism_dagster.storage.base import Store
-from marketprism_dagster.storage.schema import LEDGER_TABLE
+from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, intent_ddl, ledger_ddl
 
 log = structlog.get_logger(__name__)
 
-INTENT_TABLE = "ingest_intent"
 ALL_TYPES = "*"  # the ledger's per-batch row
 
 # Event and receive times outside [2000-01-01, 2200-01-01) are schema-invalid.
@@ -104,24 +103,11 @@ _INTENT_SCHEMA = pa.schema(
 )
 
 
-def intent_ddl(database: str) -> str:
-    """The writer's in-flight ranges (see the module docstring); a few bytes per batch."""
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{INTENT_TABLE}` (\n"
-        "  `stream` LowCardinality(String),\n"
-        "  `first_seq` UInt64,\n"
-        "  `last_seq` UInt64,\n"
-        "  `created_at` DateTime64(3, 'UTC')\n"
-        ")\nENGINE = ReplacingMergeTree\n"
-        "ORDER BY (`stream`, `first_seq`, `last_seq`)\n"
-        "TTL toDateTime(created_at) + INTERVAL 30 DAY DELETE"
-    )
-
-
 def ensure_writer_tables(store: Store, settings: Settings) -> None:
-    """The intent table beside the ledger (the ledger itself comes from ``init_schema``)."""
+    """The ledger and intent tables (also created by ``init_schema``; idempotent)."""
     db = settings.storage.ledger_database
     store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    store.execute(ledger_ddl(db))
     store.execute(intent_ddl(db))
 
 

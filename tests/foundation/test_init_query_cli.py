@@ -68,7 +68,7 @@ def test_init_creates_streams_and_16_tables_then_changes_nothing(tmp_path):
     assert rows == [
         {"database": "marketprism_cold", "n": 8},
         {"database": "marketprism_hot", "n": 8},
-        {"database": "marketprism_meta", "n": 1},
+        {"database": "marketprism_meta", "n": 2},
     ]
     # the embedded data lives under data_dir
     assert (tmp_path / "data" / "clickhouse").is_dir() and (tmp_path / "data" / "nats" / "jetstream").is_dir()

@@ -17,7 +17,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
 from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
-from marketprism_dagster.storage.schema import LEDGER_TABLE, data_tables
+from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, data_tables
 from marketprism_dagster.storage.server import ServerStore
 
 TINY = "0.000000000000000001"
@@ -28,24 +28,24 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-def test_init_schema_creates_16_tables_and_the_ledger_and_is_idempotent(clickhouse_http, server_settings):
+def test_init_schema_creates_16_tables_the_ledger_and_intent_and_is_idempotent(clickhouse_http, server_settings):
     st = server_settings.storage
     with open_store(server_settings) as store:
         first = init_schema(store, server_settings)
         assert sorted(first.created) == sorted(
             [f"database {d}" for d in (st.hot_database, st.cold_database, st.ledger_database)]
             + [f"table {d}.{t}" for d, t, _ in data_tables(server_settings)]
-            + [f"table {st.ledger_database}.{LEDGER_TABLE}"]
+            + [f"table {st.ledger_database}.{LEDGER_TABLE}", f"table {st.ledger_database}.{INTENT_TABLE}"]
         )
         assert first.verified == []
         assert store.tables(st.hot_database) == sorted(DATA_TYPES)
         assert store.tables(st.cold_database) == sorted(DATA_TYPES)
-        assert store.tables(st.ledger_database) == [LEDGER_TABLE]
+        assert store.tables(st.ledger_database) == sorted([LEDGER_TABLE, INTENT_TABLE])
 
         second = init_schema(store, server_settings)
         assert second.created == []
         assert sorted(second.verified) == sorted(first.created)
-        assert len([n for n in second.verified if n.startswith("table ")]) == 17
+        assert len([n for n in second.verified if n.startswith("table ")]) == 18
 
 
 @pytest.mark.parametrize("data_type", DATA_TYPES)
