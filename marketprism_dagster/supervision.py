@@ -128,7 +128,8 @@ def plan(
             alive = alive[:1]
         if alive:
             for r in alive:
-                if r.status == "STARTED":
+                # the seeds' limits are the collector's (COLLECTOR_MEMORY_MB, _CPU_THRESHOLD, _MAX_UPTIME_H)
+                if r.status == "STARTED" and svc.kind == "collector":
                     why = limit_reason(r, now, settings)
                     if why:
                         out.restart.append((r, why))

@@ -16,7 +16,12 @@ class ClickHouseResource(SettingsResource):
     @contextlib.contextmanager
     def open(self) -> Iterator[Store]:
         store = open_store(self.load_settings())
+        hold = getattr(store, "hold", None)  # embedded: one lock + session for the whole step
         try:
-            yield store
+            if hold is None:
+                yield store
+            else:
+                with hold():
+                    yield store
         finally:
             store.close()

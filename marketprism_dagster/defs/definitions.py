@@ -48,6 +48,9 @@ def build_definitions(settings: Settings, resources: dict[str, object] | None = 
             run_failure_alerts,
         ],
         resources=resources or {"clickhouse": ClickHouseResource(), "nats": NatsResource()},
+        # one process per run: the embedded store admits one chDB session per process, and a
+        # subprocess per step would cost more than the step itself
+        executor=dg.in_process_executor,
     )
 
 

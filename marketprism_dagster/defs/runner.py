@@ -28,30 +28,47 @@ BEAT_EVERY_S = 5.0
 class RunHeartbeat:
     """``heartbeat()`` callable handed to the service; writes run tags at most every ``every_s``."""
 
-    def __init__(self, instance: dg.DagsterInstance, run_id: str, every_s: float = BEAT_EVERY_S) -> None:
+    def __init__(
+        self, instance: dg.DagsterInstance, run_id: str, every_s: float = BEAT_EVERY_S, cpu_window_s: float = 60.0
+    ) -> None:
         self.instance = instance
         self.run_id = run_id
         self.every_s = every_s
+        self.cpu_window_s = cpu_window_s  # supervisor.mon_interval_s: CPU is judged as an average
         self.started = time.time()
         self._last = 0.0
         self._proc = psutil.Process()
-        self._proc.cpu_percent(None)
+        self._cpu_mark = (time.monotonic(), self._cpu_seconds())
+        self._cpu_pct: float | None = None
+
+    def _cpu_seconds(self) -> float:
+        t = self._proc.cpu_times()
+        return float(t.user + t.system)
+
+    def _cpu_average(self) -> float | None:
+        """CPU % of one core averaged over the last full window (None until one has passed)."""
+        now, used = time.monotonic(), self._cpu_seconds()
+        t0, u0 = self._cpu_mark
+        if now - t0 >= self.cpu_window_s:
+            self._cpu_pct = 100.0 * (used - u0) / (now - t0)
+            self._cpu_mark = (now, used)
+        return self._cpu_pct
 
     def __call__(self, *_: object, **__: object) -> None:
         now = time.time()
         if now - self._last < self.every_s:
             return
         self._last = now
-        self.instance.add_run_tags(
-            self.run_id,
-            {
-                sv.HEARTBEAT_TAG: f"{now:.3f}",
-                sv.PID_TAG: str(os.getpid()),
-                sv.STARTED_TAG: f"{self.started:.3f}",
-                sv.RSS_TAG: f"{self._proc.memory_info().rss / 2**20:.1f}",
-                sv.CPU_TAG: f"{self._proc.cpu_percent(None):.1f}",
-            },
-        )
+        tags = {
+            sv.HEARTBEAT_TAG: f"{now:.3f}",
+            sv.PID_TAG: str(os.getpid()),
+            sv.STARTED_TAG: f"{self.started:.3f}",
+            sv.RSS_TAG: f"{self._proc.memory_info().rss / 2**20:.1f}",
+        }
+        cpu = self._cpu_average()
+        if cpu is not None:
+            tags[sv.CPU_TAG] = f"{cpu:.1f}"
+        self.instance.add_run_tags(self.run_id, tags)
 
 
 async def _beat_forever(beat: RunHeartbeat, stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ class ServiceConfig(dg.Config):
 @dg.op(description="runs the service's asyncio program until the run is terminated")
 def run_service(context: dg.OpExecutionContext, config: ServiceConfig) -> None:
     settings = settings_from_env()
-    beat = RunHeartbeat(context.instance, context.run_id)
+    beat = RunHeartbeat(context.instance, context.run_id, cpu_window_s=settings.supervisor.mon_interval_s)
     if config.kind == "collector":
         shard = config.shard or next(iter(settings.collector.shards))
 
