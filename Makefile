@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/marketprism run
+	$(BIN)/marketprism dev
 
 demo: $(STAMP)
 	$(BIN)/marketprism demo

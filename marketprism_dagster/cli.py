@@ -77,21 +77,6 @@ def init(config: ConfigOpt = None, set_: SetOpt = None, nats_url: NatsOpt = None
 
 
 @app.command()
-def run(config: ConfigOpt = None, set_: SetOpt = None, nats_url: NatsOpt = None) -> None:
-    """Run MarketPrism on the configured stack (embedded NATS + chDB by default)."""
-    from marketprism_dagster.bootstrap import initialize
-
-    loaded = load(config, set_, nats_url)
-    try:
-        lines = asyncio.run(initialize(loaded.settings))
-    except Exception as exc:
-        raise fail(f"init failed: {exc}") from None
-    for line in lines:
-        typer.echo(line)
-    typer.echo("initialized; the collector, writer and Dagster services start from `marketprism dev`")
-
-
-@app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL to run against the configured store")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
