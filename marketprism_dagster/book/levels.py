@@ -1,11 +1,13 @@
 """The price-level book: two sides, each a sorted key list with a parallel list of levels.
 
-Each side keeps ``keys`` (ascending; bid keys are NEGATED prices so that the best level of
-both sides is at index 0) and ``vals``, the venue's original ``(price, qty)`` strings at the
-same index. A sentinel ends every key list (``None`` in ``vals``; NaN in fast mode, +inf in exact
-mode), so a lookup ``keys[bisect_left(keys, k)] == k`` never needs a bounds check. Reading the best ``n`` levels
-is one list slice; a quantity change at an existing price replaces one list item; only a
-level that appears or disappears moves keys (a C-level ``list.insert`` / ``del``).
+Each side keeps ``keys`` ascending with the BEST level LAST (bid keys are prices, ask keys are
+NEGATED prices) and ``vals``, the venue's original ``(price, qty)`` strings at the same index.
+Best-last matters: most level insertions and removals happen near the top of the book, and a
+``list.insert``/``del`` there moves only the few entries behind it. A sentinel ends every key
+list (``None`` in ``vals``; NaN in fast mode, +inf in exact mode), so a lookup
+``keys[bisect_left(keys, k)] == k`` never needs a bounds check. Reading the best ``n`` levels is
+two list slices; a quantity change at an existing price replaces one list item; only a level
+that appears or disappears moves keys.
 
 Keys are exact ORDER keys, never values: published levels and the OKX checksum use the
 venue's strings untouched. Fast mode keys are ``float(price)``, used only where that is
@@ -25,7 +27,8 @@ import zlib
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
-from itertools import chain
+from itertools import chain, islice, repeat
+from operator import itemgetter, lt, neg
 from typing import Any
 
 Level = tuple[str, str]  # (price, quantity) as the venue spelled them
@@ -35,6 +38,8 @@ _END = float("nan")  # fast-mode sentinel: never equal to a key, never below one
 _FAST_MIN = 1e-200  # fast (float) keys only for prices strictly inside (1e-200, 1e200)
 _FAST_MAX = 1e200
 _FAST_LEN = 15  # ... spelled with at most 15 characters (so at most 15 significant digits)
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 
 
 def is_zero(qty: str) -> bool:
@@ -86,8 +91,9 @@ class Book:
         bids, asks = list(bids), list(asks)
         self.clear()
         try:
-            self._load_side(bids, True, _fast_key)
-            self._load_side(asks, False, _fast_key)
+            for levels, bid in ((bids, True), (asks, False)):
+                if not _load_sorted(self, levels, bid):
+                    self._load_side(levels, bid, _fast_key)
         except _Inexact:
             self._exact = True  # before the loads: the sentinel depends on the mode
             self._load_side(bids, True, _exact_key)
@@ -98,7 +104,7 @@ class Book:
         for lv in levels:
             p = lv[0]
             q = lv[1]
-            k = -key(p) if bid else key(p)
+            k = key(p) if bid else -key(p)
             if q.strip("0."):
                 side[k] = (p, q)
             else:
@@ -119,62 +125,84 @@ class Book:
         ``watch`` is 0): callers cache the OKX checksum with it.
         """
         if watch > 0:
-            b0 = self._bv[:watch]
-            a0 = self._av[:watch]
-        if not self._exact:
+            b0 = self._bv[-1 - watch : -1]
+            a0 = self._av[-1 - watch : -1]
+        if self._exact:
+            self._apply_exact(bids, asks)
+        else:
             try:
                 _apply_fast(self._bk, self._bv, bids, self._ak, self._av, asks)
             except _Inexact:
-                # re-keying keeps the order; re-applying both lists is exact because every level
-                # is an absolute assignment (the last one per price wins either way)
                 self._to_exact()
-                _apply_exact(self._bk, self._bv, bids, True)
-                _apply_exact(self._ak, self._av, asks, False)
-        else:
-            _apply_exact(self._bk, self._bv, bids, True)
-            _apply_exact(self._ak, self._av, asks, False)
+                self._apply_exact(bids, asks)
         if watch > 0:
-            return self._bv[:watch] != b0 or self._av[:watch] != a0
+            return self._bv[-1 - watch : -1] != b0 or self._av[-1 - watch : -1] != a0
         return False
 
     def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
         """``apply`` for levels that are exactly ``(price, qty)`` TUPLES of str (e.g. decoded by
         msgspec as ``tuple[str, str]``): they are stored as they are, without a copy."""
         if self._exact:
-            _apply_exact(self._bk, self._bv, bids, True)
-            _apply_exact(self._ak, self._av, asks, False)
+            self._apply_exact(bids, asks)
             return
         try:
             _apply_fast_pairs(self._bk, self._bv, bids, self._ak, self._av, asks)
         except _Inexact:
             self._to_exact()
-            _apply_exact(self._bk, self._bv, bids, True)
-            _apply_exact(self._ak, self._av, asks, False)
+            self._apply_exact(bids, asks)
+
+    def apply_quads(self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]], watch: int = 0) -> bool:
+        """``apply`` for levels that are exactly 4-TUPLES ``(price, qty, _, _)`` of str (OKX
+        ``books`` levels decoded by msgspec): unpacked without indexing. Same result as ``apply``."""
+        if watch > 0:
+            b0 = self._bv[-1 - watch : -1]
+            a0 = self._av[-1 - watch : -1]
+        if self._exact:
+            self._apply_exact(bids, asks)
+        else:
+            try:
+                _apply_fast_quads(self._bk, self._bv, bids, self._ak, self._av, asks)
+            except _Inexact:
+                self._to_exact()
+                self._apply_exact(bids, asks)
+        if watch > 0:
+            return self._bv[-1 - watch : -1] != b0 or self._av[-1 - watch : -1] != a0
+        return False
+
+    def _apply_exact(self, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]]) -> None:
+        # after a switch from fast mode this re-applies the whole message: exact, because every
+        # level is an absolute assignment (the last one per price wins either way)
+        _apply_exact(self._bk, self._bv, bids, True)
+        _apply_exact(self._ak, self._av, asks, False)
 
     def _to_exact(self) -> None:
+        """Re-key both sides with Decimal prices (same order); the book stays in exact mode until cleared."""
         self._exact = True
-        for keys, vals, sign in ((self._bk, self._bv, -1), (self._ak, self._av, 1)):
+        for keys, vals, sign in ((self._bk, self._bv, 1), (self._ak, self._av, -1)):
             keys[:-1] = [sign * Decimal(v[0]) for v in vals[:-1]]
             keys[-1] = _INF  # Decimal cannot be compared with the NaN sentinel
 
     # -- reading
     def top(self, n: int) -> tuple[list[Level], list[Level]]:
         """Best ``n`` levels per side, best first, as the venue's strings."""
-        bv, av = self._bv, self._av
-        nb, na = len(bv) - 1, len(av) - 1
-        return bv[: n if n < nb else nb], av[: n if n < na else na]
+        if n <= 0:
+            return [], []
+        return self._bv[-1 - n : -1][::-1], self._av[-1 - n : -1][::-1]
 
     def okx_checksum(self, n: int = 25) -> int:
-        """OKX CRC32 over the best ``n`` levels: bid:ask interleaved, shorter side skipped, signed."""
+        """OKX CRC32 over the best ``n`` levels: bid:ask interleaved, shorter side skipped, signed.
+
+        One ``join`` over the venue's own strings. (Keeping a "price:qty" string per level to
+        join fewer items was measured: its upkeep on every level costs what it saves.)"""
         bs, as_ = self.top(n)
         nb, na = len(bs), len(as_)
         if nb == na:
-            parts: list[Level] = [None] * (2 * nb)  # type: ignore[list-item]
+            parts: list[Any] = [None] * (2 * nb)
             parts[0::2] = bs
             parts[1::2] = as_
         else:
             m = min(nb, na)
-            parts = [None] * (2 * m)  # type: ignore[list-item]
+            parts = [None] * (2 * m)
             parts[0::2] = bs[:m]
             parts[1::2] = as_[:m]
             parts += bs[m:] if nb > m else as_[m:]
@@ -190,10 +218,10 @@ class Book:
         return len(self._ak) - 1
 
     def best_bid(self) -> Level | None:
-        return self._bv[0]  # type: ignore[no-any-return]
+        return self._bv[-2] if len(self._bv) > 1 else None  # type: ignore[no-any-return]
 
     def best_ask(self) -> Level | None:
-        return self._av[0]  # type: ignore[no-any-return]
+        return self._av[-2] if len(self._av) > 1 else None  # type: ignore[no-any-return]
 
     def as_dicts(self) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
         """Exact numeric view (for tests and checks)."""
@@ -201,6 +229,34 @@ class Book:
             {Decimal(p): Decimal(q) for p, q in self._bv[:-1]},
             {Decimal(p): Decimal(q) for p, q in self._av[:-1]},
         )
+
+
+def _load_sorted(book: Book, levels: list[Sequence[str]], bid: bool) -> bool:
+    """Bulk (C-level) load of one side when every level is non-zero and the keys are strictly
+    ascending in book order (venues send snapshots best first); False: use the general path.
+    Raises ``_Inexact`` when a price is outside the fast domain (the book switches to Decimal)."""
+    if not levels:
+        return False
+    ps = list(map(_FIRST, levels))
+    qs = list(map(_SECOND, levels))
+    ks = list(map(float, ps))  # ValueError on text that is not a number
+    # NaN never passes both bounds of min/max nor the strict order check below
+    if max(map(len, ps)) > _FAST_LEN or not (min(ks) > _FAST_MIN and max(ks) < _FAST_MAX):
+        raise _Inexact(ps)
+    if not bid:
+        ks = list(map(neg, ks))
+    ks.reverse()  # best first -> best last
+    if not all(map(str.strip, qs, repeat("0."))) or not all(map(lt, ks, islice(ks, 1, None))):
+        return False
+    vals: list[Any] = list(zip(ps, qs, strict=True))
+    vals.reverse()
+    ks.append(_END)
+    vals.append(None)
+    if bid:
+        book._bk, book._bv = ks, vals
+    else:
+        book._ak, book._av = ks, vals
+    return True
 
 
 def _apply_fast(
@@ -222,7 +278,7 @@ def _apply_fast(
     for lv in bids:
         p = lv[0]
         q = lv[1]
-        k = -float(p)
+        k = float(p)
         i = bl(bk, k)
         if bk[i] == k:
             if len(p) > _FAST_LEN:
@@ -233,14 +289,14 @@ def _apply_fast(
                 del bk[i]
                 del bv[i]
         elif q.strip("0."):
-            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
                 raise _Inexact(p)
             bk.insert(i, k)
             bv.insert(i, (p, q))
-    for lv in asks:  # the same loop with un-negated keys
+    for lv in asks:  # the same loop with negated keys
         p = lv[0]
         q = lv[1]
-        k = float(p)
+        k = -float(p)
         i = bl(ak, k)
         if ak[i] == k:
             if len(p) > _FAST_LEN:
@@ -251,7 +307,7 @@ def _apply_fast(
                 del ak[i]
                 del av[i]
         elif q.strip("0."):
-            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
                 raise _Inexact(p)
             ak.insert(i, k)
             av.insert(i, (p, q))
@@ -269,7 +325,7 @@ def _apply_fast_pairs(
     bl = bisect_left
     for lv in bids:
         p, q = lv
-        k = -float(p)
+        k = float(p)
         i = bl(bk, k)
         if bk[i] == k:
             if len(p) > _FAST_LEN:
@@ -280,13 +336,13 @@ def _apply_fast_pairs(
                 del bk[i]
                 del bv[i]
         elif q.strip("0."):
-            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
                 raise _Inexact(p)
             bk.insert(i, k)
             bv.insert(i, lv)
     for lv in asks:
         p, q = lv
-        k = float(p)
+        k = -float(p)
         i = bl(ak, k)
         if ak[i] == k:
             if len(p) > _FAST_LEN:
@@ -297,17 +353,61 @@ def _apply_fast_pairs(
                 del ak[i]
                 del av[i]
         elif q.strip("0."):
-            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
                 raise _Inexact(p)
             ak.insert(i, k)
             av.insert(i, lv)
+
+
+def _apply_fast_quads(
+    bk: list[Any],
+    bv: list[Any],
+    bids: Iterable[Sequence[str]],
+    ak: list[Any],
+    av: list[Any],
+    asks: Iterable[Sequence[str]],
+) -> None:
+    """``_apply_fast`` for (price, qty, _, _) 4-tuples (same rules, line for line)."""
+    bl = bisect_left
+    for p, q, _, _ in bids:
+        k = float(p)
+        i = bl(bk, k)
+        if bk[i] == k:
+            if len(p) > _FAST_LEN:
+                raise _Inexact(p)
+            if q.strip("0."):
+                bv[i] = (p, q)
+            else:
+                del bk[i]
+                del bv[i]
+        elif q.strip("0."):
+            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+                raise _Inexact(p)
+            bk.insert(i, k)
+            bv.insert(i, (p, q))
+    for p, q, _, _ in asks:
+        k = -float(p)
+        i = bl(ak, k)
+        if ak[i] == k:
+            if len(p) > _FAST_LEN:
+                raise _Inexact(p)
+            if q.strip("0."):
+                av[i] = (p, q)
+            else:
+                del ak[i]
+                del av[i]
+        elif q.strip("0."):
+            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+                raise _Inexact(p)
+            ak.insert(i, k)
+            av.insert(i, (p, q))
 
 
 def _apply_exact(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str]], bid: bool) -> None:
     for lv in levels:
         p = lv[0]
         q = lv[1]
-        k = -_exact_key(p) if bid else _exact_key(p)
+        k = _exact_key(p) if bid else -_exact_key(p)
         i = bisect_left(keys, k)
         if keys[i] == k:
             if q.strip("0."):

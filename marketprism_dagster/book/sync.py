@@ -269,7 +269,11 @@ class UpdateIdSync:
                 self.buffer.extend(buffered)
                 self.need_snapshot = True
                 return Status.SNAPSHOT_TOO_OLD
-        self.book.load(bids, asks)
+        try:
+            self.book.load(bids, asks)
+        except Exception:
+            self._desync()  # a level the book could not take: fetch another snapshot
+            raise
         self.ticker.reset()
         self.update_id = last_update_id
         self.timestamp = None
@@ -330,7 +334,11 @@ class SeqIdSync:
         asks: Sequence[Sequence[str]],
         checksum: int | None,
     ) -> Status:
-        self.book.load(bids, asks)
+        try:
+            self.book.load(bids, asks)
+        except Exception:
+            self.reset()  # a level the book could not take: stay unsynchronized
+            raise
         self.ticker.reset()
         self._crc = None
         if not self._verify(checksum, True):
@@ -350,7 +358,9 @@ class SeqIdSync:
         bids: Sequence[Sequence[str]],
         asks: Sequence[Sequence[str]],
         checksum: int | None,
+        quads: bool = False,
     ) -> Status:
+        """Apply one update. ``quads``: the levels are (price, qty, _, _) 4-tuples (``Book.apply_quads``)."""
         if not self.synced:
             return IGNORED
         if seq_id is not None and prev_seq_id is not None and self.seq_id is not None and prev_seq_id != self.seq_id:
@@ -365,7 +375,10 @@ class SeqIdSync:
             if uid is not None:
                 ticker.publish(book, ts - ts % c, prev_ms, uid)
         try:
-            touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
+            if quads:
+                touched = book.apply_quads(bids, asks, self.CHECKSUM_LEVELS)
+            else:
+                touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
         except Exception:
             self.reset()  # a level the book could not take: never keep a half-applied book
             raise
