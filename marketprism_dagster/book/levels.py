@@ -187,7 +187,8 @@ class Book:
         """Best ``n`` levels per side, best first, as the venue's strings."""
         if n <= 0:
             return [], []
-        return self._bv[-1 - n : -1][::-1], self._av[-1 - n : -1][::-1]
+        stop = -2 - n  # one reversed slice per side, from the best (just before the sentinel)
+        return self._bv[-2:stop:-1], self._av[-2:stop:-1]
 
     def okx_checksum(self, n: int = 25) -> int:
         """OKX CRC32 over the best ``n`` levels: bid:ask interleaved, shorter side skipped, signed.
