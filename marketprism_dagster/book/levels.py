@@ -141,12 +141,50 @@ class Book:
 
     def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
         """``apply`` for levels that are exactly ``(price, qty)`` TUPLES of str (e.g. decoded by
-        msgspec as ``tuple[str, str]``): they are stored as they are, without a copy."""
+        msgspec as ``tuple[str, str]``): they are stored as they are, without a copy.
+
+        The Binance hot loop, inlined here (one call per message); the same rules as ``_apply_fast``."""
         if self._exact:
             self._apply_exact(bids, asks)
             return
+        bl = bisect_left
+        keys, vals = self._bk, self._bv
         try:
-            _apply_fast_pairs(self._bk, self._bv, bids, self._ak, self._av, asks)
+            for lv in bids:
+                p, q = lv
+                k = float(p)
+                i = bl(keys, k)
+                if keys[i] == k:
+                    if len(p) > _FAST_LEN:
+                        raise _Inexact(p)
+                    if q.strip("0."):
+                        vals[i] = lv
+                    else:
+                        del keys[i]
+                        del vals[i]
+                elif q.strip("0."):
+                    if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+                        raise _Inexact(p)
+                    keys.insert(i, k)
+                    vals.insert(i, lv)
+            keys, vals = self._ak, self._av
+            for lv in asks:  # negated keys
+                p, q = lv
+                k = -float(p)
+                i = bl(keys, k)
+                if keys[i] == k:
+                    if len(p) > _FAST_LEN:
+                        raise _Inexact(p)
+                    if q.strip("0."):
+                        vals[i] = lv
+                    else:
+                        del keys[i]
+                        del vals[i]
+                elif q.strip("0."):
+                    if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+                        raise _Inexact(p)
+                    keys.insert(i, k)
+                    vals.insert(i, lv)
         except _Inexact:
             self._to_exact()
             self._apply_exact(bids, asks)
@@ -312,52 +350,6 @@ def _apply_fast(
                 raise _Inexact(p)
             ak.insert(i, k)
             av.insert(i, (p, q))
-
-
-def _apply_fast_pairs(
-    bk: list[Any],
-    bv: list[Any],
-    bids: Iterable[Level],
-    ak: list[Any],
-    av: list[Any],
-    asks: Iterable[Level],
-) -> None:
-    """``_apply_fast`` for (price, qty) tuples, stored without a copy (same rules, line for line)."""
-    bl = bisect_left
-    for lv in bids:
-        p, q = lv
-        k = float(p)
-        i = bl(bk, k)
-        if bk[i] == k:
-            if len(p) > _FAST_LEN:
-                raise _Inexact(p)
-            if q.strip("0."):
-                bv[i] = lv
-            else:
-                del bk[i]
-                del bv[i]
-        elif q.strip("0."):
-            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
-                raise _Inexact(p)
-            bk.insert(i, k)
-            bv.insert(i, lv)
-    for lv in asks:
-        p, q = lv
-        k = -float(p)
-        i = bl(ak, k)
-        if ak[i] == k:
-            if len(p) > _FAST_LEN:
-                raise _Inexact(p)
-            if q.strip("0."):
-                av[i] = lv
-            else:
-                del ak[i]
-                del av[i]
-        elif q.strip("0."):
-            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
-                raise _Inexact(p)
-            ak.insert(i, k)
-            av.insert(i, lv)
 
 
 def _apply_fast_quads(

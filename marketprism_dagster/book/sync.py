@@ -175,10 +175,11 @@ class UpdateIdSync:
         The chained case (synchronized, bridged, ``pu == u`` or ``U == u + 1``) is ``_apply``
         inlined; everything else goes through ``_apply``.
         """
-        if not self.synced:
-            return self._buffer(Diff(first_id, last_id, prev_id, event_ms, bids, asks))
         last = self.update_id
-        if not self.bridged or (prev_id != last if self.usdm and prev_id is not None else first_id != last + 1):
+        # bridged implies synced; anything but the plain chained case takes the general path
+        if not self.bridged or (prev_id != last if prev_id is not None and self.usdm else first_id != last + 1):
+            if not self.synced:
+                return self._buffer(Diff(first_id, last_id, prev_id, event_ms, bids, asks))
             return self._apply(first_id, last_id, prev_id, event_ms, bids, asks, None)
         book = self.book
         ticker = self.ticker

@@ -160,3 +160,51 @@ def test_checksum_is_verified_on_every_update_even_when_the_top_is_unchanged() -
     assert okx.checksums_verified == 2
     assert okx.on_update(3, 2, 700, [], [("138.0", "6", "0", "1")], good ^ 1, quads=True) is Status.CHECKSUM
     assert not okx.synced
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    usdm=st.booleans(),
+    sizes=st.lists(st.integers(1, 3), min_size=3, max_size=20),
+    bodies=st.lists(st.tuples(_levels(True), _levels(False)), min_size=20, max_size=20),
+    snap=st.tuples(_levels(True), _levels(False)),
+    snap_at=st.integers(0, 2),
+    drop=st.sets(st.integers(1, 19), max_size=2),
+    stale=st.sets(st.integers(1, 19), max_size=2),
+)
+def test_update_pairs_path_equals_the_diff_path(usdm, sizes, bodies, snap, snap_at, drop, stale) -> None:
+    """``UpdateIdSync.on_update_pairs`` (hot path) == ``on_diff`` (reference) on random chains with
+    dropped diffs (gaps) and replayed old diffs (stale): same statuses, books, published snapshots."""
+    diffs, prev = [], 100
+    for i, (k, (b, a)) in enumerate(zip(sizes, bodies, strict=False)):
+        diffs.append(Diff(prev + 1, prev + k, prev if usdm else None, 1000 + 350 * i, b, a))
+        prev += k
+    feed = []
+    for i, d in enumerate(diffs):
+        if i in drop:
+            continue
+        feed.append(d)
+        if i in stale:
+            feed.append(diffs[i - 1])
+    rule = "usdm" if usdm else "spot"
+    ref, hot = UpdateIdSync(rule, 1000, 20), UpdateIdSync(rule, 1000, 20)
+    anchor = diffs[snap_at]
+    last_update_id = anchor.first_id if usdm else anchor.first_id - 1
+    snapped = False
+    for d in feed:
+        a = ref.on_diff(d)
+        b = hot.on_update_pairs(d.first_id, d.last_id, d.prev_id, d.event_ms, d.bids, d.asks)
+        assert a is b
+        if not snapped and d.first_id >= anchor.first_id:
+            for sync in (ref, hot):
+                sync.snapshot_requested()
+                sync.on_snapshot(last_update_id, snap[0], snap[1])
+            snapped = True
+        assert ref.book.as_dicts() == hot.book.as_dicts() and ref.book.top(20) == hot.book.top(20)
+        assert (ref.synced, ref.bridged, ref.update_id, ref.need_snapshot) == (
+            hot.synced,
+            hot.bridged,
+            hot.update_id,
+            hot.need_snapshot,
+        )
+        assert ref.ticker.drain() == hot.ticker.drain()
