@@ -54,27 +54,13 @@ Venue = Literal["binance", "okx", "deribit"]
 MarketType = Literal["spot", "perpetual", "options"]
 
 # What each (venue, market_type) can deliver: DESIGN section 1.
+SPOT_TYPES: tuple[str, ...] = ("orderbook", "trade")
+PERPETUAL_TYPES: tuple[str, ...] = tuple(t for t in DATA_TYPES if t != "volatility_index")
 SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("binance", "spot"): ("orderbook", "trade"),
-    ("binance", "perpetual"): (
-        "orderbook",
-        "trade",
-        "funding_rate",
-        "open_interest",
-        "liquidation",
-        "lsr_top_position",
-        "lsr_all_account",
-    ),
-    ("okx", "spot"): ("orderbook", "trade"),
-    ("okx", "perpetual"): (
-        "orderbook",
-        "trade",
-        "funding_rate",
-        "open_interest",
-        "liquidation",
-        "lsr_top_position",
-        "lsr_all_account",
-    ),
+    ("binance", "spot"): SPOT_TYPES,
+    ("binance", "perpetual"): PERPETUAL_TYPES,
+    ("okx", "spot"): SPOT_TYPES,
+    ("okx", "perpetual"): PERPETUAL_TYPES,
     ("deribit", "options"): ("volatility_index",),
 }
 
@@ -123,7 +109,7 @@ class MarketConfig(_Model):
 
 def _default_markets() -> dict[str, MarketConfig]:
     both = ["BTC-USDT", "ETH-USDT"]
-    deriv = list(SUPPORTED[("binance", "perpetual")])
+    deriv = list(PERPETUAL_TYPES)
     return {
         "binance_spot": MarketConfig(
             venue="binance",
