@@ -225,15 +225,22 @@ def test_ui_shows_the_16_assets_and_their_checks(demo: Demo, tmp_path: Path) -> 
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(f"http://127.0.0.1:{demo.port}/assets?view=flat", timeout=60_000)
-            for t in DATA_TYPES:
-                page.get_by_text(t, exact=True).first.wait_for(timeout=60_000)
+            try:
+                page.wait_for_function(
+                    "names => names.every(n => document.body.innerText.includes(n))",
+                    arg=list(DATA_TYPES),
+                    timeout=90_000,
+                )
+            finally:
+                page.screenshot(path=str(tmp_path / "assets.png"), full_page=True)
             text = page.inner_text("body")
-            page.screenshot(path=str(tmp_path / "assets.png"), full_page=True)
             assert all(text.count(t) >= 2 for t in DATA_TYPES), text[:2000]  # hot/<t> and cold/<t>
             page.goto(f"http://127.0.0.1:{demo.port}/assets/hot/trade?view=checks", timeout=60_000)
-            page.get_by_text("recent_window").first.wait_for(timeout=60_000)
+            try:
+                page.wait_for_function("() => document.body.innerText.includes('ledger_gaps')", timeout=90_000)
+            finally:
+                page.screenshot(path=str(tmp_path / "hot_trade_checks.png"), full_page=True)
             checks_text = page.inner_text("body")
-            page.screenshot(path=str(tmp_path / "hot_trade_checks.png"), full_page=True)
             for name in ("recent_window", "data_lag", "duplicates", "ledger_gaps"):
                 assert name in checks_text
         finally:
