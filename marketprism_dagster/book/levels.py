@@ -139,12 +139,19 @@ class Book:
             return self._bv[-1 - watch : -1] != b0 or self._av[-1 - watch : -1] != a0
         return False
 
-    def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
+    def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level], short_prices: bool = False) -> None:
         """``apply`` for levels that are exactly ``(price, qty)`` TUPLES of str (e.g. decoded by
         msgspec as ``tuple[str, str]``): they are stored as they are, without a copy.
 
-        The Binance hot loop, inlined here (one call per message); the same rules as ``_apply_fast``."""
+        ``short_prices``: the caller guarantees every price has at most 15 characters (its
+        decoder enforced ``msgspec.Meta(max_length=15)``); otherwise they are checked here first.
+        The Binance hot loop is inlined here (one call per message); the same rules as
+        ``_apply_fast`` with the length check hoisted out of the loop."""
         if self._exact:
+            self._apply_exact(bids, asks)
+            return
+        if not short_prices and (_too_long(bids) or _too_long(asks)):
+            self._to_exact()
             self._apply_exact(bids, asks)
             return
         bl = bisect_left
@@ -154,16 +161,14 @@ class Book:
                 p, q = lv
                 k = float(p)
                 i = bl(keys, k)
-                if keys[i] == k:
-                    if len(p) > _FAST_LEN:
-                        raise _Inexact(p)
+                if keys[i] == k:  # <= 15 characters and an equal double: the same decimal
                     if q.strip("0."):
                         vals[i] = lv
                     else:
                         del keys[i]
                         del vals[i]
                 elif q.strip("0."):
-                    if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+                    if not _FAST_MIN < k < _FAST_MAX:
                         raise _Inexact(p)
                     keys.insert(i, k)
                     vals.insert(i, lv)
@@ -173,15 +178,13 @@ class Book:
                 k = -float(p)
                 i = bl(keys, k)
                 if keys[i] == k:
-                    if len(p) > _FAST_LEN:
-                        raise _Inexact(p)
                     if q.strip("0."):
                         vals[i] = lv
                     else:
                         del keys[i]
                         del vals[i]
                 elif q.strip("0."):
-                    if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+                    if not -_FAST_MAX < k < -_FAST_MIN:
                         raise _Inexact(p)
                     keys.insert(i, k)
                     vals.insert(i, lv)
@@ -189,12 +192,21 @@ class Book:
             self._to_exact()
             self._apply_exact(bids, asks)
 
-    def apply_quads(self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]], watch: int = 0) -> bool:
+    def apply_quads(
+        self,
+        bids: Sequence[Sequence[str]],
+        asks: Sequence[Sequence[str]],
+        watch: int = 0,
+        short_prices: bool = False,
+    ) -> bool:
         """``apply`` for levels that are exactly 4-TUPLES ``(price, qty, _, _)`` of str (OKX
-        ``books`` levels decoded by msgspec): unpacked without indexing. Same result as ``apply``."""
+        ``books`` levels decoded by msgspec): unpacked without indexing. Same result as ``apply``.
+        ``short_prices`` as in ``apply_pairs``."""
         if watch > 0:
             b0 = self._bv[-1 - watch : -1]
             a0 = self._av[-1 - watch : -1]
+        if not self._exact and not short_prices and (_too_long(bids) or _too_long(asks)):
+            self._to_exact()
         if self._exact:
             self._apply_exact(bids, asks)
         else:
@@ -268,6 +280,10 @@ class Book:
             {Decimal(p): Decimal(q) for p, q in self._bv[:-1]},
             {Decimal(p): Decimal(q) for p, q in self._av[:-1]},
         )
+
+
+def _too_long(levels: Iterable[Sequence[str]]) -> bool:
+    return any(len(lv[0]) > _FAST_LEN for lv in levels)
 
 
 def _load_sorted(book: Book, levels: list[Sequence[str]], bid: bool) -> bool:
@@ -360,21 +376,21 @@ def _apply_fast_quads(
     av: list[Any],
     asks: Iterable[Sequence[str]],
 ) -> None:
-    """``_apply_fast`` for (price, qty, _, _) 4-tuples (same rules, line for line)."""
+    """``_apply_fast`` for (price, qty, _, _) 4-tuples whose prices are known to have at most 15
+    characters (``apply_quads`` checked or its caller's decoder enforced it): the hit path needs no
+    length check, the insert path keeps the range check."""
     bl = bisect_left
     for p, q, _, _ in bids:
         k = float(p)
         i = bl(bk, k)
         if bk[i] == k:
-            if len(p) > _FAST_LEN:
-                raise _Inexact(p)
             if q.strip("0."):
                 bv[i] = (p, q)
             else:
                 del bk[i]
                 del bv[i]
         elif q.strip("0."):
-            if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
+            if not _FAST_MIN < k < _FAST_MAX:
                 raise _Inexact(p)
             bk.insert(i, k)
             bv.insert(i, (p, q))
@@ -382,15 +398,13 @@ def _apply_fast_quads(
         k = -float(p)
         i = bl(ak, k)
         if ak[i] == k:
-            if len(p) > _FAST_LEN:
-                raise _Inexact(p)
             if q.strip("0."):
                 av[i] = (p, q)
             else:
                 del ak[i]
                 del av[i]
         elif q.strip("0."):
-            if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
+            if not -_FAST_MAX < k < -_FAST_MIN:
                 raise _Inexact(p)
             ak.insert(i, k)
             av.insert(i, (p, q))

@@ -168,9 +168,10 @@ class UpdateIdSync:
         event_ms: int,
         bids: Sequence[Level],
         asks: Sequence[Level],
+        short_prices: bool = False,
     ) -> Status:
-        """``on_diff`` for levels that are (price, qty) TUPLES (see ``Book.apply_pairs``), without
-        building a ``Diff`` unless it has to be buffered: the hot path.
+        """``on_diff`` for levels that are (price, qty) TUPLES (see ``Book.apply_pairs``, also for
+        ``short_prices``), without building a ``Diff`` unless it has to be buffered: the hot path.
 
         The chained case (synchronized, bridged, ``pu == u`` or ``U == u + 1``) is ``_apply``
         inlined; everything else goes through ``_apply``.
@@ -188,7 +189,7 @@ class UpdateIdSync:
         if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
             ticker.publish(book, event_ms - event_ms % c, prev_ms, last)  # type: ignore[arg-type]
         try:
-            book.apply_pairs(bids, asks)
+            book.apply_pairs(bids, asks, short_prices)
         except Exception:
             self._desync()  # a level the book could not take (bad price): never keep a half-applied book
             raise
@@ -360,8 +361,10 @@ class SeqIdSync:
         asks: Sequence[Sequence[str]],
         checksum: int | None,
         quads: bool = False,
+        short_prices: bool = False,
     ) -> Status:
-        """Apply one update. ``quads``: the levels are (price, qty, _, _) 4-tuples (``Book.apply_quads``)."""
+        """Apply one update. ``quads``: the levels are (price, qty, _, _) 4-tuples; ``short_prices``:
+        every price has at most 15 characters (both as in ``Book.apply_quads``)."""
         if not self.synced:
             return IGNORED
         if seq_id is not None and prev_seq_id is not None and self.seq_id is not None and prev_seq_id != self.seq_id:
@@ -377,7 +380,7 @@ class SeqIdSync:
                 ticker.publish(book, ts - ts % c, prev_ms, uid)
         try:
             if quads:
-                touched = book.apply_quads(bids, asks, self.CHECKSUM_LEVELS)
+                touched = book.apply_quads(bids, asks, self.CHECKSUM_LEVELS, short_prices)
             else:
                 touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
         except Exception:

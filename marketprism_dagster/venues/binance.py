@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -87,6 +87,12 @@ class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
     m: bool
 
 
+# A price of at most 15 characters: the book's float order keys are exact for these without a
+# per-level check (``Book.apply_pairs(short_prices=True)``); a longer one fails validation and
+# the frame takes the generic path, where the book switches to exact Decimal keys.
+ShortPrice = Annotated[str, msgspec.Meta(max_length=15)]
+
+
 class _DepthUpdate(msgspec.Struct, tag_field="e", tag="depthUpdate"):
     """The fields of a ``depthUpdate`` event the adapter reads; levels arrive as (price, qty) tuples."""
 
@@ -94,8 +100,8 @@ class _DepthUpdate(msgspec.Struct, tag_field="e", tag="depthUpdate"):
     s: str
     U: int
     u: int
-    b: list[tuple[str, str]]
-    a: list[tuple[str, str]]
+    b: list[tuple[ShortPrice, str]]
+    a: list[tuple[ShortPrice, str]]
     pu: int | None = None
 
 
@@ -282,7 +288,7 @@ class BinanceAdapter(VenueAdapter):
             return out
         sync = self.books.get(sym) or self._sync(sym)
         try:
-            st = sync.on_update_pairs(d.U, d.u, d.pu, d.E, d.b, d.a)
+            st = sync.on_update_pairs(d.U, d.u, d.pu, d.E, d.b, d.a, True)
             if st is not APPLIED or sync.ticker.ready:
                 self._depth_done(st, sync, inst, received_at, out)
         except _PARSE_ERRORS as exc:

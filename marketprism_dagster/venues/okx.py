@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -102,10 +102,14 @@ class _BooksArg(msgspec.Struct, tag_field="channel", tag="books"):
     instId: str
 
 
+# A price of at most 15 characters (see binance.ShortPrice): a longer one takes the generic path.
+ShortPrice = Annotated[str, msgspec.Meta(max_length=15)]
+
+
 class _BookData(msgspec.Struct):
     ts: str
-    asks: list[tuple[str, str, str, str]] = []  # [price, size, "0", orders]
-    bids: list[tuple[str, str, str, str]] = []
+    asks: list[tuple[ShortPrice, str, str, str]] = []  # [price, size, "0", orders]
+    bids: list[tuple[ShortPrice, str, str, str]] = []
     checksum: int | None = None
     seqId: int | None = None
     prevSeqId: int | None = None
@@ -365,7 +369,7 @@ class OkxAdapter(VenueAdapter):
         checksum: int | None,
         received_at: int,
         out: Output,
-        quads: bool = False,  # levels are (price, size, _, orders) 4-tuples (the typed fast path)
+        quads: bool = False,  # typed fast path: (price, size, _, orders) 4-tuples, prices <= 15 characters
     ) -> None:
         inst = self.instruments.get(inst_id) or self._instrument(inst_id, out)
         if inst is None:
@@ -377,7 +381,7 @@ class OkxAdapter(VenueAdapter):
             if snapshot:
                 st = sync.on_snapshot(seq_id, ts, bids, asks, checksum)
             else:
-                st = sync.on_update(seq_id, prev_seq_id, ts, bids, asks, checksum, quads)
+                st = sync.on_update(seq_id, prev_seq_id, ts, bids, asks, checksum, quads, quads)
         except _PARSE_ERRORS:
             # a level the book could not take: the sync dropped the book; ask for a fresh snapshot
             # (the caller counts the parse error)

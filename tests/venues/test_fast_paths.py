@@ -118,3 +118,32 @@ def test_frames_that_do_not_fit_the_fast_path_keep_their_generic_handling(
     assert binance.on_message("k", payload_text(ticker), 1).events == {"unsupported_message": 1}
     assert binance.on_message("k", b"{not json", 1).events == {"parse_error": 1}
     assert binance.generic_frames == 3
+
+
+def test_a_long_price_takes_the_generic_path_and_stays_exact(fixtures_dir: Path, make_adapter: Any) -> None:
+    """Prices over 15 characters fail the typed decoder (max_length) and are applied by the generic
+    path with exact Decimal keys: both adapters end with the same, exact book."""
+    recs = _records(fixtures_dir, SESSIONS["binance_derivatives"])
+    last = next(
+        r["data"]
+        for r in reversed(recs)
+        if r["kind"] == "recv" and r["data"]["data"].get("e") == "depthUpdate" and r["data"]["data"]["s"] == "SUSHIUSDT"
+    )
+    books = []
+    for fast in (True, False):
+        adapter = make_adapter("binance_derivatives", cadence_ms=0)
+        adapter.typed_fast_path = fast
+        replay(adapter, recs)
+        sync = adapter.books["SUSHIUSDT"]
+        best_bid = sync.book.best_bid()
+        assert best_bid is not None
+        # a level 1e-17 above the best bid: the same double as the best bid, a different decimal
+        longer = best_bid[0] + ("" if "." in best_bid[0] else ".") + "00000000000000001"
+        uid = sync.update_id
+        data = dict(last["data"], U=uid + 1, u=uid + 2, pu=uid, E=last["data"]["E"] + 1, b=[[longer, "7"]], a=[])
+        out = adapter.on_message("k", orjson.dumps({"stream": last["stream"], "data": data}), 5)
+        assert not out.events and sync.synced
+        top = sync.book.top(2)[0]
+        assert top == [(longer, "7"), best_bid]
+        books.append(sync.book.as_dicts())
+    assert books[0] == books[1]
