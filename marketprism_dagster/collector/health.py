@@ -24,8 +24,11 @@ def health_path(data_dir: str | Path, shard: str) -> Path:
     return Path(data_dir) / "health" / f"collector-{shard}.json"
 
 
-def _market_feeds_connected(state: CollectorState, market: str) -> tuple[bool, int | None]:
-    feeds = [f for f in state.feeds.values() if f.market == market]
+def _market_feeds_connected(state: CollectorState, market: str, data_type: str) -> tuple[bool, int | None]:
+    """Whether every feed of ``market`` that carries ``data_type`` is connected, and its newest message."""
+    feeds = [
+        f for f in state.feeds.values() if f.market == market and (not f.data_types or data_type in f.data_types)
+    ]
     if not feeds:
         return False, None
     last = [f.last_message_ts for f in feeds if f.last_message_ts]
@@ -44,7 +47,7 @@ def health_report(state: CollectorState, settings: Settings, now: int | None = N
             age = None if last is None else round(max(0, now - last) / 1000, 3)
             limit = settings.window_rules[data_type].health_s
             if data_type == "liquidation":
-                connected, _ = _market_feeds_connected(state, market)
+                connected, _ = _market_feeds_connected(state, market, "liquidation")
                 status = OK if connected else (WAITING if in_grace else STALE)
             elif last is None:
                 status = WAITING if in_grace else MISSING
@@ -76,7 +79,7 @@ def health_report(state: CollectorState, settings: Settings, now: int | None = N
     liquidation_feeds = {}
     for market, ms in state.markets.items():
         if "liquidation" in ms.data_types:
-            connected, last = _market_feeds_connected(state, market)
+            connected, last = _market_feeds_connected(state, market, "liquidation")
             liquidation_feeds[market] = {"connected": connected, "last_message_ts": last}
     disconnected = sorted(k for k, f in state.feeds.items() if not f.connected)
     degraded: list[str] = []

@@ -281,7 +281,7 @@ class Collector:
         ms.instruments_loaded = True
         assert self._session is not None
         for feed in adapter.ws_feeds():
-            fs = self.state.feeds[feed.key] = FeedState(market)
+            fs = self.state.feeds[feed.key] = FeedState(market, data_types=feed.data_types)
             conn = FeedConnection(
                 feed,
                 market,

@@ -15,6 +15,7 @@ def now_ms() -> int:
 @dataclass
 class FeedState:
     market: str
+    data_types: tuple[str, ...] = ()  # what the feed carries; empty = unknown (counts for every type)
     connected: bool = False
     last_message_ts: int | None = None  # ms
     connects: int = 0

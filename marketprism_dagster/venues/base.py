@@ -43,6 +43,7 @@ class WsFeed:
     ping_text: str | None = None  # OKX: "ping" text frame when idle
     ping_interval_s: float | None = None  # send ping_text when nothing was received for this long
     pong_text: str | None = None  # reply the venue sends to ping_text (not a data message)
+    data_types: tuple[str, ...] = ()  # record types this feed carries (health: e.g. which feeds carry liquidations)
 
 
 @dataclass(frozen=True, slots=True)

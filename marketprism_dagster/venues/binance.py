@@ -180,11 +180,17 @@ class BinanceAdapter(VenueAdapter):
         types = set(self.market.data_types)
         if self.spot:
             kinds = [k for t, k in (("orderbook", "depth@100ms"), ("trade", "aggTrade")) if t in types]
-            return [WsFeed(f"{self.market_id}/stream", f"{ws}/stream?streams={self._streams(kinds)}")] if kinds else []
+            carried = tuple(t for t in ("orderbook", "trade") if t in types)
+            url = f"{ws}/stream?streams={self._streams(kinds)}"
+            return [WsFeed(f"{self.market_id}/stream", url, data_types=carried)] if kinds else []
         feeds: list[WsFeed] = []
         if "orderbook" in types:
             feeds.append(
-                WsFeed(f"{self.market_id}/public", f"{ws}/public/stream?streams={self._streams(['depth@100ms'])}")
+                WsFeed(
+                    f"{self.market_id}/public",
+                    f"{ws}/public/stream?streams={self._streams(['depth@100ms'])}",
+                    data_types=("orderbook",),
+                )
             )
         market_kinds = [
             k
@@ -198,8 +204,13 @@ class BinanceAdapter(VenueAdapter):
         ]
         market_kinds = list(dict.fromkeys(market_kinds))
         if market_kinds:
+            carried = tuple(t for t in ("trade", "funding_rate", "liquidation") if t in types)
             feeds.append(
-                WsFeed(f"{self.market_id}/market", f"{ws}/market/stream?streams={self._streams(market_kinds)}")
+                WsFeed(
+                    f"{self.market_id}/market",
+                    f"{ws}/market/stream?streams={self._streams(market_kinds)}",
+                    data_types=carried,
+                )
             )
         return feeds
 

@@ -70,6 +70,7 @@ class DeribitAdapter(VenueAdapter):
                     self._rpc("public/set_heartbeat", {"interval": HEARTBEAT_S}, 1),
                     self._rpc("public/subscribe", {"channels": channels}, 2),
                 ),
+                data_types=("volatility_index",),
             )
         ]
 

@@ -211,6 +211,7 @@ class OkxAdapter(VenueAdapter):
                 ping_text="ping",
                 ping_interval_s=PING_INTERVAL_S,
                 pong_text="pong",
+                data_types=tuple(t for t in self.market.data_types if t not in RUBIK_PATHS),
             )
         ]
 
