@@ -11,10 +11,12 @@ consumer (deliver by start sequence, no acks) reads it straight from the stream.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -22,6 +24,7 @@ from nats.js.errors import NotFoundError
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.writer.ingest import StreamMessage
+from marketprism_dagster.writer.pull import Delivery, RawPullConsumer, reply_sequence
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +100,7 @@ def _to_stream_message(m: Msg, seq: int) -> StreamMessage:
 @dataclass
 class Pending:
     message: StreamMessage
-    delivery: Msg | None  # the durable's delivery (for the ack), None when read by the catch-up reader
+    delivery: str | None  # the durable delivery's ack subject, None when read by the catch-up reader
 
 
 @dataclass
@@ -107,7 +110,7 @@ class Taken:
     first_seq: int
     last_seq: int
     messages: list[StreamMessage]
-    ack: Msg | None  # the durable delivery with the highest sequence in the range
+    ack: str | None  # ack subject of the durable delivery with the highest sequence in the range
 
 
 @dataclass
@@ -119,16 +122,23 @@ class StreamBuffer:
     forced_end: int | None = None  # a crashed range that must be re-committed exactly
     pending: dict[int, Pending] = field(default_factory=dict)
     absent: list[tuple[int, int]] = field(default_factory=list)  # ranges the stream no longer holds
-    stale_ack: Msg | None = None  # highest delivery at or below the watermark, still to ack
+    stale_ack: str | None = None  # highest delivery at or below the watermark, still to ack
+    delivered: int = 0  # pending entries that hold a durable delivery (unacked on the server)
 
-    def add(self, seq: int, message: StreamMessage, delivery: Msg | None) -> None:
+    def add(self, seq: int, message: StreamMessage, delivery: str | None) -> None:
         if seq <= self.watermark:
-            if delivery is not None and (self.stale_ack is None or delivery_seq(self.stale_ack) < seq):
+            if delivery is not None and (self.stale_ack is None or reply_sequence(self.stale_ack) < seq):
                 self.stale_ack = delivery
             return
         cur = self.pending.get(seq)
-        if cur is None or delivery is not None:
-            self.pending[seq] = Pending(message, delivery if delivery is not None else (cur.delivery if cur else None))
+        if cur is None:
+            self.pending[seq] = Pending(message, delivery)
+            if delivery is not None:
+                self.delivered += 1
+        elif delivery is not None:
+            if cur.delivery is None:
+                self.delivered += 1
+            self.pending[seq] = Pending(message, delivery)
 
     def mark_absent(self, lo: int, hi: int) -> None:
         if hi >= lo:
@@ -148,16 +158,17 @@ class StreamBuffer:
         """Messages are waiting but the next sequence is not among them."""
         return bool(self.pending) and self.expected not in self.pending and self._absent_until(self.expected) is None
 
-    def _ready(self, limit: int) -> tuple[int, int | None]:
-        """(messages ready, last sequence ready) from ``expected`` on, at most ``limit`` messages."""
-        if self.forced_end is not None:
-            limit = max(limit, self.forced_end - self.watermark)
-        seq = self.expected
+    def _ready(self, limit: int, start: int | None = None) -> tuple[int, int | None]:
+        """(messages ready, last sequence ready) from ``start`` (default ``expected``), at most ``limit`` messages."""
+        end = self.forced_end if start is None else None
+        if end is not None:
+            limit = max(limit, end - self.watermark)
+        seq = self.expected if start is None else start
         n = 0
         last: int | None = None
-        end = self.forced_end
+        pending = self.pending
         while n < limit and (end is None or seq <= end):
-            if seq in self.pending:
+            if seq in pending:
                 n += 1
                 last = seq
                 seq += 1
@@ -169,20 +180,24 @@ class StreamBuffer:
             seq = last + 1
         return n, last
 
-    def ready_count(self, limit: int) -> int:
-        return self._ready(limit)[0]
+    def ready_count(self, limit: int, start: int | None = None) -> int:
+        return self._ready(limit, start)[0]
 
-    def take(self, limit: int) -> Taken | None:
-        n, last = self._ready(limit)
+    def take(self, limit: int, start: int | None = None) -> Taken | None:
+        """The next contiguous range from ``expected`` (or from ``start``, to prepare a range ahead of a commit)."""
+        if start is not None and self.forced_end is not None:
+            return None  # the crashed range comes first, whole
+        n, last = self._ready(limit, start)
         if last is None:
             return None
-        if self.forced_end is not None and last < self.forced_end:
+        if start is None and self.forced_end is not None and last < self.forced_end:
             return None  # the in-flight range of a crashed writer is committed whole or not at all
-        first = self.expected
+        first = self.expected if start is None else start
         msgs: list[StreamMessage] = []
-        ack: Msg | None = None
+        ack: str | None = None
+        pending = self.pending
         for seq in range(first, last + 1) if n else ():
-            p = self.pending.get(seq)
+            p = pending.get(seq)
             if p is None:
                 continue
             msgs.append(p.message)
@@ -190,57 +205,78 @@ class StreamBuffer:
                 ack = p.delivery
         return Taken(first, last, msgs, ack)
 
+    def latest_ack(self, taken: Taken) -> str | None:
+        """The newest delivery among the range's last messages (a redelivery may have replaced the one taken)."""
+        for m in reversed(taken.messages):
+            p = self.pending.get(m.seq)
+            if p is not None and p.delivery is not None:
+                return p.delivery
+        return taken.ack
+
     def committed(self, taken: Taken) -> None:
+        if taken.first_seq != self.expected:
+            raise ValueError(f"{self.stream}: committed {taken.first_seq}..{taken.last_seq}, expected {self.expected}")
         for m in taken.messages:
-            self.pending.pop(m.seq, None)
+            p = self.pending.pop(m.seq, None)
+            if p is not None and p.delivery is not None:
+                self.delivered -= 1
         self.watermark = taken.last_seq
         self.absent = [(lo, hi) for lo, hi in self.absent if hi > self.watermark]
         if self.forced_end is not None and self.watermark >= self.forced_end:
             self.forced_end = None
 
     def delivered_count(self) -> int:
-        return sum(1 for p in self.pending.values() if p.delivery is not None)
+        return self.delivered
 
 
 def delivery_seq(m: Msg) -> int:
-    """The stream sequence of a durable delivery, from its reply subject (cheap: no metadata object)."""
-    tokens = m.reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (+ domain/hash in v2 format)
-    return int(tokens[-4]) if len(tokens) == 9 else m.metadata.sequence.stream
+    """The stream sequence of a nats-py delivery, from its reply subject (cheap: no metadata object)."""
+    seq = reply_sequence(m.reply or "")
+    return seq if seq >= 0 else m.metadata.sequence.stream
 
 
 class DurableReader:
-    """Fetch from the durable pull consumer; ack with AckPolicy.ALL."""
+    """The durable consumer, read through ``RawPullConsumer``; acks with AckPolicy.ALL."""
 
-    def __init__(self, js: JetStreamContext, settings: Settings, stream: str) -> None:
+    def __init__(self, js: JetStreamContext, settings: Settings, stream: str, nc: NATS) -> None:
         self.js = js
         self.settings = settings
         self.stream = stream
         self.name = durable_name(settings, stream)
-        self.sub: JetStreamContext.PullSubscription | None = None
+        w = settings.writer
+        cap = max(1, min(w.batch_size, settings.streams[stream].max_ack_pending))
+        # several requests outstanding, each a fraction of the window, so delivery never waits for a round trip
+        self.raw = RawPullConsumer(nc, stream, self.name, request_batch=max(1, cap // 2), max_requests=4,
+                                   expires_s=max(1.0, 5 * w.fetch_timeout_s))
 
     async def start(self) -> None:
         await ensure_durable(self.js, self.settings, self.stream)
-        self.sub = await self.js.pull_subscribe_bind(durable=self.name, stream=self.stream)
+        await self.raw.start()
 
-    async def fetch(self, n: int, timeout: float) -> list[Msg]:
-        assert self.sub is not None
+    async def request(self, credit: int) -> int:
+        return await self.raw.request(credit)
+
+    def drain(self) -> list[Delivery]:
+        return self.raw.drain()
+
+    async def wait(self, timeout: float) -> bool:
+        """Until a delivery (or a request's end) arrives; False on timeout."""
+        if self.raw.deliveries:
+            return True
         try:
-            return await self.sub.fetch(n, timeout=timeout)
+            await asyncio.wait_for(self.raw.arrived.wait(), timeout)
         except TimeoutError:
-            return []
+            return False
+        return True
 
-    async def ack(self, m: Msg) -> None:
-        await m.ack()
+    async def ack(self, reply: str) -> None:
+        await self.raw.ack(reply)
 
     async def info(self) -> js_api.ConsumerInfo:
         return await self.js.consumer_info(self.stream, self.name)
 
     async def stop(self) -> None:
-        if self.sub is not None:
-            with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
-            self.sub = None
+        await self.raw.stop()
 
 
 async def read_range(js: JetStreamContext, stream: str, start_seq: int, max_msgs: int, timeout: float = 2.0
@@ -283,6 +319,3 @@ async def read_range(js: JetStreamContext, stream: str, start_seq: int, max_msgs
     return out
 
 
-def to_stream_message(m: Msg) -> tuple[int, StreamMessage]:
-    seq = delivery_seq(m)
-    return seq, _to_stream_message(m, seq)

@@ -38,7 +38,7 @@ def dead_letter_subject(stream: str, p: Poison) -> str:
 
 
 def dead_letter_headers(stream: str, p: Poison) -> dict[str, str]:
-    headers = dict(p.message.headers or {})
+    headers = dict(p.message.header_map() or {})
     original = headers.pop("Nats-Msg-Id", None)
     if original:
         headers[ORIGINAL_MSG_ID] = original

@@ -122,6 +122,14 @@ class StreamMessage:
     subject: str
     data: bytes
     headers: dict[str, str] | None = None
+    raw_headers: bytes | None = None  # as received (raw pull consumer); parsed only when needed
+
+    def header_map(self) -> dict[str, str] | None:
+        if self.headers is not None or not self.raw_headers:
+            return self.headers
+        from marketprism_dagster.writer.pull import parse_headers
+
+        return parse_headers(self.raw_headers)
 
 
 @dataclass(frozen=True, slots=True)

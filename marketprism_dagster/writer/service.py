@@ -34,7 +34,6 @@ from marketprism_dagster.writer.consumer import (
     StreamBuffer,
     Taken,
     read_range,
-    to_stream_message,
 )
 from marketprism_dagster.writer.deadletter import ensure_dead_letter_stream, publish_dead_letters
 from marketprism_dagster.writer.http import WriterHttp
@@ -53,6 +52,8 @@ T = TypeVar("T")
 
 MIN_BACKOFF_S = 0.25
 HAND_OVER_PERIOD_S = 0.25
+LINGER_S = 0.05  # longest wait for a fuller range while messages are still arriving
+LINGER_GAP_S = 0.005  # arrivals paused this long: commit what is there
 
 
 @dataclass
@@ -155,7 +156,7 @@ class WriterService:
                     rp = await self._store_call(stop, "resume_point", resume_point, self.store, s, name)
                     if rp is None:
                         return
-                    reader = DurableReader(js, s, name)
+                    reader = DurableReader(js, s, name, self.nc)
                     await reader.start()
                     buf = StreamBuffer(name, rp.watermark, forced_end=rp.intent_last_seq)
                     self.streams[name] = StreamState(name, reader, buf, rp.intent_last_seq)
@@ -201,65 +202,96 @@ class WriterService:
 
     # ------------------------------------------------------------------ per stream
 
-    def _fetch_size(self, st: StreamState) -> int:
-        w = self.settings.writer
+    def _credit(self, st: StreamState) -> int:
+        """Messages the durable may deliver now: max_ack_pending less the unacked deliveries held, byte-bounded."""
         room = self.settings.streams[st.name].max_ack_pending - st.buffer.delivered_count()
-        by_bytes = max(1, int(w.batch_max_bytes // max(st.avg_msg_bytes, 1.0)))
-        return max(0, min(w.batch_size, room, by_bytes))
+        by_bytes = 2 * self._batch_limit(st) - len(st.buffer.pending)
+        return max(0, min(room, by_bytes))
 
     def _batch_limit(self, st: StreamState) -> int:
         w = self.settings.writer
         return max(1, min(w.batch_size, int(w.batch_max_bytes // max(st.avg_msg_bytes, 1.0))))
 
-    async def _fetch_into_buffer(self, st: StreamState, timeout: float) -> int:
-        """One fetch from the durable into the buffer; acks redeliveries already committed. Returns messages."""
+    async def _absorb(self, st: StreamState) -> int:
+        """Move the deliveries received so far into the buffer; ack redeliveries already committed."""
         buf = st.buffer
-        n = self._fetch_size(st)
-        if n <= 0:
+        deliveries = st.reader.drain()
+        if not deliveries:
             return 0
-        msgs = await st.reader.fetch(n, timeout)
+        watermark = buf.watermark
         skipped = 0
         size = 0
-        for m in msgs:
-            seq, sm = to_stream_message(m)
-            size += len(sm.data)
-            if seq <= buf.watermark:
+        for d in deliveries:
+            size += len(d.message.data)
+            if d.seq <= watermark:
                 skipped += 1
-            buf.add(seq, sm, m)
-        if msgs:
-            st.avg_msg_bytes = 0.8 * st.avg_msg_bytes + 0.2 * (size / len(msgs))
-            st.catching_up = False
+            buf.add(d.seq, d.message, d.reply)
+        st.avg_msg_bytes = 0.8 * st.avg_msg_bytes + 0.2 * (size / len(deliveries))
+        st.catching_up = False
         if skipped:
             self.metrics.skipped.labels(st.name).inc(skipped)
         if buf.stale_ack is not None:
             # AckPolicy.ALL on a sequence <= watermark only covers committed sequences
             await st.reader.ack(buf.stale_ack)
             buf.stale_ack = None
-        return len(msgs)
+        return len(deliveries)
+
+    async def _linger(self, st: StreamState, target: int, stop: asyncio.Event) -> None:
+        """While deliveries keep arriving, wait (at most LINGER_S) for a full range: each INSERT has a
+        fixed cost of several ms per table, so a range committed early costs as much as a full one."""
+        buf = st.buffer
+        if not buf.pending or buf.ready_count(target) >= target:
+            return
+        deadline = time.monotonic() + LINGER_S
+        while not stop.is_set() and buf.ready_count(target) < target:
+            left = deadline - time.monotonic()
+            if left <= 0 or not await st.reader.wait(min(left, LINGER_GAP_S)):
+                return
+            await st.reader.request(self._credit(st))
+            await self._absorb(st)
 
     async def _stream_loop(self, st: StreamState, js: Any, stop: asyncio.Event) -> None:
+        """Commit ranges in order, one at a time; deliveries keep flowing (several pull requests
+        outstanding) while a range is inserted, and the next full range is decoded meanwhile."""
         w = self.settings.writer
         buf = st.buffer
+        reader = st.reader
+        ahead: tuple[Taken, asyncio.Future[PreparedBatch]] | None = None
         while not stop.is_set():
+            await reader.request(self._credit(st))
+            await self._absorb(st)
             limit = self._batch_limit(st)
-            fetched = 0
-            if buf.ready_count(limit) < limit:
-                timeout = 0.05 if (st.catching_up or buf.pending) else w.fetch_timeout_s
-                fetched = await self._fetch_into_buffer(st, timeout)
-            if stop.is_set() and not buf.pending:
-                break
-            taken = buf.take(limit)
+            prepared: asyncio.Future[PreparedBatch] | None = None
+            if ahead is not None and ahead[0].first_seq == buf.expected:
+                taken, prepared = ahead
+            else:
+                await self._linger(st, min(limit, self.settings.streams[st.name].max_ack_pending), stop)
+                taken = buf.take(limit)
+            ahead = None
             if taken is None:
-                if fetched == 0 or buf.has_hole():
+                timeout = 0.05 if (st.catching_up or buf.pending) else w.fetch_timeout_s
+                arrived = await reader.wait(timeout)
+                got = await self._absorb(st)
+                if buf.ready_count(1) == 0 and ((not arrived and got == 0) or buf.has_hole()):
                     await self._catch_up(st, js, limit)
                 continue
-            commit = asyncio.create_task(self._commit(st, taken, js, stop))
-            # prefetch the next batch while this one is inserted (room permitting: max_ack_pending)
-            while not commit.done() and not stop.is_set() and self._fetch_size(st) > 0 \
-                    and len(buf.pending) - len(taken.messages) < limit:
-                await self._fetch_into_buffer(st, 0.05)
+            commit = asyncio.create_task(self._commit(st, taken, js, stop, prepared))
+            while not commit.done():
+                await reader.request(self._credit(st))
+                waiter = asyncio.create_task(reader.wait(1.0))
+                await asyncio.wait({commit, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                await self._absorb(st)
+                start = taken.last_seq + 1
+                if ahead is None and not stop.is_set() and buf.ready_count(limit, start) >= limit:
+                    nxt = buf.take(limit, start)
+                    if nxt is not None:
+                        ahead = (nxt, asyncio.ensure_future(asyncio.to_thread(
+                            prepare_batch, st.name, nxt.messages, nxt.first_seq, nxt.last_seq)))
             if not await commit:
                 break  # stopped while the store was unavailable: the batch stays unacked
+        if ahead is not None:
+            ahead[1].cancel()
 
     async def _catch_up(self, st: StreamState, js: Any, limit: int) -> None:
         """The next sequence is not deliverable by the durable right now: read it from the stream."""
@@ -286,11 +318,13 @@ class WriterService:
             st.catching_up = True
             log.info("writer.catch_up", stream=st.name, first=msgs[0].seq, last=msgs[-1].seq, count=len(msgs))
 
-    async def _commit(self, st: StreamState, taken: Taken, js: Any, stop: asyncio.Event) -> bool:
+    async def _commit(self, st: StreamState, taken: Taken, js: Any, stop: asyncio.Event,
+                      ahead: asyncio.Future[PreparedBatch] | None = None) -> bool:
         t0 = time.perf_counter()
-        prepared: PreparedBatch = await asyncio.to_thread(
-            prepare_batch, st.name, taken.messages, taken.first_seq, taken.last_seq
-        )
+        if ahead is not None:
+            prepared: PreparedBatch = await ahead
+        else:
+            prepared = await asyncio.to_thread(prepare_batch, st.name, taken.messages, taken.first_seq, taken.last_seq)
         if prepared.poison and not await self._dead_letter(st, prepared, js, stop):
             return False
         recovery = st.recovery_end is not None and taken.last_seq == st.recovery_end
@@ -300,8 +334,9 @@ class WriterService:
         if result is None:
             return False
         t1 = time.perf_counter()
-        if taken.ack is not None:
-            await st.reader.ack(taken.ack)
+        ack = st.buffer.latest_ack(taken)
+        if ack is not None:
+            await st.reader.ack(ack)
         st.buffer.committed(taken)
         log.debug("writer.batch", stream=st.name, first=taken.first_seq, last=taken.last_seq,
                   messages=len(taken.messages), prepare_ms=round((t1 - t0 - result.insert_seconds) * 1000, 1),
