@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import accumulate
 from typing import Any, Final
 
 import msgspec
@@ -253,6 +254,7 @@ LsrTopPosition = STRUCTS["lsr_top_position"]
 LsrAllAccount = STRUCTS["lsr_all_account"]
 VolatilityIndex = STRUCTS["volatility_index"]
 
+_astuple = msgspec.structs.astuple
 AnyRecord = Any  # one of STRUCTS' values; msgspec structs do not share a nominal base
 
 _ENCODER = msgspec.json.Encoder()
@@ -307,8 +309,14 @@ def to_columns(data_type: str, records: Iterable[msgspec.Struct]) -> dict[str, l
     """Column-major wire values, ready for ``pyarrow.table`` / ``polars.DataFrame``."""
     rt = RECORD_TYPES[data_type]
     names = rt.column_names
+    struct = STRUCTS[data_type]
+    recs = records if isinstance(records, list) else list(records)
+    if recs and all(type(r) is struct for r in recs):
+        # struct fields are the columns, in order: one C-level transpose instead of a getattr per cell
+        rows = [_astuple(r) for r in recs]
+        return {n: list(col) for n, col in zip(names, zip(*rows, strict=True), strict=True)}
     cols: dict[str, list[Any]] = {n: [] for n in names}
-    for r in records:
+    for r in recs:
         for n in names:
             cols[n].append(getattr(r, n))
     return cols
@@ -363,19 +371,15 @@ def _typed(column: Column, values: pa.Array | pa.ChunkedArray | list[Any]) -> pa
 
 
 def _levels_array(rows: list[Any]) -> pa.Array:
-    offsets = [0]
-    prices: list[str] = []
-    qtys: list[str] = []
-    for levels in rows:
-        for price, qty in levels:
-            prices.append(price)
-            qtys.append(qty)
-        offsets.append(len(prices))
-    struct = pa.StructArray.from_arrays(
-        [pc.cast(pa.array(prices, pa.string()), ARROW_DECIMAL), pc.cast(pa.array(qtys, pa.string()), ARROW_DECIMAL)],
-        names=["price", "quantity"],
-    )
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct)
+    # prices and quantities of every level in two flat lists (the unpacking rejects a level that is not a
+    # pair), parsed exactly by ONE string -> decimal128 cast, then sliced (zero-copy) into the struct fields
+    prices = [p for levels in rows for p, _ in levels]
+    qtys = [q for levels in rows for _, q in levels]
+    n = len(prices)
+    decimals = pc.cast(pa.array(prices + qtys, pa.string()), ARROW_DECIMAL)
+    struct = pa.StructArray.from_arrays([decimals.slice(0, n), decimals.slice(n, n)], names=["price", "quantity"])
+    offsets = pa.array([0, *accumulate(len(levels) for levels in rows)], pa.int32())
+    return pa.ListArray.from_arrays(offsets, struct)
 
 
 def to_arrow(data_type: str, batch: Any) -> pa.Table:
