@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import inspect
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,43 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
     return out or None
 
 
+RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
+_HANDLERS_ATTR = "_marketprism_raw_handlers"
+
+
+def _install_hook(nc: NATS) -> dict[int, RawHandler] | None:
+    """The client's sid -> raw handler table, wrapping its ``_process_msg`` once; None if it cannot be hooked."""
+    handlers: dict[int, RawHandler] | None = getattr(nc, _HANDLERS_ATTR, None)
+    if handlers is not None:
+        return handlers
+    orig = getattr(nc, "_process_msg", None)
+    if orig is None or tuple(inspect.signature(orig).parameters) != _HOOK_PARAMS or not hasattr(nc, "_subs"):
+        return None
+    table: dict[int, RawHandler] = {}
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        h = table.get(sid)
+        if h is not None:
+            h(subject, reply, data, headers)
+        else:
+            await orig(sid, subject, reply, data, headers)
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]
+    setattr(nc, _HANDLERS_ATTR, table)
+    return table
+
+
+def _remove_handler(nc: NATS, sid: int) -> None:
+    handlers: dict[int, RawHandler] | None = getattr(nc, _HANDLERS_ATTR, None)
+    if handlers is None:
+        return
+    handlers.pop(sid, None)
+    if not handlers:  # last raw consumer gone: back to the class method
+        with contextlib.suppress(AttributeError):
+            del nc._process_msg
+        delattr(nc, _HANDLERS_ATTR)
+
+
 @dataclass(slots=True)
 class Delivery:
     """One message delivered by the durable: its stream sequence, the message, and the ack subject."""
@@ -121,28 +158,16 @@ class RawPullConsumer:
         self.unparsable = 0
         self._sid: int | None = None
         self._sub: Any = None
-        self._orig: Callable[..., Awaitable[None]] | None = None
         self.hooked = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        orig = getattr(self.nc, "_process_msg", None)
-        params = tuple(inspect.signature(orig).parameters) if orig is not None else ()
-        if orig is not None and params == _HOOK_PARAMS and hasattr(self.nc, "_subs"):
+        handlers = _install_hook(self.nc)
+        if handlers is not None:
             self._sub = await self.nc.subscribe(self.inbox + ".*")
             self._sid = self._sub._id
-            self._orig = orig
-            sid = self._sid
-            on_raw = self._on_raw
-
-            async def process_msg(sid_: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-                if sid_ == sid:
-                    on_raw(subject, reply, data, headers)
-                else:
-                    await orig(sid_, subject, reply, data, headers)
-
-            self.nc._process_msg = process_msg  # type: ignore[method-assign]
+            handlers[self._sid] = self._on_raw
             self.hooked = True
         else:
             async def cb(m: Any) -> None:
@@ -156,10 +181,9 @@ class RawPullConsumer:
             log.warning("writer.raw_pull_fallback", reason="nats-py parser interface changed; using callbacks")
 
     async def stop(self) -> None:
-        if self._orig is not None and getattr(self.nc, "_process_msg", None) is not self._orig:
-            with contextlib.suppress(AttributeError):
-                del self.nc._process_msg  # back to the class method
-            self._orig = None
+        if self._sid is not None:
+            _remove_handler(self.nc, self._sid)
+            self._sid = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
