@@ -92,7 +92,14 @@ async def test_r3_streams_keep_every_record_when_one_node_dies(tmp_path, setting
 
         info = await js.stream_info("MARKET_DATA")
         assert info.state.messages == 400
-        sub = await js.pull_subscribe("trade.>", durable="check")
+        sub = None
+        for _ in range(60):  # consumer creation needs a raft group: retry through elections after the kill
+            try:
+                sub = await js.pull_subscribe("trade.>", durable="check")
+                break
+            except Exception:
+                await asyncio.sleep(0.5)
+        assert sub is not None, "consumer could not be created on the surviving nodes"
         got: list[str] = []
         while len(got) < 400:
             for m in await sub.fetch(200, timeout=10):
