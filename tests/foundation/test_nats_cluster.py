@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import nats
+import nats.errors
 
 from marketprism_dagster import records
 from marketprism_dagster.jetstream import ensure_streams
@@ -101,8 +102,13 @@ async def test_r3_streams_keep_every_record_when_one_node_dies(tmp_path, setting
                 await asyncio.sleep(0.5)
         assert sub is not None, "consumer could not be created on the surviving nodes"
         got: list[str] = []
-        while len(got) < 400:
-            for m in await sub.fetch(200, timeout=10):
+        deadline = time.monotonic() + 90
+        while len(got) < 400 and time.monotonic() < deadline:
+            try:
+                batch = await sub.fetch(200, timeout=5)
+            except nats.errors.TimeoutError:
+                continue
+            for m in batch:
                 got.append(records.msg_id(records.decode(m.data)))
                 await m.ack()
         assert sorted(got) == sorted(records.msg_id(r) for r in sent)
