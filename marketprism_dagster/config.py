@@ -164,7 +164,7 @@ class StreamConfig(_Model):
     duplicate_window_s: int = Field(gt=0)
     storage: Literal["file", "memory"] = "file"
     replicas: int = Field(default=1, ge=1, le=5)
-    max_ack_pending: int = Field(default=2000, gt=0)
+    max_ack_pending: int = Field(default=20_000, gt=0)
 
 
 def _default_streams() -> dict[str, StreamConfig]:
@@ -174,7 +174,7 @@ def _default_streams() -> dict[str, StreamConfig]:
             max_bytes=2 * GIB,
             max_age_s=48 * 3600,
             duplicate_window_s=120,
-            max_ack_pending=2000,
+            max_ack_pending=20_000,  # DESIGN said 2000: one batch then fills the window (see README)
         ),
         "ORDERBOOK_SNAP": StreamConfig(
             subjects=["orderbook.>"],
@@ -262,7 +262,7 @@ class CollectorConfig(_Model):
 
 class WriterConfig(_Model):
     health_port: int = Field(default=8085, ge=0, le=65535)
-    batch_size: int = Field(default=5000, gt=0)
+    batch_size: int = Field(default=10_000, gt=0)
     fetch_timeout_s: float = Field(default=1.0, gt=0)
     max_backoff_s: float = Field(default=30.0, gt=0)
     dead_letter_stream: str = "DEAD_LETTER"
