@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -105,38 +104,28 @@ def start_dagster_dev(settings: Settings, env: dict[str, str], port: int) -> sub
     return proc
 
 
-@contextlib.contextmanager
-def emulator_in_thread(mode: str, rate: float) -> Iterator[dict[str, dict[str, str]]]:
-    """Run the emulator on its own loop in a thread; yield its URLs."""
-    from marketprism_dagster.emulator import Emulator, EmulatorConfig
+def hot_row_counts(settings: Settings) -> dict[str, int]:
+    """Rows per hot table (one short store operation; the writer hands the embedded store over)."""
+    from marketprism_dagster.records import DATA_TYPES
+    from marketprism_dagster.storage import open_store
 
-    ready: dict[str, dict[str, str]] = {}
-    started = threading.Event()
-    loop = asyncio.new_event_loop()
-    stop: asyncio.Event | None = None
-
-    async def serve() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        async with Emulator(EmulatorConfig(mode=mode, rate=rate)) as emu:
-            ready.update(emu.urls)
-            started.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    if not started.wait(30):
-        raise RuntimeError("the emulator did not start within 30 s")
-    try:
-        yield ready
-    finally:
-        if stop is not None:
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
+    db = settings.storage.hot_database
+    sql = " UNION ALL ".join(f"SELECT '{t}', count() FROM `{db}`.`{t}`" for t in DATA_TYPES)
+    with open_store(settings) as store:
+        counts = {str(t): int(n) for t, n in store.query_rows(sql)}
+    return {t: counts.get(t, 0) for t in DATA_TYPES}
 
 
-def run_dev(settings: Settings, config_path: Path | None, port: int, extra_env: dict[str, str]) -> int:
-    """Serve until Ctrl-C / SIGTERM, then stop every process started here."""
+def run_dev(
+    settings: Settings,
+    config_path: Path | None,
+    port: int,
+    extra_env: dict[str, str],
+    report_rows_every_s: float | None = None,
+) -> int:
+    """Serve until Ctrl-C / SIGTERM, then stop every process started here.
+
+    With ``report_rows_every_s`` print a live row count per hot table at that interval."""
     from marketprism_dagster.bootstrap import init_storage, init_streams
     from marketprism_dagster.nats_server import nats_available
 
@@ -156,8 +145,17 @@ def run_dev(settings: Settings, config_path: Path | None, port: int, extra_env: 
                 log.info("dev.init", what=line)
             proc = start_dagster_dev(settings, env, port)
             try:
+                next_report = time.monotonic() + (report_rows_every_s or 0)
                 while not stopping.is_set() and proc.poll() is None:
                     stopping.wait(0.5)
+                    if report_rows_every_s and time.monotonic() >= next_report:
+                        next_report = time.monotonic() + report_rows_every_s
+                        try:
+                            counts = hot_row_counts(settings)
+                        except Exception as exc:  # the store may be busy: report and go on
+                            log.warning("dev.row_count_failed", error=repr(exc))
+                        else:
+                            typer.echo("rows  " + "  ".join(f"{t}={n}" for t, n in counts.items()), err=False)
             finally:
                 killed = stop_session(proc)
                 log.info("dev.stopped", killed_leftovers=killed)
@@ -231,17 +229,20 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="Dagster UI port")] = 3000,
         mode: Annotated[str, typer.Option(help="emulator mode: synth | replay")] = "synth",
         rate: Annotated[float, typer.Option(help="synth messages/s per stream")] = 5.0,
+        rows_every: Annotated[float, typer.Option(help="print live row counts every N s (0 = never)")] = 15.0,
     ) -> None:
         """`dev` against the local exchange emulator: fully offline."""
         loaded = load(config, set_)
-        with emulator_in_thread(mode, rate) as urls:
+        from marketprism_dagster.emulator import Emulator, EmulatorConfig
+
+        with Emulator.start_in_thread(EmulatorConfig(mode=mode, rate=rate)) as emu:
             env = {}
-            for market, u in urls.items():
+            for market, u in emu.urls.items():
                 if market in loaded.settings.markets:
                     env[f"MARKETPRISM__MARKETS__{market.upper()}__REST_URL"] = u["rest"]
                     env[f"MARKETPRISM__MARKETS__{market.upper()}__WS_URL"] = u["ws"]
             os.environ.update(env)
-            raise typer.Exit(run_dev(loaded.settings, loaded.path, port, env))
+            raise typer.Exit(run_dev(loaded.settings, loaded.path, port, env, report_rows_every_s=rows_every))
 
     @app.command()
     def integrity(
