@@ -124,20 +124,7 @@ class Book:
         Returns True when the best ``watch`` levels of a side changed (always False when
         ``watch`` is 0): callers cache the OKX checksum with it.
         """
-        if watch > 0:
-            b0 = self._bv[-1 - watch : -1]
-            a0 = self._av[-1 - watch : -1]
-        if self._exact:
-            self._apply_exact(bids, asks)
-        else:
-            try:
-                _apply_fast(self._bk, self._bv, bids, self._ak, self._av, asks)
-            except _Inexact:
-                self._to_exact()
-                self._apply_exact(bids, asks)
-        if watch > 0:
-            return self._bv[-1 - watch : -1] != b0 or self._av[-1 - watch : -1] != a0
-        return False
+        return self._apply_watched(_apply_fast, bids, asks, watch)
 
     def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level], short_prices: bool = False) -> None:
         """``apply`` for levels that are exactly ``(price, qty)`` TUPLES of str (e.g. decoded by
@@ -202,16 +189,23 @@ class Book:
         """``apply`` for levels that are exactly 4-TUPLES ``(price, qty, _, _)`` of str (OKX
         ``books`` levels decoded by msgspec): unpacked without indexing. Same result as ``apply``.
         ``short_prices`` as in ``apply_pairs``."""
+        if not self._exact and not short_prices and (_too_long(bids) or _too_long(asks)):
+            self._to_exact()  # re-keys only: the levels ``watch`` compares are unchanged
+        return self._apply_watched(_apply_fast_quads, bids, asks, watch)
+
+    def _apply_watched(
+        self, fast: Any, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]], watch: int
+    ) -> bool:
+        """``fast`` (one of the ``_apply_fast*`` loops) in fast mode, exact keys otherwise or when
+        it meets a price outside the fast domain; True when the best ``watch`` levels changed."""
         if watch > 0:
             b0 = self._bv[-1 - watch : -1]
             a0 = self._av[-1 - watch : -1]
-        if not self._exact and not short_prices and (_too_long(bids) or _too_long(asks)):
-            self._to_exact()
         if self._exact:
             self._apply_exact(bids, asks)
         else:
             try:
-                _apply_fast_quads(self._bk, self._bv, bids, self._ak, self._av, asks)
+                fast(self._bk, self._bv, bids, self._ak, self._av, asks)
             except _Inexact:
                 self._to_exact()
                 self._apply_exact(bids, asks)
