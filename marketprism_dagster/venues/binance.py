@@ -30,7 +30,15 @@ from marketprism_dagster.book.sync import APPLIED
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import FetchSnapshot, Instrument, Output, RestPoll, VenueAdapter, WsFeed
-from marketprism_dagster.venues.common import PERIOD_SECONDS, ErrorLog, book_record, scale
+from marketprism_dagster.venues.common import (
+    LSR_LIMIT,
+    PERIOD_SECONDS,
+    ErrorLog,
+    book_record,
+    keep_instruments,
+    rest_poll,
+    scale,
+)
 
 SPOT_DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # limit upper bound -> weight
 USDM_DEPTH_WEIGHTS = ((50, 2), (100, 5), (500, 10), (1000, 20))
@@ -39,7 +47,6 @@ LSR_PATHS = {
     "lsr_top_position": "/futures/data/topLongShortPositionRatio",
     "lsr_all_account": "/futures/data/globalLongShortAccountRatio",
 }
-LSR_LIMIT = 3  # several points per poll; JetStream dedup drops the repeats
 
 
 def depth_weight(limit: int, spot: bool) -> int:
@@ -154,22 +161,12 @@ class BinanceAdapter(VenueAdapter):
         return [self.market.rest_url.rstrip("/") + path]
 
     def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
-        found: dict[str, Instrument] = {}
-        for body in bodies.values():
-            for inst in parse_exchange_info(body, perpetual=not self.spot and not self.accept_all_symbols):
-                found.setdefault(inst.exchange_symbol, inst)
-        if self.accept_all_symbols:
-            self.instruments = found
-            return found
-        by_norm = {i.symbol: i for i in found.values()}
-        unknown = [s for s in self.market.symbols if s not in by_norm]
-        if unknown:
-            raise ValueError(
-                f"markets.{self.market_id}.symbols: {unknown} not listed by {self.instrument_urls()[0]} "
-                "(use BASE-QUOTE as in exchangeInfo baseAsset/quoteAsset, e.g. BTC-USDT)"
-            )
-        self.instruments = {by_norm[s].exchange_symbol: by_norm[s] for s in self.market.symbols}
-        return self.instruments
+        perpetual = not self.spot and not self.accept_all_symbols
+        return keep_instruments(
+            self,
+            (inst for body in bodies.values() for inst in parse_exchange_info(body, perpetual=perpetual)),
+            "use BASE-QUOTE as in exchangeInfo baseAsset/quoteAsset, e.g. BTC-USDT",
+        )
 
     # ------------------------------------------------------------ subscriptions
     def _streams(self, kinds: Sequence[str]) -> str:
@@ -222,27 +219,13 @@ class BinanceAdapter(VenueAdapter):
         polls: list[RestPoll] = []
         for sym in self.instruments:
             if "open_interest" in types:
-                polls.append(
-                    RestPoll(
-                        key=f"{self.market_id}/open_interest/{sym}",
-                        data_type="open_interest",
-                        url=f"{rest}/fapi/v1/openInterest?symbol={sym}",
-                        period_s=self.market.poll_interval_s,
-                        symbol=sym,
-                    )
-                )
+                url = f"{rest}/fapi/v1/openInterest?symbol={sym}"
+                polls.append(rest_poll(self.market_id, "open_interest", sym, url, self.market.poll_interval_s))
             for data_type, path in LSR_PATHS.items():
                 if data_type in types:
                     period = self.market.lsr_period
-                    polls.append(
-                        RestPoll(
-                            key=f"{self.market_id}/{data_type}/{sym}",
-                            data_type=data_type,
-                            url=f"{rest}{path}?symbol={sym}&period={period}&limit={LSR_LIMIT}",
-                            period_s=PERIOD_SECONDS[period],
-                            symbol=sym,
-                        )
-                    )
+                    url = f"{rest}{path}?symbol={sym}&period={period}&limit={LSR_LIMIT}"
+                    polls.append(rest_poll(self.market_id, data_type, sym, url, PERIOD_SECONDS[period]))
         return polls
 
     def snapshot_action(self, sym: str) -> FetchSnapshot:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -10,7 +11,7 @@ import structlog
 
 from marketprism_dagster.book import BookSnapshot
 from marketprism_dagster.records import OrderBook
-from marketprism_dagster.venues.base import Instrument, Output
+from marketprism_dagster.venues.base import Instrument, Output, RestPoll, VenueAdapter
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +26,7 @@ PERIOD_SECONDS: dict[str, int] = {
     "12h": 43200,
     "1d": 86400,
 }
+LSR_LIMIT = 3  # long/short ratio points per poll; JetStream dedup drops the repeats
 
 
 def decimal_str(value: Any) -> str:
@@ -65,6 +67,40 @@ def loads_exact(raw: bytes | str) -> Any:
 
 def period_ms(period: str) -> int:
     return PERIOD_SECONDS[period] * 1000
+
+
+def keep_instruments(
+    adapter: VenueAdapter,
+    listed: Iterable[Instrument],
+    hint: str,
+    eligible: Callable[[Instrument], bool] = lambda i: True,
+) -> dict[str, Instrument]:
+    """Set and return ``adapter.instruments`` (by exchange symbol) from the venue's listing: the
+    first listing of each exchange symbol; all of them under ``accept_all_symbols``, else the
+    configured ``market.symbols`` among the ``eligible`` ones. Raises ValueError naming unknown
+    symbols, the URL that listed the others and ``hint`` (how to spell a symbol)."""
+    found: dict[str, Instrument] = {}
+    for inst in listed:
+        found.setdefault(inst.exchange_symbol, inst)
+    if adapter.accept_all_symbols:
+        adapter.instruments = found
+        return found
+    by_norm = {i.symbol: i for i in found.values() if eligible(i)}
+    symbols = adapter.market.symbols
+    unknown = [s for s in symbols if s not in by_norm]
+    if unknown:
+        raise ValueError(
+            f"markets.{adapter.market_id}.symbols: {unknown} not listed by {adapter.instrument_urls()[0]} ({hint})"
+        )
+    adapter.instruments = {by_norm[s].exchange_symbol: by_norm[s] for s in symbols}
+    return adapter.instruments
+
+
+def rest_poll(market_id: str, data_type: str, symbol: str, url: str, period_s: float) -> RestPoll:
+    """A poll of one data type for one exchange symbol, keyed ``<market>/<data_type>/<symbol>``."""
+    return RestPoll(
+        key=f"{market_id}/{data_type}/{symbol}", data_type=data_type, url=url, period_s=period_s, symbol=symbol
+    )
 
 
 def book_record(

@@ -27,7 +27,15 @@ from marketprism_dagster.book.sync import APPLIED, CHECKSUM, IGNORED, SYNCED
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import Instrument, Output, RestPoll, Send, VenueAdapter, WsFeed
-from marketprism_dagster.venues.common import PERIOD_SECONDS, ErrorLog, book_record, scale
+from marketprism_dagster.venues.common import (
+    LSR_LIMIT,
+    PERIOD_SECONDS,
+    ErrorLog,
+    book_record,
+    keep_instruments,
+    rest_poll,
+    scale,
+)
 
 INST_TYPE = {"spot": "SPOT", "perpetual": "SWAP"}
 RUBIK_PATHS = {
@@ -35,7 +43,6 @@ RUBIK_PATHS = {
     "lsr_all_account": "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract",
 }
 RUBIK_PERIOD = {"1h": "1H", "2h": "2H", "4h": "4H", "6h": "6H", "12h": "12H", "1d": "1D"}  # others as-is
-LSR_LIMIT = 3
 PING_INTERVAL_S = 25.0
 
 
@@ -158,27 +165,13 @@ class OkxAdapter(VenueAdapter):
         return [f"{self.market.rest_url.rstrip('/')}/api/v5/public/instruments?instType={self.inst_type}"]
 
     def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
-        found: dict[str, Instrument] = {}
-        for body in bodies.values():
-            for inst in parse_instruments(body):
-                found.setdefault(inst.exchange_symbol, inst)
-        if self.accept_all_symbols:
-            self.instruments = found
-            return found
         suffix = "-SWAP" if self.inst_type == "SWAP" else ""
-        by_norm = {
-            i.symbol: i
-            for i in found.values()
-            if not i.inverse and i.exchange_symbol.endswith(suffix) and (suffix or i.contract_value is None)
-        }
-        unknown = [s for s in self.market.symbols if s not in by_norm]
-        if unknown:
-            raise ValueError(
-                f"markets.{self.market_id}.symbols: {unknown} not listed by {self.instrument_urls()[0]} "
-                "(use BASE-QUOTE, e.g. BTC-USDT; okx perpetual = USDT-margined swaps)"
-            )
-        self.instruments = {by_norm[s].exchange_symbol: by_norm[s] for s in self.market.symbols}
-        return self.instruments
+        return keep_instruments(
+            self,
+            (inst for body in bodies.values() for inst in parse_instruments(body)),
+            "use BASE-QUOTE, e.g. BTC-USDT; okx perpetual = USDT-margined swaps",
+            lambda i: not i.inverse and i.exchange_symbol.endswith(suffix) and bool(suffix or i.contract_value is None),
+        )
 
     # ------------------------------------------------------------ subscriptions
     def _args(self) -> list[dict[str, str]]:
@@ -225,15 +218,8 @@ class OkxAdapter(VenueAdapter):
         for inst in self.instruments:
             for data_type, path in RUBIK_PATHS.items():
                 if data_type in self.market.data_types:
-                    polls.append(
-                        RestPoll(
-                            key=f"{self.market_id}/{data_type}/{inst}",
-                            data_type=data_type,
-                            url=f"{rest}{path}?instId={inst}&period={venue_period}&limit={LSR_LIMIT}",
-                            period_s=PERIOD_SECONDS[period],
-                            symbol=inst,
-                        )
-                    )
+                    url = f"{rest}{path}?instId={inst}&period={venue_period}&limit={LSR_LIMIT}"
+                    polls.append(rest_poll(self.market_id, data_type, inst, url, PERIOD_SECONDS[period]))
         return polls
 
     def resubscribe(self, inst_id: str, feed_key: str | None = None) -> list[Send]:
