@@ -1,5 +1,6 @@
 """Asset checks: the seeds' window rules, lag, duplicates, ledger gaps, hot/cold parity, schema parity."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ from marketprism_dagster import integrity
 from marketprism_dagster.config import Settings
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.records import RECORD_TYPES
+from marketprism_dagster.storage import Store
 from resources import ClickHouseResource
 
 DAY_MS = 86_400_000
@@ -36,6 +38,24 @@ def sealed_horizon_ms(instance: dg.DagsterInstance, data_type: str, hourly: dg.T
     return int(start.timestamp() * 1000) + DAY_MS
 
 
+def store_check(
+    key: dg.AssetKey,
+    name: str,
+    description: str,
+    rule: Callable[[Store, Settings, str], integrity.CheckResult],
+    data_type: str,
+) -> dg.AssetChecksDefinition:
+    """An asset check that runs one integrity ``rule(store, settings, data_type)`` as it is."""
+
+    @dg.asset_check(asset=key, name=name, description=description)
+    def check(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
+        settings = clickhouse.load_settings()
+        with clickhouse.open() as store:
+            return to_dagster(rule(store, settings, data_type))
+
+    return check
+
+
 def hot_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
     key = hot_key(data_type)
 
@@ -46,17 +66,10 @@ def hot_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
         with clickhouse.open() as store:
             return to_dagster(integrity.window_presence(store, settings, data_type, feeds=feeds))
 
-    @dg.asset_check(asset=key, name="data_lag", description="newest event time vs now (lag_warn_s / lag_error_s)")
-    def data_lag(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
-        settings = clickhouse.load_settings()
-        with clickhouse.open() as store:
-            return to_dagster(integrity.data_lag(store, settings, data_type))
-
-    @dg.asset_check(asset=key, name="duplicates", description="rows sharing an identity: must be 0")
-    def duplicates(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
-        settings = clickhouse.load_settings()
-        with clickhouse.open() as store:
-            return to_dagster(integrity.duplicates(store, settings, data_type))
+    data_lag = store_check(
+        key, "data_lag", "newest event time vs now (lag_warn_s / lag_error_s)", integrity.data_lag, data_type
+    )
+    duplicates = store_check(key, "duplicates", "rows sharing an identity: must be 0", integrity.duplicates, data_type)
 
     @dg.asset_check(asset=key, name="ledger_gaps", description="JetStream sequence ranges never committed: must be 0")
     def ledger_gaps(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
@@ -93,11 +106,9 @@ def cold_checks(
         with clickhouse.open() as store:
             return to_dagster(integrity.hot_cold_lag(store, settings, data_type, horizon_ms=horizon))
 
-    @dg.asset_check(asset=key, name="schema_parity", description="hot and cold tables have identical columns")
-    def schema(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
-        settings = clickhouse.load_settings()
-        with clickhouse.open() as store:
-            return to_dagster(integrity.schema_parity(store, settings, data_type))
+    schema = store_check(
+        key, "schema_parity", "hot and cold tables have identical columns", integrity.schema_parity, data_type
+    )
 
     return [parity, lag, schema]
 
