@@ -6,6 +6,7 @@ import time
 
 import polars as pl
 import pytest
+from support.schema_contract import assert_hot_and_cold_columns_match_records, assert_replacing_merge_trees
 
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
@@ -95,24 +96,11 @@ def test_hot_and_cold_tables_have_identical_columns(store, settings_factory):
     settings = settings_factory()
     tables = data_tables(settings)
     assert len(tables) == 16
-    for data_type in DATA_TYPES:
-        hot = store.table_columns(settings.storage.hot_database, data_type)
-        cold = store.table_columns(settings.storage.cold_database, data_type)
-        assert hot == cold
-        assert [n for n, _ in hot] == list(RECORD_TYPES[data_type].column_names)
+    assert_hot_and_cold_columns_match_records(store, settings.storage.hot_database, settings.storage.cold_database)
 
 
 def test_tables_are_replacing_merge_trees_keyed_on_identity_with_daily_partitions_and_ttls(store):
-    for db, ttl in (("marketprism_hot", 3), ("marketprism_cold", 3650)):
-        for data_type, rt in RECORD_TYPES.items():
-            engine, sorting, partition, ddl = store.query_rows(
-                "SELECT engine, sorting_key, partition_key, create_table_query FROM system.tables "
-                f"WHERE database = '{db}' AND name = '{data_type}'"
-            )[0]
-            assert engine == "ReplacingMergeTree"
-            assert [k.strip() for k in sorting.split(",")] == list(rt.identity)
-            assert partition == "toYYYYMMDD(timestamp)"
-            assert f"toIntervalDay({ttl})" in ddl
+    assert_replacing_merge_trees(store, (("marketprism_hot", 3), ("marketprism_cold", 3650)))
 
 
 def test_subject_and_msg_id_derive_from_the_identity(record_factory):

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
+from support.schema_contract import assert_hot_and_cold_columns_match_records, assert_replacing_merge_trees
 
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
@@ -129,25 +130,13 @@ def test_insert_arrow_table_with_token_twice_leaves_one_copy(server_store, serve
 
 def test_hot_and_cold_tables_have_identical_columns(server_store, server_settings):
     st = server_settings.storage
-    for data_type in DATA_TYPES:
-        hot = server_store.table_columns(st.hot_database, data_type)
-        cold = server_store.table_columns(st.cold_database, data_type)
-        assert hot == cold
-        assert [n for n, _ in hot] == list(RECORD_TYPES[data_type].column_names)
+    assert_hot_and_cold_columns_match_records(server_store, st.hot_database, st.cold_database)
 
 
 def test_tables_are_replacing_merge_trees_with_daily_partitions_and_ttls(server_store, server_settings):
     st = server_settings.storage
-    for db, ttl in ((st.hot_database, st.hot_ttl_days), (st.cold_database, st.cold_ttl_days)):
-        for data_type, rt in RECORD_TYPES.items():
-            engine, sorting, partition, ddl = server_store.query_rows(
-                "SELECT engine, sorting_key, partition_key, create_table_query FROM system.tables "
-                f"WHERE database = '{db}' AND name = '{data_type}'"
-            )[0]
-            assert engine == "ReplacingMergeTree"
-            assert [k.strip() for k in sorting.split(",")] == list(rt.identity)
-            assert partition == "toYYYYMMDD(timestamp)"
-            assert f"toIntervalDay({ttl})" in ddl
+    ttls = ((st.hot_database, st.hot_ttl_days), (st.cold_database, st.cold_ttl_days))
+    assert_replacing_merge_trees(server_store, ttls)
 
 
 def test_server_errors_carry_the_clickhouse_exception_text(server_store):
