@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,9 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 MARKETPRISM = [sys.executable, "-m", "marketprism_dagster.cli"]
+sys.path.insert(0, str(REPO / "tests" / "writer"))
+
+from writer_helpers import get_health  # noqa: E402
 
 from marketprism_dagster.config import Settings, load_config  # noqa: E402
 from marketprism_dagster.jetstream import connect, ensure_streams  # noqa: E402
@@ -93,16 +95,6 @@ def _cmd(command: str, sets: dict[str, Any]) -> list[str]:
     for k, v in sets.items():
         cmd += ["--set", f"{k}={_fmt(v)}"]
     return cmd
-
-
-def _health(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return json.loads(e.read())
-    except OSError:
-        return None
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -229,7 +221,7 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
         raw = RawPullConsumer(nc, "MARKET_DATA", name, request_batch=2000, max_requests=2, expires_s=2.0)
         await raw.start()
         try:
-            await _wait_for(lambda: (_health(wport) or {}).get("status") == "healthy", 60, "writer health")
+            await _wait_for(lambda: (get_health(wport) or {}).get("status") == "healthy", 60, "writer health")
             csets = {**common, "collector.health_port": 0, "collector.metrics_port": 0, "collector.grace_s": 0}
             for m in ("binance_derivatives", "okx_spot", "okx_derivatives", "deribit_derivatives"):
                 csets[f"markets.{m}.enabled"] = False
@@ -254,7 +246,7 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
                 for d in raw.drain():
                     sampler.add(d.seq, d.message.data, d.reply)
                 now = time.monotonic()
-                c = committed(_health(wport))
+                c = committed(get_health(wport))
                 if c is not None:
                     sampler.committed(c["MARKET_DATA"], time.time() * 1000)
                 if not sampler.measuring and now - t_start >= warmup and c is not None:
@@ -288,7 +280,7 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
             out["cpu_s"] = {k: _cpu_s(p) for k, p in pids.items()}
             _stop(collector)
             lasts = await last_seqs()
-            await _wait_for(lambda: (committed(_health(wport)) or {}) == lasts, 300, "writer drain", 0.05)
+            await _wait_for(lambda: (committed(get_health(wport)) or {}) == lasts, 300, "writer drain", 0.05)
         finally:
             await raw.stop()
             if collector is not None:

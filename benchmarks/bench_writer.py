@@ -21,14 +21,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "writer"))
 
-from writer_helpers import generate, make_record, publish, recent_base_ms  # noqa: E402
+from writer_helpers import (  # noqa: E402
+    generate,
+    get_health,
+    make_record,
+    publish,
+    recent_base_ms,
+    writer_cmd,
+)
 
 from marketprism_dagster import records  # noqa: E402
 from marketprism_dagster.config import Settings, load_config  # noqa: E402
@@ -97,23 +103,8 @@ def bench_store(tmp: Path, n_trades: int, n_books: int) -> dict[str, Any]:
     return out
 
 
-def health(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return json.loads(e.read())
-    except OSError:
-        return None
-
-
 def start_writer(settings: Settings, port: int, extra: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
-    sets = {"data_dir": settings.data_dir, "storage.path": str(settings.embedded_store_path),
-            "nats.url": settings.nats.url, "nats.embedded": "false", "writer.health_port": port,
-            "log_format": "json", "log_level": "WARNING", **extra}
-    cmd = [sys.executable, "-m", "marketprism_dagster.cli", "write", "--config", str(REPO / "config/marketprism.yaml")]
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
+    cmd = writer_cmd(settings, port, {"log_level": "WARNING", **extra})
     with open(log, "ab") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
 
@@ -123,7 +114,7 @@ async def drain(port: int, lasts: dict[str, int], timeout: float = 600) -> tuple
     first = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        h = health(port) or {}
+        h = get_health(port) or {}
         cons = h.get("consumers") or {}
         if cons:
             done = sum(cons[s]["committed_seq"] for s in lasts)
@@ -164,7 +155,7 @@ async def bench_pipeline(tmp: Path, n: int, extra: dict[str, Any]) -> dict[str, 
             assert sum(lasts.values()) == 2 * n, lasts
             out["live_msgs_per_s"] = round(n / (done - t0))
             out["writer_peak_rss_mb"] = round(rss_peak_mb(proc.pid), 1)
-            h = health(port) or {}
+            h = get_health(port) or {}
             out["final_health"] = h.get("status")
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from writer_helpers import duplicate_count, expected_by_type, generate, publish, table_identities
+from writer_helpers import (
+    REPO,
+    duplicate_count,
+    expected_by_type,
+    generate,
+    get_health,
+    publish,
+    table_identities,
+    writer_cmd,
+)
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.nats_server import free_port
@@ -24,35 +30,6 @@ from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.consumer import read_range
 from marketprism_dagster.writer.ingest import ensure_writer_tables, prepare_batch, resume_point, write_intent
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def writer_cmd(settings: Settings, port: int, extra: dict[str, Any]) -> list[str]:
-    sets = {
-        "data_dir": settings.data_dir,
-        "storage.path": str(settings.embedded_store_path),
-        "nats.url": settings.nats.url,
-        "nats.embedded": "false",
-        "writer.health_port": port,
-        "log_format": "json",
-        "log_level": "INFO",
-        **extra,
-    }
-    cmd = [sys.executable, "-m", "marketprism_dagster.cli", "write", "--config", str(REPO / "config/marketprism.yaml")]
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
-    return cmd
-
-
-def get_health(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return json.loads(e.read())
-    except OSError:
-        return None
 
 
 async def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 30) -> None:

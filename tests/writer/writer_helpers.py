@@ -8,20 +8,27 @@ identities; the same (n, base_ms, seed) always yields the same records.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster import records
+from marketprism_dagster.config import Settings
 from marketprism_dagster.publisher import JetStreamPublisher
 from marketprism_dagster.records import RECORD_TYPES, identity_sql
 from marketprism_dagster.storage.base import Store
 
+REPO = Path(__file__).resolve().parents[2]
 PERP = ("binance_derivatives", "okx_derivatives")
 SPOT = ("binance_spot", "okx_spot")
 MARKET_TYPE = {
@@ -215,3 +222,33 @@ def duplicate_count(store: Store, database: str, data_type: str) -> int:
     return int(store.query_value(
         f"SELECT count() FROM (SELECT {ident} FROM `{database}`.`{data_type}` GROUP BY {ident} HAVING count() > 1)"
     ) or 0)
+
+
+def writer_cmd(settings: Settings, port: int, extra: dict[str, Any]) -> list[str]:
+    """``marketprism write`` as a subprocess command line for ``settings`` (external NATS, health on ``port``,
+    JSON logs at INFO); ``extra`` config keys are added or override."""
+    sets = {
+        "data_dir": settings.data_dir,
+        "storage.path": str(settings.embedded_store_path),
+        "nats.url": settings.nats.url,
+        "nats.embedded": "false",
+        "writer.health_port": port,
+        "log_format": "json",
+        "log_level": "INFO",
+        **extra,
+    }
+    cmd = [sys.executable, "-m", "marketprism_dagster.cli", "write", "--config", str(REPO / "config/marketprism.yaml")]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def get_health(port: int) -> dict[str, Any] | None:
+    """The JSON of ``GET http://127.0.0.1:<port>/health`` (also on an HTTP error status); None while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+    except OSError:
+        return None
