@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import nats
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster import records
+from marketprism_dagster.collector.runtime import Collector
+from marketprism_dagster.config import Settings
 
 
 async def connect_nats(url: str, **kwargs: Any) -> NATS:
@@ -145,3 +149,17 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(got.get(k) == v for k, v in labels.items()):
             total += float(value)
     return total
+
+
+@asynccontextmanager
+async def running_collector(settings: Settings) -> AsyncIterator[tuple[Collector, asyncio.Task[None]]]:
+    """(collector, its run task) once the collector is ready (bounded 10 s); stopped (bounded 20 s) on exit."""
+    collector = Collector(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        await asyncio.wait_for(collector.ready.wait(), 10)
+        yield collector, task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,7 +9,7 @@ import aiohttp
 import psutil
 import pytest
 from aiohttp.test_utils import TestServer
-from collector_helpers import emulator_overrides, http_json, http_text, metric_value, until
+from collector_helpers import emulator_overrides, http_json, http_text, metric_value, running_collector, until
 
 from marketprism_dagster.collector.health import liquidation_feeds_connected, read_health
 from marketprism_dagster.collector.runtime import Collector
@@ -40,17 +39,10 @@ async def running(nats_server: EmbeddedNats, settings_factory: Callable[..., Set
     cfg = EmulatorConfig(mode="synth", rate=50, seed=11, venues=("binance", "deribit"))
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, MARKETS))
-        collector = Collector(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(collector.run(stop))
-        try:
-            await asyncio.wait_for(collector.ready.wait(), 10)
+        async with running_collector(settings) as (collector, _task):
             wanted = {(t, m) for m, (_, types) in MARKETS.items() for t in types if t != "liquidation"}
             await until(lambda: wanted <= set(collector.state.last_success) and collector.state.running, 20)
             yield Running(collector, emu)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
 
 
 def assert_success(status: int, body: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from collector_helpers import (
@@ -11,12 +10,12 @@ from collector_helpers import (
     http_json,
     http_text,
     metric_value,
+    running_collector,
     stream_messages,
     until,
 )
 
 from marketprism_dagster import records
-from marketprism_dagster.collector.runtime import Collector
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import EmbeddedNats
@@ -49,11 +48,7 @@ async def test_injected_faults_are_recovered_and_counted_exactly(
     cfg = EmulatorConfig(mode="synth", rate=100, seed=3, faults=FAULTS, venues=("binance", "okx"))
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
-        collector = Collector(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(collector.run(stop))
-        try:
-            await asyncio.wait_for(collector.ready.wait(), 10)
+        async with running_collector(settings) as (collector, task):
             base = f"http://127.0.0.1:{collector.metrics_port}/metrics"
             await until(lambda: emu.faults_fired == EXPECTED_FAULTS, 30)
 
@@ -77,9 +72,6 @@ async def test_injected_faults_are_recovered_and_counted_exactly(
             _, text = await http_text(base)
             status, health = await http_json(f"http://127.0.0.1:{collector.health_port}/health")
             assert not task.done(), "the collector must never die"
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
         fired = emu.faults_fired
 
     assert fired == EXPECTED_FAULTS
@@ -116,11 +108,7 @@ async def test_nats_restart_loses_nothing_and_never_blocks_the_feeds(
     cfg = EmulatorConfig(mode="synth", rate=100, seed=5, venues=("binance_spot",))
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
-        collector = Collector(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(collector.run(stop))
-        try:
-            await asyncio.wait_for(collector.ready.wait(), 10)
+        async with running_collector(settings) as (collector, task):
             await until(lambda: collector.publisher.stats.acked > 50, 20)
             nats_server.stop()
             await until(lambda: not collector.state.nats_connected, 10)
@@ -135,9 +123,6 @@ async def test_nats_restart_loses_nothing_and_never_blocks_the_feeds(
             await until(lambda: collector.state.nats_connected, 20)
             await until(lambda: collector.publisher.buffered < 50, 20)
             assert not task.done()
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
     stats = collector.publisher.stats
     assert stats.dropped == 0 and stats.failed == 0
     nc = await connect_nats(nats_server.url)

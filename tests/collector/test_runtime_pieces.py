@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from collector_helpers import emulator_overrides, http_json, http_text, metric_value, until
+from collector_helpers import emulator_overrides, http_json, http_text, metric_value, running_collector, until
 
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.health import read_health
@@ -194,17 +194,10 @@ async def test_full_publish_buffer_counts_order_book_drops_per_symbol(
         settings = settings_factory(
             **emulator_overrides(emu.urls, markets), **{"collector.publish_buffer": 20, "orderbook.cadence_ms": 0}
         )
-        collector = Collector(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(collector.run(stop))
-        try:
-            await asyncio.wait_for(collector.ready.wait(), 10)
+        async with running_collector(settings) as (collector, _task):
             await until(lambda: collector.state.records.get(("orderbook", "binance_spot"), 0) > 50, 20)
             _, text = await http_text(f"http://127.0.0.1:{collector.metrics_port}/metrics")
             status, health = await http_json(f"http://127.0.0.1:{collector.health_port}/health")
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
     drops = metric_value(text, "marketprism_orderbook_queue_drops_total", exchange="binance_spot", symbol="BTC-USDT")
     assert drops > 0
     all_drops = metric_value(text, "marketprism_collector_queue_drops_total", exchange="binance_spot")
