@@ -132,8 +132,10 @@ async def test_nats_restart_loses_nothing_and_never_blocks_the_feeds(
         await nc.close()
     stored = {m.headers["Nats-Msg-Id"] for m in msgs}
     produced = sum(collector.state.records.values())
-    # everything produced was stored once (stop flushed the rest); re-sent copies were deduplicated by Msg-Id
-    assert len(stored) == len(msgs) == stats.acked
+    # everything produced was stored once (stop flushed the rest); re-sent copies were deduplicated by Msg-Id.
+    # A message stored just before the stop whose ack was lost is confirmed on resend as a duplicate.
+    assert len(stored) == len(msgs)
+    assert stats.acked <= len(stored) <= stats.acked + stats.duplicates
     assert stats.acked + stats.duplicates >= produced
     trades = [records.decode(m.data) for m in msgs if m.subject.startswith("trade.")]
     assert len({t.trade_id for t in trades}) == len(trades) == collector.state.records[("trade", "binance_spot")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import aiohttp
@@ -106,15 +107,20 @@ async def test_bad_checksum_corrupts_the_scheduled_okx_books_frame(fixtures_root
 
 
 async def test_time_scheduled_fault_fires_after_its_delay(fixtures_root: Path) -> None:
-    cfg = EmulatorConfig(venues=("binance_spot",), rate=200, faults="disconnect@binance_spot:after=300ms",
+    cfg = EmulatorConfig(venues=("binance_spot",), rate=200, faults="disconnect@binance_spot:after=1s",
                          fixtures=fixtures_root)
+    before_start = time.monotonic()
     async with Emulator(cfg) as emu, aiohttp.ClientSession() as http:
         async with http.ws_connect(emu.urls["binance_spot"]["ws"] + "/ws/btcusdt@depth") as ws:
+            connected_at = time.monotonic()
             received = 0
             while (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
                 received += 1
-        assert received > 0
         assert emu.faults_fired == {"disconnect": {"binance_spot": 1}}
+        (event,) = emu.ledger.events
+        assert event.kind == "disconnect" and event.monotonic - before_start >= 1.0  # never before its time
+        if connected_at - before_start < 0.9:  # connected well before the fault was due (not on a loaded machine)
+            assert received > 0
 
 
 async def test_rest_faults_answer_5xx_429_and_timeout_on_schedule(fixtures_root: Path) -> None:
