@@ -92,6 +92,16 @@ class EmbeddedNats:
         log_path = self.store_dir / "nats-server.log"
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_listening(timeout, log_path)
+            log.info("nats.embedded_started", url=self.url, store_dir=str(self.store_dir), pid=self.proc.pid)
+        except BaseException:
+            self.kill()  # never leave a half-started server behind
+            raise
+        return self
+
+    def _wait_listening(self, timeout: float, log_path: Path) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while not answers(self.url, 0.2):
             if self.proc.poll() is not None:
@@ -100,11 +110,8 @@ class EmbeddedNats:
                     f"(is port {self.port} in use? set nats.url to another port)"
                 )
             if time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError(f"nats-server did not listen on {self.url} within {timeout:.0f} s; see {log_path}")
             time.sleep(0.05)
-        log.info("nats.embedded_started", url=self.url, store_dir=str(self.store_dir), pid=self.proc.pid)
-        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
