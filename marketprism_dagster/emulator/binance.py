@@ -320,10 +320,7 @@ class BinanceVenue:
             tail = request.match_info.get("streams", "")
             streams = [s for s in tail.split("/") if s]
         ctx = self.ctx
-        conn = Conn(ws, ctx.faults, ctx.stats, combined=combined)
-        ctx.conns.add(conn)
-        ctx.stats.ws_connections += 1
-        ctx.stats.ws_open += 1
+        conn = ctx.open_conn(Conn(ws, ctx.faults, ctx.stats, combined=combined))
         replay_task: asyncio.Task[None] | None = None
         log.info("emulator.ws_open", venue=ctx.name, route=route, streams=len(streams))
         try:
@@ -336,10 +333,7 @@ class BinanceVenue:
                 ctx.stats.ws_requests += 1
                 await self._on_request(conn, msg.data, route)
         finally:
-            conn.closed = True
-            ctx.hub.drop(conn)
-            ctx.conns.discard(conn)
-            ctx.stats.ws_open -= 1
+            ctx.close_conn(conn)
             if replay_task is not None:
                 replay_task.cancel()
         return ws

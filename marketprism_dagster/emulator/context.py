@@ -40,6 +40,20 @@ class VenueContext:
     def replay(self) -> bool:
         return self.cfg.mode == "replay"
 
+    def open_conn(self, conn: Conn) -> Conn:
+        """Register a new WebSocket connection and count it."""
+        self.conns.add(conn)
+        self.stats.ws_connections += 1
+        self.stats.ws_open += 1
+        return conn
+
+    def close_conn(self, conn: Conn) -> None:
+        """Unregister a connection: it receives nothing more."""
+        conn.closed = True
+        self.hub.drop(conn)
+        self.conns.discard(conn)
+        self.stats.ws_open -= 1
+
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self.tasks.add(task)

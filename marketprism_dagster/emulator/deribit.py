@@ -31,7 +31,7 @@ from .context import VenueContext, json_response, rest_middleware, ws_response
 from .faults import FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .hub import TopicSpec
-from .replay import deribit_frames, deribit_rpc_script, replay_frames
+from .replay import deribit_frames, deribit_rpc_script, replay_subscribed
 
 log = structlog.get_logger()
 
@@ -126,10 +126,7 @@ class DeribitVenue:
         ws = ws_response()
         await ws.prepare(request)
         ctx = self.ctx
-        conn = Conn(ws, ctx.faults, ctx.stats)
-        ctx.conns.add(conn)
-        ctx.stats.ws_connections += 1
-        ctx.stats.ws_open += 1
+        conn = ctx.open_conn(Conn(ws, ctx.faults, ctx.stats))
         state: dict[str, Any] = {"heartbeat": None, "answered": True}
         replay_task: asyncio.Task[None] | None = None
         try:
@@ -139,21 +136,15 @@ class DeribitVenue:
                 ctx.stats.ws_requests += 1
                 await self._on_request(conn, msg.data, state)
                 if ctx.replay and replay_task is None and conn.subs:
-                    replay_task = ctx.spawn(self._replay(conn))
+                    replay_task = ctx.spawn(
+                        replay_subscribed(conn, self.frames, ctx.cfg.replay_settle, ctx.cfg.speed)
+                    )
         finally:
-            conn.closed = True
-            ctx.hub.drop(conn)
-            ctx.conns.discard(conn)
-            ctx.stats.ws_open -= 1
+            ctx.close_conn(conn)
             for task in (replay_task, state["heartbeat"]):
                 if task is not None:
                     task.cancel()
         return ws
-
-    async def _replay(self, conn: Conn) -> None:
-        await asyncio.sleep(self.ctx.cfg.replay_settle)
-        await replay_frames(conn, self.frames, self.ctx.cfg.speed, conn.subs.__contains__,
-                            lambda r: Frame(r.topic, r.payload, r.flags))
 
     async def _on_request(self, conn: Conn, text: str, state: dict[str, Any]) -> None:
         us_in = time.time_ns() // 1000

@@ -44,7 +44,7 @@ from .faults import FLAG_CHECKSUM, FLAG_SEQ, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .hub import TopicSpec
 from .okx_checksum import okx_checksum
-from .replay import okx_frames, replay_frames
+from .replay import okx_frames, replay_subscribed
 from .synth import Instrument, SynthBook, TradeTape, rng_for, units
 
 log = structlog.get_logger()
@@ -228,11 +228,8 @@ class OkxVenue:
         ws = ws_response()
         await ws.prepare(request)
         ctx = self.ctx
-        conn = Conn(ws, ctx.faults, ctx.stats)
+        conn = ctx.open_conn(Conn(ws, ctx.faults, ctx.stats))
         conn_id = f"{next(_conn_ids) & 0xFFFFFFFF:08x}"
-        ctx.conns.add(conn)
-        ctx.stats.ws_connections += 1
-        ctx.stats.ws_open += 1
         replay_task: asyncio.Task[None] | None = None
         try:
             async for msg in ws:
@@ -244,20 +241,14 @@ class OkxVenue:
                     continue
                 await self._on_request(conn, conn_id, msg.data)
                 if ctx.replay and replay_task is None and conn.subs:
-                    replay_task = ctx.spawn(self._replay(conn))
+                    replay_task = ctx.spawn(
+                        replay_subscribed(conn, self.frames, ctx.cfg.replay_settle, ctx.cfg.speed)
+                    )
         finally:
-            conn.closed = True
-            ctx.hub.drop(conn)
-            ctx.conns.discard(conn)
-            ctx.stats.ws_open -= 1
+            ctx.close_conn(conn)
             if replay_task is not None:
                 replay_task.cancel()
         return ws
-
-    async def _replay(self, conn: Conn) -> None:
-        await asyncio.sleep(self.ctx.cfg.replay_settle)
-        await replay_frames(conn, self.frames, self.ctx.cfg.speed, conn.subs.__contains__,
-                            lambda r: Frame(r.topic, r.payload, r.flags))
 
     def _error(self, conn_id: str, code: str, msg: str, req_id: Any) -> bytes:
         body: dict[str, Any] = {"event": "error", "code": code, "msg": msg, "connId": conn_id}

@@ -93,6 +93,12 @@ def http_by_query(records: tuple[SessionRecord, ...], key: str) -> dict[str, byt
     return out
 
 
+async def replay_subscribed(conn: Conn, frames: list[RecordedFrame], settle_s: float, speed: float) -> None:
+    """After a settle delay, replay the recorded frames of the topics ``conn`` subscribed to."""
+    await asyncio.sleep(settle_s)
+    await replay_frames(conn, frames, speed, conn.subs.__contains__, lambda r: Frame(r.topic, r.payload, r.flags))
+
+
 async def replay_frames(
     conn: Conn,
     frames: list[RecordedFrame],
