@@ -15,7 +15,7 @@ Wire conventions
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import accumulate
@@ -255,8 +255,6 @@ LsrAllAccount = STRUCTS["lsr_all_account"]
 VolatilityIndex = STRUCTS["volatility_index"]
 
 _astuple = msgspec.structs.astuple
-AnyRecord = Any  # one of STRUCTS' values; msgspec structs do not share a nominal base
-
 _ENCODER = msgspec.json.Encoder()
 _TYPED_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     name: msgspec.json.Decoder(struct) for name, struct in STRUCTS.items()
@@ -409,6 +407,3 @@ def identity_sql(rt: RecordType) -> str:
     """Comma-separated identity columns, for duplicate and parity queries."""
     return ", ".join(f"`{n}`" for n in rt.identity)
 
-
-def all_record_types() -> Sequence[RecordType]:
-    return tuple(RECORD_TYPES.values())
