@@ -54,7 +54,9 @@ AdapterFactory = Callable[[str, MarketConfig, OrderBookConfig], VenueAdapter]
 TIMER_S = 0.1
 HOUSEKEEPING_S = 2.0
 # adapter events that are not errors (informational state changes); all others count as errors by code
-INFO_EVENTS = frozenset({"resync", "snapshot_too_old", "book_unsynced_update", "liquidation_other_symbol"})
+INFO_EVENTS = frozenset(
+    {"resync", "snapshot_too_old", "book_unsynced_update", "liquidation_other_symbol", "repeated_point"}
+)
 
 
 def next_poll_time(now: float, period_s: float, offset_s: float) -> float:
@@ -107,6 +109,7 @@ class Collector:
         self._logged: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._rest: RestClient | None = None
+        self._newest_point: dict[str, int] = {}  # poll / backfill key -> newest data-point time published
         self._runners: list[web.AppRunner] = []
         self._drop_children: dict[tuple[str, str], Any] = {}
 
@@ -449,7 +452,22 @@ class Collector:
         except Exception as exc:
             self._adapter_failed(market, "on_backfill", exc, body)
             return
-        self._handle(market, out)
+        self._handle(market, self._drop_repeated_points(action.key, out))
+
+    def _drop_repeated_points(self, key: str, out: Output) -> Output:
+        """Keep only data points newer than the newest this poll / backfill key already published.
+
+        REST answers repeat recent points (a 5 min ratio series returns the last few periods); the
+        JetStream duplicate window (120 s) is shorter than most poll periods, so repeats would otherwise
+        become second rows of the same identity. Dropped repeats are counted (``repeated_point``)."""
+        newest = self._newest_point.get(key, -1)
+        fresh = [r for r in out.records if r.timestamp > newest]
+        if len(fresh) != len(out.records):
+            out.count("repeated_point", len(out.records) - len(fresh))
+            out.records = fresh
+        if fresh:
+            self._newest_point[key] = max(newest, max(r.timestamp for r in fresh))
+        return out
 
     async def _poll_loop(self, market: str, poll: RestPoll) -> None:
         """Poll once at start, then on every period boundary + offset."""
@@ -466,7 +484,7 @@ class Collector:
                 except Exception as exc:
                     self._adapter_failed(market, "on_rest", exc, body)
                 else:
-                    self._handle(market, out)
+                    self._handle(market, self._drop_repeated_points(poll.key, out))
             now = time.time()
             await asyncio.sleep(next_poll_time(now, poll.period_s, poll.offset_s) - now)
 
