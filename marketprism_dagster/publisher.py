@@ -153,6 +153,14 @@ class JetStreamPublisher:
     def pending(self) -> int:
         return len(self._buffer) + len(self._retry) + len(self._inflight)
 
+    def oldest_pending(self) -> float | None:
+        """Submit time (monotonic) of the oldest message not yet acknowledged or given up on; None if none."""
+        times = [item.submitted for item in self._inflight.values()]
+        times += [item.submitted for item in self._retry]
+        if self._buffer:
+            times.append(self._buffer[0].submitted)  # the buffer is in submit order
+        return min(times) if times else None
+
     @property
     def inflight(self) -> int:
         return len(self._inflight)

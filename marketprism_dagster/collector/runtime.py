@@ -30,6 +30,7 @@ from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.health import health_path, health_report, write_health_file
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
+from marketprism_dagster.collector.points import PublishedPoints, points_path
 from marketprism_dagster.collector.rest import RestClient, RestError
 from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState, now_ms
 from marketprism_dagster.collector.ws import FeedConnection
@@ -109,7 +110,7 @@ class Collector:
         self._logged: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._rest: RestClient | None = None
-        self._newest_point: dict[str, int] = {}  # poll / backfill key -> newest data-point time published
+        self.points = PublishedPoints(points_path(settings.data_dir, shard))
         self._runners: list[web.AppRunner] = []
         self._drop_children: dict[tuple[str, str], Any] = {}
 
@@ -168,6 +169,8 @@ class Collector:
             log.info("collector.flushed", complete=flushed, acked=self.publisher.stats.acked)
         else:
             await self.publisher.close(flush_timeout=0)
+        self.points.checkpoint(time.monotonic())
+        self.points.save_acknowledged(self.publisher.oldest_pending())
         with contextlib.suppress(Exception):
             await self.nc.close()
         self.state.nats_connected = False
@@ -452,22 +455,7 @@ class Collector:
         except Exception as exc:
             self._adapter_failed(market, "on_backfill", exc, body)
             return
-        self._handle(market, self._drop_repeated_points(action.key, out))
-
-    def _drop_repeated_points(self, key: str, out: Output) -> Output:
-        """Keep only data points newer than the newest this poll / backfill key already published.
-
-        REST answers repeat recent points (a 5 min ratio series returns the last few periods); the
-        JetStream duplicate window (120 s) is shorter than most poll periods, so repeats would otherwise
-        become second rows of the same identity. Dropped repeats are counted (``repeated_point``)."""
-        newest = self._newest_point.get(key, -1)
-        fresh = [r for r in out.records if r.timestamp > newest]
-        if len(fresh) != len(out.records):
-            out.count("repeated_point", len(out.records) - len(fresh))
-            out.records = fresh
-        if fresh:
-            self._newest_point[key] = max(newest, max(r.timestamp for r in fresh))
-        return out
+        self._handle(market, self.points.drop_repeats(action.key, out))
 
     async def _poll_loop(self, market: str, poll: RestPoll) -> None:
         """Poll once at start, then on every period boundary + offset."""
@@ -484,7 +472,7 @@ class Collector:
                 except Exception as exc:
                     self._adapter_failed(market, "on_rest", exc, body)
                 else:
-                    self._handle(market, self._drop_repeated_points(poll.key, out))
+                    self._handle(market, self.points.drop_repeats(poll.key, out))
             now = time.time()
             await asyncio.sleep(next_poll_time(now, poll.period_s, poll.offset_s) - now)
 
@@ -506,6 +494,8 @@ class Collector:
     async def _housekeeping(self, heartbeat: Callable[[], None] | None) -> None:
         while True:
             self.api.rate.sample(sum(self.state.records.values()))
+            self.points.checkpoint(time.monotonic())
+            self.points.save_acknowledged(self.publisher.oldest_pending())
             body, _ = health_report(self.state, self.settings)
             try:
                 write_health_file(self.health_file, body)
