@@ -253,13 +253,14 @@ async def seal_hour(
             )
     report.committed_through = ranges[-1].last if ranges else None
 
-    for _attempt in range(3):
-        ledger_before = _ledger_rows(store, settings, data_type, h)
-        raw, final, symbols, lo, hi = _table_stats(store, settings, data_type, h)
-        ledger_after = _ledger_rows(store, settings, data_type, h)
-        if ledger_before == ledger_after:
-            break
-        time.sleep(0.2)  # the writer committed a late row meanwhile; measure again
+    with store.session():  # embedded: the writer cannot commit between the ledger and the table counts
+        for _attempt in range(3):
+            ledger_before = _ledger_rows(store, settings, data_type, h)
+            raw, final, symbols, lo, hi = _table_stats(store, settings, data_type, h)
+            ledger_after = _ledger_rows(store, settings, data_type, h)
+            if ledger_before == ledger_after:
+                break
+            time.sleep(0.2)  # a server store: the writer committed a late row meanwhile; measure again
     report.ledger_rows, report.rows_raw, report.rows = ledger_after, raw, final
     report.symbols, report.min_ts_ms, report.max_ts_ms = symbols, lo, hi
     report.dedup_count = max(0, ledger_after - final)

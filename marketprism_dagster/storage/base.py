@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -28,6 +29,10 @@ class Store(ABC):
     @abstractmethod
     def _insert_arrow(self, database: str, table: str, sql: str, data: pa.Table, settings: dict[str, Any]) -> None:
         """Insert a typed Arrow table; ``sql`` is the backend-neutral ``INSERT ... SELECT FROM {src}``."""
+
+    def session(self) -> contextlib.AbstractContextManager[Any]:
+        """Run several operations as one (embedded: one lock and one chDB open for all of them)."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release connections and locks."""

@@ -42,6 +42,8 @@ class EmbeddedStore(Store):
         self._session: Any = None
         self._lock_fd: int | None = None
         self._holding = False
+        self._tenure_s = 0.0
+        self._acquired_at = 0.0
         self._depth = 0
 
     # ------------------------------------------------------------------ locking
@@ -67,6 +69,7 @@ class EmbeddedStore(Store):
         finally:
             marker.unlink(missing_ok=True)
         self._lock_fd = fd
+        self._acquired_at = time.monotonic()
         try:
             from chdb import session as chdb_session
 
@@ -90,6 +93,9 @@ class EmbeddedStore(Store):
         mine = f"{os.getpid()}-"
         return any(not p.name.startswith(mine) for p in self._waiters.iterdir())
 
+    def session(self) -> contextlib.AbstractContextManager[Any]:
+        return self.operation()
+
     @contextlib.contextmanager
     def operation(self) -> Iterator[Any]:
         """The open chDB session for one operation (reentrant)."""
@@ -102,17 +108,24 @@ class EmbeddedStore(Store):
                 yield self._session
             finally:
                 self._depth -= 1
-                if self._depth == 0 and (not self._holding or self.others_waiting()):
+                if self._depth == 0 and (not self._holding or self._hand_over_due()):
                     self._release()
 
+    def _hand_over_due(self) -> bool:
+        return time.monotonic() - self._acquired_at >= self._tenure_s and self.others_waiting()
+
     @contextlib.contextmanager
-    def hold(self) -> Iterator[EmbeddedStore]:
-        """Keep the session open across operations; hand over to waiting processes between them."""
+    def hold(self, tenure_s: float = 0.0) -> Iterator[EmbeddedStore]:
+        """Keep the session open across operations; hand over to waiting processes between them once
+        the session has been open ``tenure_s`` (a short job of several queries then opens the store once
+        instead of once per query, at the price of a waiting writer's delay of at most ``tenure_s``)."""
         self._holding = True
+        self._tenure_s = tenure_s
         try:
             yield self
         finally:
             self._holding = False
+            self._tenure_s = 0.0
             with _PROCESS_LOCK:
                 if self._depth == 0:
                     self._release()

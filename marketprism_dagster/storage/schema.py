@@ -75,6 +75,11 @@ def data_tables(settings: Settings) -> list[tuple[str, str, TableSettings]]:
 
 def init_schema(store: Store, settings: Settings) -> SchemaReport:
     """Create databases and tables that do not exist; idempotent."""
+    with store.session():
+        return _init_schema(store, settings)
+
+
+def _init_schema(store: Store, settings: Settings) -> SchemaReport:
     st = settings.storage
     report = SchemaReport()
     databases = (st.hot_database, st.cold_database, st.ledger_database)
