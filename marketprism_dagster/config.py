@@ -264,6 +264,9 @@ class WriterConfig(_Model):
     health_port: int = Field(default=8085, ge=0, le=65535)
     batch_size: int = Field(default=10_000, gt=0)
     fetch_timeout_s: float = Field(default=1.0, gt=0)
+    linger_ms: int = Field(
+        default=200, ge=0, le=10_000, description="a range not yet full waits this long for more messages"
+    )
     max_backoff_s: float = Field(default=30.0, gt=0)
     dead_letter_stream: str = "DEAD_LETTER"
     durable_prefix: str = "marketprism_hot_writer"

@@ -1,6 +1,6 @@
 """Asset checks: the seeds' window rules, lag, duplicates, ledger gaps, hot/cold parity, schema parity."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,13 +16,22 @@ from resources import ClickHouseResource
 DAY_MS = 86_400_000
 
 
-def to_dagster(result: integrity.CheckResult) -> dg.AssetCheckResult:
+def to_dagster(
+    result: integrity.CheckResult, asset_key: dg.AssetKey | None = None, check_name: str | None = None
+) -> dg.AssetCheckResult:
     severity = dg.AssetCheckSeverity.WARN if result.severity == "WARN" else dg.AssetCheckSeverity.ERROR
     meta: dict[str, Any] = {
         k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in result.metadata.items()
     }
     meta = {k: v for k, v in meta.items() if v is not None}
-    return dg.AssetCheckResult(passed=result.passed, severity=severity, description=result.description, metadata=meta)
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        severity=severity,
+        description=result.description,
+        metadata=meta,
+        asset_key=asset_key,
+        check_name=check_name,
+    )
 
 
 def sealed_horizon_ms(instance: dg.DagsterInstance, data_type: str, hourly: dg.TimeWindowPartitionsDefinition) -> int:
@@ -38,47 +47,53 @@ def sealed_horizon_ms(instance: dg.DagsterInstance, data_type: str, hourly: dg.T
     return int(start.timestamp() * 1000) + DAY_MS
 
 
-def store_check(
-    key: dg.AssetKey,
-    name: str,
-    description: str,
-    rule: Callable[[Store, Settings, str], integrity.CheckResult],
-    data_type: str,
-) -> dg.AssetChecksDefinition:
-    """An asset check that runs one integrity ``rule(store, settings, data_type)`` as it is."""
+# A check rule: (store, settings, data_type, instance) -> result. Rules of one asset run as ONE step
+# (a multi-asset check that can be subset): one store session and one step's overhead instead of
+# one per rule, while the UI still shows every check on its own.
+Rule = Callable[[Store, Settings, str, dg.DagsterInstance], integrity.CheckResult]
 
-    @dg.asset_check(asset=key, name=name, description=description)
-    def check(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
+
+def rules_check(
+    key: dg.AssetKey, group: str, rules: dict[str, tuple[str, Rule]], data_type: str
+) -> dg.AssetChecksDefinition:
+    """One multi-asset check evaluating the selected ``rules`` (name -> (description, rule)) of ``key``."""
+    specs = [dg.AssetCheckSpec(name, asset=key, description=desc) for name, (desc, _) in rules.items()]
+
+    @dg.multi_asset_check(name=f"{key.to_python_identifier()}_{group}", specs=specs, can_subset=True)
+    def check(
+        context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
+    ) -> Iterator[dg.AssetCheckResult]:
         settings = clickhouse.load_settings()
+        selected = {k.name for k in context.selected_asset_check_keys}
         with clickhouse.open() as store:
-            return to_dagster(rule(store, settings, data_type))
+            for name, (_, rule) in rules.items():
+                if name in selected:
+                    yield to_dagster(rule(store, settings, data_type, context.instance), key, name)
 
     return check
 
 
+def _recent_window(store: Store, settings: Settings, data_type: str, _: dg.DagsterInstance) -> integrity.CheckResult:
+    feeds = integrity.collector_feed_status(settings, data_type) if data_type == "liquidation" else None
+    return integrity.window_presence(store, settings, data_type, feeds=feeds)
+
+
+def _ledger_gaps(store: Store, settings: Settings, data_type: str, _: dg.DagsterInstance) -> integrity.CheckResult:
+    return integrity.ledger_gaps(store, settings, settings.stream_for(data_type) or "")
+
+
+def _plain(rule: Callable[[Store, Settings, str], integrity.CheckResult]) -> Rule:
+    return lambda store, settings, data_type, _: rule(store, settings, data_type)
+
+
 def hot_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
-    key = hot_key(data_type)
-
-    @dg.asset_check(asset=key, name="recent_window", description="rows within the type's window (window_rules)")
-    def recent_window(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
-        settings = clickhouse.load_settings()
-        feeds = integrity.collector_feed_status(settings, data_type) if data_type == "liquidation" else None
-        with clickhouse.open() as store:
-            return to_dagster(integrity.window_presence(store, settings, data_type, feeds=feeds))
-
-    data_lag = store_check(
-        key, "data_lag", "newest event time vs now (lag_warn_s / lag_error_s)", integrity.data_lag, data_type
-    )
-    duplicates = store_check(key, "duplicates", "rows sharing an identity: must be 0", integrity.duplicates, data_type)
-
-    @dg.asset_check(asset=key, name="ledger_gaps", description="JetStream sequence ranges never committed: must be 0")
-    def ledger_gaps(clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
-        settings = clickhouse.load_settings()
-        stream = settings.stream_for(data_type) or ""
-        with clickhouse.open() as store:
-            return to_dagster(integrity.ledger_gaps(store, settings, stream))
-
-    return [recent_window, data_lag, duplicates, ledger_gaps]
+    rules: dict[str, tuple[str, Rule]] = {
+        "recent_window": ("rows within the type's window (window_rules)", _recent_window),
+        "data_lag": ("newest event time vs now (lag_warn_s / lag_error_s)", _plain(integrity.data_lag)),
+        "duplicates": ("rows sharing an identity: must be 0", _plain(integrity.duplicates)),
+        "ledger_gaps": ("JetStream sequence ranges never committed: must be 0", _ledger_gaps),
+    }
+    return [rules_check(hot_key(data_type), "checks", rules, data_type)]
 
 
 def cold_checks(
@@ -99,18 +114,15 @@ def cold_checks(
         with clickhouse.open() as store:
             return to_dagster(integrity.hot_cold_parity(store, settings, data_type, int(day.timestamp() * 1000)))
 
-    @dg.asset_check(asset=key, name="hot_cold_lag", description="cold trails the replicable hot data (warn > 60 min)")
-    def lag(context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
-        settings = clickhouse.load_settings()
-        horizon = sealed_horizon_ms(context.instance, data_type, hourly)
-        with clickhouse.open() as store:
-            return to_dagster(integrity.hot_cold_lag(store, settings, data_type, horizon_ms=horizon))
+    def lag(store: Store, settings: Settings, data_type: str, instance: dg.DagsterInstance) -> integrity.CheckResult:
+        horizon = sealed_horizon_ms(instance, data_type, hourly)
+        return integrity.hot_cold_lag(store, settings, data_type, horizon_ms=horizon)
 
-    schema = store_check(
-        key, "schema_parity", "hot and cold tables have identical columns", integrity.schema_parity, data_type
-    )
-
-    return [parity, lag, schema]
+    rules: dict[str, tuple[str, Rule]] = {
+        "hot_cold_lag": ("cold trails the replicable hot data (warn > 60 min)", lag),
+        "schema_parity": ("hot and cold tables have identical columns", _plain(integrity.schema_parity)),
+    }
+    return [parity, rules_check(key, "checks", rules, data_type)]
 
 
 def build_checks(

@@ -46,10 +46,11 @@ def render_instance_yaml(home: Path, template: Path = REPO / "dagster.yaml") -> 
 
 
 def session_processes(sid: int) -> list[psutil.Process]:
+    """Live processes of session ``sid`` (zombies excluded: they have exited and wait to be reaped)."""
     out = []
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.Error, ProcessLookupError, OSError):
-            if os.getsid(p.pid) == sid and p.pid != os.getpid():
+            if os.getsid(p.pid) == sid and p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
     return out
 
@@ -62,7 +63,7 @@ def stop_session(proc: subprocess.Popen[bytes], timeout_s: float = 25.0) -> list
     with contextlib.suppress(ProcessLookupError):
         os.killpg(sid, signal.SIGINT)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and session_processes(sid):
+    while time.monotonic() < deadline and (proc.poll() is None or session_processes(sid)):
         time.sleep(0.3)
     left = session_processes(sid)
     for p in left:

@@ -52,8 +52,6 @@ T = TypeVar("T")
 
 MIN_BACKOFF_S = 0.25
 HAND_OVER_PERIOD_S = 0.25
-LINGER_S = 0.05  # longest wait for a fuller range while messages are still arriving
-LINGER_GAP_S = 0.005  # arrivals paused this long: commit what is there
 
 
 @dataclass
@@ -237,16 +235,18 @@ class WriterService:
         return len(deliveries)
 
     async def _linger(self, st: StreamState, target: int, stop: asyncio.Event) -> None:
-        """While deliveries keep arriving, wait (at most LINGER_S) for a full range: each INSERT has a
-        fixed cost of several ms per table, so a range committed early costs as much as a full one."""
+        """Wait (at most ``writer.linger_ms``) for a full range. Every commit costs several INSERTs with a
+        fixed cost each and creates parts chDB must merge, so at low rates committing each trickle of
+        messages costs far more CPU than the rows; a full range is committed at once."""
         buf = st.buffer
         if not buf.pending or buf.ready_count(target) >= target:
             return
-        deadline = time.monotonic() + LINGER_S
+        deadline = time.monotonic() + self.settings.writer.linger_ms / 1000
         while not stop.is_set() and buf.ready_count(target) < target:
             left = deadline - time.monotonic()
-            if left <= 0 or not await st.reader.wait(min(left, LINGER_GAP_S)):
+            if left <= 0:
                 return
+            await st.reader.wait(left)
             await st.reader.request(self._credit(st))
             await self._absorb(st)
 
