@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PYTEST_ARGS ?=
+# two workers: the suite waits a lot (a 30 s store outage, Dagster daemon intervals), so they overlap well
+PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: run demo test lint bench clean-data
 
