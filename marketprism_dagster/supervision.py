@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from marketprism_dagster.config import Settings
 
@@ -21,6 +22,12 @@ CPU_TAG = "marketprism/cpu_pct"
 STARTED_TAG = "marketprism/started"
 # a run that has not heartbeated at all is given this long after it was created
 START_GRACE_S = 120.0
+
+
+def pause_marker(settings: Settings) -> Path:
+    """While this file exists the supervisor launches, reaps and restarts nothing: ``marketprism dev``
+    writes it while it stops the services, so they are not relaunched between their stop and Dagster's."""
+    return settings.data_path / "supervisor.paused"
 
 
 @dataclass(frozen=True)

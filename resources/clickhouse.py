@@ -9,7 +9,6 @@ from marketprism_dagster.storage import open_store
 from marketprism_dagster.storage.base import Store
 from resources.settings import SettingsResource
 
-
 # An embedded-store step keeps its session this long before handing it to a waiting writer: a check
 # of a few queries then opens chDB once, and the writer waits at most this long (plus one query).
 STEP_TENURE_S = 0.5

@@ -85,6 +85,9 @@ def service_run_request(svc: sv.Service, now: float) -> dg.RunRequest:
 
 def supervise(context: dg.SensorEvaluationContext, settings: Settings, now: float | None = None) -> dg.SensorResult:
     now = time.time() if now is None else now
+    paused = sv.pause_marker(settings)
+    if paused.exists():
+        return dg.SensorResult(skip_reason=f"paused while {paused} exists (marketprism dev is stopping the services)")
     instance = context.instance
     cursor: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
     runs = run_views(instance, settings)

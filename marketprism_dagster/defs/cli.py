@@ -27,6 +27,7 @@ import typer
 
 from marketprism_dagster.cli import ConfigOpt, SetOpt, fail, load, render_table
 from marketprism_dagster.config import Settings
+from marketprism_dagster.supervision import pause_marker
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,37 @@ def stop_session(proc: subprocess.Popen[bytes], timeout_s: float = 25.0) -> list
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
     return [p.pid for p in left]
+
+
+def cancel_service_runs(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]:
+    """Terminate the collector and writer runs as the UI's Terminate button does, with the supervisor
+    paused, so they drain and end CANCELED rather than FAILURE ("interrupted unexpectedly") when the
+    operator stops dev/demo. Returns run id -> final status."""
+    import dagster as dg
+
+    from marketprism_dagster import supervision as sv
+
+    home = (settings.data_path / "dagster_home").resolve()
+    sv.pause_marker(settings).touch()
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        unfinished = [dg.DagsterRunStatus[s] for s in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")]
+        runs = [r for r in instance.get_runs(dg.RunsFilter(statuses=unfinished)) if sv.SERVICE_TAG in r.tags]
+        for run in runs:
+            try:
+                instance.run_launcher.terminate(run.run_id)
+            except Exception as exc:  # the code server may be gone: the session stop below still ends it
+                log.warning("dev.terminate_failed", run_id=run.run_id, error=repr(exc))
+        deadline = time.monotonic() + timeout_s
+        final: dict[str, str] = {}
+        while True:
+            current = [instance.get_run_by_id(r.run_id) for r in runs]
+            final = {r.run_id: r.status.value for r in current if r is not None}
+            if all(r is None or r.is_finished for r in current) or time.monotonic() > deadline:
+                return final
+            time.sleep(0.3)
+    finally:
+        instance.dispose()
 
 
 def _restore_signals() -> None:
@@ -144,6 +176,7 @@ def run_dev(
             env["MARKETPRISM_NATS_URL"] = url
             for line in asyncio.run(init_streams(url, settings)) + init_storage(settings):
                 log.info("dev.init", what=line)
+            pause_marker(settings).unlink(missing_ok=True)
             proc = start_dagster_dev(settings, env, port)
             try:
                 next_report = time.monotonic() + (report_rows_every_s or 0)
@@ -158,6 +191,11 @@ def run_dev(
                         else:
                             typer.echo("rows  " + "  ".join(f"{t}={n}" for t, n in counts.items()), err=False)
             finally:
+                if proc.poll() is None:
+                    try:
+                        log.info("dev.services_stopped", runs=cancel_service_runs(settings))
+                    except Exception as exc:  # never keep the operator from stopping
+                        log.warning("dev.cancel_failed", error=repr(exc))
                 killed = stop_session(proc)
                 log.info("dev.stopped", killed_leftovers=killed)
     finally:

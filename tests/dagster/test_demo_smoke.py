@@ -139,6 +139,20 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
                     psutil.Process(pid).kill()
 
 
+def service_run_statuses(home: Path) -> dict[str, list[str]]:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        out: dict[str, list[str]] = {}
+        for run in instance.get_runs():
+            if "marketprism/service" in run.tags:
+                out.setdefault(run.tags["marketprism/service"], []).append(run.status.value)
+        return out
+    finally:
+        instance.dispose()
+
+
 def hot_counts(data: Path) -> dict[str, int]:
     from marketprism_dagster.storage.embedded import EmbeddedStore
 
@@ -280,5 +294,11 @@ def test_demo_serves_seals_checks_shows_the_ui_and_stops_clean(demo: Demo, tmp_p
         ui_shows_the_16_assets_and_their_checks(demo, tmp_path)
     left = demo.stop()
     assert left == [], [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
+    assert demo.proc is not None and demo.proc.returncode == 0
+    # Ctrl-C terminates the service runs the way the UI does: drained and CANCELED, not FAILURE
+    assert service_run_statuses(demo.data / "dagster_home") == {
+        "collector:main": ["CANCELED"],
+        "writer": ["CANCELED"],
+    }
     if not browser:
         pytest.skip(f"everything but the browser part passed; it needs {CHROMIUM}: bash scripts/system-deps.sh")

@@ -103,3 +103,16 @@ def test_supervisor_restarts_a_run_over_its_memory_limit_with_sigint(settings_fa
         worker.kill()
     assert result.run_requests == []  # relaunched once the run has ended, not while it drains
     assert "marketprism/restart_requested" in dagster_instance.get_run_by_id(run.run_id).tags
+
+
+def test_supervisor_does_nothing_while_paused_by_a_stopping_dev_server(settings_factory, dagster_instance):
+    settings = _settings(settings_factory)
+    marker = sv.pause_marker(settings)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    paused = _tick(dagster_instance, settings)
+    assert paused.run_requests == []
+    assert "paused" in (paused.skip_reason.skip_message if paused.skip_reason else "")
+    marker.unlink()
+    resumed = _tick(dagster_instance, settings)
+    assert len(resumed.run_requests) == len(sv.services(settings))
