@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from marketprism_dagster.storage import init_schema
@@ -86,3 +87,24 @@ def test_two_writer_processes_and_a_reader_share_one_store_without_loss(tmp_path
         store.close()
     assert (total, distinct) == (2 * batches * size, 2 * batches * size)
     assert per_worker == [(1, batches * size), (2, batches * size)]
+
+
+def test_a_held_store_is_handed_to_a_waiter_only_after_its_tenure(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "ch")
+    waiter = store._waiters / "1-otherprocess"  # what another process's _acquire leaves while it waits
+    try:
+        with store.hold(tenure_s=0.5):
+            store.execute("SELECT 1")
+            waiter.touch()
+            store.execute("SELECT 1")
+            assert store._session is not None, "within the tenure the session stays open despite the waiter"
+            time.sleep(0.55)
+            store.execute("SELECT 1")
+            assert store._session is None, "past the tenure the next operation hands the store over"
+        with store.session():
+            store.execute("SELECT 1")
+            assert store._session is not None, "a session() spans its operations even with a waiter"
+        assert store._session is None
+    finally:
+        waiter.unlink(missing_ok=True)
+        store.close()
