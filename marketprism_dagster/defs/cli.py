@@ -93,19 +93,27 @@ def cancel_service_runs(settings: Settings, timeout_s: float = 30.0) -> dict[str
     try:
         unfinished = [dg.DagsterRunStatus[s] for s in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")]
         runs = [r for r in instance.get_runs(dg.RunsFilter(statuses=unfinished)) if sv.SERVICE_TAG in r.tags]
-        for run in runs:
-            try:
-                instance.run_launcher.terminate(run.run_id)
-            except Exception as exc:  # the code server may be gone: the session stop below still ends it
-                log.warning("dev.terminate_failed", run_id=run.run_id, error=repr(exc))
         deadline = time.monotonic() + timeout_s
-        final: dict[str, str] = {}
+        asked: set[str] = set()
         while True:
-            current = [instance.get_run_by_id(r.run_id) for r in runs]
-            final = {r.run_id: r.status.value for r in current if r is not None}
-            if all(r is None or r.is_finished for r in current) or time.monotonic() > deadline:
-                return final
+            current = [r for r in (instance.get_run_by_id(r.run_id) for r in runs) if r is not None]
+            for run in current:
+                # a queued run is canceled outright, a started one terminated through its code server; a
+                # STARTING one is left until it starts (terminated while starting, Dagster marks it FAILURE)
+                if run.run_id in asked or run.is_finished or run.status == dg.DagsterRunStatus.STARTING:
+                    continue
+                asked.add(run.run_id)
+                try:
+                    instance.run_coordinator.cancel_run(run.run_id)
+                except Exception as exc:  # the code server may be gone: the session stop still ends it
+                    log.warning("dev.terminate_failed", run_id=run.run_id, error=repr(exc))
+            if all(r.is_finished for r in current) or time.monotonic() > deadline:
+                break
             time.sleep(0.3)
+        for run in current:
+            if not run.is_finished:  # its process is killed with the session right after this
+                instance.report_run_canceled(run, message="marketprism dev stopped before the run could drain")
+        return {r.run_id: r.status.value for r in (instance.get_run_by_id(r.run_id) for r in runs) if r is not None}
     finally:
         instance.dispose()
 

@@ -9,20 +9,18 @@ verifies nothing it started is left.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
+from dagster_helpers import gql, wait_for
 
 from marketprism_dagster.nats_server import free_port
 from marketprism_dagster.records import DATA_TYPES
@@ -30,29 +28,6 @@ from marketprism_dagster.records import DATA_TYPES
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
-
-
-def gql(port: int, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        out = json.loads(resp.read())
-    assert "errors" not in out, out
-    return out["data"]
-
-
-def wait_for(what: str, fn: Any, timeout: float, every: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 RUNS = "{ runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { runId jobName tags { key value } } } } }"
