@@ -20,6 +20,9 @@ PID_TAG = "marketprism/pid"
 RSS_TAG = "marketprism/rss_mb"
 CPU_TAG = "marketprism/cpu_pct"
 STARTED_TAG = "marketprism/started"
+# set by the supervisor on a run it stops for a restart (time, reason): the run then ends SUCCESS, not FAILURE
+RESTART_TAG = "marketprism/restart_requested"
+RESTART_REASON_TAG = "marketprism/restart_reason"
 # a run that has not heartbeated at all is given this long after it was created
 START_GRACE_S = 120.0
 

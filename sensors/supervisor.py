@@ -20,8 +20,6 @@ import psutil
 from marketprism_dagster import supervision as sv
 from marketprism_dagster.config import Settings, settings_from_env
 
-RESTART_TAG = "marketprism/restart_requested"
-
 
 def run_views(instance: dg.DagsterInstance, settings: Settings) -> list[sv.RunView]:
     names = [s.name for s in sv.services(settings)]
@@ -100,10 +98,10 @@ def supervise(context: dg.SensorEvaluationContext, settings: Settings, now: floa
         cursor[run.service] = now
         context.log.warning(f"reaped {run.service} run {run.run_id[:8]}: {why} (worker killed: {killed})")
     for run, why in decision.restart:
-        asked = run.number(RESTART_TAG)
+        asked = run.number(sv.RESTART_TAG)
         if asked is not None and now - asked < settings.supervisor.heartbeat_stale_s:
             continue
-        instance.add_run_tags(run.run_id, {RESTART_TAG: str(now)})
+        instance.add_run_tags(run.run_id, {sv.RESTART_TAG: str(now), sv.RESTART_REASON_TAG: why})
         sent = kill_worker(run, signal.SIGINT)
         context.log.warning(f"restarting {run.service} run {run.run_id[:8]}: {why} (signalled: {sent})")
     if decision.reap:

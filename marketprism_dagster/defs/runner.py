@@ -78,6 +78,14 @@ async def _beat_forever(beat: RunHeartbeat, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=beat.every_s)
 
 
+def restart_reason(beat: RunHeartbeat) -> str | None:
+    """Why the supervisor asked this run to stop (None: it did not, e.g. a terminate from the UI)."""
+    run = beat.instance.get_run_by_id(beat.run_id)
+    if run is None or sv.RESTART_TAG not in run.tags:
+        return None
+    return run.tags.get(sv.RESTART_REASON_TAG, "restart requested")
+
+
 def run_until_terminated(
     log: dg.DagsterLogManager,
     beat: RunHeartbeat,
@@ -108,7 +116,11 @@ def run_until_terminated(
             task.cancel()
             with contextlib.suppress(BaseException):  # cancelled or interrupted again
                 loop.run_until_complete(task)
-        raise
+        reason = restart_reason(beat)
+        if reason is None:
+            raise
+        # a planned restart is not a failure: end the run SUCCESS (the supervisor relaunches the service)
+        log.info(f"stopped for a supervisor restart ({reason}); the supervisor launches a fresh run")
     finally:
         loop.close()
 
