@@ -122,3 +122,18 @@ def test_cold_replication_matches_hot_and_refuses_an_unsealed_day(
     parity = next(e for e in done.get_asset_check_evaluations() if e.check_name == "hot_cold_parity")
     assert parity.passed and parity.partition == key and parity.blocking
     assert parity.metadata["hot_rows"].value == parity.metadata["cold_rows"].value == 40
+
+
+def test_one_check_selected_alone_runs_alone(settings_factory, dagster_instance, make_resources):
+    """The rules of an asset share one step, which still runs just the checks selected (UI: one check)."""
+    settings = settings_factory()
+    with open_store(settings) as store:
+        init_schema(store, settings)
+    defs = build_definitions(settings, make_resources(settings))
+    one = dg.AssetCheckKey(hot_key("trade"), "duplicates")
+    job = dg.define_asset_job("one_check", selection=dg.AssetSelection.checks(one))
+    result = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("one_check").execute_in_process(
+        instance=dagster_instance
+    )
+    evaluations = result.get_asset_check_evaluations()
+    assert [(e.asset_key, e.check_name, e.passed) for e in evaluations] == [(hot_key("trade"), "duplicates", True)]
