@@ -123,8 +123,24 @@ def record_factory() -> Callable[..., Any]:
     return make_record
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Report leaked file descriptors: the suite runs many servers and sockets in one process."""
+def _open_fds() -> int | None:
     fd_dir = Path("/proc/self/fd")
-    if fd_dir.is_dir():
-        print(f"\nopen file descriptors at session end: {len(list(fd_dir.iterdir()))}")
+    return len(list(fd_dir.iterdir())) if fd_dir.is_dir() else None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Report leaked file descriptors: the suite runs many servers and sockets in each process
+    (an xdist worker hands its count to the controller, which prints one line per worker)."""
+    fds = _open_fds()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["open_fds"] = fds
+    elif fds is not None:
+        print(f"\nopen file descriptors at session end: {fds}")
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    fds = getattr(node, "workeroutput", {}).get("open_fds")
+    if fds is not None:
+        print(f"\nopen file descriptors at the end of worker {node.gateway.id}: {fds}")
