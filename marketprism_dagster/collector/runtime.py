@@ -169,8 +169,7 @@ class Collector:
             log.info("collector.flushed", complete=flushed, acked=self.publisher.stats.acked)
         else:
             await self.publisher.close(flush_timeout=0)
-        self.points.checkpoint(time.monotonic())
-        self.points.save_acknowledged(self.publisher.oldest_pending())
+        self._save_points()
         with contextlib.suppress(Exception):
             await self.nc.close()
         self.state.nats_connected = False
@@ -491,11 +490,15 @@ class Collector:
                     continue
                 self._handle(market, out)
 
+    def _save_points(self) -> None:
+        """Persist the published-point watermarks that JetStream has acknowledged (see collector/points.py)."""
+        self.points.checkpoint(time.monotonic())
+        self.points.save_acknowledged(self.publisher.oldest_pending())
+
     async def _housekeeping(self, heartbeat: Callable[[], None] | None) -> None:
         while True:
             self.api.rate.sample(sum(self.state.records.values()))
-            self.points.checkpoint(time.monotonic())
-            self.points.save_acknowledged(self.publisher.oldest_pending())
+            self._save_points()
             body, _ = health_report(self.state, self.settings)
             try:
                 write_health_file(self.health_file, body)
