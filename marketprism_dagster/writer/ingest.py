@@ -414,6 +414,48 @@ def values_insert_sql(database: str, table: str, columns: Sequence[str], rows: I
             f"SETTINGS insert_deduplicate = 1, insert_deduplication_token = {_sql_str(token)} VALUES {values}")
 
 
+# A small range lands through INSERT ... VALUES: about 3.7 ms of chDB CPU per statement against 12 ms
+# through an Arrow scan (5 trade rows, measured). Large ranges, where the Arrow scan's ~1M rows/s wins,
+# and order books (800 levels a row) go through Arrow.
+VALUES_MAX_ROWS = 256
+
+
+def _column_literals(col: pa.ChunkedArray) -> list[str] | None:
+    """SQL literals of a typed Arrow column (values already checked by Arrow); None for a type
+    this path does not write (lists: the order book levels)."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col, t = col.cast(t.value_type), t.value_type
+    if pa.types.is_timestamp(t):
+        return [_ms_literal(v) for v in col.cast(pa.int64()).to_pylist()]
+    if pa.types.is_decimal(t):
+        return ["NULL" if v is None else format(v, "f") for v in col.to_pylist()]
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return ["NULL" if v is None else _sql_str(v) for v in col.to_pylist()]
+    if pa.types.is_integer(t):
+        return ["NULL" if v is None else str(v) for v in col.to_pylist()]
+    return None
+
+
+def values_rows(table: pa.Table) -> list[list[str]] | None:
+    """The rows of ``table`` as SQL literals, or None when a column cannot be written that way."""
+    columns = []
+    for col in table.columns:
+        literals = _column_literals(col)
+        if literals is None:
+            return None
+        columns.append(literals)
+    return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _insert_table(store: Store, database: str, tb: TableBatch) -> None:
+    rows = values_rows(tb.table) if tb.table.num_rows <= VALUES_MAX_ROWS else None
+    if rows is None:
+        store.insert_arrow_table(database, tb.data_type, tb.table, dedup_token=tb.token)
+    else:
+        store.execute(values_insert_sql(database, tb.data_type, tb.table.column_names, rows, tb.token))
+
+
 def write_intent(store: Store, settings: Settings, stream: str, first_seq: int, last_seq: int) -> None:
     row = (_sql_str(stream), str(first_seq), str(last_seq), _ms_literal(_now_ms()))
     store.execute(values_insert_sql(settings.storage.ledger_database, INTENT_TABLE, _INTENT_SCHEMA.names, [row],
@@ -463,7 +505,7 @@ def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, r
                 store.insert(hot, data_type, to_columns(data_type, missing),
                              dedup_token=f"{tb.token}:recover:{uuid.uuid4().hex}")
         else:
-            store.insert_arrow_table(hot, data_type, tb.table, dedup_token=tb.token)
+            _insert_table(store, hot, tb)
         rows_by_table[data_type] = tb.table.num_rows
     ledger_token = f"ledger:{batch.range_token}"
     if recovery:
