@@ -53,13 +53,11 @@ def sealed_horizon_ms(instance: dg.DagsterInstance, data_type: str, hourly: dg.T
 Rule = Callable[[Store, Settings, str, dg.DagsterInstance], integrity.CheckResult]
 
 
-def rules_check(
-    key: dg.AssetKey, group: str, rules: dict[str, tuple[str, Rule]], data_type: str
-) -> dg.AssetChecksDefinition:
+def rules_check(key: dg.AssetKey, rules: dict[str, tuple[str, Rule]], data_type: str) -> dg.AssetChecksDefinition:
     """One multi-asset check evaluating the selected ``rules`` (name -> (description, rule)) of ``key``."""
     specs = [dg.AssetCheckSpec(name, asset=key, description=desc) for name, (desc, _) in rules.items()]
 
-    @dg.multi_asset_check(name=f"{key.to_python_identifier()}_{group}", specs=specs, can_subset=True)
+    @dg.multi_asset_check(name=f"{key.to_python_identifier()}_checks", specs=specs, can_subset=True)
     def check(
         context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
     ) -> Iterator[dg.AssetCheckResult]:
@@ -93,7 +91,7 @@ def hot_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
         "duplicates": ("rows sharing an identity: must be 0", _plain(integrity.duplicates)),
         "ledger_gaps": ("JetStream sequence ranges never committed: must be 0", _ledger_gaps),
     }
-    return [rules_check(hot_key(data_type), "checks", rules, data_type)]
+    return [rules_check(hot_key(data_type), rules, data_type)]
 
 
 def cold_checks(
@@ -122,7 +120,7 @@ def cold_checks(
         "hot_cold_lag": ("cold trails the replicable hot data (warn > 60 min)", lag),
         "schema_parity": ("hot and cold tables have identical columns", _plain(integrity.schema_parity)),
     }
-    return [parity, rules_check(key, "checks", rules, data_type)]
+    return [parity, rules_check(key, rules, data_type)]
 
 
 def build_checks(

@@ -24,6 +24,7 @@ from dagster_helpers import gql, wait_for
 
 from marketprism_dagster.nats_server import free_port
 from marketprism_dagster.records import DATA_TYPES
+from marketprism_dagster.supervision import SERVICE_TAG
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -35,7 +36,7 @@ RUNS = "{ runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { r
 
 def started_services(port: int) -> set[str]:
     runs = gql(port, RUNS)["runsOrError"]["results"]
-    return {t["value"] for r in runs for t in r["tags"] if t["key"] == "marketprism/service"}
+    return {t["value"] for r in runs for t in r["tags"] if t["key"] == SERVICE_TAG}
 
 
 def session_pids(sid: int) -> list[int]:
@@ -121,8 +122,8 @@ def service_run_statuses(home: Path) -> dict[str, list[str]]:
     try:
         out: dict[str, list[str]] = {}
         for run in instance.get_runs():
-            if "marketprism/service" in run.tags:
-                out.setdefault(run.tags["marketprism/service"], []).append(run.status.value)
+            if SERVICE_TAG in run.tags:
+                out.setdefault(run.tags[SERVICE_TAG], []).append(run.status.value)
         return out
     finally:
         instance.dispose()
