@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,63 @@ SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("okx", "perpetual"): PERPETUAL_TYPES,
     ("deribit", "options"): ("volatility_index",),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDepth:
+    """What one venue's REST order book snapshot accepts as its depth parameter (``orderbook.snapshot_limit``)."""
+
+    request: str  # endpoint and parameter, for messages: "GET /fapi/v1/depth limit"
+    low: int
+    high: int
+    values: tuple[int, ...] = ()  # the only accepted values when the venue takes a fixed set
+    clamp: bool = False  # True: a larger configured value is requested as ``high`` instead of being rejected
+
+    def accepts(self, limit: int) -> bool:
+        if self.clamp and limit > self.high:
+            return True
+        return limit in self.values if self.values else self.low <= limit <= self.high
+
+    def request_size(self, limit: int) -> int:
+        """The depth to put in the request for a configured (accepted) ``limit``."""
+        return min(limit, self.high) if self.clamp else limit
+
+    def nearest(self, limit: int) -> int:
+        """The accepted value closest below ``limit`` (or the smallest one)."""
+        if not self.values:
+            return max(self.low, min(limit, self.high))
+        return max((v for v in self.values if v <= limit), default=self.values[0])
+
+    def allowed(self) -> str:
+        return "[" + ", ".join(map(str, self.values)) + "]" if self.values else f"{self.low}..{self.high}"
+
+
+# REST order book snapshot depth per (venue, market_type). Sources:
+# * Binance spot GET /api/v3/depth: limit default 100, max 5000 (a larger value is truncated to
+#   5000); weight 5 / 25 / 50 / 250 for limit 1-100 / 101-500 / 501-1000 / 1001-5000
+#   (documented/binance_spot_orderbook.json; Binance spot REST docs).
+# * Binance USD-M GET /fapi/v1/depth: "Valid limits:[5, 10, 20, 50, 100, 500, 1000]", weight 2 / 5 / 10 / 20
+#   for 5-50 / 100 / 500 / 1000 (developers.binance.com, USDS-M futures, market data, Order Book); any
+#   other value is answered HTTP 400, which a collector would otherwise retry forever.
+# * OKX GET /api/v5/market/books: sz "Order book depth per side. Maximum 400", default 1; 40 requests /
+#   2 s per IP (okx docs-v5, order book trading, market data, GET / Order book). snapshot_limit is one
+#   setting for every venue and its default (1000) is above 400, so an OKX market requests
+#   sz = min(snapshot_limit, 400) instead of rejecting the config: the ``books`` WebSocket channel
+#   OKX books are built from carries 400 levels too, so nothing deeper exists to ask for.
+# * Deribit: no order book in our matrix.
+USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+SNAPSHOT_DEPTH: dict[tuple[str, str], SnapshotDepth] = {
+    ("binance", "spot"): SnapshotDepth("GET /api/v3/depth limit", 1, 5000),
+    ("binance", "perpetual"): SnapshotDepth("GET /fapi/v1/depth limit", 5, 1000, values=USDM_DEPTH_LIMITS),
+    ("okx", "spot"): SnapshotDepth("GET /api/v5/market/books sz", 1, 400, clamp=True),
+    ("okx", "perpetual"): SnapshotDepth("GET /api/v5/market/books sz", 1, 400, clamp=True),
+}
+
+
+def snapshot_size(venue: str, market_type: str, snapshot_limit: int) -> int:
+    """The depth a market's REST snapshot requests for ``orderbook.snapshot_limit`` (OKX: at most 400)."""
+    spec = SNAPSHOT_DEPTH.get((venue, market_type))
+    return spec.request_size(snapshot_limit) if spec else snapshot_limit
 
 
 class ConfigError(Exception):
@@ -237,7 +295,12 @@ def _default_window_rules() -> dict[str, WindowRule]:
 class OrderBookConfig(_Model):
     depth: int = Field(default=400, ge=1, le=5000)
     cadence_ms: int = Field(default=1000, ge=0, description="0 = publish every update")
-    snapshot_limit: int = Field(default=1000, ge=5, le=5000)
+    snapshot_limit: int = Field(
+        default=1000,
+        ge=5,
+        le=5000,
+        description="REST snapshot depth; each venue accepts its own values (SNAPSHOT_DEPTH, checked at load)",
+    )
 
 
 class CollectorConfig(_Model):
@@ -337,6 +400,7 @@ class Settings(_Model):
         for t in DATA_TYPES:
             if self.stream_for(t) is None:
                 raise ValueError(f"no stream captures subject '{t}.>'; add it to a stream's subjects under 'streams'")
+        self._snapshot_limit_accepted()
         for shard, markets in self.collector.shards.items():
             unknown = [m for m in markets if m not in self.markets]
             if unknown:
@@ -344,6 +408,19 @@ class Settings(_Model):
                     f"collector.shards.{shard} names unknown markets {unknown}; allowed: {sorted(self.markets)}"
                 )
         return self
+
+    def _snapshot_limit_accepted(self) -> None:
+        """orderbook.snapshot_limit must be a depth every enabled order book market's venue accepts."""
+        limit = self.orderbook.snapshot_limit
+        for name, m in self.markets.items():
+            spec = SNAPSHOT_DEPTH.get((m.venue, m.market_type))
+            if not m.enabled or "orderbook" not in m.data_types or spec is None or spec.accepts(limit):
+                continue
+            raise ValueError(
+                f"orderbook.snapshot_limit {limit} is not accepted by market {name} ({m.venue} {m.market_type}, "
+                f"{spec.request}); allowed: {spec.allowed()}. Set orderbook.snapshot_limit to one of them "
+                f"(e.g. {spec.nearest(limit)}) or disable markets.{name}"
+            )
 
     # ---------------------------------------------------------------- derived values
 
@@ -566,7 +643,10 @@ def format_validation_error(exc: ValidationError, path: Path | None) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling against config/marketprism.yaml"
-        lines.append(f"  {loc or '<root>'}: {shown}: {msg}")
+        if not loc:  # a whole-config rule: its message names the keys itself
+            lines.append(f"  {msg}")
+            continue
+        lines.append(f"  {loc}: {shown}: {msg}")
     return "\n".join(lines)
 
 
