@@ -20,6 +20,10 @@ Types never recorded (markPrice, forceOrder, premiumIndex, openInterest, openInt
 the three long/short ratios) answer with the documented examples
 (documented/binance_usdm_*.json, the connector variants that carry the 2026 fields),
 re-addressed to the requested symbol; stream examples are sent once on subscribe.
+
+Fault ``shutdown_notice`` sends ``{"e":"serverShutdown","E":<ms>}`` (the event the spot
+market-stream docs announce before a server shutdown) as a text frame, unwrapped on combined
+streams too, then closes the connection after the fault's ``for``.
 """
 
 from __future__ import annotations
@@ -321,6 +325,7 @@ class BinanceVenue:
             streams = [s for s in tail.split("/") if s]
         ctx = self.ctx
         conn = ctx.open_conn(Conn(ws, ctx.faults, ctx.stats, combined=combined))
+        conn.shutdown_notice = self._shutdown_notice
         replay_task: asyncio.Task[None] | None = None
         log.info("emulator.ws_open", venue=ctx.name, route=route, streams=len(streams))
         try:
@@ -337,6 +342,10 @@ class BinanceVenue:
             if replay_task is not None:
                 replay_task.cancel()
         return ws
+
+    def _shutdown_notice(self) -> bytes:
+        """The market-stream event before a server shutdown (unwrapped, also on combined streams)."""
+        return orjson.dumps({"e": "serverShutdown", "E": self.ctx.clock.now_ms()})
 
     async def _subscribe(self, conn: Conn, streams: list[str], route: str) -> None:
         for stream in streams:

@@ -14,7 +14,7 @@ from typing import Annotated
 import structlog
 import typer
 
-from .config import DEFAULT_SYMBOLS, SERVERS, EmulatorConfig
+from .config import DEFAULT_SYMBOLS, OKX_BOOKS_MODES, SERVERS, EmulatorConfig
 from .faults import FaultPlan
 from .server import Emulator
 
@@ -33,11 +33,13 @@ def run_emulator(
     port: int = 0,
     symbols: dict[str, tuple[str, ...]] | None = None,
     fixtures: Path | None = None,
+    okx_books: str = "zero",
 ) -> None:
     """Start the emulator and serve until interrupted; print the URLs on start."""
     FaultPlan.parse(faults)  # fail fast on a bad spec
     cfg = EmulatorConfig(mode=mode, venues=tuple(venues or SERVERS), speed=speed, rate=rate, seed=seed,
-                         faults=faults, port=port, symbols=dict(symbols or DEFAULT_SYMBOLS), fixtures=fixtures)
+                         faults=faults, port=port, symbols=dict(symbols or DEFAULT_SYMBOLS), fixtures=fixtures,
+                         okx_books=okx_books)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -65,15 +67,20 @@ def emulate(
     port: Annotated[int, typer.Option(help="base port (server i on port+i); 0 = ephemeral")] = 0,
     symbol: Annotated[list[str] | None, typer.Option(help="market_id=SYM[,SYM] (repeatable)")] = None,
     fixtures: Annotated[Path | None, typer.Option(help="shared fixtures dir")] = None,
+    okx_books: Annotated[str, typer.Option(
+        help="synth OKX books protocol: zero (today: snapshot pushed, checksum 0) | rest (no pushed snapshot: "
+             "GET /api/v5/market/books + seqId) | checksum (legacy CRC32)")] = "zero",
 ) -> None:
     """Serve the emulated venues on 127.0.0.1 until Ctrl-C."""
+    if okx_books not in OKX_BOOKS_MODES:
+        raise typer.BadParameter(f"--okx-books {okx_books!r}: use one of {', '.join(OKX_BOOKS_MODES)}")
     symbols = dict(DEFAULT_SYMBOLS)
     for item in symbol or []:
         market, _, syms = item.partition("=")
         if market not in symbols or not syms:
             raise typer.BadParameter(f"--symbol {item!r}: use MARKET=SYM[,SYM] with MARKET in {', '.join(symbols)}")
         symbols[market] = tuple(s.strip().upper() for s in syms.split(",") if s.strip())
-    run_emulator(venue, mode, speed, rate, seed, faults, port, symbols, fixtures)
+    run_emulator(venue, mode, speed, rate, seed, faults, port, symbols, fixtures, okx_books)
 
 
 def register(root: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .clock import Clock, WallClock
 from .faults import FaultPlan
 
+OKX_BOOKS_MODES = ("checksum", "zero", "rest")
 SERVERS = ("binance_spot", "binance_derivatives", "okx", "deribit")
 MARKET_SERVER = {
     "binance_spot": "binance_spot",
@@ -62,6 +63,10 @@ class EmulatorConfig:
     port + i in the order of SERVERS. binance_weight_limit: REQUEST_WEIGHT per minute per
     server (None = the venue's 6000 spot / 2400 USD-M). heartbeat_time_scale multiplies
     Deribit heartbeat intervals (tests use small values to keep to the protocol yet run fast).
+    okx_books (synth): the OKX ``books`` protocol. ``zero`` (default, OKX since 2026-06-23):
+    snapshot pushed on subscribe, ``checksum`` always 0; ``rest`` (OKX's announced next step):
+    no snapshot in the stream, clients take ``GET /api/v5/market/books`` and bridge by seqId,
+    ``checksum`` 0; ``checksum`` (legacy): snapshot on subscribe and real CRC32 checksums.
     """
 
     mode: str = "synth"
@@ -80,10 +85,14 @@ class EmulatorConfig:
     heartbeat_time_scale: float = 1.0
     replay_settle: float = 0.05
     book_levels: int = 200
+    okx_books: str = "zero"
 
     def __post_init__(self) -> None:
         if self.mode not in ("synth", "replay"):
             raise ValueError(f"mode {self.mode!r}: use 'synth' or 'replay'")
+        if self.okx_books not in OKX_BOOKS_MODES:
+            raise ValueError(f"okx_books {self.okx_books!r}: use one of {', '.join(OKX_BOOKS_MODES)} "
+                             "(CLI: --okx-books)")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"host {self.host!r}: the emulator serves on loopback only (127.0.0.1)")
         servers: list[str] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,15 @@ log = structlog.get_logger()
 
 _PACK2 = struct.Struct("!BBH").pack
 _PACK8 = struct.Struct("!BBQ").pack
+
+
+CLOSE_GOING_AWAY = 1001
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    """An unmasked server close frame (reason at most 123 bytes)."""
+    payload = struct.pack("!H", code) + reason[:123]
+    return bytes((0x88, len(payload))) + payload
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -113,6 +122,9 @@ class Conn:
         self.closed = False
         self.held: bytes | None = None
         self.subs: set[str] = set()
+        # the venue's "server about to shut down" message; None = the venue has none
+        self.shutdown_notice: Callable[[], bytes] | None = None
+        self.shutting_down = False
         writer = getattr(ws, "_writer", None)
         self._transport = getattr(writer, "transport", None)
         self._protocol = getattr(writer, "protocol", None)
@@ -192,12 +204,28 @@ class Conn:
                 result = _truncate(result)
             elif kind == "bad_checksum" and result is not None:
                 result = _corrupt_checksum(result)
+            elif kind == "shutdown_notice" and self.shutdown_notice is not None and not self.shutting_down:
+                self.shutting_down = True
+                out.append(self.shutdown_notice())
+                self.stats.ws_control += 1
+                asyncio.get_running_loop().call_later(rule.hold_seconds(), self.close_going_away)
             elif kind == "reorder" and result is not None:
                 if self.held is not None:
                     out.append(self.held)
                 self.held = result
                 result = None
         return result
+
+    def close_going_away(self) -> None:
+        """Close after a shutdown notice: a close frame (1001), then the TCP connection once flushed."""
+        transport = self._transport
+        if self.closed or transport is None or transport.is_closing():
+            self.closed = True
+            return
+        self.closed = True
+        transport.write(close_frame(CLOSE_GOING_AWAY, b"server shutdown"))
+        transport.close()
+        log.info("emulator.ws_closed_after_notice", subs=sorted(self.subs))
 
     async def abort(self) -> None:
         """Drop the connection without a close handshake (what a network failure looks like)."""

@@ -14,8 +14,10 @@ from aiohttp import web
 from .clock import Clock
 from .config import EmulatorConfig
 from .connection import Conn, VenueStats
-from .faults import FaultRule, VenueFaults
+from .faults import BOOK_SNAPSHOT_KINDS, FaultRule, VenueFaults
 from .hub import StreamHub
+
+FAULT_KEY = "emulator_fault"  # request key: a fault the handler itself applies
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FaultResponder = Callable[[FaultRule], web.Response]
@@ -75,7 +77,9 @@ def rest_middleware(ctx: VenueContext, responder: FaultResponder) -> Any:
             return await handler(request)
         ctx.stats.rest_requests += 1
         rule = ctx.faults.on_request(request.path_qs)
-        if rule is not None:
+        if rule is not None and rule.kind in BOOK_SNAPSHOT_KINDS:
+            request[FAULT_KEY] = rule  # the handler answers a faulty book itself
+        elif rule is not None:
             if rule.kind == "rest_timeout":
                 await asyncio.sleep(rule.hold_seconds())
             else:

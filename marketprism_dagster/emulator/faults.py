@@ -7,7 +7,8 @@ Grammar (``--faults`` on the CLI, ``EmulatorConfig.faults`` in Python)::
     target  := VENUE | DURATION          a DURATION here is short for after=DURATION
 
     KIND    := disconnect | stall | gap | bad_checksum | duplicate | malformed | reorder
-             | rest_5xx | rest_429 | rest_timeout
+             | shutdown_notice | rest_5xx | rest_429 | rest_timeout | rest_code_200
+             | book_snapshot_stale | book_snapshot_ahead
     VENUE   := binance_spot | binance_derivatives | binance (both) | okx | okx_spot
              | okx_derivatives (both mean the shared OKX server) | deribit
              | deribit_derivatives | all (default)
@@ -17,22 +18,44 @@ Grammar (``--faults`` on the CLI, ``EmulatorConfig.faults`` in Python)::
                period=DUR  arm every DUR after the emulator started
                count=K     at/after: fire on K consecutive eligible events (default 1);
                            every/period: stop after K fires (default: no limit)
-               for=DUR     stall length / REST timeout length (default 3s / 30s)
+               for=DUR     stall length / REST timeout length / how long a connection keeps
+                           streaming after its shutdown notice (default 3s / 30s / 3s)
                path=TEXT   REST kinds: only requests whose path contains TEXT
+               n=N         book_snapshot_ahead: how many updates the snapshot is ahead (default 5,
+                           at most 100)
+               code=TEXT   rest_code_200: the OKX error code, 50011 (default, rate limit) or 50013
+                           (system busy)
     DURATION:= NUMBER ("ms" | "s" | "m")?   (bare number = seconds)
 
 With no at/every/after/period a rule arms at the first event (``at=1``). An armed rule fires
 on the next *eligible* frame: ``gap`` only on sequenced book updates (Binance depth diffs,
 OKX books updates, Deribit book changes), ``bad_checksum`` only on OKX books frames, the
-other WS kinds on any data frame; REST kinds on any matching request. Counting is per venue
-server across its connections; control frames (acks, pongs, heartbeats) are never counted.
+other WS kinds on any data frame; REST kinds on any matching request (the book_snapshot kinds
+only on ``/api/v5/market/books``). Counting is per venue server across its connections; control
+frames (acks, pongs, heartbeats, notices) are never counted. Some kinds exist on some venues
+only (a spec naming another venue is an error; ``all`` narrows to them): bad_checksum,
+rest_code_200 and the book_snapshot kinds on okx; shutdown_notice on binance_spot,
+binance_derivatives and okx.
 
 What each kind does to the one connection it fires on: ``disconnect`` aborts the TCP
 connection; ``stall`` stops sending for ``for`` seconds; ``gap`` drops the frame;
 ``bad_checksum`` sends it with a wrong checksum; ``duplicate`` sends it twice;
 ``malformed`` sends a truncated, unparseable frame instead; ``reorder`` sends it after the
-next frame. ``rest_5xx`` answers 503 (OKX/Deribit: 500 with the venue's error body),
-``rest_429`` answers 429 with Retry-After, ``rest_timeout`` holds the answer for ``for``.
+next frame. ``shutdown_notice`` sends the venue's notice before the frame (Binance
+``{"e":"serverShutdown","E":<ms>}``, OKX ``{"event":"notice","code":"64008",...,"connId":..}``),
+keeps streaming on that connection for ``for`` seconds (a new connection receives the same
+frames meanwhile), then closes it with WebSocket close code 1001. ``rest_5xx`` answers 503
+(OKX/Deribit: 500 with the venue's error body), ``rest_429`` answers 429 with Retry-After,
+``rest_timeout`` holds the answer for ``for``, ``rest_code_200`` answers HTTP 200 with an OKX
+error body (``{"code":"50011","msg":"Rate limit reached. ...","data":[]}``).
+
+The OKX REST order book kinds (synth mode) answer a real book state that a client bridging
+snapshot and stream must handle: ``book_snapshot_stale`` serves a past state, older than the
+first update of the most recent ``books`` subscription of that instrument (its seqId is below
+that update's prevSeqId: the client must fetch again); ``book_snapshot_ahead`` moves the book
+``n`` updates on, answers that state and delays those ``n`` updates to the stream, so the
+snapshot is newer than anything the client has received (it must drop the covered updates
+as they arrive and bridge on the one whose prevSeqId is the snapshot's seqId).
 
 Example: ``disconnect@5s,gap@binance_derivatives:every=1000,bad_checksum@okx:at=200,
 stall@okx:at=50:for=3s,rest_5xx@binance_spot:count=2``.
@@ -53,10 +76,26 @@ import structlog
 
 log = structlog.get_logger()
 
-WS_KINDS = frozenset({"disconnect", "stall", "gap", "bad_checksum", "duplicate", "malformed", "reorder"})
-REST_KINDS = frozenset({"rest_5xx", "rest_429", "rest_timeout"})
+WS_KINDS = frozenset({"disconnect", "stall", "gap", "bad_checksum", "duplicate", "malformed", "reorder",
+                      "shutdown_notice"})
+BOOK_SNAPSHOT_KINDS = frozenset({"book_snapshot_stale", "book_snapshot_ahead"})
+REST_KINDS = frozenset({"rest_5xx", "rest_429", "rest_timeout", "rest_code_200"}) | BOOK_SNAPSHOT_KINDS
 KINDS = WS_KINDS | REST_KINDS
 VENUES = ("binance_spot", "binance_derivatives", "okx", "deribit")
+# kinds that exist on some venues only
+KIND_VENUES: dict[str, tuple[str, ...]] = {
+    "bad_checksum": ("okx",),
+    "rest_code_200": ("okx",),
+    "book_snapshot_stale": ("okx",),
+    "book_snapshot_ahead": ("okx",),
+    "shutdown_notice": ("binance_spot", "binance_derivatives", "okx"),
+}
+OKX_BOOKS_PATH = "/api/v5/market/books"
+OKX_REST_CODES = {
+    "50011": "Rate limit reached. Please refer to API documentation and throttle requests accordingly.",
+    "50013": "System is busy, please try again later.",
+}
+MAX_AHEAD = 100
 VENUE_ALIASES: dict[str, tuple[str, ...]] = {
     "all": VENUES,
     "*": VENUES,
@@ -102,6 +141,8 @@ class FaultRule:
     count: int | None = None
     duration: float | None = None
     path: str | None = None
+    n: int | None = None
+    code: str | None = None
     text: str = ""
 
     @property
@@ -112,6 +153,9 @@ class FaultRule:
         if self.duration is not None:
             return self.duration
         return 30.0 if self.kind == "rest_timeout" else 3.0
+
+    def updates_ahead(self) -> int:
+        return self.n if self.n is not None else 5
 
 
 def _parse_rule(text: str) -> FaultRule:
@@ -138,7 +182,7 @@ def _parse_rule(text: str) -> FaultRule:
         if not sep or not value:
             raise FaultSpecError(f"bad option {option!r} in {text!r}: use KEY=VALUE")
         try:
-            if key in ("at", "every", "count"):
+            if key in ("at", "every", "count", "n"):
                 number = int(value)
                 if number < 1:
                     raise ValueError(value)
@@ -147,14 +191,31 @@ def _parse_rule(text: str) -> FaultRule:
                 values["duration" if key == "for" else key] = parse_duration(value)
             elif key == "path":
                 values["path"] = value
+            elif key == "code":
+                if kind != "rest_code_200" or value not in OKX_REST_CODES:
+                    raise FaultSpecError(f"bad option code={value} in {text!r}: only rest_code_200 takes a code, "
+                                         f"one of {', '.join(OKX_REST_CODES)}")
+                values["code"] = value
             else:
                 raise FaultSpecError(
-                    f"unknown option {key!r} in {text!r}: allowed at, every, after, period, count, for, path"
+                    f"unknown option {key!r} in {text!r}: allowed at, every, after, period, count, for, path, n, code"
                 )
         except ValueError as exc:
             if isinstance(exc, FaultSpecError):
                 raise
             raise FaultSpecError(f"bad value {value!r} for {key} in {text!r}: a positive integer") from exc
+    if "n" in values and (kind != "book_snapshot_ahead" or values["n"] > MAX_AHEAD):
+        raise FaultSpecError(f"bad option n={values['n']} in {text!r}: only book_snapshot_ahead takes n "
+                             f"(1..{MAX_AHEAD} updates)")
+    allowed = KIND_VENUES.get(kind)
+    if allowed is not None:
+        narrowed = tuple(v for v in venues if v in allowed)
+        if not narrowed:
+            raise FaultSpecError(f"fault {kind!r} in {text!r} does not exist on {target}: use one of "
+                                 f"{', '.join(allowed)} (or no venue)")
+        venues = narrowed
+    if kind in BOOK_SNAPSHOT_KINDS and "path" not in values:
+        values["path"] = OKX_BOOKS_PATH
     return FaultRule(kind=kind, venues=venues, text=text.strip(), **values)
 
 

@@ -2,9 +2,18 @@
 
 WS: text ``ping`` -> ``pong``; ``{"op":"subscribe"|"unsubscribe","args":[...]}`` with
 ``event`` acks (``connId``, and ``id`` echoed when sent) or ``event:error`` (60012 invalid
-request, 60018 unknown channel/instrument). Channels: ``books`` (snapshot on subscribe, then
-updates chained by seqId/prevSeqId with the documented CRC32 checksum), ``trades``,
+request, 60018 unknown channel/instrument). Channels: ``books``, ``trades``,
 ``funding-rate``, ``open-interest``, ``liquidation-orders`` (instType SWAP).
+
+``books`` in synth mode speaks the protocol chosen by ``EmulatorConfig.okx_books``: updates are
+always chained per instrument by seqId/prevSeqId; ``checksum`` (legacy) pushes a snapshot on
+subscribe and the documented CRC32 checksum; ``zero`` (default, OKX since 2026-06-23) pushes the
+snapshot with ``"checksum": 0`` everywhere; ``rest`` pushes no snapshot, only updates (checksum
+0): clients take ``GET /api/v5/market/books`` and bridge it by seqId. That REST answer is the
+book as of the last update handed to the stream: ``{"code":"0","msg":"","data":[{"asks":
+[[px,sz,"0",orders],...],"bids":[...],"ts":"<ms>","seqId":<int>}]}`` (top ``sz`` levels,
+default 1, at most 400); faults book_snapshot_stale/book_snapshot_ahead bend it (faults.py).
+Fault shutdown_notice sends ``{"event":"notice","code":"64008","msg":..,"connId":..}``.
 
 REST: ``/api/v5/public/instruments``, ``/public/funding-rate``, ``/public/open-interest``,
 ``/market/books``, and the rubik statistics
@@ -39,13 +48,13 @@ from aiohttp import WSMsgType, web
 from . import series
 from .config import okx_inst_id
 from .connection import Conn, Frame
-from .context import VenueContext, json_response, rest_middleware, ws_response
-from .faults import FLAG_CHECKSUM, FLAG_SEQ, FaultRule
+from .context import FAULT_KEY, VenueContext, json_response, rest_middleware, ws_response
+from .faults import FLAG_CHECKSUM, FLAG_SEQ, MAX_AHEAD, OKX_REST_CODES, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .hub import TopicSpec
 from .okx_checksum import okx_checksum
 from .replay import okx_frames, replay_subscribed
-from .synth import Instrument, SynthBook, TradeTape, rng_for, units
+from .synth import BookHistory, BookState, Instrument, SynthBook, TradeTape, rng_for, units
 
 log = structlog.get_logger()
 
@@ -59,6 +68,11 @@ RUBIK_PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1H": 3_600_00
                  "4H": 14_400_000, "6H": 21_600_000, "12H": 43_200_000, "1D": 86_400_000,
                  "6Hutc": 21_600_000, "12Hutc": 43_200_000, "1Dutc": 86_400_000}
 _conn_ids = itertools.count(0xA4D3AE55)
+WARM_UP_UPDATES = 8
+STALE_UPDATES = 3  # a stale snapshot is this many updates older than a new subscriber's first one
+SHUTDOWN_MSG = "The connection will soon be closed for a service upgrade. Please reconnect."
+
+BookView = tuple[int, int, list[tuple[int, int]], list[tuple[int, int]]]  # seqId, ts, top bids, top asks
 
 
 @lru_cache(maxsize=2)
@@ -79,45 +93,105 @@ def _levels(inst: Instrument, changes: list[tuple[int, int]]) -> list[list[str]]
 
 
 class OkxMarket:
+    """One instrument: its book (with a short history of states), trade tape and slow series.
+
+    ``seq`` is the seqId of the newest generated update, ``sent_seq`` that of the newest one
+    handed to the stream; they differ only while ``pending`` holds updates generated ahead of
+    the stream (fault book_snapshot_ahead), which the stream sends next.
+    """
+
     def __init__(self, venue: OkxVenue, inst: Instrument, inst_type: str) -> None:
         self.venue = venue
         self.inst = inst
         self.inst_type = inst_type
-        seed, iid = venue.ctx.cfg.seed, inst.venue_symbol
-        self.book = SynthBook(inst, rng_for(seed, "okx", iid, "book"), levels=venue.ctx.cfg.book_levels)
+        cfg = venue.ctx.cfg
+        seed, iid = cfg.seed, inst.venue_symbol
+        self.books_mode = cfg.okx_books
+        self.book = SynthBook(inst, rng_for(seed, "okx", iid, "book"), levels=cfg.book_levels)
         self.seq = 10_000
+        self.ts = venue.ctx.clock.now_ms()
+        self.history = BookHistory(self.book, self.seq, self.ts)
+        for _ in range(WARM_UP_UPDATES):  # a past to serve stale snapshots from, even before any stream
+            self._step(self.ts)
+        self.sent_seq = self.seq
+        self.pending: list[Frame] = []
+        self.stale: BookState | None = None
         self.tape = TradeTape(rng_for(seed, "okx", iid, "trades"))
         self.liq_rng = rng_for(seed, "okx", iid, "liq")
 
-    def _checksum(self) -> int:
-        inst, book = self.inst, self.book
-        bids = [(inst.px(p), inst.qty(q)) for p, q in book.top_bids(25)]
-        asks = [(inst.px(p), inst.qty(q)) for p, q in book.top_asks(25)]
-        return okx_checksum(bids, asks)
+    def _checksum(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> int:
+        if self.books_mode != "checksum":
+            return 0
+        inst = self.inst
+        return okx_checksum([(inst.px(p), inst.qty(q)) for p, q in bids[:25]],
+                            [(inst.px(p), inst.qty(q)) for p, q in asks[:25]])
+
+    def _step(self, now: int) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+        """One book update: returns its prevSeqId and the bid and ask changes."""
+        rng = self.book.rng
+        bids, asks = self.book.step(rng.randint(1, 4))
+        prev = self.seq
+        self.seq += rng.randint(1, 5)
+        self.ts = now
+        self.history.record(self.seq, now, bids, asks)
+        return prev, bids, asks
+
+    def sent_book(self, depth: int) -> BookView:
+        """The book as of the last update handed to the stream: (seqId, ts, top bids, top asks)."""
+        if not self.pending:
+            return self.seq, self.ts, self.book.top_bids(depth), self.book.top_asks(depth)
+        state = self.history.state_at(self.sent_seq)
+        assert state is not None  # pending updates are few, the history holds them
+        return state.seq, state.ts, state.top_bids(depth), state.top_asks(depth)
 
     def snapshot_frame(self, topic: str) -> Frame:
-        inst, book = self.inst, self.book
-        now = self.venue.ctx.clock.now_ms()
-        data = {"asks": _levels(inst, book.top_asks(400)), "bids": _levels(inst, book.top_bids(400)),
-                "ts": str(now), "checksum": self._checksum(), "prevSeqId": -1, "seqId": self.seq}
+        seq, ts, bids, asks = self.sent_book(400)
+        inst = self.inst
+        data = {"asks": _levels(inst, asks), "bids": _levels(inst, bids), "ts": str(ts),
+                "checksum": self._checksum(bids, asks), "prevSeqId": -1, "seqId": seq}
         msg = {"arg": {"channel": "books", "instId": inst.venue_symbol}, "action": "snapshot", "data": [data]}
-        return Frame(topic, orjson.dumps(msg), FLAG_CHECKSUM)
+        return Frame(topic, orjson.dumps(msg), FLAG_CHECKSUM if self.books_mode == "checksum" else 0)
 
-    def update_frames(self, topic: str, n: int) -> list[Frame]:
+    def _update_frames(self, topic: str, n: int, now: int) -> list[Frame]:
         out: list[Frame] = []
         inst = self.inst
         arg = {"channel": "books", "instId": inst.venue_symbol}
-        rng = self.book.rng
-        now = str(self.venue.ctx.clock.now_ms())
+        checksum = self.books_mode == "checksum"
+        flags = FLAG_SEQ | FLAG_CHECKSUM if checksum else FLAG_SEQ
+        ts = str(now)
         for _ in range(n):
-            bids, asks = self.book.step(rng.randint(1, 4))
-            prev = self.seq
-            self.seq += rng.randint(1, 5)
-            data = {"asks": _levels(inst, asks), "bids": _levels(inst, bids), "ts": now,
-                    "checksum": self._checksum(), "prevSeqId": prev, "seqId": self.seq}
-            out.append(Frame(topic, orjson.dumps({"arg": arg, "action": "update", "data": [data]}),
-                             FLAG_SEQ | FLAG_CHECKSUM))
+            prev, bids, asks = self._step(now)
+            value = self._checksum(self.book.top_bids(25), self.book.top_asks(25)) if checksum else 0
+            data = {"asks": _levels(inst, asks), "bids": _levels(inst, bids), "ts": ts,
+                    "checksum": value, "prevSeqId": prev, "seqId": self.seq}
+            out.append(Frame(topic, orjson.dumps({"arg": arg, "action": "update", "data": [data]}), flags))
         return out
+
+    def update_frames(self, topic: str, n: int) -> list[Frame]:
+        """The stream's next updates: first those generated ahead of it, then n - len(those) new ones."""
+        out, self.pending = self.pending, []
+        if len(out) < n:
+            out += self._update_frames(topic, n - len(out), self.venue.ctx.clock.now_ms())
+        self.sent_seq = self.seq
+        return out
+
+    def note_subscription(self) -> None:
+        """Keep a real state older than the first update a new subscriber receives (stale snapshots)."""
+        older = [s for s in self.history.seqs() if s < self.sent_seq]
+        target = older[-STALE_UPDATES] if len(older) >= STALE_UPDATES else older[0]
+        self.stale = self.history.state_at(target)
+
+    def stale_book(self, depth: int) -> BookView:
+        """A past state: older than the first update of the newest books subscription."""
+        state = self.stale or self.history.state_at(self.history.base.seq)
+        assert state is not None
+        return state.seq, state.ts, state.top_bids(depth), state.top_asks(depth)
+
+    def ahead_book(self, topic: str, n: int, depth: int) -> BookView:
+        """Move the book n updates on without streaming them yet; return that newer state."""
+        if len(self.pending) < MAX_AHEAD:  # the history must still reach back to sent_seq
+            self.pending += self._update_frames(topic, n, self.venue.ctx.clock.now_ms())
+        return self.seq, self.ts, self.book.top_bids(depth), self.book.top_asks(depth)
 
     def trade_frames(self, topic: str, n: int) -> list[Frame]:
         out: list[Frame] = []
@@ -230,6 +304,8 @@ class OkxVenue:
         ctx = self.ctx
         conn = ctx.open_conn(Conn(ws, ctx.faults, ctx.stats))
         conn_id = f"{next(_conn_ids) & 0xFFFFFFFF:08x}"
+        conn.shutdown_notice = lambda: orjson.dumps(
+            {"event": "notice", "code": "64008", "msg": SHUTDOWN_MSG, "connId": conn_id})
         replay_task: asyncio.Task[None] | None = None
         try:
             async for msg in ws:
@@ -312,9 +388,11 @@ class OkxVenue:
         assert market is not None
         arg = {"channel": channel, "instId": key}
         if channel == "books":
-            snapshot = market.snapshot_frame(topic)
+            market.note_subscription()
+            snapshot = market.snapshot_frame(topic) if market.books_mode != "rest" else None
             self.ctx.hub.subscribe(conn, TopicSpec(topic, lambda n: market.update_frames(topic, n)))
-            await conn.send_frames([snapshot])  # no await between snapshot and joining the stream
+            if snapshot is not None:
+                await conn.send_frames([snapshot])  # no await between snapshot and joining the stream
         elif channel == "trades":
             self.ctx.hub.subscribe(conn, TopicSpec(topic, lambda n: market.trade_frames(topic, n)))
         elif channel == "funding-rate":
@@ -418,9 +496,15 @@ class OkxVenue:
         market = self.market(iid)
         if market is None:
             return self._bad_inst()
-        inst, book = market.inst, market.book
-        return self._ok([{"asks": _levels(inst, book.top_asks(size)), "bids": _levels(inst, book.top_bids(size)),
-                          "ts": str(self.ctx.clock.now_ms())}])
+        rule: FaultRule | None = request.get(FAULT_KEY)
+        if rule is not None and rule.kind == "book_snapshot_stale":
+            seq, ts, bids, asks = market.stale_book(size)
+        elif rule is not None and rule.kind == "book_snapshot_ahead":
+            seq, ts, bids, asks = market.ahead_book(f"books:{iid}", rule.updates_ahead(), size)
+        else:
+            seq, ts, bids, asks = market.sent_book(size)
+        inst = market.inst
+        return self._ok([{"asks": _levels(inst, asks), "bids": _levels(inst, bids), "ts": str(ts), "seqId": seq}])
 
     async def rubik(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -466,6 +550,9 @@ class OkxVenue:
         return self._ok(rows)
 
     def fault_response(self, rule: FaultRule) -> web.Response:
+        if rule.kind == "rest_code_200":
+            code = rule.code or "50011"
+            return json_response({"code": code, "msg": OKX_REST_CODES[code], "data": []})
         if rule.kind == "rest_429":
             return json_response({"code": "50011", "data": [], "msg": "Too Many Requests"}, 429, {"Retry-After": "1"})
         return json_response({"code": "50001", "data": [], "msg": "Service temporarily unavailable. Please try again "

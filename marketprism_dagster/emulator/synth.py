@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left, insort
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -182,6 +183,72 @@ class SynthBook:
 
     def mid(self) -> float:
         return (self.best_bid + self.best_ask) / 2 / 10**self.inst.price_dec
+
+
+Changes = list[tuple[int, int]]
+
+
+def apply_changes(side: dict[int, int], changes: Changes) -> None:
+    for price, qty in changes:
+        if qty:
+            side[price] = qty
+        else:
+            side.pop(price, None)
+
+
+@dataclass
+class BookState:
+    """A past state of a book: price -> size per side, as of update `seq` (event time `ts`)."""
+
+    seq: int
+    ts: int
+    bids: dict[int, int]
+    asks: dict[int, int]
+
+    def top_bids(self, n: int) -> Changes:
+        return [(p, self.bids[p]) for p in sorted(self.bids, reverse=True)[:n]]
+
+    def top_asks(self, n: int) -> Changes:
+        return [(p, self.asks[p]) for p in sorted(self.asks)[:n]]
+
+
+class BookHistory:
+    """The last `depth` updates of a book, so any state among them can be rebuilt exactly.
+
+    Holds a base state (the one before the oldest kept update) and the updates after it;
+    an update falling out of the window is folded into the base.
+    """
+
+    def __init__(self, book: SynthBook, seq: int, ts: int, depth: int = 256) -> None:
+        self.base = BookState(seq, ts, dict(book.bids), dict(book.asks))
+        self.updates: deque[tuple[int, int, Changes, Changes]] = deque()
+        self.depth = depth
+
+    def record(self, seq: int, ts: int, bids: Changes, asks: Changes) -> None:
+        self.updates.append((seq, ts, bids, asks))
+        if len(self.updates) > self.depth:
+            old_seq, old_ts, old_bids, old_asks = self.updates.popleft()
+            apply_changes(self.base.bids, old_bids)
+            apply_changes(self.base.asks, old_asks)
+            self.base.seq, self.base.ts = old_seq, old_ts
+
+    def seqs(self) -> list[int]:
+        """The sequence ids of every state that can be rebuilt, oldest first."""
+        return [self.base.seq, *(u[0] for u in self.updates)]
+
+    def state_at(self, seq: int) -> BookState | None:
+        """The book as of the last update with sequence id <= seq; None if that is too old."""
+        base = self.base
+        if seq < base.seq:
+            return None
+        state = BookState(base.seq, base.ts, dict(base.bids), dict(base.asks))
+        for upd_seq, ts, bids, asks in self.updates:
+            if upd_seq > seq:
+                break
+            apply_changes(state.bids, bids)
+            apply_changes(state.asks, asks)
+            state.seq, state.ts = upd_seq, ts
+        return state
 
 
 def rng_for(seed: int, *parts: str) -> random.Random:

@@ -27,8 +27,8 @@ def test_fault_spec_grammar_parses_targets_schedules_and_options() -> None:
             FaultPlan.parse(bad)
 
 
-def _cfg(root: Path, venue: str, faults: str) -> EmulatorConfig:
-    return EmulatorConfig(venues=(venue,), rate=0, seed=5, faults=faults, fixtures=root)
+def _cfg(root: Path, venue: str, faults: str, okx_books: str = "zero") -> EmulatorConfig:
+    return EmulatorConfig(venues=(venue,), rate=0, seed=5, faults=faults, fixtures=root, okx_books=okx_books)
 
 
 async def _binance_depth(root: Path, faults: str, n: int) -> tuple[list[bytes | str], Emulator]:
@@ -83,7 +83,8 @@ async def test_stall_pauses_then_resumes_the_stream(fixtures_root: Path) -> None
 
 
 async def test_bad_checksum_corrupts_the_scheduled_okx_books_frame(fixtures_root: Path) -> None:
-    async with Emulator(_cfg(fixtures_root, "okx", "bad_checksum@okx:at=15")) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
+    cfg = _cfg(fixtures_root, "okx", "bad_checksum@okx:at=15", "checksum")
+    async with Emulator(cfg) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
         async with http.ws_connect(emu.urls["okx_spot"]["ws"] + "/ws/v5/public") as ws:
             await ws.send_str('{"op":"subscribe","args":[{"channel":"books","instId":"BTC-USDT"}]}')
             await ws.receive()

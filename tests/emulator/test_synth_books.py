@@ -99,7 +99,8 @@ async def _okx_book(http: aiohttp.ClientSession, base: dict[str, str], n: int) -
 
 
 async def test_reference_books_from_100k_synth_updates_validate_every_rule(fixtures_root: Path) -> None:
-    cfg = EmulatorConfig(venues=("binance_spot", "binance_derivatives", "okx"), rate=0, seed=3, fixtures=fixtures_root)
+    cfg = EmulatorConfig(venues=("binance_spot", "binance_derivatives", "okx"), rate=0, seed=3, fixtures=fixtures_root,
+                         okx_books="checksum")
     async with Emulator(cfg) as emu, aiohttp.ClientSession() as http:
         await _binance_book(http, emu.urls["binance_spot"], False, N_BINANCE_SPOT)
         await _binance_book(http, emu.urls["binance_derivatives"], True, N_BINANCE_USDM)
