@@ -45,6 +45,7 @@ from marketprism_dagster.venues.base import (
     Reconnect,
     RestPoll,
     Send,
+    SwitchConnection,
     VenueAdapter,
 )
 
@@ -297,6 +298,7 @@ class Collector:
                 on_message=self._message_handler(market),
                 heartbeat_s=cfg.ws_heartbeat_s,
                 backoff=Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s),
+                ready=adapter.feed_ready,
             )
             self.feeds[feed.key] = conn
             self._spawn(conn.run())
@@ -416,6 +418,12 @@ class Collector:
             conn = self.feeds.get(action.feed_key)
             if conn is not None:
                 conn.reconnect(action.reason)
+        elif isinstance(action, SwitchConnection):
+            conn = self.feeds.get(action.feed_key)
+            if conn is None:
+                self.metrics.error(market, "unknown_feed")
+                return
+            conn.switch(action.reason)
         elif isinstance(action, Backfill):
             self._spawn(self._backfill(market, action))
         else:

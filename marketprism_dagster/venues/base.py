@@ -91,7 +91,16 @@ class Backfill:
     url: str
 
 
-Action = Send | FetchSnapshot | Reconnect | Backfill
+@dataclass(frozen=True, slots=True)
+class SwitchConnection:
+    """The venue will close this feed's connection (Binance ``serverShutdown``, OKX notice 64008): open a
+    second one (same URL and subscribe frames), move over once ``feed_ready`` says so, then close the old."""
+
+    feed_key: str
+    reason: str
+
+
+Action = Send | FetchSnapshot | Reconnect | Backfill | SwitchConnection
 
 
 @dataclass(slots=True)
@@ -162,3 +171,8 @@ class VenueAdapter(ABC):
     def on_timer(self, now_ms: int) -> Output:
         """Called about every 100 ms: publish due book ticks, heartbeats, etc."""
         return Output()
+
+    def feed_ready(self, feed_key: str) -> bool:
+        """During a ``SwitchConnection``: may the old connection close now (e.g. every book of the feed is
+        synchronized)? Asked after each frame of the new connection."""
+        return True

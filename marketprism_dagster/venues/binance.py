@@ -29,7 +29,15 @@ from marketprism_dagster.book import Diff, Status, UpdateIdSync
 from marketprism_dagster.book.sync import APPLIED
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
-from marketprism_dagster.venues.base import FetchSnapshot, Instrument, Output, RestPoll, VenueAdapter, WsFeed
+from marketprism_dagster.venues.base import (
+    FetchSnapshot,
+    Instrument,
+    Output,
+    RestPoll,
+    SwitchConnection,
+    VenueAdapter,
+    WsFeed,
+)
 from marketprism_dagster.venues.common import (
     LSR_LIMIT,
     PERIOD_SECONDS,
@@ -153,7 +161,9 @@ class BinanceAdapter(VenueAdapter):
             "depthUpdate": self._depth,
             "markPriceUpdate": self._mark_price,
             "forceOrder": self._force_order,
+            "serverShutdown": self._server_shutdown,
         }
+        self._frame_feed = ""  # feed key of the frame the generic path is handling (for serverShutdown)
 
     # ------------------------------------------------------------ instruments
     def instrument_urls(self) -> Sequence[str]:
@@ -291,6 +301,7 @@ class BinanceAdapter(VenueAdapter):
 
     def _on_message_generic(self, feed_key: str, raw: bytes | str, received_at: int) -> Output:
         out = Output()
+        self._frame_feed = feed_key
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -319,6 +330,16 @@ class BinanceAdapter(VenueAdapter):
         if inst is None:
             self.errors.bad(out, "unknown_symbol", sym)
         return inst
+
+    def _server_shutdown(self, d: dict[str, Any], received_at: int, out: Output) -> None:
+        """``{"e": "serverShutdown", "E": <ms>}``: the server will close this connection soon: move the feed
+        to a new connection first (the runtime logs and counts the switch)."""
+        out.actions.append(SwitchConnection(self._frame_feed, f"binance serverShutdown (E={d.get('E')})"))
+
+    def feed_ready(self, feed_key: str) -> bool:
+        """A switch may close the old connection once every book is synchronized (the /market feed has none;
+        a diff the new connection repeats is stale to the book)."""
+        return feed_key.endswith("/market") or all(s.synced for s in self.books.values())
 
     def _agg_trade(self, d: dict[str, Any], received_at: int, out: Output) -> None:
         sym = d["s"]

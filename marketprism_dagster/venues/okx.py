@@ -26,7 +26,15 @@ from marketprism_dagster.book import SeqIdSync
 from marketprism_dagster.book.sync import APPLIED, CHECKSUM, IGNORED, SYNCED
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
-from marketprism_dagster.venues.base import Instrument, Output, RestPoll, Send, VenueAdapter, WsFeed
+from marketprism_dagster.venues.base import (
+    Instrument,
+    Output,
+    RestPoll,
+    Send,
+    SwitchConnection,
+    VenueAdapter,
+    WsFeed,
+)
 from marketprism_dagster.venues.common import (
     LSR_LIMIT,
     PERIOD_SECONDS,
@@ -44,6 +52,7 @@ RUBIK_PATHS = {
 }
 RUBIK_PERIOD = {"1h": "1H", "2h": "2H", "4h": "4H", "6h": "6H", "12h": "12H", "1d": "1D"}  # others as-is
 PING_INTERVAL_S = 25.0
+SHUTDOWN_NOTICE_CODE = "64008"  # event "notice": the connection closes soon for a service upgrade
 
 
 def parse_instruments(body: bytes | str) -> list[Instrument]:
@@ -298,8 +307,17 @@ class OkxAdapter(VenueAdapter):
         ev = msg["event"]
         if ev == "error":
             self.errors.bad(out, "subscribe_error", str(msg.get("code")), raw, msg=msg.get("msg"))
+        elif ev == "notice" and str(msg.get("code")) == SHUTDOWN_NOTICE_CODE:
+            # "The connection will soon be closed for a service upgrade" (about 30 s ahead): move the feed
+            # to a new connection before this one closes (the runtime logs and counts the switch)
+            out.actions.append(SwitchConnection(self.feed_key, f"okx notice {SHUTDOWN_NOTICE_CODE}: {msg.get('msg')}"))
         elif ev == "notice":
             self.errors.bad(out, "venue_notice", str(msg.get("code")), raw, msg=msg.get("msg"))
+
+    def feed_ready(self, feed_key: str) -> bool:
+        """A switch may close the old connection once every book is synchronized (the new connection's
+        pushed snapshot of a book already there is ignored as stale, so this normally holds at once)."""
+        return all(s.synced for s in self.books.values())
 
     def _instrument(self, inst_id: str, out: Output) -> Instrument | None:
         inst = self.instruments.get(inst_id)
