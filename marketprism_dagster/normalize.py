@@ -6,7 +6,7 @@ files are merged by ``t``; ``*.info.jsonl`` records and instrument-list ``http``
 ``on_snapshot``; ``recv`` records feed ``on_message`` (``received_at`` = ``t`` in ms);
 ``connect`` records feed ``on_connect``. Output: one wire-format record per line
 (``records.encode``), then one ``{"final_book": {...}}`` line per synchronized book. Actions
-the adapter asks for (snapshot fetches, resubscribes) are counted, not performed: the
+the adapter asks for (snapshot fetches) are counted, not performed: the
 recording already holds what was fetched. Symbols come from the recording, not the config.
 """
 
@@ -33,7 +33,13 @@ from marketprism_dagster.venues.common import book_record
 log = structlog.get_logger(__name__)
 
 INSTRUMENT_PATHS = ("/exchangeInfo", "/public/instruments", "/public/get_instruments")
-SNAPSHOT_PATHS = ("/api/v3/depth", "/fapi/v1/depth", "/dapi/v1/depth")
+# REST book snapshots: the path and the query parameter naming the symbol
+SNAPSHOT_PATHS = {
+    "/api/v3/depth": "symbol",
+    "/fapi/v1/depth": "symbol",
+    "/dapi/v1/depth": "symbol",
+    "/api/v5/market/books": "instId",
+}
 
 
 def payload_text(rec: dict[str, Any]) -> str:
@@ -112,8 +118,9 @@ def replay(
             result.absorb(adapter.on_connect(url, t_ms), sink)
         elif kind == "http" and not is_instrument_record(rec):
             parts = urlsplit(url)
-            if parts.path.endswith(SNAPSHOT_PATHS):
-                symbol = parse_qs(parts.query).get("symbol", [""])[0]
+            param = next((p for path, p in SNAPSHOT_PATHS.items() if parts.path.endswith(path)), None)
+            if param is not None:
+                symbol = parse_qs(parts.query).get(param, [""])[0]
                 result.absorb(adapter.on_snapshot(symbol, payload_text(rec).encode(), t_ms), sink)
     return result
 

@@ -1,11 +1,12 @@
 """Exchange-exact book synchronization and wall-clock aligned publishing.
 
 ``UpdateIdSync`` implements Binance's rules (spot: REST snapshot, buffered diffs, the first
-applied diff bridges ``lastUpdateId + 1``, then strict ``U == prev u + 1``; USD-M: the first
-applied diff has ``U <= lastUpdateId <= u``, then ``pu == prev u``). ``SeqIdSync``
-implements OKX ``books`` (snapshot in the stream, ``prevSeqId == previous seqId``, CRC32
-checksum of the top 25 levels after EVERY message). Any gap or mismatch drops the book to
-unsynchronized; nothing is published until a fresh snapshot synchronizes it again.
+applied diff bridges ``lastUpdateId + 1``, then a diff applies while ``U <= prev u + 1`` (an
+overlap is valid) and ``u > prev u``; USD-M: the first applied diff has ``U <= lastUpdateId <= u``,
+then ``pu == prev u``). ``SeqIdSync`` implements OKX ``books`` (pushed or REST snapshot,
+``prevSeqId == previous seqId``, a real CRC32 checksum of the top 25 levels verified after EVERY
+message, 0 = none). Any gap or mismatch drops the book to unsynchronized; nothing is published
+until a fresh snapshot synchronizes it again.
 
 Publishing (``Ticker``): the snapshot for tick T is the book after every update whose
 exchange event time is < T; it is taken when the first update with event time >= T arrives,
@@ -216,9 +217,11 @@ class UpdateIdSync:
             if self.usdm and prev_id is not None:
                 ok = prev_id == last
             else:
+                # spot (Binance docs, 2025+): an event overlapping the local id is valid (levels are
+                # absolute quantities); only U > local + 1 is a gap
                 if last_id <= last:
                     return Status.STALE
-                ok = first_id == last + 1
+                ok = first_id <= last + 1
         else:
             if self.usdm:
                 if last_id < last:
@@ -290,27 +293,78 @@ class UpdateIdSync:
         return Status.SYNCED if self.bridged else Status.SNAPSHOT_PENDING
 
 
+_Buffered = tuple[int | None, int | None, int, Sequence[Sequence[str]], Sequence[Sequence[str]], int | None]
+
+
 class SeqIdSync:
-    """OKX ``books`` synchronization for one instrument (snapshot arrives in the stream)."""
+    """OKX ``books`` synchronization for one instrument, in the venue's three protocol states.
+
+    (a) legacy: a snapshot in the stream and a real CRC32 ``checksum`` on every push (verified on
+        every message, as in the 2021-2022 recordings);
+    (b) since 2026-06-23: the same with ``checksum`` always 0: a zero or absent checksum means "no
+        checksum", integrity rests on the ``prevSeqId == previous seqId`` chain;
+    (c) announced for 2026: no snapshot in the stream: updates are buffered, a REST snapshot
+        (``GET /api/v5/market/books``) is loaded with ``on_rest_snapshot`` and bridged by sequence
+        ids (OKX changelog of 2026-02-12): a snapshot whose ``seqId`` is below the first buffered
+        ``prevSeqId`` is too old (fetch another); buffered updates with ``seqId <= snapshot seqId``
+        are dropped; the first applied one has ``prevSeqId <= snapshot seqId < seqId``; then chain.
+
+    A pushed snapshot (states a, b) synchronizes the book directly; a REST snapshot is the
+    recovery in every state: after a gap or a checksum mismatch the book drops to
+    unsynchronized, buffers, and ``need_snapshot`` asks the caller for a REST snapshot (never a
+    resubscribe). An update whose ``seqId`` is not above the book's (a duplicate, e.g. while two
+    connections overlap) is ``STALE`` and ignored; an update that chains (``prevSeqId`` equal to
+    the book's ``seqId``) is applied even when its ``seqId`` does not grow (OKX's no-change
+    heartbeat and its sequence reset after maintenance). Recordings without ``seqId`` (before
+    2023) cannot be chained: their updates apply in arrival order and only a real checksum, when
+    present, verifies them.
+    """
 
     CHECKSUM_LEVELS = 25
 
-    def __init__(self, cadence_ms: int, depth: int) -> None:
+    def __init__(self, cadence_ms: int, depth: int, max_buffer: int = 2000) -> None:
         self.book = Book()
         self.ticker = Ticker(cadence_ms, depth)
         self.synced = False
+        self.bridged = True  # False between a REST snapshot and the first update chained to it
         self.seq_id: int | None = None
         self.timestamp: int | None = None
-        self.update_count = 0  # messages applied since the snapshot (fallback identity when no seqId)
         self.checksums_verified = 0
         self._crc: int | None = None  # cached checksum while the top levels are unchanged
+        # updates received while unsynchronized: (seqId, prevSeqId, ts, bids, asks, checksum)
+        self.buffer: deque[_Buffered] = deque(maxlen=max_buffer)
+        self.need_snapshot = False
+        self.snapshot_inflight = False
+        self.buffer_drops = 0
 
     def reset(self) -> None:
+        """Forget everything (e.g. the feed reconnected)."""
+        self._drop()
+        self.buffer.clear()
+        self.need_snapshot = self.snapshot_inflight = False
+
+    def _drop(self) -> None:
         self.book.clear()
         self.ticker.reset()
         self.synced = False
+        self.bridged = True
         self.seq_id = self.timestamp = None
         self._crc = None
+
+    def _desync(self) -> None:
+        """A gap or a mismatch: drop the book and ask for a REST snapshot."""
+        self._drop()
+        self.buffer.clear()
+        self.need_snapshot = not self.snapshot_inflight
+
+    def snapshot_requested(self) -> None:
+        self.need_snapshot = False
+        self.snapshot_inflight = True
+
+    def snapshot_failed(self) -> None:
+        """The REST snapshot could not be fetched or read: ask again."""
+        self.snapshot_inflight = False
+        self.need_snapshot = not self.synced
 
     def final_snapshot(self, depth: int) -> BookSnapshot | None:
         """The current book if synchronized (update_id = seqId, or ts where the venue sent no seqId)."""
@@ -320,13 +374,20 @@ class SeqIdSync:
         uid = self.seq_id if self.seq_id is not None else self.timestamp
         return BookSnapshot(self.timestamp, self.timestamp, uid, bids, asks)
 
-    def _verify(self, checksum: int | None, touched: bool) -> bool:
-        if checksum is None:
-            return True
-        if touched or self._crc is None:
-            self._crc = self.book.okx_checksum(self.CHECKSUM_LEVELS)
-        self.checksums_verified += 1
-        return self._crc == checksum
+    def _load(
+        self, seq_id: int | None, ts: int, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]
+    ) -> None:
+        try:
+            self.book.load(bids, asks)
+        except Exception:
+            self._desync()  # a level the book could not take: stay unsynchronized, fetch a snapshot
+            raise
+        self.ticker.reset()
+        self._crc = None
+        self.synced = True
+        self.seq_id = seq_id
+        self.timestamp = ts
+        self.ticker.last_event_ms = ts
 
     def on_snapshot(
         self,
@@ -336,21 +397,70 @@ class SeqIdSync:
         asks: Sequence[Sequence[str]],
         checksum: int | None,
     ) -> Status:
-        try:
-            self.book.load(bids, asks)
-        except Exception:
-            self.reset()  # a level the book could not take: stay unsynchronized
-            raise
-        self.ticker.reset()
-        self._crc = None
-        if not self._verify(checksum, True):
-            self.reset()
+        """A snapshot pushed in the stream (``action: snapshot``)."""
+        if self.synced and self.bridged and seq_id is not None and self.seq_id is not None and seq_id <= self.seq_id:
+            return Status.STALE  # e.g. the second connection of an overlap: the book is already there
+        self._load(seq_id, ts, bids, asks)
+        self.bridged = True
+        self.buffer.clear()
+        self.need_snapshot = False
+        if checksum and not self._verify(checksum):
+            self._desync()
             return CHECKSUM
-        self.synced = True
-        self.seq_id = seq_id
-        self.timestamp = ts
-        self.ticker.last_event_ms = ts
         return Status.SYNCED
+
+    def on_rest_snapshot(
+        self, seq_id: int | None, ts: int, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]
+    ) -> Status:
+        """A REST snapshot (``GET /api/v5/market/books``), bridged to the buffered updates by sequence ids."""
+        self.snapshot_inflight = False
+        if self.synced:
+            return Status.STALE  # the stream synchronized the book meanwhile (a pushed snapshot)
+        buffered = list(self.buffer)
+        self.buffer.clear()
+        if seq_id is not None and buffered and buffered[0][1] is not None and seq_id < buffered[0][1]:
+            self.buffer.extend(buffered)
+            self.need_snapshot = True
+            return Status.SNAPSHOT_TOO_OLD
+        self._load(seq_id, ts, bids, asks)
+        self.bridged = False
+        self.need_snapshot = False
+        for u in buffered:
+            if seq_id is not None and u[0] is not None:
+                if u[0] <= seq_id:
+                    continue  # covered by the snapshot
+            elif u[2] <= ts:
+                continue  # no sequence ids (recordings before 2023): covered by the snapshot's time
+            st = self.on_update(*u)
+            if st is not APPLIED and st is not Status.STALE:
+                return st  # the buffer does not bridge: the book dropped and wants another snapshot
+        return Status.SYNCED if self.bridged else Status.SNAPSHOT_PENDING
+
+    def _verify(self, checksum: int) -> bool:
+        if self._crc is None:
+            self._crc = self.book.okx_checksum(self.CHECKSUM_LEVELS)
+        self.checksums_verified += 1
+        return self._crc == checksum
+
+    def _buffer(
+        self,
+        seq_id: int | None,
+        prev_seq_id: int | None,
+        ts: int,
+        bids: Sequence[Sequence[str]],
+        asks: Sequence[Sequence[str]],
+        checksum: int | None,
+    ) -> Status:
+        buf = self.buffer
+        last = buf[-1][0] if buf else None
+        if last is not None and seq_id is not None and prev_seq_id is not None and prev_seq_id != last:
+            buf.clear()  # the buffer itself broke: a snapshot must bridge from here
+        if len(buf) == buf.maxlen:
+            self.buffer_drops += 1
+        buf.append((seq_id, prev_seq_id, ts, bids, asks, checksum))  # replayed through the generic apply
+        if not self.snapshot_inflight:
+            self.need_snapshot = True
+        return Status.BUFFERED
 
     def on_update(
         self,
@@ -366,16 +476,32 @@ class SeqIdSync:
         """Apply one update. ``quads``: the levels are (price, qty, _, _) 4-tuples; ``short_prices``:
         every price has at most 15 characters (both as in ``Book.apply_quads``)."""
         if not self.synced:
-            return IGNORED
-        if seq_id is not None and prev_seq_id is not None and self.seq_id is not None and prev_seq_id != self.seq_id:
-            self.reset()
-            return Status.GAP
+            return self._buffer(seq_id, prev_seq_id, ts, bids, asks, checksum)
+        cur = self.seq_id
+        if seq_id is not None and prev_seq_id is not None and cur is not None:
+            if self.bridged:
+                if prev_seq_id != cur:
+                    if seq_id <= cur:
+                        return Status.STALE  # a duplicate (overlapping connections)
+                    self._desync()
+                    self._buffer(seq_id, prev_seq_id, ts, bids, asks, checksum)
+                    return Status.GAP
+            else:  # the first update after a REST snapshot: prevSeqId <= snapshot seqId < seqId
+                if seq_id <= cur:
+                    return Status.STALE
+                if prev_seq_id > cur:
+                    self._desync()
+                    self._buffer(seq_id, prev_seq_id, ts, bids, asks, checksum)
+                    return Status.GAP
+                self.bridged = True
+        elif not self.bridged:
+            self.bridged = True  # no sequence ids to bridge with (see the class docstring)
         book = self.book
         ticker = self.ticker
         c = ticker.cadence_ms
         prev_ms = ticker.last_event_ms
         if c > 0 and prev_ms is not None and ts // c > prev_ms // c:
-            uid = self.seq_id if self.seq_id is not None else self.timestamp
+            uid = cur if cur is not None else self.timestamp
             if uid is not None:
                 ticker.publish(book, ts - ts % c, prev_ms, uid)
         try:
@@ -384,18 +510,15 @@ class SeqIdSync:
             else:
                 touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
         except Exception:
-            self.reset()  # a level the book could not take: never keep a half-applied book
+            self._desync()  # a level the book could not take: never keep a half-applied book
             raise
-        # verification on EVERY update: recompute when the top levels changed, else the cached
-        # checksum of the unchanged top levels is compared
-        if checksum is not None:
-            crc = self._crc
-            if touched or crc is None:
-                crc = self._crc = book.okx_checksum(self.CHECKSUM_LEVELS)
-            self.checksums_verified += 1
-            if crc != checksum:
-                self.reset()
-                return CHECKSUM
+        if touched:
+            self._crc = None
+        # a real checksum is verified on EVERY update (the cached one while the top is unchanged);
+        # 0 or absent means the venue sends none (OKX since 2026-06-23)
+        if checksum and not self._verify(checksum):
+            self._desync()
+            return CHECKSUM
         self.seq_id = seq_id
         self.timestamp = ts
         if c <= 0:

@@ -57,7 +57,17 @@ TIMER_S = 0.1
 HOUSEKEEPING_S = 2.0
 # adapter events that are not errors (informational state changes); all others count as errors by code
 INFO_EVENTS = frozenset(
-    {"resync", "snapshot_too_old", "book_unsynced_update", "liquidation_other_symbol", "repeated_point"}
+    {
+        "resync",
+        "snapshot_too_old",
+        "book_unsynced_update",
+        "book_stale_update",
+        "book_snapshot_request",
+        "book_rest_sync",
+        "ws_subscribe_request",
+        "liquidation_other_symbol",
+        "repeated_point",
+    }
 )
 
 
@@ -131,7 +141,11 @@ class Collector:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 self._session = session
                 self._rest = RestClient(
-                    session, self.metrics, self.state, timeout_s=self.settings.collector.rest_timeout_s
+                    session,
+                    self.metrics,
+                    self.state,
+                    timeout_s=self.settings.collector.rest_timeout_s,
+                    body_error=lambda market, body: self.adapters[market].rest_body_error(body),
                 )
                 log.info(
                     "collector.start",
@@ -434,13 +448,33 @@ class Collector:
         cfg = self.settings.collector
         backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
         try:
+            if action.delay_s > 0:
+                await asyncio.sleep(action.delay_s)
             while True:
                 try:
                     body, ts = await self._rest.get(market, action.url, action.weight)
                     break
                 except RestError as exc:
-                    log.warning("collector.snapshot_failed", market=market, symbol=action.symbol, error=str(exc))
-                    await asyncio.sleep(backoff.next())
+                    if not exc.permanent:
+                        log.warning("collector.snapshot_failed", market=market, symbol=action.symbol, error=str(exc))
+                        await asyncio.sleep(backoff.next())
+                        continue
+                    # the venue rejects this request as sent (e.g. a depth limit it does not take): say so
+                    # once, count every rejection, and ask again only at the slowest reconnect pace
+                    self.metrics.error(market, "snapshot_rejected")
+                    key = (market, f"snapshot_rejected:{exc.code or exc.status}")
+                    if key not in self._logged:
+                        self._logged.add(key)
+                        log.error(
+                            "collector.snapshot_rejected",
+                            market=market,
+                            symbol=action.symbol,
+                            status=exc.status,
+                            code=exc.code,
+                            error=str(exc),
+                            fix="check orderbook.snapshot_limit and the market's symbols against the venue",
+                        )
+                    await asyncio.sleep(cfg.reconnect_max_s)
         finally:
             self._snapshots_inflight.discard((market, action.symbol))
         try:

@@ -75,6 +75,7 @@ class FetchSnapshot:
     symbol: str  # exchange symbol
     url: str
     weight: int = 1
+    delay_s: float = 0.0  # wait this long before fetching (e.g. the last snapshot was older than the stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,17 @@ class SwitchConnection:
 
 
 Action = Send | FetchSnapshot | Reconnect | Backfill | SwitchConnection
+
+
+@dataclass(frozen=True, slots=True)
+class RestBodyError:
+    """An error a venue reports inside a REST body (OKX answers HTTP 200 with ``{"code": "50011", ...}``)."""
+
+    code: str  # the venue's code, as text
+    msg: str
+    rate_limited: bool = False  # wait ``retry_after_s`` on this host, then retry
+    transient: bool = False  # retry with backoff (venue busy / timeout); neither flag: permanent
+    retry_after_s: float = 0.0  # the venue's rate-limit window
 
 
 @dataclass(slots=True)
@@ -176,3 +188,11 @@ class VenueAdapter(ABC):
         """During a ``SwitchConnection``: may the old connection close now (e.g. every book of the feed is
         synchronized)? Asked after each frame of the new connection."""
         return True
+
+    def rest_body_error(self, body: bytes) -> RestBodyError | None:
+        """The venue error a REST body carries (any HTTP status), None for a success or no venue code.
+
+        The REST client calls it before handing a body to the adapter: a rate-limit code backs the
+        host off and retries, a transient one retries, any other code fails the request with it.
+        """
+        return None

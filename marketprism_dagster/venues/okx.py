@@ -1,11 +1,13 @@
 """OKX spot and USDT swaps (v5 public WebSocket + rubik REST): specs, symbol mapping, parsers.
 
-One WebSocket feed ``{ws}/ws/v5/public`` subscribes per instId to ``trades``, ``books``
-(400 levels, snapshot then updates, seqId/prevSeqId, CRC32 checksum verified on EVERY
-message), ``funding-rate`` and ``open-interest``, plus ``liquidation-orders`` for instType
-SWAP; text "ping" after 25 s idle, answered by "pong". Books need no REST snapshot: on a
-checksum mismatch or a seqId gap the adapter asks the runtime to ``Send`` unsubscribe and
-subscribe for that instId, which makes OKX push a fresh snapshot.
+One WebSocket feed ``{ws}/ws/v5/public`` subscribes (one request per connection, never an
+unsubscribe) per instId to ``trades``, ``books`` (400 levels, seqId/prevSeqId), ``funding-rate``
+and ``open-interest``, plus ``liquidation-orders`` for instType SWAP; text "ping" after 25 s idle,
+answered by "pong". Books synchronize in the venue's three protocol states (see
+``book.sync.SeqIdSync`` and docs/venues.md): from a pushed snapshot with a real checksum, from a
+pushed snapshot with ``checksum: 0`` (OKX since 2026-06-23), or from the REST snapshot
+``GET /api/v5/market/books`` bridged by sequence ids when the stream pushes none. A gap or a
+checksum mismatch recovers through the REST snapshot, never through a resubscribe.
 
 Swap sizes are contracts: base quantity = contracts x ``ctVal`` (exact Decimal), the raw
 count kept in ``quantity_contracts`` / ``open_interest_contracts``. Symbols come from the
@@ -22,15 +24,16 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from marketprism_dagster.book import SeqIdSync
-from marketprism_dagster.book.sync import APPLIED, CHECKSUM, IGNORED, SYNCED
+from marketprism_dagster.book import SeqIdSync, Status
+from marketprism_dagster.book.sync import APPLIED, CHECKSUM, GAP
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import (
+    FetchSnapshot,
     Instrument,
     Output,
+    RestBodyError,
     RestPoll,
-    Send,
     SwitchConnection,
     VenueAdapter,
     WsFeed,
@@ -53,12 +56,20 @@ RUBIK_PATHS = {
 RUBIK_PERIOD = {"1h": "1H", "2h": "2H", "4h": "4H", "6h": "6H", "12h": "12H", "1d": "1D"}  # others as-is
 PING_INTERVAL_S = 25.0
 SHUTDOWN_NOTICE_CODE = "64008"  # event "notice": the connection closes soon for a service upgrade
+BOOKS_PATH = "/api/v5/market/books"  # the REST snapshot that synchronizes a ``books`` stream
+BOOKS_DEPTH = 400  # the ``books`` channel's depth and the endpoint's largest ``sz``: the whole book
+SNAPSHOT_RETRY_S = 0.5  # a too-old or unreadable snapshot is fetched again after this pause
+STALE = Status.STALE
+SNAPSHOT_TOO_OLD = Status.SNAPSHOT_TOO_OLD
 
 
 def parse_instruments(body: bytes | str) -> list[Instrument]:
-    """Instruments from ``/api/v5/public/instruments`` (any instType)."""
+    """Instruments from ``/api/v5/public/instruments`` (any instType); ValueError naming a non-zero ``code``."""
     out: list[Instrument] = []
     payload = orjson.loads(body)
+    code = str(payload.get("code", "0"))
+    if code != "0":  # an error envelope: not "no such symbol" for every configured symbol
+        raise ValueError(f"okx instruments request failed: code {code}: {payload.get('msg') or ''}")
     for i in payload.get("data", ()):
         kind = i.get("instType")
         if kind == "SPOT":
@@ -87,6 +98,39 @@ def parse_instruments(body: bytes | str) -> list[Instrument]:
     return out
 
 
+# OKX REST codes (docs-v5 "Error Code", REST API, Public, 50000-53999; documented/okx_errors_rate_limits.json).
+# Rate limit: 50011 "Rate limit reached" (HTTP 200 or 429), 50013 "Systems are busy" (429), 50040 "Too
+# frequent operations", 50061 (account order rate limit: never on public data, waiting is still right).
+# Retry later: 50001 "Service temporarily unavailable" (503), 50004 "API endpoint request timeout" (400),
+# 50026 "System error. Try again later" (500). Every other non-zero code is permanent for the request as
+# sent (e.g. 51001 "Instrument ID or Spread ID doesn't exist.").
+REST_RATE_LIMIT_CODES = frozenset({"50011", "50013", "50040", "50061"})
+REST_TRANSIENT_CODES = frozenset({"50001", "50004", "50026"})
+# Every public endpoint we call counts requests per 2 s: books 40 / 2 s (IP), instruments 20 / 2 s
+# (IP + instType), rubik long/short ratios 5 / 2 s (IP + instId). A rate-limited host waits one window.
+REST_WINDOW_S = 2.0
+
+
+def parse_rest_error(body: bytes | str) -> RestBodyError | None:
+    """The error in an OKX REST envelope ``{"code": "<n>", "msg": ..., "data": [...]}``; None for code "0".
+
+    A body that is not such an envelope (not JSON, no ``code``) is no venue error: None.
+    """
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict) or "code" not in payload:
+        return None
+    code = str(payload["code"])
+    if code == "0":
+        return None
+    msg = str(payload.get("msg") or "")
+    if code in REST_RATE_LIMIT_CODES:
+        return RestBodyError(code, msg, rate_limited=True, retry_after_s=REST_WINDOW_S)
+    return RestBodyError(code, msg, transient=code in REST_TRANSIENT_CODES)
+
+
 @dataclass(frozen=True, slots=True)
 class BookMessage:
     inst_id: str
@@ -111,6 +155,31 @@ def parse_book_message(msg: Mapping[str, Any]) -> BookMessage:
         bids=d.get("bids") or (),
         asks=d.get("asks") or (),
         checksum=d.get("checksum"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RestBook:
+    seq_id: int | None
+    ts: int
+    bids: Sequence[Sequence[str]]  # [price, size, "0", orders]
+    asks: Sequence[Sequence[str]]
+
+
+def parse_rest_book(body: bytes | str) -> RestBook:
+    """A ``GET /api/v5/market/books`` answer. ``seqId`` is read as a number or a numeric string (the
+    docs leave its JSON type open); a non-zero ``code`` raises ValueError naming code and message."""
+    payload = orjson.loads(body)
+    code = payload.get("code")
+    if code not in ("0", 0):
+        raise ValueError(f"okx books snapshot error {code}: {payload.get('msg')}")
+    d = payload["data"][0]
+    seq = d.get("seqId")
+    return RestBook(
+        seq_id=int(seq) if seq is not None and seq != "" else None,
+        ts=int(d["ts"]),
+        bids=d.get("bids") or (),
+        asks=d.get("asks") or (),
     )
 
 
@@ -231,21 +300,21 @@ class OkxAdapter(VenueAdapter):
                     polls.append(rest_poll(self.market_id, data_type, inst, url, PERIOD_SECONDS[period]))
         return polls
 
-    def resubscribe(self, inst_id: str, feed_key: str | None = None) -> list[Send]:
-        """Unsubscribe + subscribe ``books`` for one instId: OKX then pushes a fresh snapshot."""
-        arg = [{"channel": "books", "instId": inst_id}]
-        key = feed_key or self.feed_key
-        return [
-            Send(key, orjson.dumps({"op": "unsubscribe", "args": arg}).decode()),
-            Send(key, orjson.dumps({"op": "subscribe", "args": arg}).decode()),
-        ]
+    def snapshot_action(self, inst_id: str, delay_s: float = 0.0) -> FetchSnapshot:
+        """The REST book snapshot that (re)synchronizes one instrument (never a resubscribe: OKX allows
+        480 subscribe/unsubscribe requests per connection and hour, and the socket carries every channel)."""
+        url = f"{self.market.rest_url.rstrip('/')}{BOOKS_PATH}?instId={inst_id}&sz={BOOKS_DEPTH}"
+        return FetchSnapshot(symbol=inst_id, url=url, delay_s=delay_s)
 
     # ------------------------------------------------------------ inputs
     def on_connect(self, feed_key: str, received_at: int) -> Output:
-        """Reconnect: every book waits for the snapshot OKX pushes after the subscribe frame."""
+        """Reconnect: every book starts over (from a pushed snapshot, or buffered updates and a REST
+        snapshot). The feed sends its one subscribe request per connection (counted)."""
         for sync in self.books.values():
             sync.reset()
-        return Output()
+        out = Output()
+        out.count("ws_subscribe_request")
+        return out
 
     def on_message(self, feed_key: str, raw: bytes | str, received_at: int) -> Output:
         if not self.typed_fast_path:
@@ -379,34 +448,76 @@ class OkxAdapter(VenueAdapter):
         inst = self.instruments.get(inst_id) or self._instrument(inst_id, out)
         if inst is None:
             return
-        sync = self.books.get(inst_id)
-        if sync is None:
-            sync = self.books[inst_id] = SeqIdSync(self.orderbook.cadence_ms, self.orderbook.depth)
+        sync = self.books.get(inst_id) or self._sync(inst_id)
         try:
             if snapshot:
                 st = sync.on_snapshot(seq_id, ts, bids, asks, checksum)
             else:
                 st = sync.on_update(seq_id, prev_seq_id, ts, bids, asks, checksum, quads, quads)
         except _PARSE_ERRORS:
-            # a level the book could not take: the sync dropped the book; ask for a fresh snapshot
+            # a level the book could not take: the sync dropped the book; a REST snapshot follows
             # (the caller counts the parse error)
             out.count("resync")
-            out.actions.extend(self.resubscribe(inst_id, fk if fk.startswith(self.market_id) else None))
+            self._request_snapshot(sync, inst_id, out)
             raise
+        if st is APPLIED:
+            if sync.ticker.ready:
+                self._publish(sync, inst, received_at, out)
+            return
+        self._book_status(st, sync, inst, received_at, out)
+
+    def _sync(self, inst_id: str) -> SeqIdSync:
+        sync = self.books[inst_id] = SeqIdSync(self.orderbook.cadence_ms, self.orderbook.depth)
+        return sync
+
+    def _publish(self, sync: SeqIdSync, inst: Instrument, received_at: int, out: Output) -> None:
+        snaps = sync.ticker.drain()
+        if inst.inverse:
+            return  # books of inverse swaps are kept and verified, not stored (outside our matrix)
+        depth = self.orderbook.depth
+        for snap in snaps:
+            out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
+
+    def _request_snapshot(self, sync: SeqIdSync, inst_id: str, out: Output, delay_s: float = 0.0) -> None:
+        if sync.need_snapshot:
+            sync.snapshot_requested()
+            out.count("book_snapshot_request")
+            out.actions.append(self.snapshot_action(inst_id, delay_s))
+
+    def _book_status(self, st: Status, sync: SeqIdSync, inst: Instrument, received_at: int, out: Output) -> None:
+        """Everything but a plain applied update: count it, publish what is ready, ask for a snapshot if needed."""
+        if st is GAP or st is CHECKSUM:
+            out.count("resync")
+            out.count("checksum_failure" if st is CHECKSUM else "sequence_gap")
+        elif st is STALE:
+            out.count("book_stale_update")
+        elif st is SNAPSHOT_TOO_OLD:
+            out.count("snapshot_too_old")
         if sync.ticker.ready:
-            depth = self.orderbook.depth
-            snaps = sync.ticker.drain()
-            if not inst.inverse:
-                for snap in snaps:
-                    out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
-        if st is APPLIED or st is SYNCED:
-            return
-        if st is IGNORED:
-            out.count("book_unsynced_update")
-            return
-        out.count("resync")
-        out.count("checksum_failure" if st is CHECKSUM else "sequence_gap")
-        out.actions.extend(self.resubscribe(inst_id, fk if fk.startswith(self.market_id) else None))
+            self._publish(sync, inst, received_at, out)
+        # a snapshot older than the buffered stream: the venue's cache lags, ask again a little later
+        self._request_snapshot(sync, inst.exchange_symbol, out, SNAPSHOT_RETRY_S if st is SNAPSHOT_TOO_OLD else 0.0)
+
+    def on_snapshot(self, symbol: str, body: bytes, received_at: int) -> Output:
+        """A REST ``/api/v5/market/books`` answer for ``symbol`` (an instId), bridged to the stream."""
+        out = Output()
+        inst = self._instrument(symbol, out)
+        if inst is None:
+            return out
+        sync = self.books.get(symbol) or self._sync(symbol)
+        try:
+            snap = parse_rest_book(body)
+            st = sync.on_rest_snapshot(snap.seq_id, snap.ts, snap.bids, snap.asks)
+        except _PARSE_ERRORS as exc:
+            # an error body or a level the book could not take: the book stays unsynchronized, ask again
+            self.errors.bad(out, "parse_error", "books_snapshot", body, error=repr(exc))
+            sync.snapshot_failed()
+            self._request_snapshot(sync, symbol, out, SNAPSHOT_RETRY_S)
+            return out
+        if st is Status.SYNCED or st is Status.SNAPSHOT_PENDING:
+            out.count("book_rest_sync")
+        self._book_status(st, sync, inst, received_at, out)
+        return out
 
     def _funding(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
         inst_id = arg["instId"]
@@ -506,6 +617,10 @@ class OkxAdapter(VenueAdapter):
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             self.errors.bad(out, "parse_error", poll.data_type, body, error=repr(exc))
         return out
+
+
+    def rest_body_error(self, body: bytes) -> RestBodyError | None:
+        return parse_rest_error(body)
 
 
 ADAPTER = OkxAdapter

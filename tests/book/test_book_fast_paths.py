@@ -145,7 +145,7 @@ def test_a_bad_level_desynchronizes_instead_of_keeping_a_half_applied_book() -> 
     with pytest.raises(ValueError):
         okx.on_update(2, 1, 600, [("1.1", "1", "0", "1"), ("abc", "1", "0", "1")], [], 0, quads=True)
     assert not okx.synced and okx.final_snapshot(10) is None
-    assert okx.on_update(3, 2, 700, [], [], None) is Status.IGNORED
+    assert okx.on_update(3, 2, 700, [], [], None) is Status.BUFFERED and okx.need_snapshot
 
 
 def test_checksum_is_verified_on_every_update_even_when_the_top_is_unchanged() -> None:

@@ -181,8 +181,8 @@ def test_okx_seq_checksum_sync_never_publishes_a_wrong_book(snap, steps, bad_at,
             assert status is (Status.GAP if gap else Status.CHECKSUM) and not sync.synced
             broken = True
             continue
-        if broken:
-            assert status is Status.IGNORED and not sync.ticker.ready
+        if broken:  # unsynchronized: buffered for the REST snapshot the sync asks for
+            assert status is Status.BUFFERED and sync.need_snapshot and not sync.ticker.ready
             continue
         assert status is Status.APPLIED
         seq += 3
@@ -217,3 +217,97 @@ def test_replicas_with_different_snapshots_publish_identical_identities() -> Non
         out.append({(s.tick, s.update_id, tuple(s.bids), tuple(s.asks)) for s in sync.ticker.drain()})
     late = out[1]
     assert late and late <= out[0]
+
+
+def _okx_stream(snap, steps, gaps):  # -> (states by seqId, [(seq, prev, ts, bids, asks)])
+    """A venue-side OKX book: seqIds grow by 1-3 per update (``gaps``), each state recorded."""
+    rb, ra = {}, {}
+    apply_ref(rb, as_levels(snap[0], True))
+    apply_ref(ra, as_levels(snap[1], False))
+    seq = 100
+    states = {seq: (dict(rb), dict(ra))}
+    updates = []
+    for i, (b, a) in enumerate(steps):
+        bl, al = as_levels(b, True), as_levels(a, False)
+        apply_ref(rb, bl)
+        apply_ref(ra, al)
+        nxt = seq + gaps[i % len(gaps)]
+        updates.append((nxt, seq, 1_000 + 250 * i, bl, al))
+        seq = nxt
+        states[seq] = (dict(rb), dict(ra))
+    return states, updates
+
+
+def _levels_of(ref: Ref, bid: bool) -> list[list[str]]:
+    keys = sorted(ref, key=Decimal, reverse=bid)
+    return [[p, ref[p], "0", "1"] for p in keys]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    snap=st.tuples(levels, levels),
+    steps=st.lists(st.tuples(levels, levels), min_size=4, max_size=30),
+    gaps=st.lists(st.integers(1, 3), min_size=1, max_size=5),
+    first=st.integers(0, 3),
+    snap_at=st.integers(0, 30),
+    stale_first=st.booleans(),
+    dup_every=st.one_of(st.none(), st.integers(2, 5)),
+    zero=st.booleans(),
+)
+def test_okx_rest_snapshot_bridges_any_buffer_and_never_publishes_a_wrong_book(
+    snap, steps, gaps, first, snap_at, stale_first, dup_every, zero
+) -> None:
+    """State (c): no pushed snapshot. Updates from ``first`` on are buffered; a REST snapshot of the
+    venue's state at ``snap_at`` (maybe preceded by one too old to bridge) synchronizes the book;
+    every later update (duplicates included, as while two connections overlap) chains. With
+    ``zero`` the frames carry checksum 0, otherwise the real one."""
+    states, updates = _okx_stream(snap, steps, gaps)
+    seqs = sorted(states)
+    received = updates[first:]
+    # the snapshot is taken while the updates up to some point have already been received
+    snap_seq = seqs[min(max(snap_at, first + 1), len(seqs) - 1)]
+    sync = SeqIdSync(cadence_ms=0, depth=400)
+    published = []
+    bridged_at = None
+    for k, (seq, prev, ts, bl, al) in enumerate(received):
+        checksum = 0 if zero else naive_checksum(*states[seq])
+        status = sync.on_update(seq, prev, ts, bl, al, checksum)
+        if dup_every and k % dup_every == 0:
+            again = sync.on_update(seq, prev, ts, bl, al, checksum)
+            assert again in (Status.STALE, Status.BUFFERED)
+        published += sync.ticker.drain()
+        if status is Status.BUFFERED and sync.need_snapshot:
+            sync.snapshot_requested()
+        if seq >= snap_seq and bridged_at is None and not sync.synced:
+            if stale_first and first > 0:  # a snapshot older than the first buffered prevSeqId
+                old = seqs[0]
+                ob, oa = states[old]
+                st_old = sync.on_rest_snapshot(old, 0, _levels_of(ob, True), _levels_of(oa, False))
+                assert st_old is Status.SNAPSHOT_TOO_OLD and not sync.synced and sync.need_snapshot
+                sync.snapshot_requested()
+            sb, sa = states[snap_seq]
+            st_rest = sync.on_rest_snapshot(snap_seq, ts, _levels_of(sb, True), _levels_of(sa, False))
+            assert st_rest in (Status.SYNCED, Status.SNAPSHOT_PENDING)
+            bridged_at = seq
+            published += sync.ticker.drain()
+    assert bridged_at is not None and sync.synced and sync.seq_id == seqs[-1]
+    for s in published:
+        want_b, want_a = states[s.update_id]
+        assert ({Decimal(p): Decimal(q) for p, q in s.bids}, {Decimal(p): Decimal(q) for p, q in s.asks}) == (
+            numeric(want_b),
+            numeric(want_a),
+        )
+    final = sync.final_snapshot(400)
+    assert final is not None and final.update_id == seqs[-1]
+    assert {Decimal(p): Decimal(q) for p, q in final.bids} == numeric(states[seqs[-1]][0])
+
+
+def test_okx_chain_applies_heartbeats_and_sequence_resets_and_ignores_duplicates() -> None:
+    sync = SeqIdSync(cadence_ms=0, depth=10)
+    assert sync.on_snapshot(10, 500, [["1.0", "1"]], [["2.0", "1"]], 0) is Status.SYNCED
+    assert sync.on_update(11, 10, 600, [["1.1", "1"]], [], 0) is Status.APPLIED
+    assert sync.on_update(11, 10, 600, [["1.1", "1"]], [], 0) is Status.STALE  # the same update again
+    assert sync.on_update(11, 11, 700, [], [], 0) is Status.APPLIED  # no change: seqId == prevSeqId
+    assert sync.on_update(3, 11, 800, [["0.9", "2"]], [], 0) is Status.APPLIED  # reset below: chains by prevSeqId
+    assert sync.on_update(4, 3, 900, [], [], None) is Status.APPLIED and sync.seq_id == 4
+    assert sync.on_update(9, 7, 950, [], [], None) is Status.GAP and not sync.synced and sync.need_snapshot

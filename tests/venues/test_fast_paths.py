@@ -80,7 +80,7 @@ def test_binance_bad_price_on_the_fast_path_is_counted_and_forces_a_resync(
     assert [type(a).__name__ for a in out.actions] == ["FetchSnapshot"] and not out.records
 
 
-def test_okx_bad_price_on_the_fast_path_resubscribes(fixtures_dir: Path, make_adapter: Any) -> None:
+def test_okx_bad_price_on_the_fast_path_fetches_a_rest_snapshot(fixtures_dir: Path, make_adapter: Any) -> None:
     recs = _records(fixtures_dir, SESSIONS["okx_spot"])
     adapter = make_adapter("okx_spot", cadence_ms=0)
     replay(adapter, recs)
@@ -96,8 +96,9 @@ def test_okx_bad_price_on_the_fast_path_resubscribes(fixtures_dir: Path, make_ad
     frame["data"][0].pop("seqId", None)
     frame["data"][0].pop("prevSeqId", None)
     out = adapter.on_message("okx_spot/public", orjson.dumps(frame), 7)
-    assert out.events == {"parse_error": 1, "resync": 1} and not out.records
-    assert [type(a).__name__ for a in out.actions] == ["Send", "Send"]
+    assert out.events == {"parse_error": 1, "resync": 1, "book_snapshot_request": 1} and not out.records
+    (fetch,) = out.actions  # a REST snapshot, never an unsubscribe/subscribe pair
+    assert type(fetch).__name__ == "FetchSnapshot" and "/api/v5/market/books?instId=BTC-USDT&sz=400" in fetch.url
     assert not sync.synced
 
 
