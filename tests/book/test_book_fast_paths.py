@@ -211,3 +211,18 @@ def test_update_pairs_path_equals_the_diff_path(usdm, sizes, bodies, snap, snap_
             hot.need_snapshot,
         )
         assert ref.ticker.drain() == hot.ticker.drain()
+
+
+def test_binance_spot_diff_overlapping_the_local_id_is_applied_not_a_gap() -> None:
+    """Binance spot (docs, 2025+): after the bridge an event applies while ``U <= local + 1``; the
+    levels are absolute quantities, so an overlap is harmless. Only ``U > local + 1`` is a gap."""
+    sync = UpdateIdSync("spot", cadence_ms=0, depth=10)
+    assert sync.on_diff(Diff(95, 105, None, 1, [["1.0", "1"]], [])) is Status.BUFFERED
+    sync.snapshot_requested()
+    assert sync.on_snapshot(100, [["1.0", "2"]], [["2.0", "1"]]) is Status.SYNCED
+    assert sync.update_id == 105
+    assert sync.on_diff(Diff(103, 110, None, 2, [["1.1", "3"]], [])) is Status.APPLIED  # overlaps 103..105
+    assert sync.on_update_pairs(108, 112, None, 3, [("1.2", "4")], []) is Status.APPLIED  # the fast path too
+    assert sync.update_id == 112 and sync.book.best_bid() == ("1.2", "4")
+    assert sync.on_diff(Diff(110, 112, None, 4, [], [])) is Status.STALE  # nothing new
+    assert sync.on_diff(Diff(114, 120, None, 5, [], [])) is Status.GAP and not sync.synced
