@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from .connection import Conn, VenueStats
 from .faults import BOOK_SNAPSHOT_KINDS, FaultRule, VenueFaults
 from .hub import StreamHub
 
-FAULT_KEY = "emulator_fault"  # request key: a fault the handler itself applies
+# a REST fault the handler itself applies (book snapshots); set per request task by the middleware
+REQUEST_FAULT: ContextVar[FaultRule | None] = ContextVar("emulator_request_fault", default=None)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FaultResponder = Callable[[FaultRule], web.Response]
@@ -77,9 +79,8 @@ def rest_middleware(ctx: VenueContext, responder: FaultResponder) -> Any:
             return await handler(request)
         ctx.stats.rest_requests += 1
         rule = ctx.faults.on_request(request.path_qs)
-        if rule is not None and rule.kind in BOOK_SNAPSHOT_KINDS:
-            request[FAULT_KEY] = rule  # the handler answers a faulty book itself
-        elif rule is not None:
+        REQUEST_FAULT.set(rule if rule is not None and rule.kind in BOOK_SNAPSHOT_KINDS else None)
+        if rule is not None and rule.kind not in BOOK_SNAPSHOT_KINDS:
             if rule.kind == "rest_timeout":
                 await asyncio.sleep(rule.hold_seconds())
             else:

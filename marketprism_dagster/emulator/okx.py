@@ -48,7 +48,7 @@ from aiohttp import WSMsgType, web
 from . import series
 from .config import okx_inst_id
 from .connection import Conn, Frame
-from .context import FAULT_KEY, VenueContext, json_response, rest_middleware, ws_response
+from .context import REQUEST_FAULT, VenueContext, json_response, rest_middleware, ws_response
 from .faults import FLAG_CHECKSUM, FLAG_SEQ, MAX_AHEAD, OKX_REST_CODES, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .hub import TopicSpec
@@ -496,7 +496,7 @@ class OkxVenue:
         market = self.market(iid)
         if market is None:
             return self._bad_inst()
-        rule: FaultRule | None = request.get(FAULT_KEY)
+        rule = REQUEST_FAULT.get()
         if rule is not None and rule.kind == "book_snapshot_stale":
             seq, ts, bids, asks = market.stale_book(size)
         elif rule is not None and rule.kind == "book_snapshot_ahead":

@@ -7,55 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
+from okx_book_client import SUBSCRIBE, ClientBook, next_json, rest_book
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.emulator.okx_checksum import okx_checksum
 
-SUBSCRIBE = '{"op":"subscribe","args":[{"channel":"books","instId":"%s"}]}'
-
-
-class ClientBook:
-    """What a collector keeps: price string -> size string per side, and the last seqId applied."""
-
-    def __init__(self, snapshot: dict[str, Any]) -> None:
-        self.bids = {lvl[0]: lvl[1] for lvl in snapshot["bids"]}
-        self.asks = {lvl[0]: lvl[1] for lvl in snapshot["asks"]}
-        self.seq: int = snapshot["seqId"]
-
-    def apply(self, data: dict[str, Any]) -> None:
-        for side, levels in ((self.bids, data["bids"]), (self.asks, data["asks"])):
-            for px, sz, *_ in levels:
-                if sz == "0":
-                    side.pop(px, None)
-                else:
-                    side[px] = sz
-        self.seq = data["seqId"]
-
-    def top(self, n: int) -> tuple[list[list[str]], list[list[str]]]:
-        bids = [[p, self.bids[p]] for p in sorted(self.bids, key=float, reverse=True)[:n]]
-        asks = [[p, self.asks[p]] for p in sorted(self.asks, key=float)[:n]]
-        return bids, asks
-
 
 def _cfg(root: Path, mode: str, **kw: Any) -> EmulatorConfig:
     return EmulatorConfig(venues=("okx",), rate=0, seed=9, fixtures=root, okx_books=mode, **kw)
-
-
-async def _next(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    msg = await ws.receive(timeout=10)
-    assert msg.type == aiohttp.WSMsgType.TEXT, msg
-    return orjson.loads(msg.data)
-
-
-async def _rest_book(http: aiohttp.ClientSession, rest: str, inst_id: str, sz: int = 400) -> dict[str, Any]:
-    async with http.get(f"{rest}/api/v5/market/books?instId={inst_id}&sz={sz}") as resp:
-        assert resp.status == 200
-        body = await resp.json()
-    assert body["code"] == "0" and body["msg"] == ""
-    (data,) = body["data"]
-    return data
 
 
 @pytest.mark.parametrize("mode", ["checksum", "zero", "rest"])
@@ -63,8 +23,8 @@ async def test_books_frames_follow_the_selected_protocol(fixtures_root: Path, mo
     async with Emulator(_cfg(fixtures_root, mode)) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
         async with http.ws_connect(emu.urls["okx_spot"]["ws"] + "/ws/v5/public") as ws:
             await ws.send_str(SUBSCRIBE % "BTC-USDT")
-            assert (await _next(ws))["event"] == "subscribe"
-            frames = [await _next(ws) for _ in range(300)]
+            assert (await next_json(ws))["event"] == "subscribe"
+            frames = [await next_json(ws) for _ in range(300)]
     actions = [f["action"] for f in frames]
     data = [f["data"][0] for f in frames]
     assert all(f["arg"] == {"channel": "books", "instId": "BTC-USDT"} for f in frames)
@@ -95,15 +55,15 @@ async def test_rest_snapshot_plus_following_updates_equals_a_later_rest_snapshot
         rest, iid = emu.urls["okx_derivatives"]["rest"], "BTC-USDT-SWAP"
         async with http.ws_connect(emu.urls["okx_derivatives"]["ws"] + "/ws/v5/public") as ws:
             await ws.send_str(SUBSCRIBE % iid)
-            await _next(ws)
-            buffered = [m["data"][0] for m in [await _next(ws) for _ in range(30)] if m["action"] == "update"]
-            snap = await _rest_book(http, rest, iid)
+            await next_json(ws)
+            buffered = [m["data"][0] for m in [await next_json(ws) for _ in range(30)] if m["action"] == "update"]
+            snap = await rest_book(http, rest, iid)
             assert all(len(lvl) == 4 and lvl[2] == "0" for lvl in snap["bids"] + snap["asks"])
             book = ClientBook(snap)
             pending = [u for u in buffered if u["seqId"] > snap["seqId"]]  # drop what the snapshot covers
             applied = 0
             while applied < 3000:
-                upd = pending.pop(0) if pending else (await _next(ws))["data"][0]
+                upd = pending.pop(0) if pending else (await next_json(ws))["data"][0]
                 if upd["seqId"] <= snap["seqId"]:
                     continue
                 if applied == 0:
@@ -112,9 +72,9 @@ async def test_rest_snapshot_plus_following_updates_equals_a_later_rest_snapshot
                     assert upd["prevSeqId"] == book.seq
                 book.apply(upd)
                 applied += 1
-            later = await _rest_book(http, rest, iid)
+            later = await rest_book(http, rest, iid)
             while book.seq < later["seqId"]:  # the stream catches up with the later snapshot
-                upd = (await _next(ws))["data"][0]
+                upd = (await next_json(ws))["data"][0]
                 assert upd["prevSeqId"] == book.seq
                 book.apply(upd)
     assert book.seq == later["seqId"]
@@ -125,8 +85,8 @@ async def test_rest_snapshot_plus_following_updates_equals_a_later_rest_snapshot
 async def test_rest_books_sizes_unknown_instrument_and_checksum_mode_seq(fixtures_root: Path) -> None:
     async with Emulator(_cfg(fixtures_root, "checksum")) as emu, aiohttp.ClientSession() as http:
         rest = emu.urls["okx_spot"]["rest"]
-        assert len((await _rest_book(http, rest, "ETH-USDT", 1))["bids"]) == 1
-        assert len((await _rest_book(http, rest, "ETH-USDT", 5))["asks"]) == 5
+        assert len((await rest_book(http, rest, "ETH-USDT", 1))["bids"]) == 1
+        assert len((await rest_book(http, rest, "ETH-USDT", 5))["asks"]) == 5
         async with http.get(f"{rest}/api/v5/market/books?instId=ETH-USDT") as resp:
             one = (await resp.json())["data"][0]
         assert len(one["bids"]) == len(one["asks"]) == 1 and isinstance(one["seqId"], int)
@@ -136,8 +96,8 @@ async def test_rest_books_sizes_unknown_instrument_and_checksum_mode_seq(fixture
                                          "msg": "Instrument ID or Spread ID doesn't exist."}
         async with http.ws_connect(emu.urls["okx_spot"]["ws"] + "/ws/v5/public") as ws:
             await ws.send_str(SUBSCRIBE % "ETH-USDT")
-            await _next(ws)
-            pushed = (await _next(ws))["data"][0]
+            await next_json(ws)
+            pushed = (await next_json(ws))["data"][0]
         assert pushed["seqId"] == one["seqId"]  # nothing streamed in between: the same book state
         assert [lvl[:2] for lvl in pushed["bids"][:1]] == [lvl[:2] for lvl in one["bids"]]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 
@@ -29,8 +30,8 @@ async def _collect(ws: aiohttp.ClientWebSocketResponse, n: int) -> list[str]:
     return out
 
 
-def _cfg(root: Path, venue: str) -> EmulatorConfig:
-    return EmulatorConfig(mode="replay", venues=(venue,), speed=0, fixtures=root)
+def _cfg(root: Path, venue: str, okx_books: str = "zero") -> EmulatorConfig:
+    return EmulatorConfig(mode="replay", venues=(venue,), speed=0, fixtures=root, okx_books=okx_books)
 
 
 async def test_binance_spot_session_replays_byte_identical(fixtures_root: Path) -> None:
@@ -59,11 +60,13 @@ async def test_binance_usdm_session_replays_split_over_public_and_market_routes(
             assert expected
 
 
-async def test_okx_session_replays_acks_and_frames_byte_identical(fixtures_root: Path) -> None:
+@pytest.mark.parametrize("okx_books", ["zero", "rest", "checksum"])
+async def test_okx_session_replays_acks_and_frames_byte_identical(fixtures_root: Path, okx_books: str) -> None:
+    """The books protocol setting shapes synth traffic only: a recording replays as recorded."""
     recs = _records(fixtures_root, "okx.ws")
     sends = [_bytes(r) for r in recs if r["kind"] == "send"]
     expected = [_bytes(r) for r in recs if r["kind"] == "recv"]
-    async with Emulator(_cfg(fixtures_root, "okx")) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
+    async with Emulator(_cfg(fixtures_root, "okx", okx_books)) as emu, aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
         async with http.ws_connect(emu.urls["okx_spot"]["ws"] + "/ws/v5/public") as ws:
             for text in sends:
                 await ws.send_str(text)
