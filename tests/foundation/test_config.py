@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from marketprism_dagster.config import ConfigError, load_config
+from marketprism_dagster.config import SNAPSHOT_DEPTH, ConfigError, load_config, snapshot_size
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,6 +111,16 @@ BAD_CONFIGS = [
         {"collector": {"shards": {"a": ["kraken_spot"]}}},
         ["collector.shards.a", "kraken_spot", "allowed:"],
     ),
+    (
+        {"orderbook": {"snapshot_limit": 5000}},
+        [
+            "orderbook.snapshot_limit 5000",
+            "market binance_derivatives",
+            "GET /fapi/v1/depth limit",
+            "allowed: [5, 10, 20, 50, 100, 500, 1000]",
+            "e.g. 1000",
+        ],
+    ),
 ]
 
 
@@ -122,7 +132,7 @@ def test_bad_config_names_key_value_and_allowed(tmp_path, data, fragments):
         assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize(("data", "fragments"), BAD_CONFIGS[:3])
+@pytest.mark.parametrize(("data", "fragments"), [*BAD_CONFIGS[:3], BAD_CONFIGS[4]])
 def test_cli_exits_nonzero_without_traceback_on_bad_config(tmp_path, data, fragments):
     path = _yaml(tmp_path, data)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETPRISM", "NATS_URL"))}
@@ -148,3 +158,49 @@ def test_missing_config_file_is_named(tmp_path):
 def test_unknown_key_is_reported(tmp_path):
     with pytest.raises(ConfigError, match=r"storage\.bakend.*unknown key"):
         load_config(_yaml(tmp_path, {"storage": {"bakend": "embedded"}}), env={})
+
+
+# ---------------------------------------------------------------- orderbook.snapshot_limit per venue
+
+
+@pytest.mark.parametrize("limit", [5, 10, 20, 50, 100, 500, 1000])
+def test_usdm_depth_limits_documented_by_binance_are_accepted(tmp_path, limit):
+    loaded = load_config(_yaml(tmp_path, {"orderbook": {"snapshot_limit": limit}}), env={})
+    assert loaded.settings.orderbook.snapshot_limit == limit
+
+
+@pytest.mark.parametrize(("limit", "nearest"), [(7, 5), (30, 20), (400, 100), (999, 500), (2000, 1000)])
+def test_usdm_rejects_a_depth_limit_outside_its_set(tmp_path, limit, nearest):
+    with pytest.raises(ConfigError) as err:
+        load_config(_yaml(tmp_path, {"orderbook": {"snapshot_limit": limit}}), env={})
+    text = str(err.value)
+    assert f"orderbook.snapshot_limit {limit} is not accepted by market binance_derivatives" in text
+    assert f"(e.g. {nearest})" in text
+    assert "<root>" not in text
+
+
+def test_snapshot_limit_only_binds_enabled_order_book_markets(tmp_path):
+    """Spot takes 1..5000: with USD-M disabled, or not collecting books, 5000 is fine."""
+    disabled = {"orderbook": {"snapshot_limit": 5000}, "markets": {"binance_derivatives": {"enabled": False}}}
+    assert load_config(_yaml(tmp_path, disabled), env={}).settings.orderbook.snapshot_limit == 5000
+    no_books = {
+        "orderbook": {"snapshot_limit": 5000},
+        "markets": {"binance_derivatives": {"data_types": ["trade", "funding_rate"]}},
+    }
+    assert load_config(_yaml(tmp_path, no_books), env={}).settings.orderbook.snapshot_limit == 5000
+
+
+def test_okx_snapshot_depth_is_capped_at_400_not_rejected():
+    assert snapshot_size("okx", "spot", 1000) == 400
+    assert snapshot_size("okx", "perpetual", 5000) == 400
+    assert snapshot_size("okx", "perpetual", 50) == 50
+    assert snapshot_size("binance", "perpetual", 500) == 500
+    assert snapshot_size("binance", "spot", 5000) == 5000
+    assert SNAPSHOT_DEPTH[("okx", "spot")].accepts(5000)
+    assert SNAPSHOT_DEPTH[("binance", "spot")].accepts(5000)
+    assert not SNAPSHOT_DEPTH[("binance", "perpetual")].accepts(5000)
+
+
+def test_cli_override_of_snapshot_limit_is_checked_too(tmp_path):
+    with pytest.raises(ConfigError, match=r"snapshot_limit 30 is not accepted by market binance_derivatives"):
+        load_config(_yaml(tmp_path, {}), overrides=["orderbook.snapshot_limit=30"], env={})
