@@ -21,10 +21,13 @@ Modes: ``replay`` serves sessions/*.jsonl from the shared fixtures byte for byte
 at the recorded pace scaled by ``speed`` (0 = as fast as the client reads); data types that
 were never recorded answer with the venues' documented examples re-addressed to the
 requested symbol (each venue module says which). ``synth`` generates unlimited,
-self-consistent traffic (seeded random-walk books with valid update-id chains and OKX
-checksums, REST snapshots of the same books, trades, funding, open interest, long/short
-ratios, liquidations, DVOL) at ``rate`` messages/s per stream. Faults: see faults.py for
-the grammar. CLI: ``marketprism emulate`` (cli.py: ``run_emulator`` and the typer ``app``).
+self-consistent traffic (seeded random-walk books with valid update-id chains, REST
+snapshots of the same books, trades, funding, open interest, long/short ratios,
+liquidations, DVOL) at ``rate`` messages/s per stream. OKX ``books`` follow ``okx_books``
+(CLI ``--okx-books``): ``zero`` (default, today's OKX: pushed snapshot, checksum 0), ``rest``
+(no pushed snapshot: REST snapshot with seqId bridged to the stream) or ``checksum`` (legacy
+CRC32); see okx.py. Faults: see faults.py for the grammar. CLI: ``marketprism emulate``
+(cli.py: ``run_emulator`` and the typer ``app``).
 """
 
 from .clock import Clock, ManualClock, WallClock
