@@ -84,9 +84,11 @@ class VenueStats:
     rest_requests: int = 0
     rest_errors: int = 0
     by_topic: dict[str, int] = field(default_factory=dict)
+    ws_ops: dict[str, int] = field(default_factory=dict)  # client requests by op (subscribe, unsubscribe, ...)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "ws_ops": dict(self.ws_ops),
             "ws_connections": self.ws_connections,
             "ws_open": self.ws_open,
             "ws_messages": self.ws_messages,

@@ -338,6 +338,8 @@ class OkxVenue:
         op = req.get("op") if isinstance(req, dict) else None
         args = req.get("args") if isinstance(req, dict) else None
         req_id = req.get("id") if isinstance(req, dict) else None
+        ops = self.ctx.stats.ws_ops
+        ops[str(op)] = ops.get(str(op), 0) + 1  # one request, whatever its number of args
         if op not in ("subscribe", "unsubscribe") or not isinstance(args, list) or not args:
             await conn.send_control(self._error(conn_id, "60012", f"Invalid request: {text}", req_id))
             return
