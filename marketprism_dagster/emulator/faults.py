@@ -39,8 +39,9 @@ binance_derivatives and okx.
 
 What each kind does to the one connection it fires on: ``disconnect`` aborts the TCP
 connection; ``stall`` stops sending for ``for`` seconds; ``gap`` drops the frame;
-``bad_checksum`` sends it with a wrong checksum; ``duplicate`` sends it twice;
-``malformed`` sends a truncated, unparseable frame instead; ``reorder`` sends it after the
+``bad_checksum`` sends it with a wrong checksum (the bitwise complement: with
+``okx_books`` zero or rest the 0 becomes -1, a non-zero checksum that does not match);
+``duplicate`` sends it twice; ``malformed`` sends a truncated, unparseable frame instead; ``reorder`` sends it after the
 next frame. ``shutdown_notice`` sends the venue's notice before the frame (Binance
 ``{"e":"serverShutdown","E":<ms>}``, OKX ``{"event":"notice","code":"64008",...,"connId":..}``),
 keeps streaming on that connection for ``for`` seconds (a new connection receives the same

@@ -150,14 +150,14 @@ class OkxMarket:
         data = {"asks": _levels(inst, asks), "bids": _levels(inst, bids), "ts": str(ts),
                 "checksum": self._checksum(bids, asks), "prevSeqId": -1, "seqId": seq}
         msg = {"arg": {"channel": "books", "instId": inst.venue_symbol}, "action": "snapshot", "data": [data]}
-        return Frame(topic, orjson.dumps(msg), FLAG_CHECKSUM if self.books_mode == "checksum" else 0)
+        return Frame(topic, orjson.dumps(msg), FLAG_CHECKSUM)
 
     def _update_frames(self, topic: str, n: int, now: int) -> list[Frame]:
         out: list[Frame] = []
         inst = self.inst
         arg = {"channel": "books", "instId": inst.venue_symbol}
         checksum = self.books_mode == "checksum"
-        flags = FLAG_SEQ | FLAG_CHECKSUM if checksum else FLAG_SEQ
+        flags = FLAG_SEQ | FLAG_CHECKSUM  # every mode carries the field: bad_checksum makes it wrong
         ts = str(now)
         for _ in range(n):
             prev, bids, asks = self._step(now)

@@ -221,3 +221,16 @@ async def test_gap_breaks_the_seqid_chain_without_checksums(fixtures_root: Path,
     breaks = [i for i in range(1, len(data)) if data[i]["prevSeqId"] != data[i - 1]["seqId"]]
     assert len(breaks) == 1 and {d["checksum"] for d in data} == {0}
     assert emu.faults_fired == {"gap": {"okx": 1}}
+
+
+@pytest.mark.parametrize("mode", ["zero", "rest"])
+async def test_bad_checksum_without_checksums_sends_one_non_zero_checksum(fixtures_root: Path, mode: str) -> None:
+    async with Emulator(_cfg(fixtures_root, "bad_checksum@okx:at=15", mode=mode, rate=0)) as emu, \
+            aiohttp.ClientSession() as http:  # noqa: SIM117 (the socket needs the emulator URL)
+        async with http.ws_connect(emu.urls["okx_spot"]["ws"] + "/ws/v5/public") as ws:
+            await ws.send_str(SUBSCRIBE % "BTC-USDT")
+            await next_json(ws)
+            data = [(await next_json(ws))["data"][0] for _ in range(30)]
+    assert [i + 1 for i, d in enumerate(data) if d["checksum"] != 0] == [15]  # data frame 15
+    assert data[14]["checksum"] == -1
+    assert emu.faults_fired == {"bad_checksum": {"okx": 1}}
