@@ -6,7 +6,9 @@
   1 s ticks (target <= 3.5x); snapshots are loaded outside the timed loop;
 * okx books: ``books`` frames (3 instruments, snapshot + updates) with the CRC32 checksum
   verified on every frame (target <= 3x); books are reset each pass, so the three 400-level
-  snapshot loads are inside the timed loop.
+  snapshot loads are inside the timed loop;
+* okx books, today's protocol: the same frames with ``checksum`` 0 (OKX since 2026-06-23: no
+  checksum, the seqId chain is the check), same target.
 
 Run: ``.venv/bin/python benchmarks/bench_parse.py [--repeat N] [--runs R]``; prints one JSON line
 per case and run, then (``--runs`` > 1) one summary line per case with the best and median
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -32,7 +35,8 @@ from marketprism_dagster.records import encode
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import VenueAdapter
 
-TARGETS = {"binance_trades": 2.5, "binance_depth": 3.5, "okx_books": 3.0}
+TARGETS = {"binance_trades": 2.5, "binance_depth": 3.5, "okx_books": 3.0, "okx_books_no_checksum": 3.0}
+_CHECKSUM = re.compile(rb'"checksum":-?\d+')
 
 
 def fixtures() -> Path:
@@ -136,8 +140,10 @@ def bench_binance_depth(repeat: int, loops: int) -> dict[str, Any]:
     return out
 
 
-def bench_okx_books(repeat: int, loops: int) -> dict[str, Any]:
+def bench_okx_books(repeat: int, loops: int, zero: bool = False) -> dict[str, Any]:
     msgs = recv("okx.ws.jsonl", lambda d: d.get("arg", {}).get("channel") == "books" and "data" in d)
+    if zero:
+        msgs = [_CHECKSUM.sub(b'"checksum":0', m if isinstance(m, bytes) else m.encode()) for m in msgs]
     a = adapter("okx_spot", "okx.info.jsonl")
     events: dict[str, int] = {}
 
@@ -157,13 +163,18 @@ def bench_okx_books(repeat: int, loops: int) -> dict[str, Any]:
             for m in msgs:
                 loads(m)
 
+    case = "okx_books_no_checksum" if zero else "okx_books"
     out = report(
-        "okx_books", len(msgs) * loops, best_of(repeat, lambda: timed(work)), best_of(repeat, lambda: timed(base))
+        case, len(msgs) * loops, best_of(repeat, lambda: timed(work)), best_of(repeat, lambda: timed(base))
     )
     verified = sum(s.checksums_verified for s in a.books.values())
     out["checksums_verified_total"] = verified  # all timed passes: 290 frames each
     out["checksum_failures"] = events.get("checksum_failure", 0)
     return out
+
+
+def bench_okx_books_no_checksum(repeat: int, loops: int) -> dict[str, Any]:
+    return bench_okx_books(repeat, loops, zero=True)
 
 
 def report(case: str, n: int, work_s: float, base_s: float) -> dict[str, Any]:
@@ -188,7 +199,7 @@ def main() -> None:
     args = p.parse_args()
     ratios: dict[str, list[float]] = {}
     for _ in range(args.runs):
-        for fn in (bench_trades, bench_binance_depth, bench_okx_books):
+        for fn in (bench_trades, bench_binance_depth, bench_okx_books, bench_okx_books_no_checksum):
             res = fn(args.repeat, args.loops)
             ratios.setdefault(res["case"], []).append(res["ratio_to_orjson_loads"])
             print(json.dumps(res), flush=True)
