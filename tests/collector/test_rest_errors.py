@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
-from collector_helpers import metric_value
+from collector_helpers import emulator_overrides, http_text, metric_value, running_collector, until
 
 from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.rest import RestClient, RestError, envelope_error
 from marketprism_dagster.collector.state import CollectorState, MarketState
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
+from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import RestBodyError, VenueAdapter
 from marketprism_dagster.venues.okx import REST_WINDOW_S, parse_instruments, parse_rest_error
@@ -213,3 +215,25 @@ async def test_binance_rejected_depth_request_is_permanent_with_its_body_code() 
     assert (
         metric_value(text, "marketprism_collector_errors_total", exchange="binance_derivatives", code="rest_400") == 1
     )
+
+
+async def test_collector_loads_okx_instruments_through_a_rate_limit_code(
+    nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
+) -> None:
+    """The runtime hands OKX bodies to the adapter's hook: the 50011 answer is waited out, not a failed load."""
+    markets = {"okx_spot": (["BTC-USDT"], ["trade"])}
+    faults = "rest_code_200@okx:at=1:path=instruments"
+    cfg = EmulatorConfig(mode="synth", rate=50, seed=2, faults=faults, venues=("okx",))
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
+        async with running_collector(settings) as (collector, task):
+            await until(lambda: collector.state.records.get(("trade", "okx_spot"), 0) > 0, 30)
+            _, text = await http_text(f"http://127.0.0.1:{collector.metrics_port}/metrics")
+            assert not task.done()
+            loaded = collector.state.markets["okx_spot"].instruments_loaded
+        fired = emu.faults_fired
+    assert fired == {"rest_code_200": {"okx": 1}}
+    assert loaded is True
+    assert metric_value(text, "marketprism_collector_errors_total", exchange="okx_spot", code="rest_code_50011") == 1
+    assert metric_value(text, "marketprism_collector_errors_total", exchange="okx_spot", code="instruments") == 0
+    assert metric_value(text, "marketprism_collector_rate_limited_total", exchange="okx_spot", status="50011") == 1
