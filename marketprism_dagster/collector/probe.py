@@ -8,7 +8,8 @@ every HTTP request of the probe's session is traced (status or error per URL). A
 the probe reports one row per market x data type and whether each feed works:
 
 * a feed is ok when it produced at least one valid record; an order book only when every symbol
-  produced one (a published book is a synchronized book);
+  published one (a published book is a synchronized book) and no adapter error (sequence gap,
+  checksum mismatch, parse error) hit it: a book that keeps resynchronizing is not ok;
 * liquidation is sparse: ok without records while every feed carrying it is connected and no error
   was attributed to it.
 """
@@ -33,6 +34,7 @@ import structlog
 import typer
 
 from marketprism_dagster import records
+from marketprism_dagster.cli import ConfigOpt, SetOpt, fail, load, render_table
 from marketprism_dagster.collector.points import PublishedPoints
 from marketprism_dagster.collector.rest import RestClient
 from marketprism_dagster.collector.runtime import INFO_EVENTS, Collector
@@ -52,7 +54,7 @@ BOOK_EVENTS = frozenset(
 _SECRET_PARAMS = ("key", "secret", "token", "signature", "passphrase", "password")
 NOTES = (
     "messages: WebSocket frames on the feeds that carry the type + REST answers fetched for it",
-    "orderbook is ok when every symbol published a book (a published book is a synchronized book)",
+    "orderbook is ok when every symbol published a book and no gap, checksum or parse error hit it",
     "liquidation is sparse: ok without records while its feeds are connected and no error was seen",
 )
 
@@ -108,6 +110,7 @@ class TypeTally:
     symbols: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     errors: int = 0
+    event_errors: int = 0  # adapter events that are errors (sequence_gap, checksum_failure, parse_error, ...)
     first_error: str | None = None
     rest_answers: int = 0  # HTTP answers (any status) to this type's polls / snapshot fetches
     rest_failures: int = 0
@@ -132,6 +135,7 @@ class Observations:
         self.urls: dict[str, UrlRole] = {}
         self.ws_feeds: dict[str, list[WsFeed]] = {m: [] for m in markets}
         self.feed_types: dict[str, dict[str, tuple[str, ...]]] = {m: {} for m in markets}  # market -> key -> types
+        self.ws_urls: dict[str, tuple[str, str]] = {}  # url key -> (market, feed key)
         self.ws_errors: dict[str, str] = {}  # url key -> first connect error of a WebSocket URL
         self.expected_symbols: dict[str, set[str]] = {}
 
@@ -184,6 +188,10 @@ class Observations:
                     tally.events[event] += n
             if event not in INFO_EVENTS:
                 self.error(market, targets, f"{event} on {where}", n)
+                for t in targets:
+                    tally = self.tally(market, t)
+                    if tally is not None:
+                        tally.event_errors += n
 
     def failed(self, market: str, data_types: tuple[str, ...], where: str, exc: BaseException) -> None:
         self.error(market, data_types or self.types_of(market), f"{where} raised {describe_exception(exc)}")
@@ -205,9 +213,14 @@ class Observations:
 
     def _http(self, url: str, status: int | None, exc: BaseException | None) -> None:
         key = _url_key(url)
-        if key in self._ws_urls():
-            if key not in self.ws_errors and (exc is not None or status != 101):
-                self.ws_errors[key] = describe_exception(exc) if exc is not None else f"HTTP {status} on the upgrade"
+        feed = self.ws_urls.get(key)
+        if feed is not None:
+            if exc is not None or status != 101:
+                reason = describe_exception(exc) if exc is not None else f"HTTP {status} on the WebSocket upgrade"
+                self.ws_errors.setdefault(key, reason)
+                market, feed_key = feed
+                types = self.feed_types[market].get(feed_key) or self.types_of(market)
+                self.error(market, types, f"cannot connect to {short_url(url)} ({reason})")
             return
         role = self.urls.get(key)
         if role is None:
@@ -227,9 +240,6 @@ class Observations:
                 tally.first_error = tally.first_error or text
         if status != 200:
             self.error(role.market, role.data_types or self.types_of(role.market), text)
-
-    def _ws_urls(self) -> set[str]:
-        return {_url_key(f.url) for feeds in self.ws_feeds.values() for f in feeds}
 
 
 class ObservedAdapter:
@@ -280,6 +290,7 @@ class ObservedAdapter:
         self._obs.ws_feeds[self._market] = list(feeds)
         polled = {p.data_type for p in self._inner.rest_polls()}
         for f in feeds:
+            self._obs.ws_urls[_url_key(f.url)] = (self._market, f.key)
             self._feed_types[f.key] = f.data_types or tuple(
                 t for t in self._obs.types_of(self._market) if t not in polled
             )
@@ -364,8 +375,6 @@ class ProbeResult:
         }
 
     def table(self) -> str:
-        from marketprism_dagster.cli import render_table
-
         header = ["market", "data_type", "connected", "messages", "records", "book", "rest", "first_error", "result"]
         rows = [
             (
@@ -420,7 +429,8 @@ def build_result(collector: Probe, seconds: float) -> ProbeResult:
             is_book = data_type == "orderbook"
             expected = obs.expected_symbols.get(market, set())
             unsynced = sorted(s for s in expected if tally.symbols[s] == 0) if is_book else []
-            book_ok = (tally.records > 0 and not unsynced) if is_book else None
+            # synchronized and kept so: every symbol published a book, no gap / checksum / parse error on it
+            book_ok = (tally.records > 0 and not unsynced and tally.event_errors == 0) if is_book else None
             resyncs = tally.events["resync"] if is_book else None
             first_error = tally.first_error
             if first_error is None and carriers:
@@ -480,10 +490,16 @@ def _cause(
     if data_type == "orderbook":
         resyncs = _plural(r.resyncs or 0, "resync")
         detail = ", ".join([resyncs, *(e for e in _error_events(tally) if e != "resync")])
-        which = "" if not r.records else f" for {', '.join(unsynced)}"
         if r.rest_failures and r.rest_status:
             detail += f", snapshot {r.rest_status}"
-        return f"no synchronized book{which} ({detail})"
+        if not unsynced:
+            return f"book not kept synchronized ({detail})"
+        if r.records:
+            return f"no synchronized book for {', '.join(unsynced)} ({detail})"
+        frames = sum(s.messages for s in feed_states)
+        if not tally.event_errors:
+            detail += f", {_plural(frames, 'message')} on {', '.join(f.key for f in carriers)}"
+        return f"no synchronized book ({detail})"
     if data_type in SPARSE_TYPES:
         down = [f.key for f, s in zip(carriers, feed_states, strict=True) if not s.connected]
         if down:
@@ -596,8 +612,6 @@ async def run_probe(settings: Settings, markets: list[str], seconds: float, *, s
 
 
 def register(app: typer.Typer) -> None:
-    from marketprism_dagster.cli import ConfigOpt, SetOpt, fail, load
-
     @app.command()
     def probe(
         market: Annotated[
