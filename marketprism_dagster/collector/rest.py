@@ -204,7 +204,8 @@ class RestClient:
             log.warning(
                 "collector.rate_limited", market=market, url=url, status=status, code=err.code, wait_s=err.retry_after_s
             )
-        permanent = not (err.rate_limited or err.transient)
+        # a code the venue sends with a 5xx/429/418 is still the venue's trouble, not the request's
+        permanent = not (err.rate_limited or err.transient or status >= 500 or status in (429, 418))
         return venue_error(venue, url, status, err.code, err.msg, permanent=permanent, rate_limited=err.rate_limited)
 
     def _count(self, market: str, status: str, code: str, ms: MarketState | None) -> None:
