@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import os
 import signal
@@ -39,7 +40,15 @@ from marketprism_dagster.collector.points import PublishedPoints
 from marketprism_dagster.collector.rest import RestClient
 from marketprism_dagster.collector.runtime import INFO_EVENTS, Collector
 from marketprism_dagster.config import MarketConfig, OrderBookConfig, Settings
-from marketprism_dagster.venues.base import Backfill, FetchSnapshot, Output, RestPoll, VenueAdapter, WsFeed
+from marketprism_dagster.venues.base import (
+    Backfill,
+    FetchSnapshot,
+    Output,
+    RestBodyError,
+    RestPoll,
+    VenueAdapter,
+    WsFeed,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -211,6 +220,24 @@ class Observations:
         trace.on_request_exception.append(on_exception)
         return trace
 
+    def _tallies(self, role: UrlRole) -> list[TypeTally]:
+        if not role.data_types:
+            return [self.instruments[role.market]]
+        return [t for t in (self.tally(role.market, d) for d in role.data_types) if t is not None]
+
+    def venue_code(self, url: str, error: RestBodyError) -> None:
+        """A venue error code in a REST body (OKX answers HTTP 200 with {"code": "50011", ...}): the trace saw
+        only the HTTP status."""
+        role = self.urls.get(_url_key(url))
+        if role is None:
+            return
+        text = f"GET {short_url(url)}: venue code {error.code}" + (f" ({error.msg})" if error.msg else "")
+        for tally in self._tallies(role):
+            tally.rest_last = f"code {error.code}"
+            tally.rest_failures += 1
+            tally.first_error = tally.first_error or text
+        self.error(role.market, role.data_types or self.types_of(role.market), text)
+
     def _http(self, url: str, status: int | None, exc: BaseException | None) -> None:
         key = _url_key(url)
         feed = self.ws_urls.get(key)
@@ -226,11 +253,7 @@ class Observations:
         if role is None:
             return
         outcome = str(status) if exc is None else describe_exception(exc)
-        tallies = (
-            [self.instruments[role.market]]
-            if not role.data_types
-            else [t for t in (self.tally(role.market, d) for d in role.data_types) if t is not None]
-        )
+        tallies = self._tallies(role)
         text = f"GET {short_url(url)}: {'HTTP ' + outcome if status is not None else outcome}"
         for tally in tallies:
             tally.rest_answers += status is not None
@@ -240,6 +263,20 @@ class Observations:
                 tally.first_error = tally.first_error or text
         if status != 200:
             self.error(role.market, role.data_types or self.types_of(role.market), text)
+
+
+_REQUEST_URL: contextvars.ContextVar[str] = contextvars.ContextVar("probe_request_url", default="")
+
+
+class ObservedRestClient(RestClient):
+    """The collector's RestClient; the URL of the GET in progress is kept for the venue-code hook."""
+
+    async def get(self, market: str, url: str, weight: int = 1) -> tuple[bytes, int]:
+        token = _REQUEST_URL.set(url)
+        try:
+            return await super().get(market, url, weight)
+        finally:
+            _REQUEST_URL.reset(token)
 
 
 class ObservedAdapter:
@@ -564,7 +601,9 @@ class Probe(Collector):
         timeout = aiohttp.ClientTimeout(total=None, connect=cfg.rest_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout, trace_configs=[self.observations.trace_config()]) as session:
             self._session = session
-            self._rest = RestClient(session, self.metrics, self.state, timeout_s=cfg.rest_timeout_s)
+            self._rest = ObservedRestClient(
+                session, self.metrics, self.state, timeout_s=cfg.rest_timeout_s, body_error=self._body_error
+            )
             log.info("probe.start", markets=list(self.markets))
             for market in self.markets:
                 self._spawn(self._market_main(market))
@@ -581,6 +620,13 @@ class Probe(Collector):
                 if tasks:
                     await asyncio.wait(tasks, timeout=3.0)
         log.info("probe.stopped", ok=self.result.ok if self.result else None)
+
+    def _body_error(self, market: str, body: bytes) -> RestBodyError | None:
+        """The venue's own check of a REST body (as ``collect`` wires it), observed."""
+        error: RestBodyError | None = self.adapters[market].rest_body_error(body)
+        if error is not None:
+            self.observations.venue_code(_REQUEST_URL.get(), error)
+        return error
 
     def _emit(self, market: str, recs: list[Any]) -> None:
         """Count, never publish (the adapter wrapper has tallied them per type)."""

@@ -227,6 +227,29 @@ async def test_rest_429_storm_fails_every_type_of_the_market_naming_the_instrume
         assert f.rest_status == "instruments 429" and f.rest_failures >= 3  # one 429 a second (Retry-After 1)
 
 
+async def test_okx_rate_limit_code_in_an_http_200_body_fails_the_polled_types_naming_the_code(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    cfg = EmulatorConfig(mode="synth", rate=20, seed=17, venues=("okx",), faults="rest_code_200@okx:every=1:path=rubik")
+    markets = {"okx_derivatives": (["BTC-USDT"], ["trade", "lsr_top_position", "lsr_all_account"])}
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(**emulator_overrides(emu.urls, markets))
+        result = await run_probe(settings, select_markets(settings, None), 5)
+        rest = emu.urls["okx_derivatives"]["rest"]
+    assert _feed(result, "okx_derivatives", "trade").ok is True
+    paths = {
+        "lsr_top_position": "long-short-position-ratio-contract-top-trader",
+        "lsr_all_account": "long-short-account-ratio-contract",
+    }
+    for data_type, path in paths.items():
+        f = _feed(result, "okx_derivatives", data_type)
+        assert f.ok is False and f.records == 0 and f.rest_status == "code 50011" and f.rest_failures >= 1
+        assert f.first_error is not None
+        assert f.first_error.startswith(f"GET {rest}/api/v5/rubik/stat/contracts/{path}: venue code 50011 (Rate limit")
+        assert f"okx_derivatives {data_type}: no valid record in " in "\n".join(result.failures())
+    assert len(result.failures()) == 2
+
+
 @pytest.mark.parametrize("okx_books", ["checksum", "zero", "rest"])
 async def test_okx_books_synchronize_in_every_protocol_state(
     settings_factory: Callable[..., Settings], okx_books: str
