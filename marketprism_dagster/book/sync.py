@@ -417,6 +417,11 @@ class SeqIdSync:
         if self.synced:
             return Status.STALE  # the stream synchronized the book meanwhile (a pushed snapshot)
         buffered = list(self.buffer)
+        if seq_id is None and any(u[0] is not None for u in buffered):
+            # a stream with sequence ids cannot be bridged to a snapshot without one (OKX answers before
+            # mid-2026): never seat it by time; ask again (a pushed snapshot may synchronize meanwhile)
+            self.need_snapshot = True
+            return Status.SNAPSHOT_TOO_OLD
         self.buffer.clear()
         if seq_id is not None and buffered and buffered[0][1] is not None and seq_id < buffered[0][1]:
             self.buffer.extend(buffered)

@@ -303,7 +303,8 @@ class OkxAdapter(VenueAdapter):
     def snapshot_action(self, inst_id: str, delay_s: float = 0.0) -> FetchSnapshot:
         """The REST book snapshot that (re)synchronizes one instrument (never a resubscribe: OKX allows
         480 subscribe/unsubscribe requests per connection and hour, and the socket carries every channel)."""
-        url = f"{self.market.rest_url.rstrip('/')}{BOOKS_PATH}?instId={inst_id}&sz={BOOKS_DEPTH}"
+        # source=0: the normal (non-ELP) book, as the changelog's example asks; the ``books`` channel carries no ELP
+        url = f"{self.market.rest_url.rstrip('/')}{BOOKS_PATH}?instId={inst_id}&sz={BOOKS_DEPTH}&source=0"
         return FetchSnapshot(symbol=inst_id, url=url, delay_s=delay_s)
 
     # ------------------------------------------------------------ inputs

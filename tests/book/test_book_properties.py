@@ -311,3 +311,14 @@ def test_okx_chain_applies_heartbeats_and_sequence_resets_and_ignores_duplicates
     assert sync.on_update(3, 11, 800, [["0.9", "2"]], [], 0) is Status.APPLIED  # reset below: chains by prevSeqId
     assert sync.on_update(4, 3, 900, [], [], None) is Status.APPLIED and sync.seq_id == 4
     assert sync.on_update(9, 7, 950, [], [], None) is Status.GAP and not sync.synced and sync.need_snapshot
+
+
+def test_okx_rest_snapshot_without_seqid_is_never_bridged_to_a_sequenced_stream() -> None:
+    sync = SeqIdSync(cadence_ms=0, depth=10)
+    assert sync.on_update(11, 10, 600, [["1.1", "1"]], [], 0) is Status.BUFFERED
+    sync.snapshot_requested()
+    assert sync.on_rest_snapshot(None, 700, [["1.0", "1"]], [["2.0", "1"]]) is Status.SNAPSHOT_TOO_OLD
+    assert not sync.synced and sync.need_snapshot and len(sync.buffer) == 1
+    sync.snapshot_requested()
+    assert sync.on_rest_snapshot(10, 550, [["1.0", "1"]], [["2.0", "1"]]) is Status.SYNCED
+    assert sync.seq_id == 11 and sync.book.best_bid() == ("1.1", "1")
