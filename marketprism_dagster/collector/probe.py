@@ -191,16 +191,14 @@ class Observations:
         owners = data_types or tuple(produced) or self.types_of(market)
         for event, n in out.events.items():
             targets = ("orderbook",) if event in BOOK_EVENTS else owners
+            is_error = event not in INFO_EVENTS
             for t in targets:
                 tally = self.tally(market, t)
                 if tally is not None:
                     tally.events[event] += n
-            if event not in INFO_EVENTS:
+                    tally.event_errors += n if is_error else 0
+            if is_error:
                 self.error(market, targets, f"{event} on {where}", n)
-                for t in targets:
-                    tally = self.tally(market, t)
-                    if tally is not None:
-                        tally.event_errors += n
 
     def failed(self, market: str, data_types: tuple[str, ...], where: str, exc: BaseException) -> None:
         self.error(market, data_types or self.types_of(market), f"{where} raised {describe_exception(exc)}")
