@@ -4,7 +4,9 @@ REST answers repeat recent points (a 5 min long/short ratio series returns its l
 JetStream's duplicate window (120 s) is shorter than most poll periods, so a repeat would otherwise land as
 a second row of the same identity. A watermark is saved only once every record submitted before it was
 taken is acknowledged, so a saved watermark never covers a point JetStream did not store: a crash can cost
-a few repeats (the duplicates check reports them), never a lost point.
+a few repeats (the duplicates check reports them), never a lost point. A watermark moves only over points the
+publisher accepted: a point rejected by a full publish buffer stays newer than it and is published by the next
+poll that repeats it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -52,9 +55,20 @@ class PublishedPoints:
         if len(fresh) != len(out.records):
             out.count("repeated_point", len(out.records) - len(fresh))
             out.records = fresh
-        if fresh:
-            self.newest[key] = max(newest, max(r.timestamp for r in fresh))
         return out
+
+    def advance(self, key: str, submitted: list[Any], rejected: list[Any]) -> None:
+        """Move ``key``'s watermark over the points the publisher accepted, never over a rejected one (a full
+        buffer): a rejected point stays newer than the watermark, so the next poll that repeats it publishes it."""
+        rejected_ids = {id(r) for r in rejected}
+        oldest_rejected = min((r.timestamp for r in rejected), default=None)
+        accepted = [
+            r.timestamp
+            for r in submitted
+            if id(r) not in rejected_ids and (oldest_rejected is None or r.timestamp < oldest_rejected)
+        ]
+        if accepted:
+            self.newest[key] = max(self.newest.get(key, -1), max(accepted))
 
     def checkpoint(self, now: float) -> None:
         """Remember the watermarks as of ``now`` (monotonic). Every point in them was submitted at or before

@@ -380,14 +380,27 @@ class Collector:
         for action in out.actions:
             self._dispatch(market, action)
 
-    def _emit(self, market: str, recs: list[Any]) -> None:
+    def _emit(self, market: str, recs: list[Any]) -> list[Any]:
+        """Hand records to the publisher; the ones its full buffer rejected are returned (and counted)."""
         submit = self.publisher.submit
         remember = self.state.remember
+        rejected: list[Any] = []
         for r in recs:
             data_type = records.data_type_of(r)
             if not submit(records.subject(r), records.encode(r), records.msg_id(r)):
                 self._count_drop(market, data_type, r.symbol)
+                rejected.append(r)
             remember(data_type, market, r, r.received_at)
+        return rejected
+
+    def _handle_points(self, market: str, key: str, out: Output) -> None:
+        """A poll or backfill answer: repeats of published points dropped; the watermark moves only over
+        the points the publisher accepted (collector/points.py)."""
+        out = self.points.drop_repeats(key, out)
+        recs, out.records = out.records, []
+        rejected = self._emit(market, recs) if recs else []
+        self.points.advance(key, recs, rejected)
+        self._handle(market, out)
 
     def _count_drop(self, market: str, data_type: str, symbol: str) -> None:
         if data_type == "orderbook":
@@ -496,7 +509,7 @@ class Collector:
         except Exception as exc:
             self._adapter_failed(market, "on_backfill", exc, body)
             return
-        self._handle(market, self.points.drop_repeats(action.key, out))
+        self._handle_points(market, action.key, out)
 
     async def _poll_loop(self, market: str, poll: RestPoll) -> None:
         """Poll once at start, then on every period boundary + offset."""
@@ -513,7 +526,7 @@ class Collector:
                 except Exception as exc:
                     self._adapter_failed(market, "on_rest", exc, body)
                 else:
-                    self._handle(market, self.points.drop_repeats(poll.key, out))
+                    self._handle_points(market, poll.key, out)
             now = time.time()
             await asyncio.sleep(next_poll_time(now, poll.period_s, poll.offset_s) - now)
 

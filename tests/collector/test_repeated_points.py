@@ -7,13 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from collector_helpers import emulator_overrides, http_text, metric_value, running_collector, until
+from collector_helpers import emulator_overrides, http_text, metric_value, running_collector, stream_messages, until
+from nats.aio.client import Client as NATS
 
+from marketprism_dagster import records
 from marketprism_dagster.collector.points import PublishedPoints, points_path
 from marketprism_dagster.collector.runtime import Collector
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import EmbeddedNats
+from marketprism_dagster.publisher import JetStreamPublisher
 from marketprism_dagster.venues.base import Instrument, Output
 
 
@@ -37,8 +40,10 @@ def test_repeated_lsr_points_are_dropped_and_counted(settings_factory, fixtures_
     points = len(orjson.loads(body))
     assert points >= 2
 
-    first = collector.points.drop_repeats(*_lsr_poll_output(collector, body, 1))
+    key, out = _lsr_poll_output(collector, body, 1)
+    first = collector.points.drop_repeats(key, out)
     assert len(first.records) == points and "repeated_point" not in first.events
+    collector.points.advance(key, first.records, [])
     again = collector.points.drop_repeats(*_lsr_poll_output(collector, body, 2))
     assert again.records == [] and again.events["repeated_point"] == points
 
@@ -50,7 +55,7 @@ def test_watermark_is_saved_only_once_everything_before_it_is_acknowledged(tmp_p
     path = tmp_path / "points.json"
     points = PublishedPoints(path)
     key, out = _lsr_poll_output(Collector(settings), body, 1)
-    points.drop_repeats(key, out)
+    points.advance(key, points.drop_repeats(key, out).records, [])
     points.checkpoint(10.0)
 
     # a message submitted at 9.5 is still waiting for its PubAck: the checkpoint at 10.0 may cover it
@@ -99,3 +104,32 @@ async def test_restarted_collector_does_not_republish_points_of_its_previous_run
             await until(both_polled, 20)
             assert collector.state.records == {}, "no point of the first run is published again"
             assert collector.publisher.stats.submitted == 0
+
+
+async def test_point_rejected_by_a_full_publish_buffer_is_published_by_the_next_poll_and_not_persisted(
+    js_nc: NATS, settings_factory: Callable[..., Settings], fixtures_dir: Path
+) -> None:
+    settings = settings_factory(collector__shards={"main": ["binance_derivatives"]})
+    body = _doc_body(fixtures_dir, "binance_usdm/topLongShortPositionRatio/doc")
+    times = sorted(int(p["timestamp"]) for p in orjson.loads(body))
+    assert len(times) >= 2
+    collector = Collector(settings)
+    collector.publisher = await JetStreamPublisher(js_nc, buffer_size=1).start()  # room for 1 of the points
+    key, out = _lsr_poll_output(collector, body, 1)
+
+    collector._handle_points("binance_derivatives", key, out)
+    assert collector.publisher.stats.dropped == len(times) - 1
+    # the watermark stops before the oldest rejected point, in memory and in the saved file
+    assert collector.points.newest == {key: times[0]}
+    assert await collector.publisher.flush(10)
+    collector._save_points()
+    assert json.loads(points_path(settings.data_dir, "main").read_text()) == {key: times[0]}
+
+    # the next poll repeats the points: the rejected ones are published now, the accepted ones are repeats
+    _, again = _lsr_poll_output(collector, body, 2)
+    collector._handle_points("binance_derivatives", key, again)
+    assert await collector.publisher.flush(10)
+    await collector.publisher.close()
+    assert collector.points.newest == {key: times[-1]}
+    msgs = await stream_messages(js_nc, "MARKET_DATA", "lsr_top_position.>")
+    assert sorted(records.decode(m.data).timestamp for m in msgs) == times
