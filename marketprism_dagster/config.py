@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -359,6 +360,10 @@ class SealConfig(_Model):
     )
     retries: int = Field(default=3, ge=0, description="Dagster retries of a refused seal (writer behind)")
     retry_delay_s: int = Field(default=120, ge=0)
+    start_date: date = Field(
+        default=date(2026, 1, 1),
+        description="first day of the hot (hourly) and cold (daily) partitions; fixed, never derived from the clock",
+    )
 
 
 class Settings(_Model):

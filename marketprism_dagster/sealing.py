@@ -3,6 +3,9 @@ message of the hour is in the hot table, repairing interior gaps from JetStream 
 
 The proof, for stream S of the type and hour H (event time):
 
+0. the hour is still inside the hot TTL with an hour to spare: hot rows expire
+   ``storage.hot_ttl_days`` after they were received, so an older hour may have lost rows and the
+   ledger could "prove" an emptied table (0 = 0) whose replication would then wipe cold;
 1. the hour is closed: now >= end of H + ``seal.grace_s``;
 2. boundary B = the first message S stored at or after max(cutoff, now - seal.writer_slack_s)
    (binary search over the stream by stored time). A message of H published within the grace,
@@ -35,14 +38,27 @@ from marketprism_dagster.storage.schema import LEDGER_TABLE
 log = structlog.get_logger(__name__)
 
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+# An hour (or day) is sealed or replicated only while its first rows have at least this long left
+# in hot: covers the seal's own duration and received_at slightly before the event time.
+TTL_MARGIN_MS = HOUR_MS
 
 
 class SealRefused(Exception):
-    """The hour cannot be sealed (yet): the message says why and what to do."""
+    """The hour cannot be sealed (yet): the message says why and what to do.
 
-    def __init__(self, message: str, report: SealReport | None = None) -> None:
+    ``retryable`` is False when retrying can never help (the hour is older than the hot TTL)."""
+
+    def __init__(self, message: str, report: SealReport | None = None, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.report = report
+        self.retryable = retryable
+
+
+def oldest_sealable_ms(settings: Settings, now: int) -> int:
+    """The earliest hour or day start that hot still holds completely at ``now`` (the hot TTL counts
+    from received_at, so the first rows of an hour H expire from H + hot_ttl_days)."""
+    return now - settings.storage.hot_ttl_days * DAY_MS + TTL_MARGIN_MS
 
 
 @dataclass
@@ -199,6 +215,19 @@ async def seal_hour(
     stream = settings.stream_for(data_type)
     assert stream is not None  # Settings validation guarantees a stream per type
     report = SealReport(data_type=data_type, stream=stream, hour_ms=h)
+    oldest = oldest_sealable_ms(settings, now)
+    if h < oldest:
+        log.warning("seal.beyond_hot_ttl", data_type=data_type, hour=_iso(h), oldest_sealable=_iso(oldest))
+        ttl_days = settings.storage.hot_ttl_days
+        first_ok = -(-oldest // HOUR_MS) * HOUR_MS
+        raise SealRefused(
+            f"hour {_iso(h)} of {data_type} is older than the hot TTL (storage.hot_ttl_days={ttl_days}): its hot "
+            f"rows expire from {_iso(h + ttl_days * DAY_MS)}, so hot can no longer prove it complete and replicating "
+            "it would overwrite cold with less; the hour is not sealed and cold is left as it is. Seal and repair "
+            f"only hours from {_iso(first_ok)} on (marketprism repair --from {_iso(first_ok)[:16]})",
+            report,
+            retryable=False,
+        )
     cutoff = h + HOUR_MS + settings.seal.grace_s * 1000
     if now < cutoff:
         raise SealRefused(

@@ -220,11 +220,16 @@ def _parse_time(text: str) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-async def repair_range(settings: Settings, start: datetime, end: datetime) -> list[tuple[str, str, str, str]]:
-    """Seal every closed hour in [start, end) for every configured type, then replicate full days."""
+async def repair_range(
+    settings: Settings, start: datetime, end: datetime, *, force: bool = False
+) -> list[tuple[str, str, str, str]]:
+    """Seal every closed hour in [start, end) for every configured type, then replicate full days.
+
+    Hours older than the hot TTL are refused (never sealed); a day is replicated only when all its
+    hours sealed here, and never over a non-empty cold partition with fewer rows unless ``force``."""
     from marketprism_dagster.integrity import configured_types
     from marketprism_dagster.jetstream import connect
-    from marketprism_dagster.replication import ReplicationFailed, replicate_day
+    from marketprism_dagster.replication import ReplicationFailed, ReplicationRefused, replicate_day
     from marketprism_dagster.sealing import SealRefused, seal_hour
     from marketprism_dagster.storage import open_store
 
@@ -249,10 +254,11 @@ async def repair_range(settings: Settings, start: datetime, end: datetime) -> li
                     if all(h in sealed.get(t, set()) for h in range(d, d + DAY_MS, HOUR_MS)):
                         label = datetime.fromtimestamp(d / 1000, UTC).strftime("%Y-%m-%d")
                         try:
-                            r = replicate_day(store, settings, t, d)
+                            r = replicate_day(store, settings, t, d, force=force)
                             rows.append(("replicate", t, label, f"ok {r.rows} rows"))
                         except ReplicationFailed as exc:
-                            rows.append(("replicate", t, label, f"FAILED {exc}"))
+                            verdict = "REFUSED" if isinstance(exc, ReplicationRefused) else "FAILED"
+                            rows.append(("replicate", t, label, f"{verdict} {exc}"))
     finally:
         await nc.drain()
     return rows
@@ -320,6 +326,9 @@ def register(app: typer.Typer) -> None:
     def repair(
         from_: Annotated[str, typer.Option("--from", help="start, ISO time (UTC if no zone)")],
         to: Annotated[str, typer.Option("--to", help="end (exclusive), ISO time")] = "",
+        force: Annotated[
+            bool, typer.Option("--force", help="let a replicated day replace a cold day that holds more rows")
+        ] = False,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -330,7 +339,7 @@ def register(app: typer.Typer) -> None:
             end = _parse_time(to) if to else datetime.now(UTC) - timedelta(seconds=loaded.settings.seal.grace_s)
         except ValueError as exc:
             raise fail(f"--from/--to must be ISO times like 2025-01-31T00:00: {exc}") from None
-        rows = asyncio.run(repair_range(loaded.settings, start, end))
+        rows = asyncio.run(repair_range(loaded.settings, start, end, force=force))
         typer.echo(render_table(["step", "type", "partition", "result"], rows))
         bad = [r for r in rows if not r[3].startswith("ok")]
         raise typer.Exit(1 if bad else 0)

@@ -1,18 +1,19 @@
-"""Hourly (hot) and daily (cold) partitions, starting at the hot retention horizon."""
+"""Hourly (hot) and daily (cold) partitions from the fixed ``seal.start_date``.
+
+The start never moves with the clock: a code reload keeps every partition (and its seal) in
+place. Which partitions automation still looks at is bounded by the hot TTL and JetStream
+retention (``assets.hot_lookback`` / ``assets.cold_lookback``), not by the partition range.
+"""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from marketprism_dagster.config import Settings
 
 
-def start_day(settings: Settings, today: datetime | None = None) -> str:
-    """Hot rows live ``storage.hot_ttl_days``; partitions older than that cannot be sealed."""
-    today = today or datetime.now(UTC)
-    return (today - timedelta(days=settings.storage.hot_ttl_days)).strftime("%Y-%m-%d")
+def start_day(settings: Settings) -> str:
+    return settings.seal.start_date.isoformat()
 
 
 def hourly(settings: Settings) -> dg.HourlyPartitionsDefinition:
