@@ -33,8 +33,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# every benchmark; bench_soak runs collector + writer + NATS + chDB at ~50 and ~5k rows/s (BENCH=soak: only it)
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH)
 
 clean-data:
 	rm -rf .marketprism

@@ -1,0 +1,258 @@
+"""Soak: the embedded default at the rates people run, per-process CPU and memory over minutes.
+
+Usage: .venv/bin/python benchmarks/bench_soak.py [--rate 50,5000] [--minutes 1] [--sample-s 30] [--json FILE]
+       [--set key=value ...]
+
+Per rate (a fresh nats-server, store and emulator each time), four separate processes:
+
+* emulator: ``marketprism emulate --mode synth`` with every venue (as ``marketprism demo``);
+  its ``--rate`` (messages/s per high-frequency stream) is derived from the requested rows/s:
+  the default markets land one trade row per message on 8 trade streams plus one order book
+  row per second for each of 8 books, so emulator rate = (rows/s - 8) / 8 (at least 0.2);
+* collector: ``marketprism collect`` (every default market, pointed at the emulator);
+* writer: ``marketprism write``;
+* nats-server: EmbeddedNats.
+
+Figures, over the window after a warm-up (``--warmup-s``, default 20 s):
+
+* CPU % of one core per process over the whole window (psutil user + system seconds / wall
+  seconds), and collector + NATS + writer together;
+* RSS (MB) per process at the start, middle and end of the window, plus a timeline every
+  ``--sample-s`` seconds (writer RSS at 5 and 30 minutes is what the memory target compares);
+* rows landed (the writer's committed sequences, summed over both streams) per second;
+* lost and duplicated: after the collector stops and the writer drains and exits, the bench
+  opens the store: messages in the streams - rows in the hot tables, and count() - uniqExact(identity).
+
+The machine's load average at start and end is printed beside the figures: a shared machine
+makes every CPU figure an upper bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "writer"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_e2e import _cmd, _env, _stop, _wait_for  # noqa: E402
+from writer_helpers import get_health  # noqa: E402
+
+from marketprism_dagster.config import Settings, load_config  # noqa: E402
+from marketprism_dagster.jetstream import connect, ensure_streams  # noqa: E402
+from marketprism_dagster.nats_server import EmbeddedNats, free_port  # noqa: E402
+from marketprism_dagster.records import RECORD_TYPES, identity_sql  # noqa: E402
+from marketprism_dagster.storage.embedded import EmbeddedStore  # noqa: E402
+
+MARKETPRISM = [sys.executable, "-m", "marketprism_dagster.cli"]
+MARKETS = ("binance_spot", "binance_derivatives", "okx_spot", "okx_derivatives", "deribit_derivatives")
+BOOKS = 8  # order books in the default markets, one row a second each
+TRADE_STREAMS = 8
+
+
+def emulator_rate(rows_per_s: float) -> float:
+    return max(0.2, (rows_per_s - BOOKS) / TRADE_STREAMS)
+
+
+def _start_emulator(rate: float, log: Path) -> tuple[subprocess.Popen[bytes], dict[str, dict[str, str]]]:
+    cmd = [*MARKETPRISM, "emulate", "--mode", "synth", "--rate", str(rate), "--seed", "1"]
+    f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=f, cwd=REPO, env=_env())
+    assert proc.stdout is not None
+    urls: dict[str, dict[str, str]] = {}
+    deadline = time.monotonic() + 60
+    while len(urls) < len(MARKETS) and time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if not line:
+            break
+        if "rest=" in line:
+            market = line.split(":", 1)[0].strip()
+            urls[market] = dict(p.split("=", 1) for p in line.split()[1:])
+    if any(m not in urls for m in MARKETS):
+        proc.kill()
+        raise RuntimeError(f"emulator did not print every market's URLs (got {sorted(urls)}); see {log}")
+    threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
+    return proc, urls
+
+
+def _settings(tmp: Path, nats_url: str, extra: dict[str, Any]) -> Settings:
+    return load_config(REPO / "config/marketprism.yaml", env={}, overrides={
+        "data_dir": str(tmp / "data"), "storage.path": str(tmp / "ch"), "nats.url": nats_url,
+        "nats.embedded": False, **extra}).settings
+
+
+class Proc:
+    """CPU seconds and RSS of one process, read from psutil (/proc)."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name = name
+        self.p = psutil.Process(pid)
+
+    def cpu_s(self) -> float:
+        try:
+            t = self.p.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return float("nan")
+
+    def rss_mb(self) -> float:
+        try:
+            return round(self.p.memory_info().rss / 1024**2, 1)
+        except psutil.Error:
+            return float("nan")
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s: float, extra: dict[str, Any],
+                    tmp: Path) -> dict[str, Any]:
+    rate = emulator_rate(rows_per_s)
+    out: dict[str, Any] = {"target_rows_per_s": rows_per_s, "emulator_rate_per_stream": round(rate, 2),
+                           "minutes": minutes, "settings": extra or "configured defaults",
+                           "loadavg_start": _loadavg()}
+    with EmbeddedNats(tmp / "nats", port=free_port()) as srv:
+        settings = _settings(tmp, srv.url, extra)
+        nc = await connect(srv.url)
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        emu, urls = _start_emulator(rate, tmp / "emulator.log")
+        wport = free_port()
+        common = {"data_dir": str(tmp / "data"), "nats.url": srv.url, "nats.embedded": False, "log_format": "json",
+                  "log_level": "WARNING"}
+        writer = subprocess.Popen(
+            _cmd("write", {**common, "storage.path": str(tmp / "ch"), "writer.health_port": wport, **extra}),
+            stdout=open(tmp / "writer.log", "wb"), stderr=subprocess.STDOUT, cwd=REPO, env=_env())  # noqa: SIM115
+        collector: subprocess.Popen[bytes] | None = None
+        streams = list(settings.streams)
+
+        def committed() -> dict[str, int] | None:
+            cons = (get_health(wport) or {}).get("consumers") or {}
+            return {s: int(cons[s]["committed_seq"]) for s in streams} if all(s in cons for s in streams) else None
+
+        async def last_seqs() -> dict[str, int]:
+            return {s: int((await js.stream_info(s)).state.last_seq or 0) for s in streams}
+
+        try:
+            await _wait_for(lambda: (get_health(wport) or {}).get("status") == "healthy", 60, "writer health")
+            csets: dict[str, Any] = {**common, "collector.health_port": 0, "collector.metrics_port": 0,
+                                     "collector.grace_s": 0}
+            for m in MARKETS:
+                csets[f"markets.{m}.rest_url"] = urls[m]["rest"]
+                csets[f"markets.{m}.ws_url"] = urls[m]["ws"]
+            collector = subprocess.Popen(_cmd("collect", csets), stdout=open(tmp / "collector.log", "wb"),  # noqa: SIM115
+                                         stderr=subprocess.STDOUT, cwd=REPO, env=_env())
+            procs = [Proc("collector", collector.pid), Proc("nats_server", srv.proc.pid if srv.proc else 0),
+                     Proc("writer", writer.pid), Proc("emulator", emu.pid)]
+            await asyncio.sleep(warmup_s)
+            for p in (collector, writer):
+                if p.poll() is not None:
+                    raise RuntimeError(f"a process exited during warm-up; see logs in {tmp}")
+            window_s = minutes * 60
+            t0 = time.monotonic()
+            cpu0 = {p.name: p.cpu_s() for p in procs}
+            c0 = committed() or {s: 0 for s in streams}
+            rss: dict[str, dict[str, float]] = {p.name: {"start": p.rss_mb()} for p in procs}
+            timeline: list[dict[str, Any]] = []
+            next_sample = 0.0
+            mid_done = False
+            while True:
+                el = time.monotonic() - t0
+                if el >= next_sample:
+                    timeline.append({"t_s": round(el), **{p.name: p.rss_mb() for p in procs if p.name != "emulator"}})
+                    print(f"  t={el / 60:5.1f} min  rss MB " + " ".join(f"{p.name}={p.rss_mb()}" for p in procs)
+                          + f"  load {_loadavg()}", flush=True)
+                    next_sample += sample_s
+                if not mid_done and el >= window_s / 2:
+                    for p in procs:
+                        rss[p.name]["middle"] = p.rss_mb()
+                    mid_done = True
+                if el >= window_s:
+                    break
+                if collector.poll() is not None or writer.poll() is not None:
+                    raise RuntimeError(f"a process exited early; see logs in {tmp}")
+                await asyncio.sleep(min(1.0, window_s - el))
+            dt = time.monotonic() - t0
+            cpu1 = {p.name: p.cpu_s() for p in procs}
+            c1 = committed() or c0
+            for p in procs:
+                rss[p.name]["end"] = p.rss_mb()
+            cpu_pct = {n: round(100 * (cpu1[n] - cpu0[n]) / dt, 2) for n in cpu0}
+            cpu_pct["collector+nats+writer"] = round(sum(cpu_pct[n] for n in ("collector", "nats_server", "writer")), 2)
+            landed = sum(c1.values()) - sum(c0.values())
+            out.update({"window_s": round(dt, 1), "rows_landed_per_s": round(landed / dt, 1),
+                        "cpu_pct_of_one_core": cpu_pct, "rss_mb": rss, "rss_timeline_mb": timeline,
+                        "loadavg_end": _loadavg()})
+            out["cpu_ms_per_row"] = {n: round(10 * cpu_pct[n] * dt / max(landed, 1), 3)
+                                     for n in ("collector", "nats_server", "writer")}
+            _stop(collector)
+            lasts = await last_seqs()
+            await _wait_for(lambda: (committed() or {}) == lasts, 300, "writer drain", 0.1)
+        finally:
+            if collector is not None:
+                _stop(collector)
+            _stop(writer)
+            _stop(emu)
+        info = {s: (await js.stream_info(s)).state for s in settings.streams}
+        await nc.close()
+    out["stream_messages"] = {s: int(i.messages) for s, i in info.items()}
+    store = EmbeddedStore(settings.embedded_store_path)
+    rows: dict[str, int] = {}
+    dups = 0
+    with store.hold():
+        for t, rt in RECORD_TYPES.items():
+            n = int(store.query_value(f"SELECT count() FROM marketprism_hot.{t}") or 0)
+            if n:
+                rows[t] = n
+                dups += n - int(store.query_value(f"SELECT uniqExact({identity_sql(rt)}) FROM marketprism_hot.{t}"))
+    store.close()
+    out["rows"] = rows
+    out["lost"] = sum(out["stream_messages"].values()) - sum(rows.values())
+    out["duplicated"] = dups
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", default="50,5000", help="rows/s landing, one phase per comma-separated value")
+    ap.add_argument("--minutes", type=float, default=1.0, help="measuring window per phase")
+    ap.add_argument("--warmup-s", type=float, default=20.0)
+    ap.add_argument("--sample-s", type=float, default=30.0, help="RSS timeline period")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="writer/collector setting key=value")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    args = ap.parse_args()
+    extra: dict[str, Any] = {}
+    for item in args.sets:
+        k, _, v = item.partition("=")
+        extra[k] = v
+    results = []
+    for rate in (float(r) for r in args.rate.split(",")):
+        print(f"--- {rate:g} rows/s for {args.minutes:g} min", flush=True)
+        if os.environ.get("BENCH_KEEP"):
+            d = tempfile.mkdtemp(prefix="bench_soak_")
+            print(f"phase dir: {d}", flush=True)
+            res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d)))
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench_soak_") as d:
+                res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d)))
+        results.append(res)
+        print(json.dumps({k: v for k, v in res.items() if k != "rss_timeline_mb"}, indent=2), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
