@@ -272,6 +272,10 @@ class DurableReader:
     async def ack(self, reply: str) -> None:
         await self.raw.ack(reply)
 
+    def forget_requests(self) -> int:
+        """The connection came back: the server holds none of our pull requests any more."""
+        return self.raw.forget_requests()
+
     async def info(self) -> js_api.ConsumerInfo:
         return await self.js.consumer_info(self.stream, self.name)
 

@@ -12,9 +12,13 @@ the payload and raw header bytes are kept as they are (headers are parsed only f
 messages that are dead-lettered).
 
 Status messages on the inbox end a request: ``408`` (expired), ``409`` (max ack pending
-exceeded, consumer deleted, leadership change...), ``404`` (no messages). ``100`` is an idle
-heartbeat. Acks are ``+ACK`` published to a delivery's reply subject (AckPolicy.ALL acks every
-sequence up to it).
+exceeded, consumer deleted, leadership change, server shutdown...), ``404`` (no messages).
+``100`` is an idle heartbeat. A server that dies without a word (SIGKILL, a lost host, a cut
+connection) sends no status: the requests it held are gone, so a request also ends on the
+client's clock (its ``expires`` plus a grace) and every open request ends when the connection
+is re-established (``forget_requests``); otherwise the consumer would believe its credit is
+still outstanding and never pull again. Acks are ``+ACK`` published to a delivery's reply
+subject (AckPolicy.ALL acks every sequence up to it).
 
 The hook: the connection's ``_process_msg`` is wrapped on this client instance only (the
 writer's own connection); deliveries whose subscription id is the inbox's are consumed
@@ -42,6 +46,8 @@ from marketprism_dagster.writer.ingest import StreamMessage
 log = structlog.get_logger(__name__)
 
 _HOOK_PARAMS = ("sid", "subject", "reply", "data", "headers")
+# a request the server ended should have said so (408) by ``expires``; past this grace it is gone
+EXPIRY_GRACE_S = 1.0
 
 
 def reply_sequence(reply: str) -> int:
@@ -132,6 +138,7 @@ class Delivery:
 @dataclass(slots=True)
 class _Request:
     batch: int
+    deadline: float  # loop time after which the server no longer holds the request
     received: int = 0
 
 
@@ -146,6 +153,7 @@ class RawPullConsumer:
         self.request_batch = max(1, request_batch)
         self.max_requests = max(1, max_requests)
         self.expires_ns = int(expires_s * 1e9)
+        self.expires_s = expires_s
         self.max_bytes = max_bytes
         self.api_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.inbox = nc.new_inbox()
@@ -232,16 +240,33 @@ class RawPullConsumer:
         """Messages asked for and not yet delivered (open requests only)."""
         return sum(r.batch - r.received for r in self._requests.values())
 
+    def forget_requests(self) -> int:
+        """End every open request (the connection was re-established: the server holds none of them)."""
+        n = len(self._requests)
+        self._requests.clear()
+        self.arrived.set()
+        return n
+
+    def _expire(self, now: float) -> None:
+        """End requests past their expiry whose end the server never announced (it died or the link broke)."""
+        stale = [rid for rid, r in self._requests.items() if r.deadline <= now]
+        for rid in stale:
+            del self._requests[rid]
+        if stale:
+            self.status_counts["expired_silently"] = self.status_counts.get("expired_silently", 0) + len(stale)
+
     async def request(self, credit: int) -> int:
         """Issue pull requests until ``credit`` messages are outstanding (at most ``max_requests`` open)."""
         issued = 0
+        now = asyncio.get_running_loop().time()
+        self._expire(now)
         while len(self._requests) < self.max_requests:
             want = credit - self.outstanding
             if want <= 0:
                 break
             n = min(want, self.request_batch)
             rid = str(next(self._ids))
-            self._requests[rid] = _Request(n)
+            self._requests[rid] = _Request(n, now + self.expires_s + EXPIRY_GRACE_S)
             body: dict[str, int] = {"batch": n, "expires": self.expires_ns}
             if self.max_bytes:
                 body["max_bytes"] = self.max_bytes

@@ -139,7 +139,7 @@ class WriterService:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        self.nc = await connect(s.nats.url, name="marketprism-writer")
+        self.nc = await connect(s.nats.url, name="marketprism-writer", reconnected_cb=self._on_reconnected)
         js = self.nc.jetstream()
         try:
             await ensure_streams(js, s)
@@ -187,6 +187,11 @@ class WriterService:
                 await self.nc.drain()
             self._executor.shutdown(wait=True)
             log.info("writer.stopped")
+
+    async def _on_reconnected(self) -> None:
+        """A new connection: pull requests held by the old server session are gone, ask again."""
+        forgotten = {st.name: st.reader.forget_requests() for st in self.streams.values()}
+        log.info("writer.nats_reconnected", open_requests_dropped=forgotten)
 
     def _init_store(self) -> bool:
         assert self.store is not None
