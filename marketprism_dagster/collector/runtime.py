@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from marketprism_dagster import records
+from marketprism_dagster import records, validation
 from marketprism_dagster.collector.api import CollectorApi
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.health import health_path, health_report, write_health_file
@@ -320,22 +320,41 @@ class Collector:
             self._spawn(self._poll_loop(market, poll))
         self.state.running = all(m.instruments_loaded for m in self.state.markets.values())
         refresh = self.markets[market].instruments_refresh_s
-        while True:
-            await asyncio.sleep(refresh)
-            await self._load_instruments(market)
+        backoff.reset()
+        ok = True
+        while True:  # a failed refresh keeps the instruments loaded before and retries with backoff
+            await asyncio.sleep(refresh if ok else min(backoff.next(), refresh))
+            ok = await self._load_instruments(market)
+            if ok:
+                backoff.reset()
 
     async def _load_instruments(self, market: str) -> bool:
+        """Fetch and parse the market's instruments; False (counted, logged) on any failure, never raises: the
+        caller retries with backoff and a running market keeps the instruments it has."""
         adapter = self.adapters[market]
         assert self._rest is not None
         try:
             bodies = {url: (await self._rest.get(market, url))[0] for url in adapter.instrument_urls()}
             instruments = adapter.load_instruments(bodies)
-        except (RestError, ValueError) as exc:
+        except Exception as exc:  # a venue answer we cannot read must not end the market's task
             self.metrics.error(market, "instruments")
             self.state.errors += 1
-            log.error("collector.instruments_failed", market=market, error=str(exc))
+            expected = isinstance(exc, RestError | ValueError)
+            log.error(
+                "collector.instruments_failed",
+                market=market,
+                error=str(exc) if expected else repr(exc),
+                fix=None if expected else "the venue's instrument list has a shape the adapter cannot read",
+            )
             return False
-        log.info("collector.instruments_loaded", market=market, count=len(instruments))
+        skipped = adapter.skipped_instruments
+        if skipped:
+            self.metrics.error(market, "instrument_invalid", n=len(skipped))
+            key = (market, "instrument_invalid")
+            if key not in self._logged:
+                self._logged.add(key)
+                log.warning("collector.instruments_skipped", market=market, count=len(skipped), first=skipped[0])
+        log.info("collector.instruments_loaded", market=market, count=len(instruments), skipped=len(skipped))
         return True
 
     def _message_handler(self, market: str) -> Callable[[str, str | bytes, int], None]:
@@ -385,7 +404,12 @@ class Collector:
         submit = self.publisher.submit
         remember = self.state.remember
         rejected: list[Any] = []
+        fault = validation.fault
         for r in recs:
+            broken = fault(r)
+            if broken is not None:  # never published: counted with its rule, logged once per rule
+                self._invalid_record(market, r, broken)
+                continue
             data_type = records.data_type_of(r)
             if not submit(records.subject(r), records.encode(r), records.msg_id(r)):
                 self._count_drop(market, data_type, r.symbol)
@@ -401,6 +425,23 @@ class Collector:
         rejected = self._emit(market, recs) if recs else []
         self.points.advance(key, recs, rejected)
         self._handle(market, out)
+
+    def _invalid_record(self, market: str, record: Any, rule: str) -> None:
+        data_type = records.data_type_of(record)
+        self.metrics.error(market, "invalid_record", data_type)
+        self.metrics.adapter_events.labels(market, f"invalid_record:{data_type}.{rule}").inc()
+        self.state.errors += 1
+        key = (market, f"invalid_record:{data_type}.{rule}")
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(
+                "collector.invalid_record",
+                market=market,
+                data_type=data_type,
+                rule=rule,
+                symbol=getattr(record, "symbol", None),
+                sample=repr(record)[:300],
+            )
 
     def _count_drop(self, market: str, data_type: str, symbol: str) -> None:
         if data_type == "orderbook":

@@ -146,6 +146,8 @@ class VenueAdapter(ABC):
         self.market = market
         self.orderbook = orderbook
         self.instruments: dict[str, Instrument] = {}  # by exchange symbol
+        # malformed entries of the last instrument listing, skipped (the rest loads): one description each
+        self.skipped_instruments: list[str] = []
 
     # -- instruments
     @abstractmethod

@@ -39,11 +39,14 @@ from marketprism_dagster.venues.base import (
     WsFeed,
 )
 from marketprism_dagster.venues.common import (
+    ENTRY_ERRORS,
     LSR_LIMIT,
     PERIOD_SECONDS,
     ErrorLog,
     book_record,
+    entry_label,
     keep_instruments,
+    name_of,
     rest_poll,
     scale,
 )
@@ -65,30 +68,47 @@ def depth_weight(limit: int, spot: bool) -> int:
     return table[-1][1]
 
 
-def parse_exchange_info(body: bytes | str, perpetual: bool) -> list[Instrument]:
+def parse_exchange_info(body: bytes | str, perpetual: bool, skipped: list[str] | None = None) -> list[Instrument]:
     """Instruments from ``exchangeInfo`` (spot or fapi); USD-M keeps ``contractType == PERPETUAL``
-    unless ``perpetual`` is False."""
+    unless ``perpetual`` is False. A malformed entry is skipped (described in ``skipped``), the rest
+    loads; a body that is no listing at all raises ValueError."""
+    payload = orjson.loads(body)
+    listing = payload.get("symbols") if isinstance(payload, dict) else None
+    if not isinstance(listing, list):
+        raise ValueError(f"binance exchangeInfo: no 'symbols' list in the answer: {body[:120]!r}")
     out: list[Instrument] = []
-    for s in orjson.loads(body)["symbols"]:
-        if perpetual and s.get("contractType", "PERPETUAL") != "PERPETUAL":
+    for s in listing:
+        try:
+            inst = _exchange_info_entry(s, perpetual)
+        except ENTRY_ERRORS as exc:
+            if skipped is not None:
+                skipped.append(f"{entry_label(s, 'symbol')}: {exc!r}"[:200])
             continue
-        tick = lot = None
-        for f in s.get("filters", ()):
-            if f.get("filterType") == "PRICE_FILTER":
-                tick = f.get("tickSize")
-            elif f.get("filterType") == "LOT_SIZE":
-                lot = f.get("stepSize")
-        out.append(
-            Instrument(
-                symbol=f"{s['baseAsset']}-{s['quoteAsset']}",
-                exchange_symbol=s["symbol"],
-                base=s["baseAsset"],
-                quote=s["quoteAsset"],
-                tick_size=tick,
-                lot_size=lot,
-            )
-        )
+        if inst is not None:
+            out.append(inst)
     return out
+
+
+def _exchange_info_entry(s: Any, perpetual: bool) -> Instrument | None:
+    if not isinstance(s, dict):
+        raise TypeError(f"entry is a {type(s).__name__}, not an object")
+    if perpetual and s.get("contractType", "PERPETUAL") != "PERPETUAL":
+        return None
+    symbol, base, quote = name_of(s, "symbol"), name_of(s, "baseAsset"), name_of(s, "quoteAsset")
+    tick = lot = None
+    filters = s.get("filters") or ()
+    if not isinstance(filters, list):
+        raise TypeError(f"filters is a {type(filters).__name__}, not a list")
+    for f in filters:
+        if not isinstance(f, dict):
+            continue  # a filter we cannot read does not make the symbol unusable
+        if f.get("filterType") == "PRICE_FILTER" and isinstance(f.get("tickSize"), str):
+            tick = f["tickSize"]
+        elif f.get("filterType") == "LOT_SIZE" and isinstance(f.get("stepSize"), str):
+            lot = f["stepSize"]
+    return Instrument(
+        symbol=f"{base}-{quote}", exchange_symbol=symbol, base=base, quote=quote, tick_size=tick, lot_size=lot
+    )
 
 
 class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
@@ -172,9 +192,12 @@ class BinanceAdapter(VenueAdapter):
 
     def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
         perpetual = not self.spot and not self.accept_all_symbols
+        skipped: list[str] = []
+        listed = [inst for body in bodies.values() for inst in parse_exchange_info(body, perpetual, skipped)]
+        self.skipped_instruments = skipped
         return keep_instruments(
             self,
-            (inst for body in bodies.values() for inst in parse_exchange_info(body, perpetual=perpetual)),
+            listed,
             "use BASE-QUOTE as in exchangeInfo baseAsset/quoteAsset, e.g. BTC-USDT",
         )
 

@@ -65,6 +65,35 @@ def loads_exact(raw: bytes | str) -> Any:
     return json.loads(raw, parse_float=decimal_str)
 
 
+# a name that goes into NATS subjects and identities: no separators, wildcards or spaces
+_NAME_FORBIDDEN = frozenset(". *>\t\r\n\x00")
+ENTRY_ERRORS = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)  # one malformed listing entry
+
+
+def is_name(value: Any) -> bool:
+    """A venue's symbol or asset name we can use: a non-empty string of at most 64 characters, no NATS
+    subject separator, wildcard or whitespace."""
+    return type(value) is str and 0 < len(value) <= 64 and _NAME_FORBIDDEN.isdisjoint(value)
+
+
+def name_of(value: Any, key: str) -> str:
+    """``value[key]`` when it is a usable name (``is_name``), else ValueError naming the key and value."""
+    name = value[key]
+    if not is_name(name):
+        raise ValueError(f"{key} {name!r} is not a symbol name")
+    return name  # type: ignore[no-any-return]
+
+
+def entry_label(entry: Any, *keys: str) -> str:
+    """A short label for a listing entry in a log line (its name if it has one)."""
+    if isinstance(entry, dict):
+        for k in keys:
+            v = entry.get(k)
+            if isinstance(v, str):
+                return v[:64]
+    return type(entry).__name__
+
+
 def period_ms(period: str) -> int:
     return PERIOD_SECONDS[period] * 1000
 

@@ -28,6 +28,7 @@ from marketprism_dagster.book import SeqIdSync, Status
 from marketprism_dagster.book.sync import APPLIED, CHECKSUM, GAP
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
+from marketprism_dagster.validation import is_positive
 from marketprism_dagster.venues.base import (
     FetchSnapshot,
     Instrument,
@@ -39,11 +40,14 @@ from marketprism_dagster.venues.base import (
     WsFeed,
 )
 from marketprism_dagster.venues.common import (
+    ENTRY_ERRORS,
     LSR_LIMIT,
     PERIOD_SECONDS,
     ErrorLog,
     book_record,
+    entry_label,
     keep_instruments,
+    name_of,
     rest_poll,
     scale,
 )
@@ -63,39 +67,59 @@ STALE = Status.STALE
 SNAPSHOT_TOO_OLD = Status.SNAPSHOT_TOO_OLD
 
 
-def parse_instruments(body: bytes | str) -> list[Instrument]:
-    """Instruments from ``/api/v5/public/instruments`` (any instType); ValueError naming a non-zero ``code``."""
-    out: list[Instrument] = []
+def parse_instruments(body: bytes | str, skipped: list[str] | None = None) -> list[Instrument]:
+    """Instruments from ``/api/v5/public/instruments`` (any instType); ValueError naming a non-zero ``code``
+    or a body that is no listing. A malformed entry is skipped (described in ``skipped``), the rest loads."""
     payload = orjson.loads(body)
+    if not isinstance(payload, dict):
+        raise ValueError(f"okx instruments: the answer is not an object: {body[:120]!r}")
     code = str(payload.get("code", "0"))
     if code != "0":  # an error envelope: not "no such symbol" for every configured symbol
         raise ValueError(f"okx instruments request failed: code {code}: {payload.get('msg') or ''}")
-    for i in payload.get("data", ()):
-        kind = i.get("instType")
-        if kind == "SPOT":
-            base, quote, cv, inverse = i["baseCcy"], i["quoteCcy"], None, False
-        elif kind in ("SWAP", "FUTURES"):
-            inverse = i.get("ctType") == "inverse"
-            if inverse:  # contract value in USD, settled in the coin
-                base, quote = i["settleCcy"], i["ctValCcy"]
-            else:
-                base, quote = i["ctValCcy"], i["settleCcy"]
-            cv = Decimal(i["ctVal"])
-        else:
-            continue  # options are outside our matrix
-        out.append(
-            Instrument(
-                symbol=f"{base}-{quote}",
-                exchange_symbol=i["instId"],
-                base=base,
-                quote=quote,
-                contract_value=cv,
-                tick_size=i.get("tickSz"),
-                lot_size=i.get("lotSz"),
-                inverse=inverse,
-            )
-        )
+    listing = payload.get("data") or []
+    if not isinstance(listing, list):
+        raise ValueError(f"okx instruments: 'data' is a {type(listing).__name__}, not a list")
+    out: list[Instrument] = []
+    for i in listing:
+        try:
+            inst = _instrument_entry(i)
+        except ENTRY_ERRORS as exc:
+            if skipped is not None:
+                skipped.append(f"{entry_label(i, 'instId')}: {exc!r}"[:200])
+            continue
+        if inst is not None:
+            out.append(inst)
     return out
+
+
+def _instrument_entry(i: Any) -> Instrument | None:
+    if not isinstance(i, dict):
+        raise TypeError(f"entry is a {type(i).__name__}, not an object")
+    kind = i.get("instType")
+    if kind == "SPOT":
+        base, quote, cv, inverse = name_of(i, "baseCcy"), name_of(i, "quoteCcy"), None, False
+    elif kind in ("SWAP", "FUTURES"):
+        inverse = i.get("ctType") == "inverse"
+        if inverse:  # contract value in USD, settled in the coin
+            base, quote = name_of(i, "settleCcy"), name_of(i, "ctValCcy")
+        else:
+            base, quote = name_of(i, "ctValCcy"), name_of(i, "settleCcy")
+        if not is_positive(i.get("ctVal")):
+            raise ValueError(f"ctVal {i.get('ctVal')!r} is not a positive decimal")
+        cv = Decimal(i["ctVal"])
+    else:
+        return None  # options are outside our matrix
+    tick, lot = i.get("tickSz"), i.get("lotSz")
+    return Instrument(
+        symbol=f"{base}-{quote}",
+        exchange_symbol=name_of(i, "instId"),
+        base=base,
+        quote=quote,
+        contract_value=cv,
+        tick_size=tick if isinstance(tick, str) else None,
+        lot_size=lot if isinstance(lot, str) else None,
+        inverse=inverse,
+    )
 
 
 # OKX REST codes (docs-v5 "Error Code", REST API, Public, 50000-53999; documented/okx_errors_rate_limits.json).
@@ -244,9 +268,12 @@ class OkxAdapter(VenueAdapter):
 
     def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
         suffix = "-SWAP" if self.inst_type == "SWAP" else ""
+        skipped: list[str] = []
+        listed = [inst for body in bodies.values() for inst in parse_instruments(body, skipped)]
+        self.skipped_instruments = skipped
         return keep_instruments(
             self,
-            (inst for body in bodies.values() for inst in parse_instruments(body)),
+            listed,
             "use BASE-QUOTE, e.g. BTC-USDT; okx perpetual = USDT-margined swaps",
             lambda i: not i.inverse and i.exchange_symbol.endswith(suffix) and bool(suffix or i.contract_value is None),
         )

@@ -68,14 +68,12 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, subject, to_arrow, to_columns
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, intent_ddl, ledger_ddl
+from marketprism_dagster.validation import fault
 
 log = structlog.get_logger(__name__)
 
 ALL_TYPES = "*"  # the ledger's per-batch row
 
-# Event and receive times outside [2000-01-01, 2200-01-01) are schema-invalid.
-MIN_TIME_MS = 946_684_800_000
-MAX_TIME_MS = 7_258_118_400_000
 
 _LEDGER_SCHEMA = pa.schema(
     [
@@ -204,13 +202,6 @@ def _decoder(data_type: str) -> msgspec.json.Decoder[Any]:
     return dec
 
 
-def _time_columns(rt: RecordType) -> tuple[str, ...]:
-    return tuple(c.name for c in rt.columns if c.wire in (Wire.TIME_MS, Wire.OPT_TIME_MS))
-
-
-_TIME_COLUMNS = {name: _time_columns(rt) for name, rt in RECORD_TYPES.items()}
-
-
 def classify(msg: StreamMessage) -> tuple[str, Any] | Poison:
     """(data_type, record) or the reason the message cannot be stored."""
     data_type = msg.subject.split(".", 1)[0]
@@ -225,10 +216,16 @@ def classify(msg: StreamMessage) -> tuple[str, Any] | Poison:
     expected = subject(record)
     if expected != msg.subject:
         return Poison(msg, "subject_mismatch", f"record belongs on {expected!r}, arrived on {msg.subject!r}")
-    for name in _TIME_COLUMNS[data_type]:
-        t = getattr(record, name)
-        if t is not None and not MIN_TIME_MS <= t < MAX_TIME_MS:
-            return Poison(msg, "schema_invalid", f"{data_type}.{name} = {t} ms is outside 2000..2200")
+    # the semantic rules (validation.py): a value Arrow would wrap (beyond Decimal(38, 18)) or that cannot be
+    # true (a negative price, a crossed book) is dead-lettered with the rule, never stored
+    broken = fault(record)
+    if broken is not None:
+        column = broken.split(":", 1)[0]
+        value = repr(getattr(record, column, None))
+        if len(value) > 120:
+            value = value[:120] + "..."
+        kind = "schema_invalid" if broken.endswith(":time_range") else "invalid_value"  # times: as before
+        return Poison(msg, kind, f"{data_type}.{broken}: {value}")
     return data_type, record
 
 

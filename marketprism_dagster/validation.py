@@ -1,0 +1,236 @@
+"""What a storable record is: the semantic rules of every record type, in one place.
+
+The collector checks every record an adapter produced before it publishes it (a failure is
+counted as ``invalid_record`` with its rule and never published); the writer checks every
+decoded message before it inserts it (a failure is dead-lettered with the rule). The order
+book engine uses the same decimal rule for every level it takes (a bad level drops the book
+and resynchronizes it, see ``book.levels``).
+
+Rules
+-----
+* every decimal is a PLAIN decimal string: ASCII digits with at most one point, an optional
+  leading ``-`` only where the column is signed (funding rates), no exponent, no spaces, no
+  ``Infinity``/``NaN``; it fits ``Decimal(38, 18)`` exactly: at most 20 integer digits and at
+  most 18 significant fractional digits (Arrow's string -> decimal128 cast would silently wrap
+  ``1e30`` into 18960114910927365649.47..., and reject more fractional digits);
+* prices and sizes are positive (trade, liquidation, every order book level); open interest,
+  volatility values and the long/short ratio are non-negative; the long/short ratio has no
+  upper bound (longs / shorts), while ``long_ratio`` and ``short_ratio`` are SHARES (Binance
+  ``longAccount``/``shortAccount``, ``longPosition``/``shortPosition``) in 0..1; a funding rate
+  is signed with ``|rate| <= 1``;
+* ``side`` is ``buy`` or ``sell``; ``trade_id``, ``exchange``, ``market_type``, ``symbol``,
+  ``exchange_symbol`` and ``period`` are non-empty;
+* times are integer milliseconds in [2000-01-01, 2200-01-01); ``update_id`` and ``depth`` fit
+  UInt64;
+* an order book has at most ``depth`` levels per side, bids strictly descending, asks strictly
+  ascending, every quantity positive (a zero deletes a level inside the book and is never
+  published) and is not crossed (best bid < best ask).
+
+A sign on an unsigned value is malformed even when the value is zero ("-0"): the venues document
+unsigned decimal strings for prices and sizes, so a sign means the message is not what we read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+
+from marketprism_dagster.records import RECORD_TYPES, Wire, data_type_of
+
+# Event and receive times outside [2000-01-01, 2200-01-01) are invalid.
+MIN_TIME_MS: Final = 946_684_800_000
+MAX_TIME_MS: Final = 7_258_118_400_000
+MAX_UINT64: Final = 2**64 - 1
+SIDES: Final = frozenset({"buy", "sell"})
+MAX_FUNDING_RATE: Final = Decimal(1)
+
+# at most 20 integer digits and 18 significant fractional digits (trailing zeros are exact)
+_FITS = re.compile(r"0*[0-9]{0,20}(?:\.[0-9]{0,18}0*)?").fullmatch
+
+
+def is_plain(s: Any) -> bool:
+    """An unsigned plain decimal string that fits Decimal(38, 18) exactly ("0", "5.", ".5", "0.00100")."""
+    # a string of at most 19 characters cannot exceed either digit bound: only the syntax is checked
+    return (
+        type(s) is str
+        and s.isascii()
+        and s.replace(".", "", 1).isdecimal()
+        and (len(s) <= 19 or _FITS(s) is not None)
+    )
+
+
+def is_positive(s: Any) -> bool:
+    """A plain decimal string > 0."""
+    return is_plain(s) and bool(s.strip("0."))
+
+
+def is_signed(s: Any) -> bool:
+    """A plain decimal string with an optional leading minus."""
+    return is_plain(s[1:] if type(s) is str and s.startswith("-") else s)
+
+
+def _time(v: Any) -> bool:
+    return type(v) is int and MIN_TIME_MS <= v < MAX_TIME_MS
+
+
+def _uint(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= MAX_UINT64
+
+
+def _text(v: Any) -> bool:
+    return type(v) is str and v != ""
+
+
+def _share(s: Any) -> bool:
+    return is_plain(s) and Decimal(s) <= 1
+
+
+def _funding(s: Any) -> bool:
+    return is_signed(s) and abs(Decimal(s)) <= MAX_FUNDING_RATE
+
+
+# column -> (rule name, check); a column may be None only where its wire type is optional
+_COMMON: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "exchange": ("non_empty", _text),
+    "market_type": ("non_empty", _text),
+    "symbol": ("non_empty", _text),
+    "exchange_symbol": ("non_empty", _text),
+    "timestamp": ("time_range", _time),
+    "received_at": ("time_range", _time),
+}
+_POSITIVE = ("positive_decimal", is_positive)
+_NON_NEGATIVE = ("non_negative_decimal", is_plain)
+_RATIO_RULES: Final = {
+    "period": ("non_empty", _text),
+    "long_short_ratio": _NON_NEGATIVE,
+    "long_ratio": ("share_0_1", _share),
+    "short_ratio": ("share_0_1", _share),
+}
+RULES: Final[dict[str, dict[str, tuple[str, Callable[[Any], bool]]]]] = {
+    "trade": {
+        "trade_id": ("non_empty", _text),
+        "price": _POSITIVE,
+        "quantity": _POSITIVE,
+        "quantity_contracts": _POSITIVE,
+        "side": ("buy_or_sell", SIDES.__contains__),
+    },
+    "orderbook": {
+        "update_id": ("uint64", _uint),
+        "tick": ("time_range", _time),
+        "depth": ("uint64", _uint),
+    },
+    "funding_rate": {
+        "funding_rate": ("abs_at_most_1", _funding),
+        "next_funding_time": ("time_range", _time),
+        "mark_price": _POSITIVE,
+        "index_price": _POSITIVE,
+    },
+    "open_interest": {
+        "open_interest": _NON_NEGATIVE,
+        "open_interest_value": _NON_NEGATIVE,
+        "open_interest_contracts": _NON_NEGATIVE,
+    },
+    "liquidation": {
+        "side": ("buy_or_sell", SIDES.__contains__),
+        "price": _POSITIVE,
+        "quantity": _POSITIVE,
+        "quantity_contracts": _POSITIVE,
+        "status": ("text", lambda v: type(v) is str),
+    },
+    "lsr_top_position": _RATIO_RULES,
+    "lsr_all_account": _RATIO_RULES,
+    "volatility_index": {
+        "index_value": _NON_NEGATIVE,
+        "open": _NON_NEGATIVE,
+        "high": _NON_NEGATIVE,
+        "low": _NON_NEGATIVE,
+        "close": _NON_NEGATIVE,
+    },
+}
+
+
+def _checks(data_type: str) -> tuple[tuple[str, str, bool, Callable[[Any], bool]], ...]:
+    """(column, rule, optional, check) for every column of the type, in column order."""
+    rt = RECORD_TYPES[data_type]
+    rules = {**_COMMON, **RULES[data_type]}
+    out = []
+    for c in rt.columns:
+        if c.wire is Wire.LEVELS:
+            continue  # checked by book_fault
+        rule, check = rules[c.name]  # every column has a rule (KeyError here = a column without one)
+        out.append((c.name, rule, c.wire in (Wire.OPT_DECIMAL, Wire.OPT_TIME_MS), check))
+    return tuple(out)
+
+
+CHECKS: Final = {name: _checks(name) for name in RECORD_TYPES}
+
+
+def book_fault(bids: Any, asks: Any, depth: int | None = None) -> str | None:
+    """The first rule a side pair breaks, or None: levels are (price, quantity) pairs of positive plain
+    decimals, at most ``depth`` per side, bids strictly descending, asks strictly ascending, not crossed."""
+    tops: list[Decimal | None] = []
+    for levels, descending in ((bids, True), (asks, False)):
+        if type(levels) is not list and type(levels) is not tuple:
+            return "levels_list"
+        if depth is not None and len(levels) > depth:
+            return "levels_within_depth"
+        top: Decimal | None = None
+        prev: Decimal | None = None
+        for lv in levels:
+            if (type(lv) is not tuple and type(lv) is not list) or len(lv) != 2:
+                return "level_pair"
+            p, q = lv
+            if not is_positive(p):
+                return "level_price_positive"
+            if not is_positive(q):
+                return "level_quantity_positive"
+            d = Decimal(p)
+            if prev is None:
+                top = d
+            elif d >= prev if descending else d <= prev:
+                return "levels_strictly_ordered"
+            prev = d
+        tops.append(top)
+    bid, ask = tops
+    if bid is not None and ask is not None and bid >= ask:
+        return "book_not_crossed"
+    return None
+
+
+def fault(record: msgspec.Struct) -> str | None:
+    """``"<column>:<rule>"`` for the first rule the record breaks, or None when it may be stored."""
+    data_type = data_type_of(record)
+    for name, rule, optional, check in CHECKS[data_type]:
+        v = getattr(record, name)
+        if v is None:
+            if optional:
+                continue
+            return f"{name}:{rule}"
+        try:
+            if not check(v):
+                return f"{name}:{rule}"
+        except (TypeError, ValueError, ArithmeticError):
+            return f"{name}:{rule}"
+    if data_type == "orderbook":
+        r: Any = record
+        rule = book_fault(r.bids, r.asks, r.depth)
+        if rule is not None:
+            return f"levels:{rule}"
+    return None
+
+
+def split(recs: Iterable[msgspec.Struct]) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """(valid records, [(invalid record, its fault)])."""
+    good: list[Any] = []
+    bad: list[tuple[Any, str]] = []
+    for r in recs:
+        f = fault(r)
+        if f is None:
+            good.append(r)
+        else:
+            bad.append((r, f))
+    return good, bad
