@@ -17,6 +17,9 @@ from marketprism_dagster.config import Settings
 SERVICE_TAG = "marketprism/service"
 HEARTBEAT_TAG = "marketprism/heartbeat"
 PID_TAG = "marketprism/pid"
+# the worker's process start time (psutil create_time) written with its pid: (pid, start time) names one
+# process, a pid alone can belong to an unrelated process after the worker died
+PID_CREATED_TAG = "marketprism/pid_created"
 RSS_TAG = "marketprism/rss_mb"
 CPU_TAG = "marketprism/cpu_pct"
 STARTED_TAG = "marketprism/started"
@@ -64,7 +67,14 @@ class RunView:
     @property
     def pid(self) -> int | None:
         v = self.tags.get(PID_TAG)
-        return int(v) if v else None
+        try:
+            return int(v) if v else None
+        except ValueError:
+            return None
+
+    @property
+    def pid_created(self) -> float | None:
+        return self.number(PID_CREATED_TAG)
 
     def number(self, tag: str) -> float | None:
         v = self.tags.get(tag)
@@ -80,6 +90,21 @@ class Plan:
     reap: list[tuple[RunView, str]] = field(default_factory=list)  # dead: kill + mark failed
     restart: list[tuple[RunView, str]] = field(default_factory=list)  # alive: graceful stop
     waiting: list[tuple[Service, str]] = field(default_factory=list)  # cooldown
+
+
+def same_process(run: RunView, pid_created: float, cmdline: str) -> bool:
+    """Is the process with this start time and command line the run's worker? With the start time recorded
+    at the pid's heartbeat it must match (to the kernel's clock tick); a run from before that tag existed
+    must name its run id on the command line. Anything else may be an unrelated process that reused the pid."""
+    recorded = run.pid_created
+    if recorded is not None:
+        return abs(recorded - pid_created) < PID_CREATED_TOLERANCE_S
+    return run.run_id in cmdline
+
+
+# psutil derives create_time from the boot time and the start tick (1/100 s): the same process reads the
+# same value in every process, two processes started a tick apart differ by >= 10 ms (the tag keeps 1 ms)
+PID_CREATED_TOLERANCE_S = 0.002
 
 
 def stale_reason(run: RunView, now: float, stale_s: float) -> str | None:

@@ -16,9 +16,12 @@ import time
 
 import dagster as dg
 import psutil
+import structlog
 
 from marketprism_dagster import supervision as sv
 from marketprism_dagster.config import Settings, settings_from_env
+
+log = structlog.get_logger(__name__)
 
 
 def run_views(instance: dg.DagsterInstance, settings: Settings) -> list[sv.RunView]:
@@ -63,11 +66,23 @@ def kill_worker(run: sv.RunView, sig: int) -> bool:
         return False
     try:
         proc = psutil.Process(pid)
-        if run.run_id not in " ".join(proc.cmdline()) and proc.create_time() < run.created_at - 5:
-            return False  # an older, unrelated process holds that pid now
+        with proc.oneshot():
+            created = proc.create_time()
+            cmdline = " ".join(proc.cmdline())
+        if not sv.same_process(run, created, cmdline):
+            log.warning(
+                "supervisor.pid_reused",
+                run_id=run.run_id,
+                pid=pid,
+                recorded_start=run.pid_created,
+                process_start=created,
+                signal=signal.Signals(sig).name,
+            )
+            return False  # the worker is gone and an unrelated process holds that pid now: never signal it
+        # psutil.Process.send_signal checks again that this pid is still the process created at `created`
         proc.send_signal(sig)
         return True
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
 

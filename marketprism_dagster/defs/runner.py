@@ -62,6 +62,7 @@ class RunHeartbeat:
         tags = {
             sv.HEARTBEAT_TAG: f"{now:.3f}",
             sv.PID_TAG: str(os.getpid()),
+            sv.PID_CREATED_TAG: f"{self._proc.create_time():.3f}",
             sv.STARTED_TAG: f"{self.started:.3f}",
             sv.RSS_TAG: f"{self._proc.memory_info().rss / 2**20:.1f}",
         }

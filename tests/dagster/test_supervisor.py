@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
 import dagster as dg
+import psutil
 from dagster._core.test_utils import create_run_for_test
 
 from marketprism_dagster import supervision as sv
+from marketprism_dagster.defs.runner import RunHeartbeat
 from marketprism_dagster.defs.services import defs as services_defs
 from sensors.supervisor import supervise
 
@@ -116,3 +119,70 @@ def test_supervisor_does_nothing_while_paused_by_a_stopping_dev_server(settings_
     marker.unlink()
     resumed = _tick(dagster_instance, settings)
     assert len(resumed.run_requests) == len(sv.services(settings))
+
+
+def _stale_writer_run(instance, settings):
+    reqs = {r.tags[sv.SERVICE_TAG]: r for r in _tick(instance, settings).run_requests}
+    now = time.time()
+    for name in ("collector:spot", "collector:deriv"):
+        _start(instance, reqs[name], **{sv.HEARTBEAT_TAG: str(now)})
+    stale = {sv.HEARTBEAT_TAG: str(now - settings.supervisor.heartbeat_stale_s - 5)}
+    return _start(instance, reqs["writer"], **stale)
+
+
+def test_supervisor_never_kills_an_unrelated_process_that_reused_the_dead_workers_pid(
+    settings_factory, dagster_instance
+):
+    settings = _settings(settings_factory)
+    run = _stale_writer_run(dagster_instance, settings)
+    # the worker recorded its pid and start time, then died; the kernel gave the pid to another process
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_started = psutil.Process(dead.pid).create_time()
+    dead.wait()
+    time.sleep(0.05)  # a later kernel clock tick: psutil's start times have 10 ms resolution
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tags = {sv.PID_TAG: str(unrelated.pid), sv.PID_CREATED_TAG: f"{dead_started:.3f}"}
+        dagster_instance.add_run_tags(run.run_id, tags)
+        result = _tick(dagster_instance, settings)
+        assert unrelated.poll() is None, "the unrelated process is alive"
+    finally:
+        unrelated.kill()
+    assert dagster_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE  # still reaped
+    assert [r.tags[sv.SERVICE_TAG] for r in result.run_requests] == ["writer"]
+
+
+def test_supervisor_never_kills_a_process_without_the_run_id_when_no_start_time_was_recorded(
+    settings_factory, dagster_instance
+):
+    settings = _settings(settings_factory)
+    run = _stale_writer_run(dagster_instance, settings)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # started after the run
+    try:
+        dagster_instance.add_run_tags(run.run_id, {sv.PID_TAG: str(unrelated.pid)})
+        _tick(dagster_instance, settings)
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+
+
+def test_supervisor_kills_the_worker_named_by_its_pid_and_start_time(settings_factory, dagster_instance):
+    settings = _settings(settings_factory)
+    run = _stale_writer_run(dagster_instance, settings)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # no run id in its argv
+    try:
+        started = psutil.Process(worker.pid).create_time()
+        tags = {sv.PID_TAG: str(worker.pid), sv.PID_CREATED_TAG: f"{started:.3f}"}
+        dagster_instance.add_run_tags(run.run_id, tags)
+        _tick(dagster_instance, settings)
+        assert worker.wait(timeout=10) == -9
+    finally:
+        worker.kill()
+
+
+def test_run_heartbeat_records_the_workers_pid_with_its_start_time(dagster_instance):
+    run = create_run_for_test(dagster_instance, job_name="writer", status=dg.DagsterRunStatus.STARTED)
+    RunHeartbeat(dagster_instance, run.run_id)()
+    tags = dagster_instance.get_run_by_id(run.run_id).tags
+    assert int(tags[sv.PID_TAG]) == os.getpid()
+    assert float(tags[sv.PID_CREATED_TAG]) == round(psutil.Process().create_time(), 3)
