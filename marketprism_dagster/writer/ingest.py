@@ -69,6 +69,7 @@ from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, subject,
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, intent_ddl, ledger_ddl
 from marketprism_dagster.validation import fault
+from marketprism_dagster.writer.epoch import ensure_epoch_table, token_stream
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +108,7 @@ def ensure_writer_tables(store: Store, settings: Settings) -> None:
     store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
     store.execute(ledger_ddl(db))
     store.execute(intent_ddl(db))
+    ensure_epoch_table(store, settings)
 
 
 # ---------------------------------------------------------------------------- data shapes
@@ -157,6 +159,7 @@ class PreparedBatch:
     messages: int
     tables: dict[str, TableBatch] = field(default_factory=dict)
     poison: list[Poison] = field(default_factory=list)
+    epoch: int = 0  # the stream's ledger epoch (see ``epoch``): part of every token
 
     @property
     def rows(self) -> int:
@@ -164,7 +167,7 @@ class PreparedBatch:
 
     @property
     def range_token(self) -> str:
-        return f"{self.stream}:{self.first_seq}-{self.last_seq}"
+        return f"{token_stream(self.stream, self.epoch)}:{self.first_seq}-{self.last_seq}"
 
 
 @dataclass
@@ -251,7 +254,7 @@ def _arrow_or_poison(
 
 
 def prepare_batch(stream: str, messages: Sequence[StreamMessage], first_seq: int | None = None,
-                  last_seq: int | None = None) -> PreparedBatch:
+                  last_seq: int | None = None, epoch: int = 0) -> PreparedBatch:
     """Decode and classify a contiguous range; pure (no I/O).
 
     ``first_seq``/``last_seq`` default to the messages' extremes; pass them when the range's
@@ -264,7 +267,7 @@ def prepare_batch(stream: str, messages: Sequence[StreamMessage], first_seq: int
     hi = max(seqs) if last_seq is None else last_seq
     if seqs and (min(seqs) < lo or max(seqs) > hi):
         raise ValueError(f"messages {min(seqs)}..{max(seqs)} fall outside the range {lo}..{hi}")
-    batch = PreparedBatch(stream, lo, hi, len(messages))
+    batch = PreparedBatch(stream, lo, hi, len(messages), epoch=epoch)
     by_type: dict[str, list[tuple[StreamMessage, Any]]] = defaultdict(list)
     for msg in messages:
         out = classify(msg)
@@ -276,7 +279,7 @@ def prepare_batch(stream: str, messages: Sequence[StreamMessage], first_seq: int
         table, records, poison = _arrow_or_poison(data_type, pairs)
         batch.poison.extend(poison)
         if records:
-            token = data_token(stream, lo, hi, data_type)
+            token = data_token(token_stream(stream, epoch), lo, hi, data_type)
             batch.tables[data_type] = TableBatch(data_type, records, table, token)
     return batch
 
@@ -453,10 +456,11 @@ def _insert_table(store: Store, database: str, tb: TableBatch) -> None:
         store.execute(values_insert_sql(database, tb.data_type, tb.table.column_names, rows, tb.token))
 
 
-def write_intent(store: Store, settings: Settings, stream: str, first_seq: int, last_seq: int) -> None:
+def write_intent(store: Store, settings: Settings, stream: str, first_seq: int, last_seq: int,
+                 epoch: int = 0) -> None:
     row = (_sql_str(stream), str(first_seq), str(last_seq), _ms_literal(_now_ms()))
     store.execute(values_insert_sql(settings.storage.ledger_database, INTENT_TABLE, _INTENT_SCHEMA.names, [row],
-                                    f"intent:{stream}:{first_seq}-{last_seq}"))
+                                    f"intent:{token_stream(stream, epoch)}:{first_seq}-{last_seq}"))
 
 
 def _ledger_values(table: pa.Table) -> list[list[str]]:
@@ -488,7 +492,7 @@ def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, r
     started = time.perf_counter()
     hot = settings.storage.hot_database
     if intent:
-        write_intent(store, settings, batch.stream, batch.first_seq, batch.last_seq)
+        write_intent(store, settings, batch.stream, batch.first_seq, batch.last_seq, batch.epoch)
     rows_by_table: dict[str, int] = {}
     skipped = 0
     for data_type, tb in sorted(batch.tables.items()):

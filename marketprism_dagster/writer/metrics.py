@@ -32,6 +32,11 @@ class WriterMetrics:
                          ["stream"], registry=r)
         self.committed_seq = Gauge("marketprism_writer_committed_seq", "Highest sequence in the ledger",
                                    ["stream"], registry=r)
+        self.stream_resets = Counter("marketprism_writer_stream_resets",
+                                     "Streams found deleted and recreated: a new ledger epoch was started",
+                                     ["stream"], registry=r)
+        self.epoch = Gauge("marketprism_writer_stream_epoch", "Ledger epoch of the stream (0 until a reset)",
+                           ["stream"], registry=r)
         self.store_up = Gauge("marketprism_writer_store_available", "1 when the last store operation succeeded",
                               registry=r)
         self.store_up.set(1)

@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from marketprism_dagster.config import Settings
-from marketprism_dagster.jetstream import connect, ensure_streams
+from marketprism_dagster.jetstream import connect, ensure_stream, ensure_streams
 from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.writer.consumer import (
@@ -36,6 +37,7 @@ from marketprism_dagster.writer.consumer import (
     read_range,
 )
 from marketprism_dagster.writer.deadletter import ensure_dead_letter_stream, publish_dead_letters
+from marketprism_dagster.writer.epoch import EpochSwitch, archived_name, check_epoch, created_of
 from marketprism_dagster.writer.http import WriterHttp
 from marketprism_dagster.writer.ingest import (
     BatchResult,
@@ -65,6 +67,9 @@ class StreamState:
     acked_seq: int = 0
     avg_msg_bytes: float = 512.0
     catching_up: bool = False
+    epoch: int = 0  # ledger epoch (a deleted and recreated stream starts the next one)
+    created: str = ""  # the stream's creation time on the server: its identity
+    reset: str | None = None  # why the stream on the server is no longer the ledger's (a new epoch is due)
 
 
 class WriterService:
@@ -151,15 +156,24 @@ class WriterService:
                 if await self._store_call(stop, "init_schema", self._init_store) is None:
                     return
                 for name in s.streams:
+                    info = await js.stream_info(name)
+                    created, last = created_of(info), int(info.state.last_seq or 0)
+                    switch = await self._store_call(stop, "stream_epoch", self._check_epoch, name, created, last)
+                    if switch is None:
+                        return
+                    self._epoch_started(name, switch)
                     rp = await self._store_call(stop, "resume_point", resume_point, self.store, s, name)
                     if rp is None:
                         return
                     reader = DurableReader(js, s, name, self.nc)
                     await reader.start()
                     buf = StreamBuffer(name, rp.watermark, forced_end=rp.intent_last_seq)
-                    self.streams[name] = StreamState(name, reader, buf, rp.intent_last_seq)
+                    self.streams[name] = StreamState(name, reader, buf, rp.intent_last_seq, epoch=switch.epoch.number,
+                                                     created=created)
                     self.metrics.committed_seq.labels(name).set(rp.watermark)
-                    log.info("writer.resume", stream=name, watermark=rp.watermark, in_flight_until=rp.intent_last_seq)
+                    self.metrics.epoch.labels(name).set(switch.epoch.number)
+                    log.info("writer.resume", stream=name, watermark=rp.watermark, in_flight_until=rp.intent_last_seq,
+                             epoch=switch.epoch.number)
                 await self.http.start(s.writer.health_host, s.writer.health_port)
                 log.info("writer.started", health_port=self.http.port, streams=list(self.streams))
                 await self._refresh_all()
@@ -192,6 +206,67 @@ class WriterService:
         """A new connection: pull requests held by the old server session are gone, ask again."""
         forgotten = {st.name: st.reader.forget_requests() for st in self.streams.values()}
         log.info("writer.nats_reconnected", open_requests_dropped=forgotten)
+
+    def _check_epoch(self, stream: str, created: str, last_seq: int) -> EpochSwitch:
+        assert self.store is not None
+        return check_epoch(self.store, self.settings, stream, created, last_seq)
+
+    def _epoch_started(self, stream: str, switch: EpochSwitch) -> None:
+        if switch.reset is None:
+            return
+        self.metrics.stream_resets.labels(stream).inc()
+        prev = switch.previous
+        log.error("writer.stream_reset", stream=stream, reason=switch.reset, new_epoch=switch.epoch.number,
+                  old_watermark=switch.previous_watermark,
+                  old_ledger_rows_kept_as=archived_name(stream, prev.number) if prev else None,
+                  hint="the stream was deleted and recreated (nats stream rm, or storage: memory and a NATS "
+                       "restart); its new messages are committed from sequence 1 in a new ledger epoch. Messages "
+                       "the old stream held beyond the old watermark are gone with it; check the "
+                       "ledger_gaps and seal results of the hours around the reset")
+
+    async def _new_epoch(self, st: StreamState, js: Any, stop: asyncio.Event) -> bool:
+        """The stream on the server is not the ledger's any more: commit what the old one delivered,
+        start a new ledger epoch and a new durable on the new stream. False when stopped meanwhile."""
+        s = self.settings
+        while (taken := st.buffer.take(self._batch_limit(st))) is not None:
+            if not await self._commit(st, taken, js, stop):
+                return False
+        if st.buffer.pending:
+            log.error("writer.stream_reset_lost_buffered", stream=st.name, count=len(st.buffer.pending),
+                      first=min(st.buffer.pending), reason="not contiguous with the watermark; the old stream is gone")
+            self.metrics.failures.labels("lost_in_stream_reset").inc(len(st.buffer.pending))
+        await st.reader.stop()
+        try:
+            try:
+                info = await js.stream_info(st.name)
+            except NotFoundError:
+                await ensure_stream(js, st.name, s.streams[st.name])  # as the writer does at start
+                info = await js.stream_info(st.name)
+        except Exception as exc:
+            log.warning("writer.stream_reset_waiting_for_nats", stream=st.name, error=str(exc)[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), MIN_BACKOFF_S * 4)
+            return not stop.is_set()
+        created, last = created_of(info), int(info.state.last_seq or 0)
+        switch = await self._store_call(stop, "stream_epoch", self._check_epoch, st.name, created, last)
+        if switch is None:
+            return False
+        if switch.reset is None and st.epoch == switch.epoch.number:  # the old stream after all
+            switch = EpochSwitch(switch.epoch, reset=st.reset, previous=None, previous_watermark=st.buffer.watermark)
+        self._epoch_started(st.name, switch)
+        rp = await self._store_call(stop, "resume_point", resume_point, self.store, s, st.name)
+        if rp is None:
+            return False
+        reader = DurableReader(js, s, st.name, self.nc)  # type: ignore[arg-type]
+        await reader.start()
+        st.reader = reader
+        st.buffer = StreamBuffer(st.name, rp.watermark, forced_end=rp.intent_last_seq)
+        st.recovery_end = rp.intent_last_seq
+        st.epoch, st.created, st.reset = switch.epoch.number, created, None
+        st.last_seq, st.first_seq, st.acked_seq = last, int(info.state.first_seq or 0), 0
+        self.metrics.committed_seq.labels(st.name).set(rp.watermark)
+        self.metrics.epoch.labels(st.name).set(st.epoch)
+        return True
 
     def _init_store(self) -> bool:
         assert self.store is not None
@@ -263,6 +338,14 @@ class WriterService:
         reader = st.reader
         ahead: tuple[Taken, asyncio.Future[PreparedBatch]] | None = None
         while not stop.is_set():
+            if st.reset is not None:
+                if ahead is not None:
+                    ahead[1].cancel()
+                    ahead = None
+                if not await self._new_epoch(st, js, stop):
+                    break
+                buf, reader = st.buffer, st.reader
+                continue
             await reader.request(self._credit(st))
             await self._absorb(st)
             limit = self._batch_limit(st)
@@ -292,7 +375,7 @@ class WriterService:
                     nxt = buf.take(limit, start)
                     if nxt is not None:
                         ahead = (nxt, asyncio.ensure_future(asyncio.to_thread(
-                            prepare_batch, st.name, nxt.messages, nxt.first_seq, nxt.last_seq)))
+                            prepare_batch, st.name, nxt.messages, nxt.first_seq, nxt.last_seq, st.epoch)))
             if not await commit:
                 break  # stopped while the store was unavailable: the batch stays unacked
         if ahead is not None:
@@ -302,7 +385,7 @@ class WriterService:
         """The next sequence is not deliverable by the durable right now: read it from the stream."""
         buf = st.buffer
         await self._refresh_stream(st, js)
-        if st.last_seq < buf.expected:
+        if st.reset is not None or st.last_seq < buf.expected:
             return
         if st.first_seq > buf.expected:
             lost = st.first_seq - buf.expected
@@ -329,7 +412,8 @@ class WriterService:
         if ahead is not None:
             prepared: PreparedBatch = await ahead
         else:
-            prepared = await asyncio.to_thread(prepare_batch, st.name, taken.messages, taken.first_seq, taken.last_seq)
+            prepared = await asyncio.to_thread(prepare_batch, st.name, taken.messages, taken.first_seq, taken.last_seq,
+                                               st.epoch)
         if prepared.poison and not await self._dead_letter(st, prepared, js, stop):
             return False
         recovery = st.recovery_end is not None and taken.last_seq == st.recovery_end
@@ -397,11 +481,23 @@ class WriterService:
     async def _refresh_stream(self, st: StreamState, js: Any) -> None:
         try:
             info = await js.stream_info(st.name)
+        except NotFoundError:
+            self._reset_seen(st, "the stream no longer exists on the server")
+            return
         except Exception as exc:
             log.debug("writer.stream_info_failed", stream=st.name, error=str(exc))
             return
+        created = created_of(info)
+        if st.created and created != st.created:
+            self._reset_seen(st, f"the stream was recreated at {created} (the ledger's was created at {st.created})")
+            return
         st.last_seq = int(info.state.last_seq or 0)
         st.first_seq = int(info.state.first_seq or 0)
+
+    def _reset_seen(self, st: StreamState, reason: str) -> None:
+        if st.reset is None:
+            log.warning("writer.stream_reset_detected", stream=st.name, reason=reason, watermark=st.buffer.watermark)
+        st.reset = reason
 
     async def _refresh_all(self) -> None:
         assert self.nc is not None
@@ -443,7 +539,8 @@ class WriterService:
 
     def health(self) -> tuple[dict[str, Any], bool]:
         nats_ok = self.nc is not None and self.nc.is_connected
-        ok = nats_ok and self.store_ok and self.started.is_set()
+        resetting = any(st.reset is not None for st in self.streams.values())
+        ok = nats_ok and self.store_ok and self.started.is_set() and not resetting
         consumers = {}
         for st in self.streams.values():
             st.last_seq = max(st.last_seq, st.buffer.watermark)  # committed sequences exist
@@ -454,6 +551,8 @@ class WriterService:
                 "committed_seq": st.buffer.watermark,
                 "last_seq": st.last_seq,
                 "buffered": len(st.buffer.pending),
+                "epoch": st.epoch,
+                "stream_reset": st.reset,
             }
         body = {
             "status": "healthy" if ok else "unhealthy",
