@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
         from marketprism_dagster.nats_server import nats_available
         from marketprism_dagster.writer.consumer import ConsumerConflict
-        from marketprism_dagster.writer.service import run_writer
+        from marketprism_dagster.writer.service import WriterFailure, run_writer
 
         sets = list(set_ or [])
         if health_port is not None:
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             asyncio.run(main())
-        except ConsumerConflict as exc:
+        except (ConsumerConflict, WriterFailure) as exc:
             raise fail(str(exc)) from None
         except (ConnectionError, OSError) as exc:
             raise fail(f"writer could not start: {exc}") from None

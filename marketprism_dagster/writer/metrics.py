@@ -40,6 +40,10 @@ class WriterMetrics:
         self.store_up = Gauge("marketprism_writer_store_available", "1 when the last store operation succeeded",
                               registry=r)
         self.store_up.set(1)
+        self.dead_letter_up = Gauge("marketprism_writer_dead_letter_available",
+                                    "0 while dead letters cannot be published (the writer stops after a few attempts)",
+                                    registry=r)
+        self.dead_letter_up.set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,6 +41,7 @@ from marketprism_dagster.writer.epoch import EpochSwitch, archived_name, check_e
 from marketprism_dagster.writer.http import WriterHttp
 from marketprism_dagster.writer.ingest import (
     BatchResult,
+    Poison,
     PreparedBatch,
     commit_prepared,
     ensure_writer_tables,
@@ -54,6 +55,25 @@ T = TypeVar("T")
 
 MIN_BACKOFF_S = 0.25
 HAND_OVER_PERIOD_S = 0.25
+# A commit that fails this many times with an error other than StoreUnavailable is rejected by the
+# store, not waiting for it: the range is split in halves (each committed on its own) until the
+# messages the store refuses are single; those are dead-lettered with the store's error.
+REJECTED_AFTER_ERRORS = 3
+# Dead letters that cannot be published after this many attempts stop the writer (the run fails and
+# alerts; a restart re-creates the dead-letter stream): the batch stays unacknowledged in JetStream.
+DEAD_LETTER_ATTEMPTS = 6
+
+
+class BatchRejected(Exception):
+    """The store keeps refusing a batch with the same kind of error: retrying it unchanged cannot succeed."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class WriterFailure(Exception):
+    """The writer cannot go on; the message names the cause and the fix."""
 
 
 @dataclass
@@ -84,6 +104,7 @@ class WriterService:
         self.started_at = time.time()
         self.last_batch_at: float | None = None
         self.store_ok = True
+        self.dead_letter_error: str | None = None  # the last dead-letter publish failure, until one succeeds
         self.streams: dict[str, StreamState] = {}
         self.nc: NATS | None = None
         self.store: Store | None = None
@@ -105,18 +126,24 @@ class WriterService:
             yield_fn()
 
     async def _store_call(self, stop: asyncio.Event, what: str, fn: Callable[..., T], *args: Any,
-                          **kwargs: Any) -> T | None:
+                          reject_after: int | None = None, **kwargs: Any) -> T | None:
         """Run a store operation, retrying with capped backoff while the store is unavailable.
 
         Returns None only when ``stop`` was set while waiting (the caller then gives up the batch).
+        With ``reject_after``, that many errors other than StoreUnavailable raise BatchRejected.
         """
         backoff = MIN_BACKOFF_S
+        errors = 0
         while True:
             try:
                 out = await self._in_store(fn, *args, **kwargs)
             except StoreUnavailable as exc:
                 self._store_down("store_unavailable", what, exc, backoff)
             except Exception as exc:  # a failed insert must not kill the writer; retry is safe (tokens)
+                errors += 1
+                if reject_after is not None and errors >= reject_after:
+                    self.metrics.failures.labels("store_rejected").inc()
+                    raise BatchRejected(exc) from exc
                 self._store_down("store_error", what, exc, backoff)
             else:
                 if not self.store_ok:
@@ -180,10 +207,13 @@ class WriterService:
                 self.started.set()
                 tasks = [asyncio.create_task(self._stream_loop(st, js, stop), name=f"writer.{st.name}")
                          for st in self.streams.values()]
+                for t in tasks:  # one stream that cannot go on stops the others (they finish their batch)
+                    t.add_done_callback(lambda t: stop.set() if not t.cancelled() and t.exception() else None)
+                results: list[Any] = []
                 helpers = [asyncio.create_task(self._monitor(stop), name="writer.monitor"),
                            asyncio.create_task(self._hand_over(stop), name="writer.hand_over")]
                 try:
-                    await asyncio.gather(*tasks)
+                    results = await asyncio.gather(*tasks, return_exceptions=True)
                 finally:
                     for h in helpers:
                         h.cancel()
@@ -193,6 +223,9 @@ class WriterService:
                     for t in tasks:
                         t.cancel()
                 await self._in_store(self._close_store)
+                for r in results:
+                    if isinstance(r, BaseException):
+                        raise r
         finally:
             await self.http.stop()
             for st in self.streams.values():
@@ -407,19 +440,28 @@ class WriterService:
             log.info("writer.catch_up", stream=st.name, first=msgs[0].seq, last=msgs[-1].seq, count=len(msgs))
 
     async def _commit(self, st: StreamState, taken: Taken, js: Any, stop: asyncio.Event,
-                      ahead: asyncio.Future[PreparedBatch] | None = None) -> bool:
+                      ahead: asyncio.Future[PreparedBatch] | None = None, *, batch: PreparedBatch | None = None,
+                      recover: bool = False) -> bool:
         t0 = time.perf_counter()
-        if ahead is not None:
-            prepared: PreparedBatch = await ahead
+        if batch is not None:
+            prepared: PreparedBatch = batch
+        elif ahead is not None:
+            prepared = await ahead
         else:
             prepared = await asyncio.to_thread(prepare_batch, st.name, taken.messages, taken.first_seq, taken.last_seq,
                                                st.epoch)
         if prepared.poison and not await self._dead_letter(st, prepared, js, stop):
             return False
-        recovery = st.recovery_end is not None and taken.last_seq == st.recovery_end
-        result: BatchResult | None = await self._store_call(
-            stop, "commit", self._commit_in_store, prepared, recovery
-        )
+        recovery = recover or (st.recovery_end is not None and taken.last_seq == st.recovery_end)
+        # a batch without rows cannot be refused for its content: only the store itself is failing then;
+        # a part of a refused range is split again at its first error, a single message gets the full count
+        reject_after = (None if not prepared.tables
+                        else 1 if recover and len(taken.messages) > 1 else REJECTED_AFTER_ERRORS)
+        try:
+            result: BatchResult | None = await self._store_call(
+                stop, "commit", self._commit_in_store, prepared, recovery, reject_after=reject_after)
+        except BatchRejected as exc:
+            return await self._commit_rejected(st, taken, js, stop, exc.error)
         if result is None:
             return False
         t1 = time.perf_counter()
@@ -438,6 +480,26 @@ class WriterService:
         self._count(st, result)
         return True
 
+    async def _commit_rejected(self, st: StreamState, taken: Taken, js: Any, stop: asyncio.Event,
+                               error: BaseException) -> bool:
+        """The store refuses ``taken``: commit its halves on their own (in recovery mode: the refused
+        attempts may have inserted some tables), down to single messages, which are dead-lettered."""
+        reason = f"{type(error).__name__}: {error}".replace("\n", " ")[:600]
+        msgs = taken.messages
+        if len(msgs) > 1:
+            h = len(msgs) // 2
+            left = Taken(taken.first_seq, msgs[h].seq - 1, msgs[:h], None)
+            right = Taken(msgs[h].seq, taken.last_seq, msgs[h:], None)
+            log.warning("writer.batch_rejected_split", stream=st.name, first=taken.first_seq, last=taken.last_seq,
+                        messages=len(msgs), error=reason[:300])
+            return (await self._commit(st, left, js, stop, recover=True)
+                    and await self._commit(st, right, js, stop, recover=True))
+        poison = [Poison(m, "store_rejected", f"the store refused the row: {reason}") for m in msgs]
+        log.error("writer.message_rejected_by_store", stream=st.name, seq=taken.first_seq, error=reason[:300],
+                  hint="dead-lettered with the store's error; fix the table or the row and republish it")
+        dead = PreparedBatch(st.name, taken.first_seq, taken.last_seq, len(msgs), poison=poison, epoch=st.epoch)
+        return await self._commit(st, taken, js, stop, batch=dead, recover=True)
+
     def _commit_in_store(self, prepared: PreparedBatch, recovery: bool) -> BatchResult:
         assert self.store is not None
         result = commit_prepared(self.store, self.settings, prepared, recovery=recovery)
@@ -445,20 +507,43 @@ class WriterService:
         return result
 
     async def _dead_letter(self, st: StreamState, prepared: PreparedBatch, js: Any, stop: asyncio.Event) -> bool:
+        """Publish the batch's dead letters; bounded: a dead-letter stream that keeps refusing stops the writer
+        (WriterFailure) with the batch unacknowledged, instead of blocking the stream without end."""
         backoff = MIN_BACKOFF_S
+        attempts = 0
+        dl = self.settings.writer.dead_letter_stream
         while not stop.is_set():
             try:
                 await publish_dead_letters(js, self.settings, st.name, prepared.poison)
                 break
             except Exception as exc:
+                attempts += 1
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                self.dead_letter_error = error
                 self.metrics.failures.labels("dead_letter_publish").inc()
-                log.warning("writer.dead_letter_publish_failed", stream=st.name, error=str(exc)[:300],
-                            retry_in_s=backoff)
+                self.metrics.dead_letter_up.set(0)
+                if attempts >= DEAD_LETTER_ATTEMPTS:
+                    log.error("writer.dead_letter_unavailable", stream=st.name, attempts=attempts, error=error,
+                              first_seq=prepared.first_seq, last_seq=prepared.last_seq)
+                    raise WriterFailure(
+                        f"{len(prepared.poison)} dead letters of {st.name} seq {prepared.first_seq}-"
+                        f"{prepared.last_seq} could not be published to the stream {dl} after {attempts} attempts "
+                        f"({error}). The range stays unacknowledged in JetStream and the writer stopped. Fix: check "
+                        f"the stream {dl} (nats stream info {dl}: it must exist, take 'deadletter.>' and have room; "
+                        f"no other stream may take those subjects), then start the writer again (it re-creates {dl})"
+                    ) from exc
+                log.warning("writer.dead_letter_publish_failed", stream=st.name, error=error, retry_in_s=backoff)
+                with contextlib.suppress(Exception):  # the stream may have been deleted: create it as at start
+                    await ensure_dead_letter_stream(js, self.settings)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, self.settings.writer.max_backoff_s)
         else:
             return False
+        if self.dead_letter_error is not None:
+            log.info("writer.dead_letter_available_again", stream=st.name)
+        self.dead_letter_error = None
+        self.metrics.dead_letter_up.set(1)
         for p in prepared.poison:
             self.metrics.dead_letters.labels(p.kind).inc()
             log.warning("writer.dead_letter", stream=st.name, seq=p.message.seq, subject=p.message.subject,
@@ -540,7 +625,8 @@ class WriterService:
     def health(self) -> tuple[dict[str, Any], bool]:
         nats_ok = self.nc is not None and self.nc.is_connected
         resetting = any(st.reset is not None for st in self.streams.values())
-        ok = nats_ok and self.store_ok and self.started.is_set() and not resetting
+        ok = (nats_ok and self.store_ok and self.started.is_set() and not resetting
+              and self.dead_letter_error is None)
         consumers = {}
         for st in self.streams.values():
             st.last_seq = max(st.last_seq, st.buffer.watermark)  # committed sequences exist
@@ -561,6 +647,7 @@ class WriterService:
             "consumers": consumers,
             "store": "ok" if self.store_ok else "unavailable",
             "nats": "connected" if nats_ok else "disconnected",
+            "dead_letters": "ok" if self.dead_letter_error is None else f"failing: {self.dead_letter_error}",
             "last_batch_at": (datetime.fromtimestamp(self.last_batch_at, UTC).isoformat()
                               if self.last_batch_at else None),
         }
