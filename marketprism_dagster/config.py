@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from marketprism_dagster.logs import MASK, mask_url, register_secrets
 from marketprism_dagster.records import DATA_TYPES
 
 DEFAULT_CONFIG_PATH = Path("config/marketprism.yaml")
@@ -302,6 +303,21 @@ class OrderBookConfig(_Model):
         le=5000,
         description="REST snapshot depth; each venue accepts its own values (SNAPSHOT_DEPTH, checked at load)",
     )
+    max_levels: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="levels kept per book side; a book that grows beyond it is dropped and resynchronized",
+    )
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> OrderBookConfig:
+        if self.max_levels <= max(self.depth, self.snapshot_limit):
+            raise ValueError(
+                f"orderbook.max_levels ({self.max_levels}) must exceed orderbook.depth ({self.depth}) and "
+                f"orderbook.snapshot_limit ({self.snapshot_limit}): a fresh book would be dropped at once"
+            )
+        return self
 
 
 class CollectorConfig(_Model):
@@ -313,8 +329,20 @@ class CollectorConfig(_Model):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     reconnect_initial_s: float = Field(default=0.5, gt=0, description="first reconnect delay, doubling to the max")
     ws_heartbeat_s: float = Field(default=20.0, gt=0, description="WS protocol ping interval; no pong: reconnect")
+    ws_max_msg_bytes: int = Field(
+        default=4 * 1024**2, ge=64 * 1024, description="largest WebSocket frame accepted; a larger one reconnects"
+    )
+    rest_max_body_bytes: int = Field(
+        default=64 * 1024**2, ge=64 * 1024, description="largest REST body read; a larger answer fails the request"
+    )
     rest_timeout_s: float = Field(default=10.0, gt=0)
     ack_timeout_s: float = Field(default=5.0, gt=0, description="JetStream PubAck wait before resending (same Msg-Id)")
+    publish_retry_s: float = Field(
+        default=120.0, gt=0, description="a record JetStream answers with errors is retried this long (leader election)"
+    )
+    shutdown_flush_s: float = Field(
+        default=10.0, ge=0, description="at stop, wait this long for NATS to take the buffer; the rest is spilled"
+    )
     recent_records: int = Field(default=100, ge=1, le=1000, description="records kept per (market, type) for the API")
     http_host: str = Field(default="127.0.0.1", description="bind address of /health, /api/v1 and /metrics")
     shards: dict[str, list[str]] = Field(
@@ -347,6 +375,9 @@ class SupervisorConfig(_Model):
     max_uptime_h: float = Field(default=24.0, gt=0)
     restart_cooldown_s: float = Field(default=5.0, ge=0)
     heartbeat_stale_s: int = Field(default=90, gt=0)
+    handover_timeout_s: float = Field(
+        default=300.0, gt=0, description="a planned restart stops the old run after this long, successor ready or not"
+    )
 
 
 class AlertsConfig(_Model):
@@ -486,6 +517,28 @@ ENV_ALIASES: tuple[tuple[str, str], ...] = (
 
 GENERIC_ENV_PREFIX = "MARKETPRISM__"
 SECRET_PATHS = frozenset({"storage.password"})
+# shown only through logs.mask_url: a password or token in the user part, a webhook's path (its token)
+URL_PATHS = frozenset({"nats.url", "storage.url", "alerts.webhook_url"})
+
+
+def shown_value(key: str, value: Any) -> str:
+    """A setting's value as it may be printed or logged: secrets masked, URLs through ``mask_url``."""
+    if key in SECRET_PATHS:
+        return MASK if value else ""
+    if key in URL_PATHS and isinstance(value, str):
+        return mask_url(value)
+    return _show(value)
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """Every secret string in ``settings``: passwords, webhook URLs, URLs that carry credentials."""
+    out = [settings.storage.password.get_secret_value(), settings.alerts.webhook_url or ""]
+    for url in (settings.nats.url, settings.storage.url):
+        if "@" in url:
+            out.append(url)
+            userinfo = url.split("://", 1)[-1].split("@", 1)[0]
+            out.append(userinfo.split(":", 1)[1] if ":" in userinfo else userinfo)
+    return out
 
 
 class LoadedConfig:
@@ -509,8 +562,7 @@ class LoadedConfig:
         rows: list[tuple[str, str, str]] = []
         dumped = self.settings.model_dump(mode="json")
         for key, value in _flatten(dumped):
-            shown = "****" if key in SECRET_PATHS and value else _show(value)
-            rows.append((key, shown, self.source_of(key)))
+            rows.append((key, shown_value(key, value), self.source_of(key)))
         return rows
 
 
@@ -626,6 +678,7 @@ def load_config(
         settings = Settings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, cfg_path)) from None
+    register_secrets(settings_secrets(settings))
     return LoadedConfig(settings, sources, cfg_path)
 
 
@@ -645,6 +698,8 @@ def format_validation_error(exc: ValidationError, path: Path | None) -> str:
         shown = "(missing)" if err["type"] == "missing" else repr(value)
         if isinstance(value, dict):
             shown = "{...}"
+        elif loc in SECRET_PATHS or loc in URL_PATHS:
+            shown = repr(shown_value(loc, value))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling against config/marketprism.yaml"

@@ -16,9 +16,14 @@ digits, and correctly rounded decimal -> double conversion of such numbers (well
 normal double range) is strictly monotonic (DBL_DIG = 15: distinct decimals of <= 15
 significant digits map to distinct doubles), so float order == ``Decimal`` order and float
 equality == ``Decimal`` equality (``"7.50"`` and ``"7.5"`` are one level, as with ``Decimal``).
-Any price outside that domain (longer strings, exponents beyond 1e+-200, zero, negative,
-non-finite) switches the book to exact mode: ``Decimal`` keys from then on until the next
-``load``/``clear`` (a snapshot starts in fast mode again).
+Any price outside that domain (longer strings, values beyond 1e+-200) switches the book to
+exact mode: ``Decimal`` keys from then on until the next ``load``/``clear`` (a snapshot starts in
+fast mode again).
+
+Every level is checked before the book takes it (``check_level``): the price a positive plain
+decimal, the quantity a plain decimal (zero deletes), both within Decimal(38, 18); "-0", "0e0",
+"-5", "1e30", "abc", "NaN" raise ValueError, and the synchronizers drop the book and resync
+(one bad level never stays in a book, so it never reaches a published row).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from decimal import Decimal, InvalidOperation
 from itertools import chain, islice, repeat
 from operator import itemgetter, lt, neg
 from typing import Any
+
+from marketprism_dagster.validation import is_plain
 
 Level = tuple[str, str]  # (price, quantity) as the venue spelled them
 
@@ -51,14 +58,21 @@ class _Inexact(Exception):
     """A price the fast float keys cannot order exactly: the book switches to Decimal keys."""
 
 
+def check_level(p: Any, q: Any) -> None:
+    """ValueError unless (p, q) is a level the book may take: a positive plain decimal price and a plain
+    decimal quantity, both within Decimal(38, 18) (``validation.is_plain``: no sign, exponent, spaces or
+    Infinity/NaN; "-0" and "0e0" are malformed, "0" / "0.000" delete the level)."""
+    if not (is_plain(q) and is_plain(p) and p.strip("0.")):
+        raise ValueError(f"malformed book level ({p!r}, {q!r}): want a positive decimal price and a decimal size")
+
+
 def _exact_key(p: str) -> Decimal:
+    if not (is_plain(p) and p.strip("0.")):
+        raise ValueError(f"invalid price {p!r}: want a positive plain decimal")
     try:
-        d = Decimal(p)
+        return Decimal(p)
     except InvalidOperation:
         raise ValueError(f"invalid price {p!r}") from None
-    if not d.is_finite():
-        raise ValueError(f"non-finite price {p!r}")
-    return d
 
 
 def _fast_key(p: str) -> float:
@@ -74,9 +88,9 @@ class Book:
     __slots__ = ("_ak", "_av", "_bk", "_bv", "_exact")
 
     def __init__(self) -> None:
-        self._bk: list[Any] = [_END]  # negated bid prices, ascending (best bid first)
+        self._bk: list[Any] = [_END]  # bid prices, ascending (best bid last, before the sentinel)
         self._bv: list[Any] = [None]
-        self._ak: list[Any] = [_END]  # ask prices, ascending (best ask first)
+        self._ak: list[Any] = [_END]  # negated ask prices, ascending (best ask last)
         self._av: list[Any] = [None]
         self._exact = False  # True: Decimal keys (some price outside the fast domain)
 
@@ -90,6 +104,8 @@ class Book:
         """Replace the whole book (a snapshot); levels apply in order, zero quantities remove."""
         bids, asks = list(bids), list(asks)
         self.clear()
+        for lv in chain(bids, asks):
+            check_level(lv[0], lv[1])
         try:
             for levels, bid in ((bids, True), (asks, False)):
                 if not _load_sorted(self, levels, bid):
@@ -146,6 +162,12 @@ class Book:
         try:
             for lv in bids:
                 p, q = lv
+                if (
+                    not (p.isascii() and p.replace(".", "", 1).isdecimal())
+                    or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+                    or len(q) > 19
+                ):
+                    check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
                 k = float(p)
                 i = bl(keys, k)
                 if keys[i] == k:  # <= 15 characters and an equal double: the same decimal
@@ -162,6 +184,12 @@ class Book:
             keys, vals = self._ak, self._av
             for lv in asks:  # negated keys
                 p, q = lv
+                if (
+                    not (p.isascii() and p.replace(".", "", 1).isdecimal())
+                    or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+                    or len(q) > 19
+                ):
+                    check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
                 k = -float(p)
                 i = bl(keys, k)
                 if keys[i] == k:
@@ -254,6 +282,17 @@ class Book:
         crc = zlib.crc32(":".join(chain.from_iterable(parts)).encode())
         return crc - 0x100000000 if crc & 0x80000000 else crc
 
+    def fault(self, max_levels: int) -> str | None:
+        """What makes the book unpublishable, or None: ``"book_too_deep"`` when a side holds more than
+        ``max_levels`` levels (memory is bounded by venue input only through this), ``"book_crossed"`` when
+        the best bid is not below the best ask. O(1): sides are sorted by construction."""
+        bk, ak = self._bk, self._ak
+        if len(bk) > max_levels + 1 or len(ak) > max_levels + 1:
+            return "book_too_deep"
+        if len(bk) > 1 and len(ak) > 1 and bk[-2] >= -ak[-2]:  # bid keys are prices, ask keys negated prices
+            return "book_crossed"
+        return None
+
     @property
     def bid_count(self) -> int:
         return len(self._bk) - 1
@@ -327,6 +366,12 @@ def _apply_fast(
     for lv in bids:
         p = lv[0]
         q = lv[1]
+        if (
+            not (p.isascii() and p.replace(".", "", 1).isdecimal())
+            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+            or len(q) > 19
+        ):
+            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = float(p)
         i = bl(bk, k)
         if bk[i] == k:
@@ -345,6 +390,12 @@ def _apply_fast(
     for lv in asks:  # the same loop with negated keys
         p = lv[0]
         q = lv[1]
+        if (
+            not (p.isascii() and p.replace(".", "", 1).isdecimal())
+            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+            or len(q) > 19
+        ):
+            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = -float(p)
         i = bl(ak, k)
         if ak[i] == k:
@@ -375,6 +426,12 @@ def _apply_fast_quads(
     length check, the insert path keeps the range check."""
     bl = bisect_left
     for p, q, _, _ in bids:
+        if (
+            not (p.isascii() and p.replace(".", "", 1).isdecimal())
+            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+            or len(q) > 19
+        ):
+            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = float(p)
         i = bl(bk, k)
         if bk[i] == k:
@@ -389,6 +446,12 @@ def _apply_fast_quads(
             bk.insert(i, k)
             bv.insert(i, (p, q))
     for p, q, _, _ in asks:
+        if (
+            not (p.isascii() and p.replace(".", "", 1).isdecimal())
+            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+            or len(q) > 19
+        ):
+            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = -float(p)
         i = bl(ak, k)
         if ak[i] == k:
@@ -408,6 +471,12 @@ def _apply_exact(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str
     for lv in levels:
         p = lv[0]
         q = lv[1]
+        if (
+            not (p.isascii() and p.replace(".", "", 1).isdecimal())
+            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+            or len(q) > 19
+        ):
+            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = _exact_key(p) if bid else -_exact_key(p)
         i = bisect_left(keys, k)
         if keys[i] == k:

@@ -36,6 +36,8 @@ class Status(IntEnum):
     SYNCED = 6  # a snapshot synchronized the book
     SNAPSHOT_TOO_OLD = 7  # snapshot predates the buffered diffs: fetch another
     SNAPSHOT_PENDING = 8  # snapshot loaded, waiting for the diff that bridges it
+    CROSSED = 9  # best bid >= best ask: book dropped, resync needed
+    TOO_DEEP = 10  # a side holds more than ``max_levels`` levels: book dropped, resync needed
 
 
 # Enum member access costs ~60 ns in Python 3.11 (a descriptor); the hot paths use these aliases
@@ -45,6 +47,10 @@ CHECKSUM = Status.CHECKSUM
 GAP = Status.GAP
 IGNORED = Status.IGNORED
 SYNCED = Status.SYNCED
+MAX_LEVELS = 5000  # default levels per side before a book is dropped and resynchronized
+_FAULT_STATUS = {"book_crossed": Status.CROSSED, "book_too_deep": Status.TOO_DEEP}
+_FAULT_STATUSES = frozenset(_FAULT_STATUS.values())
+BOOK_FAULT_EVENTS = {status: event for event, status in _FAULT_STATUS.items()}  # metric event of each status
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +117,13 @@ class UpdateIdSync:
     ``snapshot_requested()``). ``synced`` is True only while the book is exact.
     """
 
-    def __init__(self, rule: str, cadence_ms: int, depth: int, max_buffer: int = 5000) -> None:
+    def __init__(
+        self, rule: str, cadence_ms: int, depth: int, max_buffer: int = 5000, max_levels: int = MAX_LEVELS
+    ) -> None:
         if rule not in ("spot", "usdm"):
             raise ValueError(f"rule must be 'spot' or 'usdm', got {rule!r}")
         self.usdm = rule == "usdm"
+        self.max_levels = max_levels
         self.book = Book()
         self.ticker = Ticker(cadence_ms, depth)
         self.buffer: deque[Diff] = deque(maxlen=max_buffer)
@@ -147,6 +156,12 @@ class UpdateIdSync:
         self.update_id = None
         self.need_snapshot = True
         self.snapshot_inflight = False
+
+    def _drop_faulty(self, fault: str, d: Diff) -> Status:
+        """The update left the book crossed or too deep: drop it, keep the update for the next snapshot."""
+        self._desync()
+        self._buffer(d)
+        return _FAULT_STATUS[fault]
 
     def _buffer(self, d: Diff) -> Status:
         if len(self.buffer) == self.buffer.maxlen:
@@ -194,6 +209,9 @@ class UpdateIdSync:
         except Exception:
             self._desync()  # a level the book could not take (bad price): never keep a half-applied book
             raise
+        fault = book.fault(self.max_levels)
+        if fault is not None:
+            return self._drop_faulty(fault, Diff(first_id, last_id, prev_id, event_ms, bids, asks))
         self.update_id = last_id
         self.timestamp = event_ms
         if c <= 0:
@@ -248,6 +266,9 @@ class UpdateIdSync:
         except Exception:
             self._desync()  # a level the book could not take (bad price): never keep a half-applied book
             raise
+        fault = book.fault(self.max_levels)
+        if fault is not None:
+            return self._drop_faulty(fault, d or Diff(first_id, last_id, prev_id, event_ms, bids, asks))
         self.update_id = last_id
         self.timestamp = event_ms
         if c <= 0:
@@ -279,6 +300,11 @@ class UpdateIdSync:
         except Exception:
             self._desync()  # a level the book could not take: fetch another snapshot
             raise
+        fault = self.book.fault(self.max_levels)
+        if fault is not None:  # a crossed or too deep snapshot: fetch another
+            self._desync()
+            self.buffer.extend(buffered)
+            return _FAULT_STATUS[fault]
         self.ticker.reset()
         self.update_id = last_update_id
         self.timestamp = None
@@ -287,9 +313,9 @@ class UpdateIdSync:
         self.need_snapshot = False
         for d in buffered:
             st = self._apply(d.first_id, d.last_id, d.prev_id, d.event_ms, d.bids, d.asks, d)
-            if st is Status.GAP:
-                # the buffer itself is broken after the snapshot: _apply re-buffered d
-                return Status.GAP
+            if st is Status.GAP or st in _FAULT_STATUSES:
+                # the buffer itself is broken after the snapshot (or breaks the book): _apply re-buffered d
+                return st
         return Status.SYNCED if self.bridged else Status.SNAPSHOT_PENDING
 
 
@@ -322,7 +348,8 @@ class SeqIdSync:
 
     CHECKSUM_LEVELS = 25
 
-    def __init__(self, cadence_ms: int, depth: int, max_buffer: int = 2000) -> None:
+    def __init__(self, cadence_ms: int, depth: int, max_buffer: int = 2000, max_levels: int = MAX_LEVELS) -> None:
+        self.max_levels = max_levels
         self.book = Book()
         self.ticker = Ticker(cadence_ms, depth)
         self.synced = False
@@ -407,6 +434,10 @@ class SeqIdSync:
         if checksum and not self._verify(checksum):
             self._desync()
             return CHECKSUM
+        fault = self.book.fault(self.max_levels)
+        if fault is not None:
+            self._desync()
+            return _FAULT_STATUS[fault]
         return Status.SYNCED
 
     def on_rest_snapshot(
@@ -430,6 +461,11 @@ class SeqIdSync:
         self._load(seq_id, ts, bids, asks)
         self.bridged = False
         self.need_snapshot = False
+        fault = self.book.fault(self.max_levels)
+        if fault is not None:  # a crossed or too deep snapshot: keep the updates, fetch another
+            self._desync()
+            self.buffer.extend(buffered)
+            return _FAULT_STATUS[fault]
         for u in buffered:
             if seq_id is not None and u[0] is not None:
                 if u[0] <= seq_id:
@@ -524,6 +560,10 @@ class SeqIdSync:
         if checksum and not self._verify(checksum):
             self._desync()
             return CHECKSUM
+        fault = book.fault(self.max_levels)
+        if fault is not None:
+            self._desync()
+            return _FAULT_STATUS[fault]
         self.seq_id = seq_id
         self.timestamp = ts
         if c <= 0:

@@ -91,6 +91,28 @@ def envelope_error(body: bytes) -> tuple[str, str] | None:
     return None
 
 
+MAX_BODY_BYTES = 64 * 1024**2  # collector.rest_max_body_bytes: Binance spot exchangeInfo, the largest, is a few MB
+
+
+class BodyTooLarge(Exception):
+    """A REST body beyond the configured bound (read no further)."""
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, read in chunks and abandoned as soon as it exceeds ``limit`` bytes (BodyTooLarge)."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"body of {declared} bytes exceeds collector.rest_max_body_bytes ({limit})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds collector.rest_max_body_bytes ({limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class RestClient:
     """GET with the host's RateLimiter; 429/418 and venue rate-limit codes wait, 5xx/timeouts retry with backoff."""
 
@@ -104,8 +126,10 @@ class RestClient:
         attempts: int = 5,
         backoff: Callable[[], Backoff] = lambda: Backoff(0.2, 5.0),
         body_error: BodyErrorHook | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.session = session
+        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.state = state
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -138,9 +162,13 @@ class RestClient:
             try:
                 async with self.session.get(url, timeout=self.timeout) as resp:
                     status = resp.status
-                    body = await resp.read()
+                    body = await read_bounded(resp, self.max_body_bytes)
                     received_at = now_ms()
                     retry_after = lim.update(status, resp.headers)
+            except BodyTooLarge as exc:
+                # the venue's answer to this request: asking again reads the same (the setting names the fix)
+                self._count(market, "too_large", "rest_body_too_large", ms)
+                raise http_error(url, status, str(exc), permanent=True) from None
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 code = "rest_timeout" if isinstance(exc, TimeoutError) else "rest_connection"
                 self._count(market, code.removeprefix("rest_"), code, ms)

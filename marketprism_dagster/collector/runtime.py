@@ -32,10 +32,12 @@ from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
 from marketprism_dagster.collector.points import PublishedPoints, points_path
 from marketprism_dagster.collector.rest import RestClient, RestError
+from marketprism_dagster.collector.spill import read_spill, spill_path, write_spill
 from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState, now_ms
 from marketprism_dagster.collector.ws import FeedConnection
 from marketprism_dagster.config import MarketConfig, OrderBookConfig, Settings
 from marketprism_dagster.jetstream import ensure_streams
+from marketprism_dagster.logs import mask_url
 from marketprism_dagster.nats_server import host_port
 from marketprism_dagster.publisher import JetStreamPublisher, PublishStats
 from marketprism_dagster.venues.base import (
@@ -84,10 +86,21 @@ def _default_factory(market_id: str, market: MarketConfig, orderbook: OrderBookC
 
 class Collector:
     def __init__(
-        self, settings: Settings, shard: str = "main", *, adapter_factory: AdapterFactory | None = None
+        self,
+        settings: Settings,
+        shard: str = "main",
+        *,
+        adapter_factory: AdapterFactory | None = None,
+        takeover: bool = False,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_ready = on_ready  # called once, when the collector first collects (every feed connected)
         self.shard = shard
+        # a planned restart's successor: collects beside the run holding the shard lock and takes it over
+        # once that run stops (collector/lock.py); the HTTP ports are bound after the handover
+        self.takeover = takeover
+        self.lock: InstanceLock | None = None
         cfg = settings.collector
         self.markets = settings.shard_markets(shard)
         self.state = CollectorState(shard, recent_size=cfg.recent_records)
@@ -107,6 +120,7 @@ class Collector:
             max_inflight=cfg.max_inflight_acks,
             buffer_size=cfg.publish_buffer,
             ack_timeout_s=cfg.ack_timeout_s,
+            retry_for_s=cfg.publish_retry_s,
             on_failed=self._on_publish_failed,
         )
         self.metrics.bind_publisher(
@@ -122,6 +136,9 @@ class Collector:
         self._session: aiohttp.ClientSession | None = None
         self._rest: RestClient | None = None
         self.points = PublishedPoints(points_path(settings.data_dir, shard))
+        self.spill_file = spill_path(settings.data_dir, shard)
+        self._spill_loaded = False
+        self._spill_mark: float | None = None  # monotonic time the spill was queued; None: nothing replaying
         self._runners: list[web.AppRunner] = []
         self._drop_children: dict[tuple[str, str], Any] = {}
 
@@ -133,10 +150,13 @@ class Collector:
     async def run(self, stop: asyncio.Event, heartbeat: Callable[[], None] | None = None) -> None:
         lock = None if self.settings.collector.allow_multiple else InstanceLock(self.settings.data_dir, self.shard)
         if lock is not None:
-            lock.acquire()
+            lock.acquire(takeover=self.takeover)
+        self.lock = lock
         try:
-            await self._start_http()
-            self.ready.set()
+            if lock is None or lock.holding:
+                self._replay_spill()
+                await self._start_http()
+                self.ready.set()
             timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.collector.rest_timeout_s)
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 self._session = session
@@ -146,6 +166,7 @@ class Collector:
                     self.state,
                     timeout_s=self.settings.collector.rest_timeout_s,
                     body_error=lambda market, body: self.adapters[market].rest_body_error(body),
+                    max_body_bytes=self.settings.collector.rest_max_body_bytes,
                 )
                 log.info(
                     "collector.start",
@@ -155,6 +176,8 @@ class Collector:
                     metrics_port=self.metrics_port,
                 )
                 self._spawn(self._nats_main())
+                if lock is not None and not lock.holding:
+                    self._spawn(self._take_over(lock))
                 for market in self.markets:
                     self._spawn(self._market_main(market))
                 self._spawn(self._timer_loop())
@@ -179,11 +202,7 @@ class Collector:
             _, stuck = await asyncio.wait(tasks, timeout=3.0)
             if stuck:  # e.g. nats-py swallowing a cancellation inside its reconnect loop: do not hang the exit
                 log.warning("collector.tasks_not_stopped", tasks=sorted(t.get_coro().__qualname__ for t in stuck))
-        if self.nc.is_connected:
-            flushed = await self.publisher.close(flush_timeout=5.0)
-            log.info("collector.flushed", complete=flushed, acked=self.publisher.stats.acked)
-        else:
-            await self.publisher.close(flush_timeout=0)
+        await self._drain_publisher()
         self._save_points()
         with contextlib.suppress(Exception):
             await self.nc.close()
@@ -194,6 +213,92 @@ class Collector:
         body["status"] = "stopped"
         with contextlib.suppress(OSError):
             write_health_file(self.health_file, body)
+
+    async def _drain_publisher(self) -> None:
+        """Give NATS up to ``collector.shutdown_flush_s`` to take the buffer (it may be reconnecting), then
+        spill what is left to disk for the next run; only a failed spill loses records, counted and logged."""
+        pub = self.publisher
+        deadline = time.monotonic() + self.settings.collector.shutdown_flush_s
+        # never connected: the connect loop is cancelled, nothing can drain; else nats-py may be reconnecting
+        while pub.started and pub.pending and (left := deadline - time.monotonic()) > 0:
+            if not self.nc.is_connected:
+                await asyncio.sleep(min(left, 0.1))
+            elif await pub.flush(min(left, 0.5)):
+                break
+        await pub.close(flush_timeout=0)
+        log.info("collector.flushed", complete=pub.pending == 0, acked=pub.stats.acked, pending=pub.pending)
+        left_over = pub.take_pending()
+        if not left_over and not self.spill_file.exists():
+            return
+        if self.spill_file.exists() and not self._spill_loaded:
+            # a spill this run never replayed (a successor stopped before its handover): keep it, add ours
+            previous, _ = read_spill(self.spill_file)
+            left_over = previous + left_over
+        try:
+            if left_over:
+                write_spill(self.spill_file, left_over)
+            else:
+                self.spill_file.unlink(missing_ok=True)
+        except (OSError, ValueError) as exc:
+            self.metrics.error(ANY, "records_lost", n=len(left_over))
+            log.error(
+                "collector.records_lost",
+                shard=self.shard,
+                count=len(left_over),
+                by_subject=_count_by_type(left_over),
+                path=str(self.spill_file),
+                error=repr(exc),
+                fix="make data_dir writable and keep NATS reachable while the collector stops",
+            )
+            return
+        if left_over:
+            log.warning(
+                "collector.records_spilled",
+                shard=self.shard,
+                count=len(left_over),
+                by_subject=_count_by_type(left_over),
+                path=str(self.spill_file),
+            )
+
+    def _replay_spill(self) -> None:
+        """Queue, first, what the previous run of this shard could not publish (collector/spill.py)."""
+        self._spill_loaded = True
+        entries, bad = read_spill(self.spill_file)
+        if bad:
+            self.metrics.error(ANY, "spill_unreadable", n=bad)
+        if not entries:
+            return
+        self.publisher.restore(entries)
+        self._spill_mark = time.monotonic()
+        log.info("collector.spill_replaying", shard=self.shard, count=len(entries), path=str(self.spill_file))
+
+    def _spill_delivered(self) -> None:
+        """Remove the spill file once every replayed message is acknowledged (or given up on, counted)."""
+        if self._spill_mark is None:
+            return
+        oldest = self.publisher.oldest_pending()
+        if oldest is not None and oldest <= self._spill_mark:
+            return
+        self._spill_mark = None
+        try:
+            self.spill_file.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("collector.spill_remove_failed", path=str(self.spill_file), error=repr(exc))
+            return
+        log.info("collector.spill_delivered", shard=self.shard, restored=self.publisher.stats.restored)
+
+    async def _take_over(self, lock: InstanceLock) -> None:
+        """A successor: once the previous run released the shard lock, own the shard (spill, HTTP ports)."""
+        await lock.wait_handover()
+        self._replay_spill()
+        await self._start_http()
+        self.ready.set()
+        log.info("collector.took_over", shard=self.shard, health_port=self.health_port)
+
+    @property
+    def collecting(self) -> bool:
+        """Every market's instruments are loaded and every WebSocket feed is connected."""
+        return self.state.running and all(f.connected for f in self.state.feeds.values())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -231,15 +336,16 @@ class Collector:
     async def _nats_main(self) -> None:
         backoff = Backoff(self.settings.collector.reconnect_initial_s, self.settings.collector.reconnect_max_s)
         url = self.settings.nats.url
+        shown_url = mask_url(url)
 
         async def disconnected() -> None:
             self.state.nats_connected = False
-            log.warning("collector.nats_disconnected", url=url)
+            log.warning("collector.nats_disconnected", url=shown_url)
 
         async def reconnected() -> None:
             self.state.nats_connected = True
             self.publisher.requeue_inflight()
-            log.info("collector.nats_reconnected", url=url)
+            log.info("collector.nats_reconnected", url=shown_url)
 
         async def on_error(exc: Exception) -> None:
             log.debug("collector.nats_error", error=repr(exc))
@@ -270,14 +376,14 @@ class Collector:
                     return
                 self.metrics.error(ANY, "nats_connect")
                 delay = backoff.next()
-                log.warning("collector.nats_connect_failed", url=url, error=repr(exc), retry_in_s=round(delay, 3))
+                log.warning("collector.nats_connect_failed", url=shown_url, error=repr(exc), retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay)
                 continue
             break
         self.nc = nc
         self.publisher.nc = nc
         self.state.nats_connected = True
-        log.info("collector.nats_connected", url=url)
+        log.info("collector.nats_connected", url=shown_url)
         try:
             await ensure_streams(nc.jetstream(), self.settings)
         except Exception as exc:  # streams may be managed elsewhere; publishing reports what is missing
@@ -313,6 +419,7 @@ class Collector:
                 heartbeat_s=cfg.ws_heartbeat_s,
                 backoff=Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s),
                 ready=adapter.feed_ready,
+                max_msg_size=cfg.ws_max_msg_bytes,
             )
             self.feeds[feed.key] = conn
             self._spawn(conn.run())
@@ -595,6 +702,13 @@ class Collector:
         while True:
             self.api.rate.sample(sum(self.state.records.values()))
             self._save_points()
+            self._spill_delivered()
+            if self.on_ready is not None and self.collecting:
+                on_ready, self.on_ready = self.on_ready, None
+                try:
+                    on_ready()
+                except Exception as exc:
+                    log.warning("collector.on_ready_failed", error=repr(exc))
             body, _ = health_report(self.state, self.settings)
             try:
                 write_health_file(self.health_file, body)
@@ -615,8 +729,11 @@ async def run_collector(
     stop: asyncio.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
     adapter_factory: AdapterFactory | None = None,
+    takeover: bool = False,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run one collector shard until ``stop`` is set (or SIGTERM/SIGINT when no event is given)."""
+    """Run one collector shard until ``stop`` is set (or SIGTERM/SIGINT when no event is given). ``takeover``:
+    a planned restart's successor, taking the shard over from the run that holds it (collector/lock.py)."""
     loop = asyncio.get_running_loop()
     installed: list[int] = []
     if stop is None:
@@ -626,7 +743,18 @@ async def run_collector(
                 loop.add_signal_handler(sig, stop.set)
                 installed.append(sig)
     try:
-        await Collector(settings, shard, adapter_factory=adapter_factory).run(stop, heartbeat)
+        await Collector(settings, shard, adapter_factory=adapter_factory, takeover=takeover, on_ready=on_ready).run(
+            stop, heartbeat
+        )
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _count_by_type(entries: list[tuple[str, bytes, str]]) -> dict[str, int]:
+    """Message counts by data type (the subject's first token)."""
+    out: dict[str, int] = {}
+    for subject, _, _ in entries:
+        kind = subject.split(".", 1)[0]
+        out[kind] = out.get(kind, 0) + 1
+    return out

@@ -34,6 +34,9 @@ log = structlog.get_logger(__name__)
 YIELD_EVERY = 128  # frames read back to back before the reader yields the event loop
 SWITCH_TIMEOUT_S = 10.0  # a switch's new connection must be ready within this, else the old one is kept
 CLOSE_WAIT_S = 5.0  # after a switch, the old connection's close handshake gets this long before it is cut
+# largest frame accepted (collector.ws_max_msg_bytes): an OKX 400-level books snapshot is ~30 KB, Binance
+# snapshots come by REST; a frame beyond this ends the connection (counted as ws_message_too_big)
+MAX_MSG_BYTES = 4 * 1024**2
 _DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 
 
@@ -56,8 +59,10 @@ class FeedConnection:
         backoff: Backoff | None = None,
         ready: Callable[[str], bool] | None = None,
         switch_timeout_s: float = SWITCH_TIMEOUT_S,
+        max_msg_size: int = MAX_MSG_BYTES,
     ) -> None:
         self.feed = feed
+        self.max_msg_size = max_msg_size  # a larger frame ends the connection (reconnect), never buffers on
         self.market = market
         self.session = session
         self.state = state
@@ -138,7 +143,7 @@ class FeedConnection:
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         return await self.session.ws_connect(
-            self.feed.url, heartbeat=self.heartbeat_s, autoping=True, max_msg_size=0, compress=0
+            self.feed.url, heartbeat=self.heartbeat_s, autoping=True, max_msg_size=self.max_msg_size, compress=0
         )
 
     async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -241,7 +246,11 @@ class FeedConnection:
             if self._reconnect_reason is not None:
                 return f"reconnect requested: {self._reconnect_reason}"
             if msg.type == aiohttp.WSMsgType.ERROR:
-                return f"error: {ws.exception()!r}"
+                exc = ws.exception()
+                if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+                    self._failed("ws_message_too_big", exc)
+                    return f"frame larger than collector.ws_max_msg_bytes ({self.max_msg_size} bytes)"
+                return f"error: {exc!r}"
             return f"closed ({msg.type.name}, code {ws.close_code})"
 
     def _failed(self, code: str, exc: BaseException) -> None:

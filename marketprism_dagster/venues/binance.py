@@ -26,7 +26,7 @@ import msgspec
 import orjson
 
 from marketprism_dagster.book import Diff, Status, UpdateIdSync
-from marketprism_dagster.book.sync import APPLIED
+from marketprism_dagster.book.sync import APPLIED, BOOK_FAULT_EVENTS
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import (
@@ -388,7 +388,8 @@ class BinanceAdapter(VenueAdapter):
         sync = self.books.get(sym)
         if sync is None:
             ob = self.orderbook
-            sync = self.books[sym] = UpdateIdSync("spot" if self.spot else "usdm", ob.cadence_ms, ob.depth)
+            rule = "spot" if self.spot else "usdm"
+            sync = self.books[sym] = UpdateIdSync(rule, ob.cadence_ms, ob.depth, max_levels=ob.max_levels)
         return sync
 
     def _publish(self, sync: UpdateIdSync, inst: Instrument, received_at: int, out: Output) -> None:
@@ -412,6 +413,9 @@ class BinanceAdapter(VenueAdapter):
         if st is Status.GAP:
             out.count("resync")
             out.count("sequence_gap")
+        elif st is Status.CROSSED or st is Status.TOO_DEEP:
+            out.count("resync")
+            out.count(BOOK_FAULT_EVENTS[st])
         if sync.ticker.ready:
             self._publish(sync, inst, received_at, out)
         if sync.need_snapshot:
@@ -443,6 +447,9 @@ class BinanceAdapter(VenueAdapter):
                 elif st is Status.GAP:
                     out.count("resync")
                     out.count("sequence_gap")
+                elif st is Status.CROSSED or st is Status.TOO_DEEP:
+                    out.count("resync")
+                    out.count(BOOK_FAULT_EVENTS[st])
             self._publish(sync, inst, received_at, out)
         if sync.need_snapshot:
             sync.snapshot_requested()

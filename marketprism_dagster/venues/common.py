@@ -162,16 +162,40 @@ def book_record(
 
 
 class ErrorLog:
-    """Count every bad input; log the first occurrence of each (kind, context) once."""
+    """Count every bad input; log the first occurrence of each (kind, context) once.
 
-    def __init__(self, market_id: str) -> None:
+    At most ``max_keys`` (kind, context) pairs are remembered, so a venue that sends endless distinct
+    unknown symbols cannot grow it: past the bound every input is still counted, and each kind logs
+    one ``venue.bad_input_suppressed`` line (with the first unremembered context as a sample)."""
+
+    MAX_KEYS = 1024
+    MAX_CONTEXT = 100  # characters of a context kept in a key (contexts may come from venue input)
+
+    def __init__(self, market_id: str, max_keys: int = MAX_KEYS) -> None:
         self.market_id = market_id
+        self.max_keys = max_keys
         self._seen: set[tuple[str, str]] = set()
+        self.suppressed: dict[str, int] = {}  # kind -> inputs past the bound (kinds are the adapters' codes)
 
     def bad(self, out: Output, kind: str, context: str, raw: bytes | str | None = None, **fields: Any) -> None:
         out.count(kind)
-        key = (kind, context)
-        if key not in self._seen:
-            self._seen.add(key)
-            sample = raw[:200] if raw is not None else None
-            log.warning("venue.bad_input", market=self.market_id, kind=kind, context=context, sample=sample, **fields)
+        key = (kind, context[: self.MAX_CONTEXT])
+        if key in self._seen:
+            return
+        sample = raw[:200] if raw is not None else None
+        if len(self._seen) >= self.max_keys:
+            n = self.suppressed.get(kind, 0)
+            self.suppressed[kind] = n + 1
+            if n == 0:
+                log.warning(
+                    "venue.bad_input_suppressed",
+                    market=self.market_id,
+                    kind=kind,
+                    context=key[1],
+                    sample=sample,
+                    remembered=self.max_keys,
+                    note="further new contexts of this kind are counted, not logged",
+                )
+            return
+        self._seen.add(key)
+        log.warning("venue.bad_input", market=self.market_id, kind=kind, context=key[1], sample=sample, **fields)

@@ -25,7 +25,7 @@ import msgspec
 import orjson
 
 from marketprism_dagster.book import SeqIdSync, Status
-from marketprism_dagster.book.sync import APPLIED, CHECKSUM, GAP
+from marketprism_dagster.book.sync import APPLIED, BOOK_FAULT_EVENTS, CHECKSUM, GAP
 from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.validation import is_positive
@@ -495,7 +495,8 @@ class OkxAdapter(VenueAdapter):
         self._book_status(st, sync, inst, received_at, out)
 
     def _sync(self, inst_id: str) -> SeqIdSync:
-        sync = self.books[inst_id] = SeqIdSync(self.orderbook.cadence_ms, self.orderbook.depth)
+        ob = self.orderbook
+        sync = self.books[inst_id] = SeqIdSync(ob.cadence_ms, ob.depth, max_levels=ob.max_levels)
         return sync
 
     def _publish(self, sync: SeqIdSync, inst: Instrument, received_at: int, out: Output) -> None:
@@ -521,6 +522,9 @@ class OkxAdapter(VenueAdapter):
             out.count("book_stale_update")
         elif st is SNAPSHOT_TOO_OLD:
             out.count("snapshot_too_old")
+        elif st in BOOK_FAULT_EVENTS:  # crossed or too deep: the book dropped and wants a snapshot
+            out.count("resync")
+            out.count(BOOK_FAULT_EVENTS[st])
         if sync.ticker.ready:
             self._publish(sync, inst, received_at, out)
         # a snapshot older than the buffered stream: the venue's cache lags, ask again a little later

@@ -2,7 +2,8 @@
 
 Float keys are used only where they provably order exactly (<= 15-character prices); anything
 else switches the book to Decimal keys. These tests feed spellings that stress that boundary:
-equal values spelled differently, prices whose doubles collide, long prices, exponent forms.
+equal values spelled differently, prices whose doubles collide, long prices. (Exponent forms are
+not a venue's level format: the book rejects them, see test_book_validation.py.)
 """
 
 from __future__ import annotations
@@ -45,12 +46,11 @@ _SHORT = [f"{i / 10:.1f}" for i in range(10, 100)]  # 1.0 .. 9.9
 _VARIANTS = ["7.5", "7.50", "7.500000", "07.5", "7.5000000000000", "7.50000000000000000"]  # one value
 _COLLIDE = ["1.00000000000000001", "1.00000000000000002", "1.000000000000000015", "1.0000000000000000"]  # one double
 _LONG = ["3.14159265358979323", "3.14159265358979324", "2.718281828459045235"]
-_EXP = ["5E+0", "5.0e0", "55e-1", "6E0"]
 
 
 def _price(bid: bool) -> st.SearchStrategy[str]:
-    base = st.sampled_from(_SHORT + _VARIANTS + _COLLIDE + _LONG + _EXP)
-    return base if bid else base.map(lambda p: str(Decimal(p) + 10) if "e" in p.lower() else "1" + p.lstrip("0"))
+    base = st.sampled_from(_SHORT + _VARIANTS + _COLLIDE + _LONG)
+    return base if bid else base.map(lambda p: "1" + p.lstrip("0"))
 
 
 _qty = st.sampled_from(["0", "0.000", "0.", "1", "2.5", "0.001", "10", "1.50"])

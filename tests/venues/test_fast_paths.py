@@ -4,6 +4,7 @@ leaves a half-applied book behind."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,10 @@ def test_a_long_price_takes_the_generic_path_and_stays_exact(fixtures_dir: Path,
         sync = adapter.books["SUSHIUSDT"]
         best_bid = sync.book.best_bid()
         assert best_bid is not None
-        # a level 1e-17 above the best bid: the same double as the best bid, a different decimal
-        longer = best_bid[0] + ("" if "." in best_bid[0] else ".") + "00000000000000001"
+        # a level 1e-17 above the best bid: the same double as the best bid, a different decimal (still
+        # within Decimal(38, 18): a price with more fractional digits is malformed and resyncs the book)
+        longer = format(Decimal(best_bid[0]) + Decimal("1e-17"), "f")
+        assert len(longer) > 15 and float(longer) == float(best_bid[0])
         uid = sync.update_id
         data = dict(last["data"], U=uid + 1, u=uid + 2, pu=uid, E=last["data"]["E"] + 1, b=[[longer, "7"]], a=[])
         out = adapter.on_message("k", orjson.dumps({"stream": last["stream"], "data": data}), 5)
