@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
 
         from marketprism_dagster.nats_server import nats_available
         from marketprism_dagster.writer.consumer import ConsumerConflict
+        from marketprism_dagster.writer.lease import WriterLocked
         from marketprism_dagster.writer.service import WriterFailure, run_writer
 
         sets = list(set_ or [])
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             asyncio.run(main())
-        except (ConsumerConflict, WriterFailure) as exc:
+        except (ConsumerConflict, WriterFailure, WriterLocked) as exc:
             raise fail(str(exc)) from None
         except (ConnectionError, OSError) as exc:
             raise fail(f"writer could not start: {exc}") from None

@@ -48,6 +48,7 @@ from marketprism_dagster.writer.ingest import (
     prepare_batch,
     resume_point,
 )
+from marketprism_dagster.writer.lease import WriterLease
 from marketprism_dagster.writer.metrics import WriterMetrics
 
 log = structlog.get_logger(__name__)
@@ -105,6 +106,7 @@ class WriterService:
         self.last_batch_at: float | None = None
         self.store_ok = True
         self.dead_letter_error: str | None = None  # the last dead-letter publish failure, until one succeeds
+        self.lease: WriterLease | None = None
         self.streams: dict[str, StreamState] = {}
         self.nc: NATS | None = None
         self.store: Store | None = None
@@ -176,6 +178,8 @@ class WriterService:
         try:
             await ensure_streams(js, s)
             await ensure_dead_letter_stream(js, s)
+            self.lease = WriterLease(js, s)
+            await self.lease.acquire()  # WriterLocked: another writer runs on these durable consumers
             self.store = await self._in_store(open_store, s)
             hold = getattr(self.store, "hold", None)
             holding = hold() if hold is not None else contextlib.nullcontext()
@@ -202,6 +206,7 @@ class WriterService:
                     log.info("writer.resume", stream=name, watermark=rp.watermark, in_flight_until=rp.intent_last_seq,
                              epoch=switch.epoch.number)
                 await self.http.start(s.writer.health_host, s.writer.health_port)
+                self.lease.health_url = f"http://{s.writer.health_host}:{self.http.port}/health"
                 log.info("writer.started", health_port=self.http.port, streams=list(self.streams))
                 await self._refresh_all()
                 self.started.set()
@@ -211,7 +216,8 @@ class WriterService:
                     t.add_done_callback(lambda t: stop.set() if not t.cancelled() and t.exception() else None)
                 results: list[Any] = []
                 helpers = [asyncio.create_task(self._monitor(stop), name="writer.monitor"),
-                           asyncio.create_task(self._hand_over(stop), name="writer.hand_over")]
+                           asyncio.create_task(self._hand_over(stop), name="writer.hand_over"),
+                           asyncio.create_task(self.lease.keep(stop), name="writer.lease")]
                 try:
                     results = await asyncio.gather(*tasks, return_exceptions=True)
                 finally:
@@ -226,8 +232,13 @@ class WriterService:
                 for r in results:
                     if isinstance(r, BaseException):
                         raise r
+                if self.lease.lost is not None:
+                    raise WriterFailure(f"the writer stopped: {self.lease.lost} on the durable consumers "
+                                        f"{s.writer.durable_prefix}_* (two writers must never share them)")
         finally:
             await self.http.stop()
+            if self.lease is not None:
+                await self.lease.release()
             for st in self.streams.values():
                 await st.reader.stop()
             with contextlib.suppress(Exception):
@@ -453,6 +464,8 @@ class WriterService:
         if prepared.poison and not await self._dead_letter(st, prepared, js, stop):
             return False
         recovery = recover or (st.recovery_end is not None and taken.last_seq == st.recovery_end)
+        if not await self._lease_valid(stop):
+            return False
         # a batch without rows cannot be refused for its content: only the store itself is failing then;
         # a part of a refused range is split again at its first error, a single message gets the full count
         reject_after = (None if not prepared.tables
@@ -478,6 +491,16 @@ class WriterService:
             log.info("writer.recovered_in_flight_range", stream=st.name, first=taken.first_seq, last=taken.last_seq,
                      rows=result.rows, already_present=result.skipped_existing)
         self._count(st, result)
+        return True
+
+    async def _lease_valid(self, stop: asyncio.Event) -> bool:
+        """Commit only while the lease is certainly ours (NATS away for long: wait; taken over: stop)."""
+        lease = self.lease
+        while lease is not None and not lease.valid():
+            if lease.lost is not None or stop.is_set():
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
         return True
 
     async def _commit_rejected(self, st: StreamState, taken: Taken, js: Any, stop: asyncio.Event,
