@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 import structlog
 
+from marketprism_dagster.logs import mask_url
+
 log = structlog.get_logger(__name__)
 
 
@@ -145,13 +147,13 @@ def nats_available(url: str, embedded: bool, store_dir: Path) -> Iterator[str]:
         return
     if not embedded:
         raise ConnectionError(
-            f"NATS at {url} does not answer; start nats-server there, fix nats.url / MARKETPRISM_NATS_URL, "
-            "or set nats.embedded: true to start one automatically"
+            f"NATS at {mask_url(url)} does not answer; start nats-server there, fix nats.url / "
+            "MARKETPRISM_NATS_URL, or set nats.embedded: true to start one automatically"
         )
     host, port = host_port(url)
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ConnectionError(
-            f"NATS at {url} does not answer and an embedded server only runs on loopback; "
+            f"NATS at {mask_url(url)} does not answer and an embedded server only runs on loopback; "
             "fix nats.url or start the server"
         )
     server = EmbeddedNats(store_dir, port=port).start()

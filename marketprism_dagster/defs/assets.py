@@ -8,6 +8,7 @@ import dagster as dg
 import structlog
 
 from marketprism_dagster.config import Settings
+from marketprism_dagster.logs import mask_url
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.replication import ReplicationFailed, replicate_day
 from marketprism_dagster.sealing import SealRefused, SealReport, seal_hour
@@ -40,7 +41,7 @@ async def seal_with_nats(store: Store, settings: Settings, nats: NatsResource, d
         cm = nats.jetstream()
         js = await asyncio.wait_for(cm.__aenter__(), timeout=settings.nats.connect_timeout_s + 3)
     except Exception as exc:
-        log.warning("seal.nats_unreachable", url=settings.nats.url, error=str(exc))
+        log.warning("seal.nats_unreachable", url=mask_url(settings.nats.url), error=str(exc))
         return await seal_hour(store, settings, data_type, hour, None)
     try:
         return await seal_hour(store, settings, data_type, hour, js)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from marketprism_dagster.logs import mask_url, redact, register_secrets
 from marketprism_dagster.storage.base import Store, StoreUnavailable
 
 
@@ -23,13 +24,15 @@ class ServerStore(Store):
         from clickhouse_connect.driver.exceptions import OperationalError
 
         self.url = url
+        register_secrets([password, url if "@" in url else None])
         try:
             self._client = clickhouse_connect.get_client(
                 dsn=url, username=user, password=password, autogenerate_session_id=False
             )
         except OperationalError as exc:
             raise StoreUnavailable(
-                f"ClickHouse server at {url} did not answer ({exc}); start it or set storage.url / CLICKHOUSE_URL"
+                f"ClickHouse server at {mask_url(url)} did not answer ({redact(str(exc))}); start it or set "
+                "storage.url / CLICKHOUSE_URL"
             ) from exc
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -38,7 +41,8 @@ class ServerStore(Store):
         try:
             return fn(*args, **kwargs)
         except OperationalError as exc:
-            raise StoreUnavailable(f"ClickHouse server at {self.url} unavailable: {exc}") from exc
+            where = mask_url(self.url)
+            raise StoreUnavailable(f"ClickHouse server at {where} unavailable: {redact(str(exc))}") from exc
 
     def execute(self, sql: str) -> None:
         self._call(self._client.command, sql)
