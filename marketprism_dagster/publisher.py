@@ -10,6 +10,11 @@ timeout, an error reply or a reconnect is safe: JetStream drops the copy and ans
 ``submit`` is synchronous and never waits: it appends to a bounded buffer and returns False
 (counted in ``stats.dropped``) when the buffer is full, e.g. while NATS is down. A pump task
 drains the buffer while the connection is up and the ack window has room.
+
+An error reply (no responders, a stream without a leader while a cluster elects one) is retried
+with capped exponential backoff for ``retry_for_s`` (default 2 minutes) from the message's first
+error before it is given up on (``stats.failed``). ``take_pending`` hands back every message not
+yet acknowledged (the collector spills them to disk at shutdown) and ``restore`` queues them again.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class _Item:
     attempts: int = 0
     sent_at: float = 0.0
     not_before: float = 0.0
+    first_error: float | None = None  # monotonic time of the first error reply (start of the retry bound)
 
 
 @dataclass
@@ -59,7 +65,8 @@ class PublishStats:
     timeouts: int = 0  # acks not received within ack_timeout_s (then retried)
     retries: int = 0
     dropped: int = 0  # rejected by submit: buffer full
-    failed: int = 0  # gave up after max_attempts error replies
+    failed: int = 0  # gave up: error replies for longer than retry_for_s
+    restored: int = 0  # queued again from a previous run's spill (not counted in submitted)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
 
@@ -88,14 +95,16 @@ class JetStreamPublisher:
         max_inflight: int = 4096,
         buffer_size: int = 200_000,
         ack_timeout_s: float = 5.0,
-        max_attempts: int = 10,
+        retry_for_s: float = 120.0,
+        retry_backoff_max_s: float = 2.0,
         on_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.nc = nc
         self.max_inflight = max_inflight
         self.buffer_size = buffer_size
         self.ack_timeout_s = ack_timeout_s
-        self.max_attempts = max_attempts
+        self.retry_for_s = retry_for_s  # error replies are retried this long before a message is given up on
+        self.retry_backoff_max_s = retry_backoff_max_s
         self.on_failed = on_failed  # (subject, reason) for a message given up on
         self.stats = PublishStats()
         self._buffer: deque[_Item] = deque()
@@ -150,6 +159,11 @@ class JetStreamPublisher:
     # ------------------------------------------------------------------ hot path
 
     @property
+    def started(self) -> bool:
+        """The pump runs (``start`` was called, ``close`` not yet)."""
+        return bool(self._tasks)
+
+    @property
     def pending(self) -> int:
         return len(self._buffer) + len(self._retry) + len(self._inflight)
 
@@ -182,6 +196,26 @@ class JetStreamPublisher:
             self._idle.clear()
         self._wake.set()
         return True
+
+    def take_pending(self) -> list[tuple[str, bytes, str]]:
+        """Remove and return (subject, payload, msg_id) of every message not yet acknowledged, oldest submit
+        first. Call it once the pump is stopped (after ``close``)."""
+        items = sorted([*self._inflight.values(), *self._retry, *self._buffer], key=lambda item: item.submitted)
+        self._inflight.clear()
+        self._retry.clear()
+        self._buffer.clear()
+        self._idle.set()
+        return [(item.subject, item.payload, item.msg_id) for item in items]
+
+    def restore(self, entries: list[tuple[str, bytes, str]]) -> None:
+        """Queue messages a previous run could not publish (its spill), ahead of anything submitted later and
+        regardless of the buffer bound (they were within it when spilled). Same Msg-Ids: copies are dropped."""
+        now = time.monotonic()
+        self._buffer.extendleft(_Item(subject, payload, msg_id, now) for subject, payload, msg_id in reversed(entries))
+        self.stats.restored += len(entries)
+        if entries:
+            self._idle.clear()
+            self._wake.set()
 
     def requeue_inflight(self) -> None:
         """After a reconnect: resend everything whose ack may have been lost (dedup makes it safe)."""
@@ -293,15 +327,26 @@ class JetStreamPublisher:
 
     def _retry_later(self, item: _Item, code: str) -> None:
         self.stats.count_error(code)
-        if item.attempts >= self.max_attempts:
+        now = time.monotonic()
+        if item.first_error is None:
+            item.first_error = now
+        if now - item.first_error >= self.retry_for_s:
             self.stats.failed += 1
-            log.error("publisher.gave_up", subject=item.subject, msg_id=item.msg_id, code=code, attempts=item.attempts)
+            log.error(
+                "publisher.gave_up",
+                subject=item.subject,
+                msg_id=item.msg_id,
+                code=code,
+                attempts=item.attempts,
+                retried_s=round(now - item.first_error, 1),
+                fix="check the stream for this subject (nats stream info) or raise collector.publish_retry_s",
+            )
             if self.on_failed is not None:
                 self.on_failed(item.subject, code)
             self._check_idle()
             return
         self.stats.retries += 1
-        item.not_before = time.monotonic() + min(0.05 * 2 ** (item.attempts - 1), 2.0)
+        item.not_before = now + min(0.05 * 2 ** min(item.attempts - 1, 16), self.retry_backoff_max_s)
         self._retry.append(item)
         self._wake.set()
 

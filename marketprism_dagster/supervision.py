@@ -3,7 +3,10 @@
 One service per collector shard plus the hot writer. Given the runs that exist and the
 clock, ``plan`` says which services need a run launched, which runs are dead (stale
 heartbeat: reap, i.e. kill the worker and mark the run failed) and which live runs must be
-restarted gracefully (the seeds' self-healing: memory, CPU, max uptime).
+restarted gracefully (the seeds' self-healing: memory, CPU, max uptime). A planned restart is
+make-before-break: a successor run is launched first (``handover``) and the old run is stopped only
+once the successor is healthy (heartbeat, and for a collector every feed connected: READY_TAG), or
+after ``supervisor.handover_timeout_s``; the identical Nats-Msg-Ids of the overlap dedupe in JetStream.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ STARTED_TAG = "marketprism/started"
 # set by the supervisor on a run it stops for a restart (time, reason): the run then ends SUCCESS, not FAILURE
 RESTART_TAG = "marketprism/restart_requested"
 RESTART_REASON_TAG = "marketprism/restart_reason"
+# make-before-break: a run over a limit first gets a successor (HANDOVER_TAG: when it was asked for, with the
+# reason); the successor (SUCCESSOR_OF_TAG) sets READY_TAG once it collects, and only then is the old run stopped
+HANDOVER_TAG = "marketprism/handover_requested"
+HANDOVER_REASON_TAG = "marketprism/handover_reason"
+SUCCESSOR_OF_TAG = "marketprism/successor_of"
+READY_TAG = "marketprism/ready"
 # a run that has not heartbeated at all is given this long after it was created
 START_GRACE_S = 120.0
 
@@ -90,6 +99,7 @@ class Plan:
     reap: list[tuple[RunView, str]] = field(default_factory=list)  # dead: kill + mark failed
     restart: list[tuple[RunView, str]] = field(default_factory=list)  # alive: graceful stop
     waiting: list[tuple[Service, str]] = field(default_factory=list)  # cooldown
+    handover: list[tuple[RunView, str]] = field(default_factory=list)  # alive, over a limit: launch a successor
 
 
 def same_process(run: RunView, pid_created: float, cmdline: str) -> bool:
@@ -105,6 +115,13 @@ def same_process(run: RunView, pid_created: float, cmdline: str) -> bool:
 # psutil derives create_time from the boot time and the start tick (1/100 s): the same process reads the
 # same value in every process, two processes started a tick apart differ by >= 10 ms (the tag keeps 1 ms)
 PID_CREATED_TOLERANCE_S = 0.002
+
+
+def healthy(run: RunView, svc: Service) -> bool:
+    """Doing its work: a fresh heartbeat (the caller checked staleness) and, for a collector, READY_TAG."""
+    if run.status != "STARTED" or run.heartbeat is None:
+        return False
+    return svc.kind != "collector" or run.tags.get(READY_TAG) is not None
 
 
 def stale_reason(run: RunView, now: float, stale_s: float) -> str | None:
@@ -156,18 +173,34 @@ def plan(
                 out.reap.append((r, why))
             else:
                 alive.append(r)
-        # exactly one: the newest live run stays, extra ones are stopped (unless ALLOW_MULTIPLE)
-        if not settings.collector.allow_multiple:
-            for extra in alive[1:]:
-                out.restart.append((extra, f"more than one run for {svc.name}"))
+        # exactly one: the newest live run stays, extra ones are stopped once it is healthy (unless ALLOW_MULTIPLE)
+        if not settings.collector.allow_multiple and len(alive) > 1:
+            newest, older = alive[0], alive[1:]
+            waited = now - newest.created_at
+            ready = healthy(newest, svc)
+            if ready or waited > sup.handover_timeout_s:
+                note = "" if ready else f" (not ready after {waited:.0f} s: supervisor.handover_timeout_s)"
+                for extra in older:
+                    why = extra.tags.get(HANDOVER_REASON_TAG) or f"more than one run for {svc.name}"
+                    out.restart.append((extra, f"{why}; replaced by run {newest.run_id[:8]}{note}"))
+            else:
+                out.waiting.append(
+                    (svc, f"successor {newest.run_id[:8]} starting; the old run collects until it is ready")
+                )
             alive = alive[:1]
         if alive:
             for r in alive:
                 # the seeds' limits are the collector's (COLLECTOR_MEMORY_MB, _CPU_THRESHOLD, _MAX_UPTIME_H)
                 if r.status == "STARTED" and svc.kind == "collector":
                     why = limit_reason(r, now, settings)
-                    if why:
-                        out.restart.append((r, why))
+                    if not why:
+                        continue
+                    if settings.collector.allow_multiple:
+                        out.restart.append((r, why))  # replicas: no takeover, stop and relaunch
+                        continue
+                    asked = r.number(HANDOVER_TAG)
+                    if asked is None or now - asked > sup.handover_timeout_s:
+                        out.handover.append((r, why))
             continue
         if out.reap and any(r.service == svc.name for r, _ in out.reap):
             out.waiting.append((svc, "reaping a dead run; relaunch after the cooldown"))

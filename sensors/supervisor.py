@@ -3,8 +3,9 @@
 A sensor tick has a 60 s deadline, so the services run as long Dagster runs and this
 sensor only decides (``marketprism_dagster.supervision.plan``) and acts: launch missing
 runs (unique run keys), reap dead ones (stale heartbeat: kill the worker, mark the run
-failed) and restart live ones over their memory / CPU / uptime limits (SIGINT: the op
-drains and exits).
+failed) and replace live collectors over their memory / CPU / uptime limits make-before-break:
+a successor run is launched first (it takes the shard lock over, collector/lock.py) and the old
+run is stopped (SIGINT: the op drains and exits SUCCESS) once the successor is ready.
 """
 
 from __future__ import annotations
@@ -86,13 +87,18 @@ def kill_worker(run: sv.RunView, sig: int) -> bool:
         return False
 
 
-def service_run_request(svc: sv.Service, now: float) -> dg.RunRequest:
-    config = {"ops": {"run_service": {"config": {"kind": svc.kind, "shard": svc.shard or ""}}}}
+def service_run_request(svc: sv.Service, now: float, successor_of: str | None = None) -> dg.RunRequest:
+    """A run of ``svc``; with ``successor_of`` a planned restart's successor, which takes the shard over."""
+    op_config: dict[str, object] = {"kind": svc.kind, "shard": svc.shard or ""}
+    tags = {sv.SERVICE_TAG: svc.name}
+    if successor_of is not None:
+        op_config["takeover"] = True
+        tags[sv.SUCCESSOR_OF_TAG] = successor_of
     return dg.RunRequest(
         run_key=f"{svc.name}:{int(now * 1000)}",
         job_name=svc.kind,
-        run_config=config,
-        tags={sv.SERVICE_TAG: svc.name},
+        run_config={"ops": {"run_service": {"config": op_config}}},
+        tags=tags,
     )
 
 
@@ -123,6 +129,12 @@ def supervise(context: dg.SensorEvaluationContext, settings: Settings, now: floa
         # relaunch after the cooldown (the seeds' COLLECTOR_RESTART_COOLDOWN)
         decision = sv.plan(settings, run_views(instance, settings), now, last_stops(instance, settings, cursor))
     requests = [service_run_request(s, now) for s in decision.launch]
+    by_name = {s.name: s for s in sv.services(settings)}
+    for run, why in decision.handover:
+        # make-before-break: the successor starts beside this run, which is stopped once the successor is ready
+        instance.add_run_tags(run.run_id, {sv.HANDOVER_TAG: str(now), sv.HANDOVER_REASON_TAG: why})
+        requests.append(service_run_request(by_name[run.service], now, successor_of=run.run_id))
+        context.log.warning(f"replacing {run.service} run {run.run_id[:8]}: {why} (successor launched first)")
     for s in decision.launch:
         context.log.info(f"launching {s.name}")
     skip = None if requests else "; ".join(f"{s.name}: {w}" for s, w in decision.waiting) or "all services running"

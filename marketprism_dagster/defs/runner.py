@@ -41,6 +41,11 @@ class RunHeartbeat:
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
         self._cpu_pct: float | None = None
 
+    def mark_ready(self) -> None:
+        """The service is doing its work (a collector: every feed connected): a planned restart's
+        predecessor may stop now (make-before-break)."""
+        self.instance.add_run_tags(self.run_id, {sv.READY_TAG: f"{time.time():.3f}"})
+
     def _cpu_seconds(self) -> float:
         t = self._proc.cpu_times()
         return float(t.user + t.system)
@@ -126,10 +131,12 @@ def run_until_terminated(
         loop.close()
 
 
-async def collector_program(settings: Settings, shard: str, stop: asyncio.Event, beat: RunHeartbeat) -> None:
+async def collector_program(
+    settings: Settings, shard: str, stop: asyncio.Event, beat: RunHeartbeat, takeover: bool = False
+) -> None:
     from marketprism_dagster.collector.runtime import run_collector
 
-    await run_collector(settings, shard, stop=stop, heartbeat=beat)
+    await run_collector(settings, shard, stop=stop, heartbeat=beat, takeover=takeover, on_ready=beat.mark_ready)
 
 
 async def writer_program(settings: Settings, stop: asyncio.Event, beat: RunHeartbeat) -> None:

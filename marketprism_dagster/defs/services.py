@@ -12,6 +12,7 @@ from sensors.supervisor import build_supervisor
 class ServiceConfig(dg.Config):
     kind: str = "collector"  # collector | writer
     shard: str = ""
+    takeover: bool = False  # a planned restart's successor: takes the shard over from the run it replaces
 
 
 @dg.op(description="runs the service's asyncio program until the run is terminated")
@@ -22,7 +23,7 @@ def run_service(context: dg.OpExecutionContext, config: ServiceConfig) -> None:
         shard = config.shard or next(iter(settings.collector.shards))
 
         def program(stop, hb):  # type: ignore[no-untyped-def]
-            return collector_program(settings, shard, stop, hb)
+            return collector_program(settings, shard, stop, hb, takeover=config.takeover)
     else:
 
         def program(stop, hb):  # type: ignore[no-untyped-def]

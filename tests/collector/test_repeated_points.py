@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,7 +116,8 @@ async def test_point_rejected_by_a_full_publish_buffer_is_published_by_the_next_
     assert len(times) >= 2
     collector = Collector(settings)
     collector.publisher = await JetStreamPublisher(js_nc, buffer_size=1).start()  # room for 1 of the points
-    key, out = _lsr_poll_output(collector, body, 1)
+    now_ms = int(time.time() * 1000)  # a real receive time: records are validated before publishing
+    key, out = _lsr_poll_output(collector, body, now_ms)
 
     collector._handle_points("binance_derivatives", key, out)
     assert collector.publisher.stats.dropped == len(times) - 1
@@ -126,7 +128,7 @@ async def test_point_rejected_by_a_full_publish_buffer_is_published_by_the_next_
     assert json.loads(points_path(settings.data_dir, "main").read_text()) == {key: times[0]}
 
     # the next poll repeats the points: the rejected ones are published now, the accepted ones are repeats
-    _, again = _lsr_poll_output(collector, body, 2)
+    _, again = _lsr_poll_output(collector, body, now_ms + 1)
     collector._handle_points("binance_derivatives", key, again)
     assert await collector.publisher.flush(10)
     await collector.publisher.close()

@@ -87,7 +87,9 @@ def test_supervisor_waits_for_the_cooldown_before_relaunching(settings_factory, 
     assert sorted(r.tags[sv.SERVICE_TAG] for r in result.run_requests) == ["collector:deriv", "collector:spot"]
 
 
-def test_supervisor_restarts_a_run_over_its_memory_limit_with_sigint(settings_factory, dagster_instance):
+def test_planned_restart_launches_the_successor_first_and_stops_the_old_run_only_once_it_is_ready(
+    settings_factory, dagster_instance
+):
     settings = _settings(settings_factory, supervisor__memory_mb=100)
     reqs = {r.tags[sv.SERVICE_TAG]: r for r in _tick(dagster_instance, settings).run_requests}
     now = time.time()
@@ -100,12 +102,32 @@ def test_supervisor_restarts_a_run_over_its_memory_limit_with_sigint(settings_fa
         time.sleep(0.5)  # let the interpreter install its SIGINT handler
         tags = {sv.HEARTBEAT_TAG: str(now), sv.PID_TAG: str(worker.pid), sv.RSS_TAG: "250.0"}
         dagster_instance.add_run_tags(run.run_id, tags)
-        result = _tick(dagster_instance, settings)
+
+        # over the limit: a successor is launched beside the old run, which keeps collecting
+        first = _tick(dagster_instance, settings)
+        (successor_request,) = first.run_requests
+        assert successor_request.tags[sv.SERVICE_TAG] == "collector:spot"
+        assert successor_request.tags[sv.SUCCESSOR_OF_TAG] == run.run_id
+        assert successor_request.run_config["ops"]["run_service"]["config"]["takeover"] is True
+        assert worker.poll() is None
+        assert sv.RESTART_TAG not in dagster_instance.get_run_by_id(run.run_id).tags
+
+        # the successor runs but is not collecting yet: nothing is stopped, no second successor
+        successor = _start(dagster_instance, successor_request, **{sv.HEARTBEAT_TAG: str(time.time())})
+        waiting = _tick(dagster_instance, settings, first.cursor)
+        assert waiting.run_requests == []
+        assert worker.poll() is None
+
+        # the successor is ready (every feed connected): now the old run is stopped gracefully
+        dagster_instance.add_run_tags(successor.run_id, {sv.READY_TAG: str(time.time())})
+        stopped = _tick(dagster_instance, settings, waiting.cursor)
         assert worker.wait(timeout=10) == 3  # graceful: SIGINT -> KeyboardInterrupt -> drain and exit
     finally:
         worker.kill()
-    assert result.run_requests == []  # relaunched once the run has ended, not while it drains
-    assert "marketprism/restart_requested" in dagster_instance.get_run_by_id(run.run_id).tags
+    assert stopped.run_requests == []
+    old_tags = dagster_instance.get_run_by_id(run.run_id).tags
+    assert sv.RESTART_TAG in old_tags
+    assert old_tags[sv.RESTART_REASON_TAG].startswith("rss 250 MB over supervisor.memory_mb=100; replaced by run ")
 
 
 def test_supervisor_does_nothing_while_paused_by_a_stopping_dev_server(settings_factory, dagster_instance):
