@@ -18,6 +18,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -516,6 +517,10 @@ ENV_ALIASES: tuple[tuple[str, str], ...] = (
 )
 
 GENERIC_ENV_PREFIX = "MARKETPRISM__"
+# The launcher's (``marketprism dev | demo``) CLI overrides as one JSON object (key.path -> value), read at CLI
+# precedence by every process it starts (code servers, sensors, service runs): all see the same settings.
+FORWARDED_ENV = "MARKETPRISM_OVERRIDES"
+FORWARDED_SOURCE = f"cli (forwarded in {FORWARDED_ENV})"
 SECRET_PATHS = frozenset({"storage.password"})
 # shown only through logs.mask_url: a password or token in the user part, a webhook's path (its token)
 URL_PATHS = frozenset({"nats.url", "storage.url", "alerts.webhook_url"})
@@ -544,10 +549,34 @@ def settings_secrets(settings: Settings) -> list[str]:
 class LoadedConfig:
     """Validated settings plus where each value came from."""
 
-    def __init__(self, settings: Settings, sources: dict[str, str], path: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sources: dict[str, str],
+        path: Path | None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
         self.sources = sources
         self.path = path
+        self.overrides: dict[str, Any] = dict(overrides or {})  # CLI-level values (forwarded + explicit), raw
+
+    def forwarding_env(self, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Environment for the processes a launcher starts, so they load exactly these settings.
+
+        The CLI overrides (plus ``extra``) travel in ``MARKETPRISM_OVERRIDES``; path settings are made
+        absolute, because the started processes may run in another working directory; the YAML file is
+        passed as an absolute ``MARKETPRISM_CONFIG``."""
+        values: dict[str, Any] = {**self.overrides, "data_dir": str(self.settings.data_path.resolve())}
+        if self.settings.storage.path:
+            values["storage.path"] = str(Path(self.settings.storage.path).resolve())
+        if self.settings.nats.store_dir:
+            values["nats.store_dir"] = str(Path(self.settings.nats.store_dir).resolve())
+        values.update(extra or {})
+        env = {FORWARDED_ENV: json.dumps(values, default=str)}
+        if self.path is not None:
+            env["MARKETPRISM_CONFIG"] = str(self.path.resolve())
+        return env
 
     def source_of(self, key: str) -> str:
         parts = key.split(".")
@@ -669,17 +698,39 @@ def load_config(
             _set_path(tree, key, _parse_scalar(value))
             sources[key] = f"env:{var}"
 
+    cli_values: dict[str, Any] = {}
+    for key, value in _forwarded_overrides(env).items():
+        _set_path(tree, key, _parse_scalar(value) if isinstance(value, str) else value)
+        sources[key] = FORWARDED_SOURCE
+        cli_values[key] = value
     items = overrides.items() if isinstance(overrides, Mapping) else (_split_override(o) for o in overrides)
     for key, value in items:
         _set_path(tree, key, _parse_scalar(value) if isinstance(value, str) else value)
         sources[key] = "cli"
+        cli_values[key] = value
 
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, cfg_path)) from None
     register_secrets(settings_secrets(settings))
-    return LoadedConfig(settings, sources, cfg_path)
+    return LoadedConfig(settings, sources, cfg_path, cli_values)
+
+
+def _forwarded_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    text = env.get(FORWARDED_ENV)
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{FORWARDED_ENV} must hold a JSON object of key.path -> value (marketprism dev/demo sets it for the "
+            f"processes it starts): {exc}; unset it or start them through marketprism dev"
+        ) from None
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise ConfigError(f"{FORWARDED_ENV} must hold a JSON object of key.path -> value, got {type(values).__name__}")
+    return values
 
 
 def _split_override(text: str) -> tuple[str, str]:

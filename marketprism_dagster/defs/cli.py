@@ -26,7 +26,7 @@ import structlog
 import typer
 
 from marketprism_dagster.cli import ConfigOpt, SetOpt, fail, load, render_table
-from marketprism_dagster.config import Settings
+from marketprism_dagster.config import LoadedConfig, Settings
 from marketprism_dagster.supervision import pause_marker
 
 log = structlog.get_logger(__name__)
@@ -157,12 +157,27 @@ def hot_row_counts(settings: Settings) -> dict[str, int]:
     return {t: counts.get(t, 0) for t in DATA_TYPES}
 
 
+def launch_env(
+    loaded: LoadedConfig,
+    nats_url: str,
+    extra_env: dict[str, str] | None = None,
+    extra_overrides: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of ``dagster dev`` and so of every process it starts (code servers, daemon, sensors,
+    service runs): the launcher's effective CLI settings forwarded (``MARKETPRISM_OVERRIDES``, paths made
+    absolute), the NATS url that answers, and ``extra_overrides`` (demo: the emulator's venue URLs)."""
+    env = {**os.environ, **(extra_env or {})}
+    env.update(loaded.forwarding_env({**(extra_overrides or {}), "nats.url": nats_url}))
+    env["MARKETPRISM_NATS_URL"] = nats_url
+    return env
+
+
 def run_dev(
-    settings: Settings,
-    config_path: Path | None,
+    loaded: LoadedConfig,
     port: int,
     extra_env: dict[str, str],
     report_rows_every_s: float | None = None,
+    extra_overrides: dict[str, str] | None = None,
 ) -> int:
     """Serve until Ctrl-C / SIGTERM, then stop every process started here.
 
@@ -170,9 +185,7 @@ def run_dev(
     from marketprism_dagster.bootstrap import init_storage, init_streams
     from marketprism_dagster.nats_server import nats_available
 
-    env = {**os.environ, **extra_env}
-    if config_path:
-        env["MARKETPRISM_CONFIG"] = str(Path(config_path).resolve())
+    settings = loaded.settings
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -181,7 +194,7 @@ def run_dev(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with nats_available(settings.nats.url, settings.nats.embedded, settings.nats_store_dir) as url:
-            env["MARKETPRISM_NATS_URL"] = url
+            env = launch_env(loaded, url, extra_env, extra_overrides)
             for line in asyncio.run(init_streams(url, settings)) + init_storage(settings):
                 log.info("dev.init", what=line)
             pause_marker(settings).unlink(missing_ok=True)
@@ -273,7 +286,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Embedded NATS + the Dagster UI (dagster dev): collectors, writer, seals, checks, alerts."""
         loaded = load(config, set_)
-        raise typer.Exit(run_dev(loaded.settings, loaded.path, port, {}))
+        raise typer.Exit(run_dev(loaded, port, {}))
 
     @app.command()
     def demo(
@@ -290,12 +303,15 @@ def register(app: typer.Typer) -> None:
 
         with Emulator.start_in_thread(EmulatorConfig(mode=mode, rate=rate)) as emu:
             env = {}
+            venues: dict[str, str] = {}  # the emulator's URLs beat every other layer in the started processes
             for market, u in emu.urls.items():
                 if market in loaded.settings.markets:
                     env[f"MARKETPRISM__MARKETS__{market.upper()}__REST_URL"] = u["rest"]
                     env[f"MARKETPRISM__MARKETS__{market.upper()}__WS_URL"] = u["ws"]
+                    venues[f"markets.{market}.rest_url"] = u["rest"]
+                    venues[f"markets.{market}.ws_url"] = u["ws"]
             os.environ.update(env)
-            raise typer.Exit(run_dev(loaded.settings, loaded.path, port, env, report_rows_every_s=rows_every))
+            raise typer.Exit(run_dev(loaded, port, env, report_rows_every_s=rows_every, extra_overrides=venues))
 
     @app.command()
     def integrity(
