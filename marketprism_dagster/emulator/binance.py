@@ -45,6 +45,7 @@ from .connection import Conn, Frame, binance_frame
 from .context import VenueContext, json_response, rest_middleware, ws_response
 from .faults import FLAG_SEQ, FaultRule
 from .fixtures import documented_example, load_session, readdress
+from .history import LoggedTrade, TradeLog
 from .hub import TopicSpec
 from .ratelimit import WeightBudget
 from .replay import RecordedFrame, binance_frames, http_by_query, replay_frames
@@ -53,6 +54,12 @@ from .synth import Instrument, SynthBook, TradeTape, rng_for, units
 log = structlog.get_logger()
 
 PUBLIC_KINDS = ("depth", "bookTicker")
+HOUR_MS = 3_600_000
+AGG_TRADES_DEFAULT_LIMIT, AGG_TRADES_MAX_LIMIT = 500, 1000
+AGG_TRADES_WEIGHT_SPOT, AGG_TRADES_WEIGHT_USDM = 4, 20
+FUNDING_DEFAULT_LIMIT, FUNDING_MAX_LIMIT = 100, 1000
+FUTURES_DATA_DEFAULT_LIMIT, FUTURES_DATA_MAX_LIMIT = 30, 500
+FUTURES_DATA_RETENTION_MS = 30 * 86_400_000
 
 
 def stream_route(stream: str) -> str:
@@ -85,6 +92,7 @@ class BinanceMarket:
         self.last_u = 1_000_000
         self.tape = TradeTape(rng_for(seed, venue.ctx.name, inst.venue_symbol, "trades"))
         self.trade_rng = self.tape.rng
+        self.trades = TradeLog(venue.ctx.cfg.trade_history)  # every aggregate generated, streamed or not
         self.liq_rng = rng_for(seed, venue.ctx.name, inst.venue_symbol, "liq")
         self.last_liq_ms = 0
 
@@ -126,28 +134,36 @@ class BinanceMarket:
         return out
 
     def trade_frames(self, stream: str, n: int) -> list[Frame]:
+        """The next n trades: each is remembered (aggTrades history) before a drop_trades fault may
+        keep its frame off the stream."""
         out: list[Frame] = []
         inst, tape, rng = self.inst, self.tape, self.trade_rng
         raw_trade = stream.endswith("@trade")
         now = self.venue.ctx.clock.now_ms()
+        faults = self.venue.ctx.faults
         for size in tape.burst_sizes(n):
             for _ in range(size):  # one burst shares the trade time
                 is_buy = rng.random() < 0.5
                 qty = rng.randint(1, 20) * inst.size_step
                 price = self.book.best_ask if is_buy else self.book.best_bid
                 fills = rng.randint(1, 3)
+                agg_id, first = tape.next_agg_id, tape.next_id
+                self.trades.add(agg_id, now, price, qty, is_buy, first, first + fills - 1)
+                tape.next_agg_id += 1
+                tape.next_id += fills
+                shown = first if raw_trade else agg_id
+                if faults.drop_trade(stream, shown, shown):
+                    continue
                 if raw_trade:
-                    msg: dict[str, Any] = {"e": "trade", "E": now, "s": inst.venue_symbol, "t": tape.next_id,
+                    msg: dict[str, Any] = {"e": "trade", "E": now, "s": inst.venue_symbol, "t": first,
                                            "p": inst.px(price), "q": inst.qty(qty), "T": now,
                                            "m": not is_buy, "M": True}
                 else:
-                    msg = {"e": "aggTrade", "E": now, "s": inst.venue_symbol, "a": tape.next_agg_id,
-                           "p": inst.px(price), "q": inst.qty(qty), "f": tape.next_id,
-                           "l": tape.next_id + fills - 1, "T": now, "m": not is_buy}
+                    msg = {"e": "aggTrade", "E": now, "s": inst.venue_symbol, "a": agg_id,
+                           "p": inst.px(price), "q": inst.qty(qty), "f": first,
+                           "l": first + fills - 1, "T": now, "m": not is_buy}
                     if not self.usdm:
                         msg["M"] = True
-                tape.next_agg_id += 1
-                tape.next_id += fills
                 out.append(binance_frame(stream, orjson.dumps(msg)))
         return out
 
@@ -507,17 +523,18 @@ class BinanceVenue:
         if market is None:
             return self._invalid_symbol()
         try:
-            limit = max(1, min(int(q.get("limit", "30")), 500))
-            start = int(q["startTime"]) if "startTime" in q else None
-            end = int(q["endTime"]) if "endTime" in q else None
-        except ValueError:
-            return self._weighted({"code": -1100, "msg": "Illegal characters found in a parameter."}, 1, 400)
-        seed, norm = self.ctx.cfg.seed, market.inst.symbol
-        stamps = series.series_timestamps(series.PERIOD_MS[period], self.ctx.clock.now_ms(), limit, start, end)
+            p = self._query_ints(request, "startTime", "endTime", "limit")
+        except ValueError as exc:
+            return self._bad_param(str(exc), 0)
+        limit = max(1, min(p["limit"] or FUTURES_DATA_DEFAULT_LIMIT, FUTURES_DATA_MAX_LIMIT))
+        start, end = p["startTime"], p["endTime"]
+        seed, norm, now = self.ctx.cfg.seed, market.inst.symbol, self.ctx.clock.now_ms()
+        stamps = series.series_window(series.PERIOD_MS[period], now, limit, start, end,
+                                      oldest=now - FUTURES_DATA_RETENTION_MS, from_start=start is not None)
         rows: list[dict[str, Any]] = []
         for ts in stamps:
             if name == "openInterestHist":
-                oi = series.open_interest_base(seed, norm, ts)
+                oi = round(series.open_interest_base(seed, norm, ts), 3)  # as GET /fapi/v1/openInterest at ts
                 value = oi * series.index_price(seed, norm, ts)
                 rows.append({"symbol": sym, "sumOpenInterest": f"{oi:.8f}", "sumOpenInterestValue": f"{value:.8f}",
                              "CMCCirculatingSupply": "19800000.000", "timestamp": ts})
@@ -525,7 +542,92 @@ class BinanceVenue:
                 ratio, long, short = series.ratio_strings(seed, f"{name}:{norm}", ts)
                 rows.append({"symbol": sym, "longShortRatio": ratio, "longAccount": long,
                              "shortAccount": short, "timestamp": ts})
-        return self._weighted(rows, 1)
+        return self._weighted(rows, 0)
+
+    # ---- history ------------------------------------------------------------------
+    def _query_ints(self, request: web.Request, *names: str) -> dict[str, int | None]:
+        """Optional integer parameters; ValueError names the bad one."""
+        out: dict[str, int | None] = {}
+        for name in names:
+            raw = request.query.get(name)
+            if raw is None or raw == "":
+                out[name] = None
+                continue
+            try:
+                out[name] = int(raw)
+            except ValueError:
+                raise ValueError(name) from None
+        return out
+
+    def _bad_param(self, name: str, weight: int) -> web.Response:
+        return self._weighted({"code": -1100, "msg": f"Illegal characters found in parameter '{name}'; legal range "
+                               "is '^[0-9]{1,20}$'."}, weight, 400)
+
+    def _agg_row(self, inst: Instrument, t: LoggedTrade) -> dict[str, Any]:
+        row: dict[str, Any] = {"a": t.trade_id, "p": inst.px(t.price), "q": inst.qty(t.qty), "f": t.first_id,
+                               "l": t.last_id, "T": t.ts, "m": not t.is_buy}
+        if not self.usdm:
+            row["M"] = True
+        return row
+
+    async def agg_trades(self, request: web.Request) -> web.Response:
+        """``GET /api/v3/aggTrades`` / ``/fapi/v1/aggTrades`` from the trades the stream generated."""
+        weight = AGG_TRADES_WEIGHT_USDM if self.usdm else AGG_TRADES_WEIGHT_SPOT
+        sym = request.query.get("symbol", "").upper()
+        if not sym:
+            return self._weighted({"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
+                                   "or malformed."}, weight, 400)
+        try:
+            p = self._query_ints(request, "fromId", "startTime", "endTime", "limit")
+        except ValueError as exc:
+            return self._bad_param(str(exc), weight)
+        limit = max(1, min(p["limit"] or AGG_TRADES_DEFAULT_LIMIT, AGG_TRADES_MAX_LIMIT))
+        start, end, from_id = p["startTime"], p["endTime"], p["fromId"]
+        if start is not None and end is not None and end - start >= HOUR_MS:
+            return self._weighted({"code": -1127, "msg": "More than 1 hours between startTime and endTime."},
+                                  weight, 400)
+        if self.ctx.replay:
+            return self._weighted([], weight)
+        market = self.market(sym)
+        if market is None:
+            return self._invalid_symbol(weight)
+        trades = market.trades
+        lo, hi = 0, len(trades)
+        if from_id is not None:
+            lo = max(lo, trades.from_id(from_id))
+        if start is not None:
+            lo = max(lo, trades.from_time(start))
+        if end is not None:
+            hi = min(hi, trades.after_time(end))
+        newest = from_id is None and start is None  # nothing or only endTime: the most recent ones
+        rows = [self._agg_row(market.inst, t) for t in trades.ascending(lo, hi, limit, newest=newest)]
+        return self._weighted(rows, weight)
+
+    async def funding_rate_history(self, request: web.Request) -> web.Response:
+        """``GET /fapi/v1/fundingRate``: the rates settled at each funding time, ascending."""
+        sym = request.query.get("symbol", "").upper()
+        try:
+            p = self._query_ints(request, "startTime", "endTime", "limit")
+        except ValueError as exc:
+            return self._bad_param(str(exc), 0)
+        limit = max(1, min(p["limit"] or FUNDING_DEFAULT_LIMIT, FUNDING_MAX_LIMIT))
+        start, end = p["startTime"], p["endTime"]
+        if self.ctx.replay:
+            return self._weighted([], 0)
+        syms = [sym] if sym else self.configured
+        seed, now = self.ctx.cfg.seed, self.ctx.clock.now_ms()
+        rows: list[dict[str, Any]] = []
+        for one in syms:
+            market = self.market(one)
+            if market is None:
+                return self._invalid_symbol(0)
+            norm = market.inst.symbol
+            stamps = series.series_window(series.FUNDING_PERIOD_MS, now, limit, start, end,
+                                          from_start=start is not None)
+            rows += [{"symbol": one, "fundingRate": f"{series.settled_funding_rate(seed, norm, ts):.8f}",
+                      "fundingTime": ts, "markPrice": f"{series.index_price(seed, norm, ts):.8f}"} for ts in stamps]
+        rows.sort(key=lambda r: (r["fundingTime"], r["symbol"]))
+        return self._weighted(rows, 0)
 
     async def ping(self, request: web.Request) -> web.Response:
         return self._weighted({}, 1)
@@ -558,8 +660,10 @@ class BinanceVenue:
         app.router.add_get(f"{prefix}/exchangeInfo", self.exchange_info)
         app.router.add_get(f"{prefix}/ping", self.ping)
         app.router.add_get(f"{prefix}/time", self.server_time)
+        app.router.add_get(f"{prefix}/aggTrades", self.agg_trades)
         if self.usdm:
             app.router.add_get("/fapi/v1/premiumIndex", self.premium_index)
             app.router.add_get("/fapi/v1/openInterest", self.open_interest)
+            app.router.add_get("/fapi/v1/fundingRate", self.funding_rate_history)
             app.router.add_get("/futures/data/{name}", self.futures_data)
         return app

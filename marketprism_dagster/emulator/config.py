@@ -67,6 +67,9 @@ class EmulatorConfig:
     snapshot pushed on subscribe, ``checksum`` always 0; ``rest`` (OKX's announced next step):
     no snapshot in the stream, clients take ``GET /api/v5/market/books`` and bridge by seqId,
     ``checksum`` 0; ``checksum`` (legacy): snapshot on subscribe and real CRC32 checksums.
+    trade_history (synth): trades remembered per symbol for the trade-history endpoints
+    (history.py). okx_trade_count_max (synth): the largest ``count`` of an OKX ``trades`` push
+    (matches aggregated into one push; 1 = every push is one match).
     """
 
     mode: str = "synth"
@@ -86,6 +89,8 @@ class EmulatorConfig:
     replay_settle: float = 0.05
     book_levels: int = 200
     okx_books: str = "zero"
+    trade_history: int = 200_000
+    okx_trade_count_max: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in ("synth", "replay"):
@@ -93,6 +98,9 @@ class EmulatorConfig:
         if self.okx_books not in OKX_BOOKS_MODES:
             raise ValueError(f"okx_books {self.okx_books!r}: use one of {', '.join(OKX_BOOKS_MODES)} "
                              "(CLI: --okx-books)")
+        if self.trade_history < 1 or self.okx_trade_count_max < 1:
+            raise ValueError(f"trade_history {self.trade_history} / okx_trade_count_max {self.okx_trade_count_max}: "
+                             "both must be at least 1")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"host {self.host!r}: the emulator serves on loopback only (127.0.0.1)")
         servers: list[str] = []

@@ -37,6 +37,7 @@ log = structlog.get_logger()
 
 RESOLUTIONS = {"1": 1, "60": 60, "3600": 3600, "43200": 43200, "1D": 86400}
 DVOL_PREFIX = "deribit_volatility_index."
+DVOL_MAX_CANDLES = 1000
 
 
 class RpcError(Exception):
@@ -91,14 +92,11 @@ class DeribitVenue:
         first = start + (-start) % step
         stamps = list(range(first, end + 1, step))
         continuation = None
-        if len(stamps) > 1000:
-            stamps = stamps[-1000:]
-            continuation = stamps[0]
+        if len(stamps) > DVOL_MAX_CANDLES:
+            stamps = stamps[-DVOL_MAX_CANDLES:]
+            continuation = stamps[0] - 1  # the next page ends just before this one's oldest candle
         seed = self.ctx.cfg.seed
-        data = []
-        for ts in stamps:
-            samples = [series.dvol(seed, currency, ts + k * step // 4) for k in range(4)]
-            data.append([ts, samples[0], max(samples), min(samples), samples[-1]])
+        data = [series.dvol_candle(seed, currency, ts, step) for ts in stamps]
         return {"data": data, "continuation": continuation}
 
     def instruments_result(self, params: dict[str, Any]) -> Any:

@@ -8,7 +8,7 @@ Grammar (``--faults`` on the CLI, ``EmulatorConfig.faults`` in Python)::
 
     KIND    := disconnect | stall | gap | bad_checksum | duplicate | malformed | reorder
              | shutdown_notice | rest_5xx | rest_429 | rest_timeout | rest_code_200
-             | book_snapshot_stale | book_snapshot_ahead
+             | book_snapshot_stale | book_snapshot_ahead | drop_trades
     VENUE   := binance_spot | binance_derivatives | binance (both) | okx | okx_spot
              | okx_derivatives (both mean the shared OKX server) | deribit
              | deribit_derivatives | all (default)
@@ -17,7 +17,9 @@ Grammar (``--faults`` on the CLI, ``EmulatorConfig.faults`` in Python)::
                after=DUR   arm once DUR after the emulator started
                period=DUR  arm every DUR after the emulator started
                count=K     at/after: fire on K consecutive eligible events (default 1);
-                           every/period: stop after K fires (default: no limit)
+                           every/period: stop after K fires (default: no limit);
+                           drop_trades: the length of each dropped range in trade messages
+                           (default 500)
                for=DUR     stall length / REST timeout length / how long a connection keeps
                            streaming after its shutdown notice (default 3s / 30s / 3s)
                path=TEXT   REST kinds: only requests whose path contains TEXT
@@ -25,6 +27,9 @@ Grammar (``--faults`` on the CLI, ``EmulatorConfig.faults`` in Python)::
                            at most 100)
                code=TEXT   rest_code_200: the OKX error code, 50011 (default, rate limit) or 50013
                            (system busy)
+               topic=TEXT  drop_trades: only trade streams whose topic contains TEXT (Binance
+                           stream names such as ``btcusdt@aggTrade``, OKX ``trades:<instId>`` such
+                           as ``trades:BTC-USDT-SWAP``; default: every trade stream of the venue)
     DURATION:= NUMBER ("ms" | "s" | "m")?   (bare number = seconds)
 
 With no at/every/after/period a rule arms at the first event (``at=1``). An armed rule fires
@@ -34,8 +39,22 @@ other WS kinds on any data frame; REST kinds on any matching request (the book_s
 only on ``/api/v5/market/books``). Counting is per venue server across its connections; control
 frames (acks, pongs, heartbeats, notices) are never counted. Some kinds exist on some venues
 only (a spec naming another venue is an error; ``all`` narrows to them): bad_checksum,
-rest_code_200 and the book_snapshot kinds on okx; shutdown_notice on binance_spot,
-binance_derivatives and okx.
+rest_code_200 and the book_snapshot kinds on okx; shutdown_notice and drop_trades on
+binance_spot, binance_derivatives and okx.
+
+``drop_trades`` counts differently: its events are trade *messages* as the venue generates
+them (Binance ``aggTrade``/``trade`` events, OKX ``trades`` pushes, each one aggregate), of the
+streams matching ``topic``, whoever is subscribed; ``at``/``every``/``after``/``period`` arm a
+*range* and ``count=N`` (default 500) is the range's length in messages (with ``every`` or
+``period`` a new range starts each time; there is no limit on the number of ranges). The trades
+of a range are generated and remembered as usual (the history endpoints serve them: see
+history.py) but never sent to any connection: no frame, no notice, no other signal. The gap is
+exact: per stream, consecutive trade ids go missing. Each range is logged once when it starts
+and once when it ends, and kept in ``FaultLedger.dropped`` (``Emulator.dropped_trades``) as
+:class:`DroppedTrades` with its topic and the first and last dropped trade id (Binance:
+aggregate ids ``a``; OKX: the underlying trade ids, ``tradeId - count + 1`` of the first
+dropped push to ``tradeId`` of the last). ``faults_fired["drop_trades"][venue]`` counts ranges
+per stream (a range that spans two symbols' streams counts twice).
 
 What each kind does to the one connection it fires on: ``disconnect`` aborts the TCP
 connection; ``stall`` stops sending for ``for`` seconds; ``gap`` drops the frame;
@@ -78,7 +97,10 @@ import structlog
 log = structlog.get_logger()
 
 WS_KINDS = frozenset({"disconnect", "stall", "gap", "bad_checksum", "duplicate", "malformed", "reorder",
-                      "shutdown_notice"})
+                      "shutdown_notice", "drop_trades"})
+# applied where the venue generates trades (before any connection), not per connection frame
+GENERATOR_KINDS = frozenset({"drop_trades"})
+DROP_TRADES_DEFAULT = 500
 BOOK_SNAPSHOT_KINDS = frozenset({"book_snapshot_stale", "book_snapshot_ahead"})
 REST_KINDS = frozenset({"rest_5xx", "rest_429", "rest_timeout", "rest_code_200"}) | BOOK_SNAPSHOT_KINDS
 KINDS = WS_KINDS | REST_KINDS
@@ -90,6 +112,7 @@ KIND_VENUES: dict[str, tuple[str, ...]] = {
     "book_snapshot_stale": ("okx",),
     "book_snapshot_ahead": ("okx",),
     "shutdown_notice": ("binance_spot", "binance_derivatives", "okx"),
+    "drop_trades": ("binance_spot", "binance_derivatives", "okx"),
 }
 OKX_BOOKS_PATH = "/api/v5/market/books"
 OKX_REST_CODES = {
@@ -144,6 +167,7 @@ class FaultRule:
     path: str | None = None
     n: int | None = None
     code: str | None = None
+    topic: str | None = None
     text: str = ""
 
     @property
@@ -166,7 +190,7 @@ def _parse_rule(text: str) -> FaultRule:
     if kind not in KINDS:
         raise FaultSpecError(f"unknown fault kind {kind!r} in {text!r}: allowed {', '.join(sorted(KINDS))}")
     values: dict[str, Any] = {}
-    venues = VENUES
+    venues: tuple[str, ...] = VENUES
     target = target.strip()
     if target:
         if target in VENUE_ALIASES:
@@ -192,6 +216,10 @@ def _parse_rule(text: str) -> FaultRule:
                 values["duration" if key == "for" else key] = parse_duration(value)
             elif key == "path":
                 values["path"] = value
+            elif key == "topic":
+                if kind != "drop_trades":
+                    raise FaultSpecError(f"bad option topic={value} in {text!r}: only drop_trades takes a topic")
+                values["topic"] = value
             elif key == "code":
                 if kind != "rest_code_200" or value not in OKX_REST_CODES:
                     raise FaultSpecError(f"bad option code={value} in {text!r}: only rest_code_200 takes a code, "
@@ -199,7 +227,8 @@ def _parse_rule(text: str) -> FaultRule:
                 values["code"] = value
             else:
                 raise FaultSpecError(
-                    f"unknown option {key!r} in {text!r}: allowed at, every, after, period, count, for, path, n, code"
+                    f"unknown option {key!r} in {text!r}: allowed at, every, after, period, count, for, path, n, code, "
+                    "topic"
                 )
         except ValueError as exc:
             if isinstance(exc, FaultSpecError):
@@ -246,10 +275,23 @@ class FaultEvent:
 
 
 @dataclass
+class DroppedTrades:
+    """One range of trades a ``drop_trades`` fault kept off one stream (still in the history)."""
+
+    venue: str
+    topic: str
+    first_id: int
+    last_id: int
+    messages: int = 0
+    done: bool = False
+
+
+@dataclass
 class FaultLedger:
     """Every fired fault, counted per kind and venue (thread-safe: tests read it from outside)."""
 
     events: list[FaultEvent] = field(default_factory=list)
+    dropped: list[DroppedTrades] = field(default_factory=list)
     _counts: dict[str, dict[str, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -259,6 +301,32 @@ class FaultLedger:
             per_venue = self._counts.setdefault(kind, {})
             per_venue[venue] = per_venue.get(venue, 0) + 1
         log.warning("emulator.fault", kind=kind, venue=venue, detail=detail, at_event=at_event)
+
+    def drop_trade(self, venue: str, topic: str, first_id: int, last_id: int, open_ranges: dict[str, DroppedTrades],
+                   at_event: int) -> None:
+        """Extend (or start) the open range of ``topic`` with one dropped trade message."""
+        current = open_ranges.get(topic)
+        if current is None:
+            current = open_ranges[topic] = DroppedTrades(venue, topic, first_id, last_id)
+            with self._lock:
+                self.dropped.append(current)
+            self.record("drop_trades", venue, f"{topic} first_id={first_id}", at_event)
+        with self._lock:
+            current.last_id = last_id
+            current.messages += 1
+
+    def close_ranges(self, open_ranges: dict[str, DroppedTrades]) -> None:
+        """A drop_trades range is complete: log each stream's exact gap once."""
+        for item in open_ranges.values():
+            with self._lock:
+                item.done = True
+            log.warning("emulator.fault_range_done", kind="drop_trades", venue=item.venue, topic=item.topic,
+                        first_id=item.first_id, last_id=item.last_id, messages=item.messages)
+        open_ranges.clear()
+
+    def dropped_ranges(self) -> list[DroppedTrades]:
+        with self._lock:
+            return [DroppedTrades(d.venue, d.topic, d.first_id, d.last_id, d.messages, d.done) for d in self.dropped]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """kind -> venue -> number of times fired."""
@@ -316,6 +384,37 @@ class _RuleState:
                 self.due_time = None
 
 
+class _DropState:
+    """Schedule of one drop_trades rule: arms ranges of ``count`` trade messages."""
+
+    def __init__(self, rule: FaultRule, t0: float) -> None:
+        self.rule = rule
+        self.seen = 0  # trade messages of matching topics
+        self.remaining = 0  # messages still to drop in the current range
+        self.length = rule.count or DROP_TRADES_DEFAULT
+        self.due_count: int | None = rule.at or rule.every
+        self.due_time: float | None = None
+        if rule.after is not None:
+            self.due_time = t0 + rule.after
+        elif rule.period is not None:
+            self.due_time = t0 + rule.period
+        if self.due_count is None and self.due_time is None:
+            self.due_count = 1
+        self.open: dict[str, DroppedTrades] = {}
+
+    def matches(self, topic: str) -> bool:
+        return self.rule.topic is None or self.rule.topic in topic
+
+    def tick(self, now: float) -> None:
+        rule = self.rule
+        if self.due_count is not None and self.seen >= self.due_count:
+            self.remaining = self.length
+            self.due_count = self.due_count + rule.every if rule.every is not None else None
+        if self.due_time is not None and now >= self.due_time:
+            self.remaining = self.length
+            self.due_time = self.due_time + rule.period if rule.period is not None else None
+
+
 def _eligible(kind: str, flags: int) -> bool:
     if kind == "gap":
         return bool(flags & FLAG_SEQ)
@@ -332,7 +431,9 @@ class VenueFaults:
         self.ledger = ledger
         start = time.monotonic() if t0 is None else t0
         rules = plan.for_venue(venue)
-        self._ws = [_RuleState(r, start) for r in rules if not r.is_rest]
+        self._ws = [_RuleState(r, start) for r in rules if not r.is_rest and r.kind not in GENERATOR_KINDS]
+        self._drops = [_DropState(r, start) for r in rules if r.kind == "drop_trades"]
+        self.trade_messages = 0
         self._rest = [_RuleState(r, start) for r in rules if r.is_rest]
         self._ws_timed = any(s.due_time is not None for s in self._ws)
         self._rest_timed = any(s.due_time is not None for s in self._rest)
@@ -360,6 +461,29 @@ class VenueFaults:
                 fired.append(state.rule)
                 self.ledger.record(state.rule.kind, self.venue, detail, self.frames)
         return fired
+
+    def drop_trade(self, topic: str, first_id: int, last_id: int) -> bool:
+        """Count one generated trade message of ``topic``; True = keep it off the stream (recorded).
+
+        ``first_id``/``last_id``: the trade ids the message carries (Binance: ``a`` twice; OKX:
+        ``tradeId - count + 1`` and ``tradeId``).
+        """
+        self.trade_messages += 1
+        if not self._drops:
+            return False
+        dropped = False
+        for state in self._drops:
+            if not state.matches(topic):
+                continue
+            state.seen += 1
+            state.tick(time.monotonic() if state.due_time is not None else 0.0)
+            if state.remaining > 0:
+                state.remaining -= 1
+                dropped = True
+                self.ledger.drop_trade(self.venue, topic, first_id, last_id, state.open, state.seen)
+                if state.remaining == 0:
+                    self.ledger.close_ranges(state.open)
+        return dropped
 
     def on_request(self, path: str) -> FaultRule | None:
         """Count one REST request; return the REST fault to apply to it, if any (recorded)."""

@@ -51,6 +51,7 @@ from .connection import Conn, Frame
 from .context import REQUEST_FAULT, VenueContext, json_response, rest_middleware, ws_response
 from .faults import FLAG_CHECKSUM, FLAG_SEQ, MAX_AHEAD, OKX_REST_CODES, FaultRule
 from .fixtures import documented_example, load_session, readdress
+from .history import LoggedTrade, TradeLog
 from .hub import TopicSpec
 from .okx_checksum import okx_checksum
 from .replay import okx_frames, replay_subscribed
@@ -68,6 +69,11 @@ RUBIK_PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1H": 3_600_00
                  "4H": 14_400_000, "6H": 21_600_000, "12H": 43_200_000, "1D": 86_400_000,
                  "6Hutc": 21_600_000, "12Hutc": 43_200_000, "1Dutc": 86_400_000}
 _conn_ids = itertools.count(0xA4D3AE55)
+RUBIK_MAX_LIMIT = 100
+RUBIK_RETENTION_ROWS = 1440
+HISTORY_TRADES_MAX_LIMIT = 100
+FUNDING_HISTORY_MAX_LIMIT = 400
+FUNDING_HISTORY_RETENTION_MS = 90 * 86_400_000
 WARM_UP_UPDATES = 8
 STALE_UPDATES = 3  # a stale snapshot is this many updates older than a new subscriber's first one
 SHUTDOWN_MSG = "The connection will soon be closed for a service upgrade. Please reconnect."
@@ -85,6 +91,12 @@ def _recorded_instruments(root: Path) -> dict[str, bytes]:
         if rec.payload is not None:
             out[key] = rec.payload
     return out
+
+
+def funding_text(seed: int, symbol: str, funding_time: int) -> str:
+    """The rate settled at ``funding_time`` as OKX writes it: the last ``fundingRate`` pushed for
+    that period (history ``fundingRate``/``realizedRate``, the next period's ``settFundingRate``)."""
+    return f"{series.settled_funding_rate(seed, symbol, funding_time):.16f}"
 
 
 def _levels(inst: Instrument, changes: list[tuple[int, int]]) -> list[list[str]]:
@@ -117,6 +129,7 @@ class OkxMarket:
         self.pending: list[Frame] = []
         self.stale: BookState | None = None
         self.tape = TradeTape(rng_for(seed, "okx", iid, "trades"))
+        self.trades = TradeLog(cfg.trade_history)  # every match generated, one row per trade id
         self.liq_rng = rng_for(seed, "okx", iid, "liq")
 
     def _checksum(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> int:
@@ -194,19 +207,34 @@ class OkxMarket:
         return self.seq, self.ts, self.book.top_bids(depth), self.book.top_asks(depth)
 
     def trade_frames(self, topic: str, n: int) -> list[Frame]:
+        """The next n ``trades`` pushes, each one aggregate of ``count`` matches of one taker order
+        at one price: ids first..last consecutive, ``tradeId`` = last, ``sz`` = the sum. Every match
+        is remembered (history-trades) before a drop_trades fault may keep the push off the stream."""
         out: list[Frame] = []
         inst, tape, rng = self.inst, self.tape, self.tape.rng
         arg = {"channel": "trades", "instId": inst.venue_symbol}
-        now = str(self.venue.ctx.clock.now_ms())
+        now_ms = self.venue.ctx.clock.now_ms()
+        now = str(now_ms)
+        max_count = self.venue.ctx.cfg.okx_trade_count_max
+        faults = self.venue.ctx.faults
         for size in tape.burst_sizes(n):
-            for _ in range(size):  # a burst shares one millisecond, each trade its own id
+            for _ in range(size):  # a burst shares one millisecond, each push its own ids
                 is_buy = rng.random() < 0.5
                 price = self.book.best_ask if is_buy else self.book.best_bid
-                data = {"instId": inst.venue_symbol, "tradeId": str(tape.next_id), "px": inst.px(price),
-                        "sz": inst.qty(rng.randint(1, 20) * inst.size_step), "side": "buy" if is_buy else "sell",
-                        "ts": now, "count": "1", "seqId": tape.next_agg_id}
-                tape.next_id += 1
+                count = rng.randint(2, max_count) if max_count > 1 and rng.random() < 0.2 else 1
+                sizes = [rng.randint(1, 20) * inst.size_step for _ in range(count)]
+                first = tape.next_id
+                for k, qty in enumerate(sizes):
+                    self.trades.add(first + k, now_ms, price, qty, is_buy)
+                last = first + count - 1
+                tape.next_id += count
+                seq_id = tape.next_agg_id
                 tape.next_agg_id += 1
+                if faults.drop_trade(topic, first, last):
+                    continue
+                data = {"instId": inst.venue_symbol, "tradeId": str(last), "px": inst.px(price),
+                        "sz": inst.qty(sum(sizes)), "side": "buy" if is_buy else "sell", "ts": now,
+                        "count": str(count), "source": "0", "seqId": seq_id}
                 out.append(Frame(topic, orjson.dumps({"arg": arg, "data": [data]})))
         return out
 
@@ -219,15 +247,17 @@ class OkxMarket:
                 "maxFundingRate": "0.00375", "method": "current_period", "minFundingRate": "-0.00375",
                 "nextFundingRate": "", "nextFundingTime": str(funding_time + series.FUNDING_PERIOD_MS),
                 "premium": f"{rate * 0.9:.16f}",
-                "settFundingRate": f"{series.funding_rate(seed, sym, now - series.FUNDING_PERIOD_MS):.16f}",
+                "settFundingRate": funding_text(seed, sym, funding_time - series.FUNDING_PERIOD_MS),
                 "settState": "settled", "ts": str(now)}
 
     def open_interest(self, now: int) -> dict[str, Any]:
-        base = series.open_interest_base(self.venue.ctx.cfg.seed, self.inst.symbol, now)
+        seed = self.venue.ctx.cfg.seed
+        base = series.open_interest_base(seed, self.inst.symbol, now)
         ct_val = float(self.inst.ct_val or 1)
         contracts = round(base / ct_val, 2)
         return {"instId": self.inst.venue_symbol, "instType": self.inst_type, "oi": f"{contracts:.2f}",
-                "oiCcy": f"{contracts * ct_val:.8f}", "oiUsd": f"{contracts * ct_val * self.book.mid():.4f}",
+                "oiCcy": f"{contracts * ct_val:.8f}",
+                "oiUsd": f"{contracts * ct_val * series.index_price(seed, self.inst.symbol, now):.4f}",
                 "ts": str(now)}
 
     def liquidation(self, now: int) -> dict[str, Any]:
@@ -532,13 +562,16 @@ class OkxVenue:
         if name != "long-short-account-ratio" and self.market(key) is None:
             return self._bad_inst()
         try:
-            limit = max(1, min(int(q.get("limit", "100")), 100))
-            begin = int(q["begin"]) if "begin" in q else None
-            end = int(q["end"]) if "end" in q else None
-        except ValueError:
-            return json_response({"code": "51000", "data": [], "msg": "Parameter limit error"}, 400)
-        seed = self.ctx.cfg.seed
-        stamps = series.series_timestamps(RUBIK_PERIODS[period], self.ctx.clock.now_ms(), limit, begin, end)
+            p = self._query_ints(request, "limit", "begin", "end")
+        except ValueError as exc:
+            return self._param_error(str(exc))
+        limit = max(1, min(p["limit"] or RUBIK_MAX_LIMIT, RUBIK_MAX_LIMIT))
+        begin, end = p["begin"], p["end"]
+        seed, now, step = self.ctx.cfg.seed, self.ctx.clock.now_ms(), RUBIK_PERIODS[period]
+        # begin/end are exclusive ("newer than" / "earlier than"); only the latest 1,440 rows exist
+        stamps = series.series_window(step, now, limit, None if begin is None else begin + 1,
+                                      None if end is None else end - 1,
+                                      oldest=series.floor_to(now, step) - (RUBIK_RETENTION_ROWS - 1) * step)
         rows: list[list[str]] = []
         for ts in reversed(stamps):  # newest first, as OKX answers
             if name == "open-interest-history":
@@ -549,6 +582,88 @@ class OkxVenue:
             else:
                 ratio, _, _ = series.ratio_strings(seed, f"okx:{name}:{key}", ts)
                 rows.append([str(ts), ratio])
+        return self._ok(rows)
+
+    @staticmethod
+    def _query_ints(request: web.Request, *names: str) -> dict[str, int | None]:
+        """Optional integer parameters; ValueError names the bad one."""
+        out: dict[str, int | None] = {}
+        for name in names:
+            raw = request.query.get(name)
+            if raw is None or raw == "":
+                out[name] = None
+                continue
+            try:
+                out[name] = int(raw)
+            except ValueError:
+                raise ValueError(name) from None
+        return out
+
+    @staticmethod
+    def _param_error(name: str) -> web.Response:
+        return json_response({"code": "51000", "data": [], "msg": f"Parameter {name} error"}, 400)
+
+    @staticmethod
+    def _trade_row(iid: str, inst: Instrument, t: LoggedTrade) -> dict[str, str]:
+        return {"instId": iid, "side": "buy" if t.is_buy else "sell", "sz": inst.qty(t.qty), "px": inst.px(t.price),
+                "tradeId": str(t.trade_id), "ts": str(t.ts)}
+
+    async def history_trades(self, request: web.Request) -> web.Response:
+        """``GET /api/v5/market/history-trades``: single matches, newest first, by tradeId or ts."""
+        q = request.query
+        iid = q.get("instId", "")
+        if not iid:
+            return self._missing("instId")
+        kind = q.get("type") or "1"
+        if kind not in ("1", "2"):
+            return self._param_error("type")
+        try:
+            p = self._query_ints(request, "after", "before", "limit")
+        except ValueError as exc:
+            return self._param_error(str(exc))
+        limit = max(1, min(p["limit"] or HISTORY_TRADES_MAX_LIMIT, HISTORY_TRADES_MAX_LIMIT))
+        if self.ctx.replay:
+            return self._ok([])
+        market = self.market(iid)
+        if market is None:
+            return self._bad_inst()
+        trades = market.trades
+        lo, hi = 0, len(trades)
+        after, before = p["after"], p["before"]
+        if kind == "1":
+            if after is not None:
+                hi = trades.from_id(after)  # ids < after
+            if before is not None:
+                lo = trades.after_id(before)  # ids > before
+        elif after is not None:  # type 2: after is a ts; before takes no timestamp (ignored)
+            hi = trades.from_time(after)
+        rows = trades.ascending(lo, hi, limit, newest=True)
+        return self._ok([self._trade_row(iid, market.inst, t) for t in reversed(rows)])
+
+    async def funding_rate_history(self, request: web.Request) -> web.Response:
+        """``GET /api/v5/public/funding-rate-history``: settled rates, newest first."""
+        iid = request.query.get("instId", "")
+        if not iid:
+            return self._missing("instId")
+        try:
+            p = self._query_ints(request, "after", "before", "limit")
+        except ValueError as exc:
+            return self._param_error(str(exc))
+        limit = max(1, min(p["limit"] or FUNDING_HISTORY_MAX_LIMIT, FUNDING_HISTORY_MAX_LIMIT))
+        if self.ctx.replay:
+            return self._ok([])
+        market = self.market(iid)
+        if market is None or market.inst_type != "SWAP":
+            return self._bad_inst()
+        after, before = p["after"], p["before"]
+        seed, now, sym = self.ctx.cfg.seed, self.ctx.clock.now_ms(), market.inst.symbol
+        stamps = series.series_window(series.FUNDING_PERIOD_MS, now, limit, None if before is None else before + 1,
+                                      None if after is None else after - 1, oldest=now - FUNDING_HISTORY_RETENTION_MS)
+        rows = []
+        for ts in reversed(stamps):
+            rate = funding_text(seed, sym, ts)
+            rows.append({"formulaType": "noRate", "fundingRate": rate, "fundingTime": str(ts), "instId": iid,
+                         "instType": "SWAP", "method": "current_period", "realizedRate": rate})
         return self._ok(rows)
 
     def fault_response(self, rule: FaultRule) -> web.Response:
@@ -567,5 +682,7 @@ class OkxVenue:
         app.router.add_get("/api/v5/public/funding-rate", self.funding_rate)
         app.router.add_get("/api/v5/public/open-interest", self.open_interest)
         app.router.add_get("/api/v5/market/books", self.books)
+        app.router.add_get("/api/v5/market/history-trades", self.history_trades)
+        app.router.add_get("/api/v5/public/funding-rate-history", self.funding_rate_history)
         app.router.add_get("/api/v5/rubik/stat/contracts/{name}", self.rubik)
         return app

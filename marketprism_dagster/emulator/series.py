@@ -84,15 +84,42 @@ def index_price(seed: int, symbol: str, ts: int) -> float:
     return base_price(symbol.split("-")[0]) * (1 + 0.002 * wave(seed, f"idx:{symbol}", floor_to(ts, 1000)))
 
 
-def series_timestamps(period_ms: int, now: int, limit: int, start: int | None, end: int | None) -> list[int]:
-    """Completed period boundaries, oldest first, at most `limit`, within [start, end]."""
+def ceil_to(ts: int, period_ms: int) -> int:
+    return -(-ts // period_ms) * period_ms
+
+
+def series_window(period_ms: int, now: int, limit: int, start: int | None = None, end: int | None = None,
+                  oldest: int | None = None, from_start: bool = False) -> list[int]:
+    """Period boundaries ``ts`` with start <= ts <= end, ts <= now and ts >= oldest (retention),
+    oldest first, at most ``limit``: the first ones from ``start`` when ``from_start`` (Binance's
+    "startTime + limit" rule), else the newest ones."""
     last = floor_to(now, period_ms)
     if end is not None:
         last = min(last, floor_to(end, period_ms))
-    points: list[int] = []
-    ts = last
-    while len(points) < limit and ts >= 0 and (start is None or ts >= start):
-        points.append(ts)
-        ts -= period_ms
-    points.reverse()
-    return points
+    first = 0 if oldest is None else ceil_to(max(0, oldest), period_ms)
+    if start is not None:
+        first = max(first, ceil_to(start, period_ms))
+    if limit < 1 or last < first:
+        return []
+    if from_start and start is not None:
+        return list(range(first, min(last, first + (limit - 1) * period_ms) + 1, period_ms))
+    return list(range(max(first, last - (limit - 1) * period_ms), last + 1, period_ms))
+
+
+def settled_funding_rate(seed: int, symbol: str, funding_time: int) -> float:
+    """The rate settled at ``funding_time``: the last prediction the streams published before it."""
+    return funding_rate(seed, symbol, funding_time - 1)
+
+
+def dvol_candle(seed: int, currency: str, ts: int, step_ms: int) -> list[float | int]:
+    """[ts, open, high, low, close] of DVOL over [ts, ts + step): the per-second values the
+    ``deribit_volatility_index`` channel pushes (value of second s = dvol(seed, currency, s)).
+    Exact for candles of up to 60 seconds; longer ones take high/low over 60 evenly spaced
+    seconds including the first and the last."""
+    seconds = max(1, step_ms // 1000)
+    if seconds <= 60:
+        stamps = [ts + k * 1000 for k in range(seconds)]
+    else:
+        stamps = [ts + (k * (seconds - 1) // 59) * 1000 for k in range(60)]
+    values = [dvol(seed, currency, t) for t in stamps]
+    return [ts, values[0], max(values), min(values), values[-1]]

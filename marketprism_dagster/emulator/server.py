@@ -15,7 +15,7 @@ from aiohttp import web
 from .config import MARKET_SERVER, SERVERS, EmulatorConfig
 from .connection import VenueStats
 from .context import VenueContext
-from .faults import FaultLedger, VenueFaults
+from .faults import DroppedTrades, FaultLedger, VenueFaults
 from .fixtures import fixtures_dir
 from .hub import StreamHub
 
@@ -110,6 +110,11 @@ class Emulator:
         return self.ledger.counts()
 
     @property
+    def dropped_trades(self) -> list[DroppedTrades]:
+        """Every range a drop_trades fault kept off a stream: venue, topic, first/last trade id."""
+        return self.ledger.dropped_ranges()
+
+    @property
     def stats(self) -> dict[str, dict[str, Any]]:
         """venue server -> counters (connections, messages, REST requests and errors, faults)."""
         return {
@@ -163,6 +168,10 @@ class EmulatorThread:
     @property
     def faults_fired(self) -> dict[str, dict[str, int]]:
         return self.emulator.faults_fired
+
+    @property
+    def dropped_trades(self) -> list[DroppedTrades]:
+        return self.emulator.dropped_trades
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread.is_alive():
