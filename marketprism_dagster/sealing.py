@@ -243,7 +243,8 @@ async def seal_hour(
         horizon = max(cutoff, now - settings.seal.writer_slack_s * 1000)
         b, js_first, _ = await boundary_seq(js, stream, horizon)
         report.boundary_seq = b
-        committed_last = ranges[-1].last if ranges else js_first - 1
+        # an empty stream reports first_seq 0: nothing before seq 1 is owed
+        committed_last = ranges[-1].last if ranges else max(js_first, 1) - 1
         if committed_last < b - 1:
             raise SealRefused(
                 f"the hot writer has committed {stream} through seq {committed_last} but messages up to "

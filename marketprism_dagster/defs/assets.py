@@ -1,4 +1,11 @@
-"""hot/<type> (hourly: seal the closed hour) and cold/<type> (daily: replicate + verify) assets."""
+"""hot/<type> (hourly: seal the closed hour) and cold/<type> (daily: replicate + verify) assets.
+
+Automation catches up: every partition still missing inside a bounded lookback is requested, not
+only the latest window, so hours missed while the daemon was down (or that exhausted their retries)
+are sealed at the next seal tick and their days replicated as soon as all 24 hours are sealed. The
+lookback ends where sealing can no longer succeed: JetStream retention (gaps can no longer be
+refetched) and the hot TTL (hot no longer holds the hour).
+"""
 
 import asyncio
 from datetime import timedelta
@@ -6,12 +13,13 @@ from typing import Any
 
 import dagster as dg
 import structlog
+from pydantic import Field
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.logs import mask_url
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.replication import ReplicationFailed, replicate_day
-from marketprism_dagster.sealing import SealRefused, SealReport, seal_hour
+from marketprism_dagster.sealing import DAY_MS, HOUR_MS, TTL_MARGIN_MS, SealRefused, SealReport, seal_hour
 from marketprism_dagster.storage.base import Store
 from resources import ClickHouseResource, NatsResource
 
@@ -33,6 +41,53 @@ def cold_key(data_type: str) -> dg.AssetKey:
 def seal_cron(settings: Settings) -> str:
     """A few minutes after each hour, once the seal grace has passed."""
     return f"{min(59, settings.seal.grace_s // 60 + 2)} * * * *"
+
+
+def hot_lookback(settings: Settings, data_type: str) -> timedelta:
+    """How far back automation seals missed hours: while the stream still holds every message of the
+    hour (gaps can be refetched) and the hour is still sealable inside the hot TTL."""
+    stream = settings.stream_for(data_type)
+    retention_ms = settings.streams[stream].max_age_s * 1000 if stream else 0
+    ttl_ms = settings.storage.hot_ttl_days * DAY_MS - TTL_MARGIN_MS - HOUR_MS
+    return timedelta(milliseconds=max(HOUR_MS, min(retention_ms - HOUR_MS, ttl_ms)))
+
+
+def cold_lookback(settings: Settings) -> timedelta:
+    """How far back automation replicates missed days: the days hot still holds (older ones are refused)."""
+    return timedelta(days=max(1, settings.storage.hot_ttl_days - 1))
+
+
+def hot_automation(settings: Settings, data_type: str) -> dg.AutomationCondition:
+    """At each seal tick (a few minutes past the hour): every unsealed hour in the lookback, not
+    only the latest one. A failed seal is retried at the next tick."""
+    return (
+        dg.AutomationCondition.in_latest_time_window(hot_lookback(settings, data_type))
+        & dg.AutomationCondition.cron_tick_passed(seal_cron(settings))
+        & dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("seal_missed_hours")
+
+
+def cold_automation(settings: Settings) -> dg.AutomationCondition:
+    """Every day in the lookback whose 24 hours are sealed: replicated when it is missing (once; a
+    failed day again at the next seal tick) and again when one of its hours is re-sealed."""
+    due = dg.AutomationCondition.missing() & (
+        ~dg.AutomationCondition.execution_failed() | dg.AutomationCondition.cron_tick_passed(seal_cron(settings))
+    )
+    return (
+        dg.AutomationCondition.in_latest_time_window(cold_lookback(settings))
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+        & (due | dg.AutomationCondition.any_deps_updated().since_last_handled())
+    ).with_label("replicate_sealed_days")
+
+
+class ColdReplicationConfig(dg.Config):
+    force: bool = Field(
+        default=False,
+        description="let this run replace a cold day that holds more rows than hot (or a day older than the hot TTL)",
+    )
 
 
 async def seal_with_nats(store: Store, settings: Settings, nats: NatsResource, data_type: str, hour: Any) -> SealReport:
@@ -60,7 +115,7 @@ def build_hot_asset(data_type: str, settings: Settings, partitions: dg.Partition
             "the closed hour: proves from the writer's sequence ledger that every JetStream message of the hour "
             "is in the table, fetching missing ranges from JetStream first (repair / backfill)."
         ),
-        automation_condition=dg.AutomationCondition.on_cron(seal_cron(settings)),
+        automation_condition=hot_automation(settings, data_type),
         freshness_policy=HOT_FRESHNESS,
         retry_policy=dg.RetryPolicy(max_retries=settings.seal.retries, delay=settings.seal.retry_delay_s),
         metadata={"table": f"{settings.storage.hot_database}.{data_type}", "stream": settings.stream_for(data_type)},
@@ -75,7 +130,7 @@ def build_hot_asset(data_type: str, settings: Settings, partitions: dg.Partition
                 report = asyncio.run(seal_with_nats(store, settings_now, nats, data_type, hour))
             except SealRefused as exc:
                 meta = exc.report.metadata() if exc.report else {}
-                raise dg.Failure(description=str(exc), metadata=meta, allow_retries=True) from None
+                raise dg.Failure(description=str(exc), metadata=meta, allow_retries=exc.retryable) from None
         context.log.info(f"sealed {data_type} {hour:%Y-%m-%d %H}:00: {report.rows} rows")
         return dg.MaterializeResult(metadata={**report.metadata(), "dagster/row_count": report.rows})
 
@@ -100,11 +155,13 @@ def build_cold_asset(
             f"marketprism_cold.{data_type}, one partition per day: idempotent replication of the day's 24 sealed "
             "hot hours (partition replace), verified by count and content checksum."
         ),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=cold_automation(settings),
         freshness_policy=COLD_FRESHNESS,
         metadata={"table": f"{settings.storage.cold_database}.{data_type}"},
     )
-    def _cold(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource) -> dg.MaterializeResult:
+    def _cold(
+        context: dg.AssetExecutionContext, config: ColdReplicationConfig, clickhouse: ClickHouseResource
+    ) -> dg.MaterializeResult:
         settings_now = clickhouse.load_settings()
         window = context.partition_time_window
         hours = hourly.get_partition_keys_in_time_window(dg.TimeWindow(window.start, window.end))
@@ -120,7 +177,7 @@ def build_cold_asset(
         day = context.partition_time_window.start
         with clickhouse.open() as store:
             try:
-                report = replicate_day(store, settings_now, data_type, day)
+                report = replicate_day(store, settings_now, data_type, day, force=config.force)
             except ReplicationFailed as exc:
                 raise dg.Failure(description=str(exc)) from None
         return dg.MaterializeResult(metadata={**report.metadata(), "dagster/row_count": report.rows})
