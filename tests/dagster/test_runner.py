@@ -63,3 +63,10 @@ def test_any_other_interrupt_drains_and_propagates(dagster_instance, interrupt_s
     with pytest.raises(DagsterExecutionInterruptedError):
         run_until_terminated(logging.getLogger("test"), beat, _service(drained))  # type: ignore[arg-type]
     assert drained == ["drained"]
+
+
+def test_ready_service_is_tagged_so_a_planned_restart_can_stop_its_predecessor(dagster_instance) -> None:
+    beat = _run(dagster_instance)
+    assert sv.READY_TAG not in dagster_instance.get_run_by_id(beat.run_id).tags
+    beat.mark_ready()
+    assert float(dagster_instance.get_run_by_id(beat.run_id).tags[sv.READY_TAG]) > 0
