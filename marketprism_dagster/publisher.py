@@ -117,6 +117,7 @@ class JetStreamPublisher:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._gave_up_codes: set[str] = set()
         # nats-py exposes no batched publish; write HPUB commands into its outgoing buffer directly
         # when the (private, stable since 2.0) methods are there, else fall back to nc.publish.
         self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
@@ -332,8 +333,12 @@ class JetStreamPublisher:
             item.first_error = now
         if now - item.first_error >= self.retry_for_s:
             self.stats.failed += 1
-            log.error(
+            # logged once per error code (a stream gone for good fails every message); all are counted
+            emit = log.error if code not in self._gave_up_codes else log.debug
+            self._gave_up_codes.add(code)
+            emit(
                 "publisher.gave_up",
+                failed_total=self.stats.failed,
                 subject=item.subject,
                 msg_id=item.msg_id,
                 code=code,
