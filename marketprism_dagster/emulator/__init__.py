@@ -26,8 +26,13 @@ snapshots of the same books, trades, funding, open interest, long/short ratios,
 liquidations, DVOL) at ``rate`` messages/s per stream. OKX ``books`` follow ``okx_books``
 (CLI ``--okx-books``): ``zero`` (default, today's OKX: pushed snapshot, checksum 0), ``rest``
 (no pushed snapshot: REST snapshot with seqId bridged to the stream) or ``checksum`` (legacy
-CRC32); see okx.py. Faults: see faults.py for the grammar. CLI: ``marketprism emulate``
-(cli.py: ``run_emulator`` and the typer ``app``).
+CRC32); see okx.py. History endpoints (synth: Binance aggTrades, fundingRate and the
+futures/data series with startTime/endTime; OKX history-trades, funding-rate-history and the
+rubik series with begin/end; Deribit DVOL candles) answer the same ids, prices, sizes and times
+the streams and polls gave (history.py, series.py; each venue module lists params, limits and
+retention with sources). Faults: see faults.py for the grammar (``drop_trades`` keeps a range of
+trades off the stream while the history keeps them; ``Emulator.dropped_trades`` has the ids).
+CLI: ``marketprism emulate`` (cli.py: ``run_emulator`` and the typer ``app``).
 """
 
 from .clock import Clock, ManualClock, WallClock

@@ -3,13 +3,14 @@
 Routes (relative to the server's base URL, as on the real venue):
 
 * spot: WS ``/ws/<stream>``, ``/ws`` (then SUBSCRIBE), ``/stream?streams=a/b``;
-  REST ``/api/v3/depth``, ``/api/v3/exchangeInfo``, ``/api/v3/ping``, ``/api/v3/time``.
+  REST ``/api/v3/depth``, ``/api/v3/exchangeInfo``, ``/api/v3/aggTrades``, ``/api/v3/ping``,
+  ``/api/v3/time``.
 * USD-M (2026 split): WS ``/public/ws/<stream>``, ``/public/stream?streams=`` for depth and
   bookTicker; ``/market/ws/<stream>``, ``/market/stream?streams=`` for aggTrade, markPrice,
   forceOrder, kline; the legacy ``/ws`` and ``/stream`` carry everything. A stream asked on
   the wrong route is accepted and stays silent (logged as ``emulator.stream_wrong_route``).
-  REST ``/fapi/v1/depth``, ``exchangeInfo``, ``premiumIndex``, ``openInterest``, ``ping``,
-  ``time``; ``/futures/data/{topLongShortPositionRatio, topLongShortAccountRatio,
+  REST ``/fapi/v1/depth``, ``exchangeInfo``, ``premiumIndex``, ``openInterest``, ``fundingRate``,
+  ``aggTrades``, ``ping``, ``time``; ``/futures/data/{topLongShortPositionRatio, topLongShortAccountRatio,
   globalLongShortAccountRatio, openInterestHist}``.
 
 Replay: combined-stream connections get the recorded frames verbatim (raw ``/ws``
@@ -21,7 +22,46 @@ the three long/short ratios) answer with the documented examples
 (documented/binance_usdm_*.json, the connector variants that carry the 2026 fields),
 re-addressed to the requested symbol; stream examples are sent once on subscribe.
 
-Fault ``shutdown_notice`` sends ``{"e":"serverShutdown","E":<ms>}`` (the event the spot
+History (synth; sources read 2026-12-02 from stored copies of developers.binance.com, see
+docs/venues.md; "unstated" marks what the pages leave open and the emulator's choice):
+
+* ``GET /api/v3/aggTrades`` (spot, weight 4) and ``GET /fapi/v1/aggTrades`` (USD-M, weight 20):
+  ``symbol`` (required: else -1102), ``fromId`` (inclusive aggregate id), ``startTime`` /
+  ``endTime`` (inclusive ms), ``limit`` (default 500, max 1000; larger values are served as
+  1000: unstated). Both times sent and ``endTime - startTime`` >= 1 hour -> HTTP 400
+  ``{"code":-1127,"msg":"More than 1 hours between startTime and endTime."}`` (the pages: "must
+  be less than 1 hour"). No fromId/startTime: the most recent trades (up to endTime when sent);
+  otherwise the first ``limit`` from fromId/startTime. Answer: ascending list of
+  ``{"a","p","q","f","l","T","m"}`` (spot adds ``"M": true``) equal to the streamed
+  ``aggTrade`` events minus ``e``/``E``/``s``. Retention: USD-M "not older than one year", spot
+  unstated; the emulator keeps the newest ``EmulatorConfig.trade_history`` (200,000) aggregates
+  per symbol, including those a ``drop_trades`` fault kept off the stream. Sources: spot
+  "Compressed/Aggregate trades list" (rest-api market data endpoints), USD-M
+  "Compressed-Aggregate-Trades-List"; the -1127 text as Binance answered it in a public client
+  issue (zenbot 513).
+* ``GET /fapi/v1/fundingRate``: ``symbol`` (optional: all configured), ``startTime``/``endTime``
+  (inclusive), ``limit`` default 100, max 1000; no times: the most recent ``limit``; more rows
+  than ``limit`` in the window: ``startTime + limit``; ascending. Rows ``{"symbol",
+  "fundingRate","fundingTime","markPrice"}`` at each 8 h funding time <= now; ``fundingRate``
+  is the ``r`` every ``markPrice`` push carried in the last minute before that funding time
+  (its ``T``); ``markPrice`` is the deterministic index at that time (the stream's mark comes
+  from the live book, which is not a function of time). Limit "share 500/5min/IP with
+  fundingInfo", not part of REQUEST_WEIGHT: charged 0, the 500/5 min budget is not emulated.
+  Source: USD-M "Get-Funding-Rate-History".
+* ``GET /futures/data/{openInterestHist, topLongShortPositionRatio, topLongShortAccountRatio,
+  globalLongShortAccountRatio}``: ``symbol``, ``period`` (required: 5m 15m 30m 1h 2h 4h 6h 12h
+  1d, else -1120), ``limit`` default 30, max 500, ``startTime``/``endTime`` (inclusive); no
+  times: the most recent; with startTime: the first ``limit`` from it (unstated: the
+  fundingRate rule); ascending; "only the data of the latest 30 days is available" (older
+  boundaries are not returned); weight 0. openInterestHist rows ``{"symbol","sumOpenInterest",
+  "sumOpenInterestValue","CMCCirculatingSupply","timestamp"}`` with ``sumOpenInterest`` equal
+  (as a decimal) to ``GET /fapi/v1/openInterest`` at that ms; ratio rows ``{"symbol",
+  "longShortRatio","longAccount","shortAccount","timestamp"}``, the values the same endpoint
+  answered live for that period. Sources: USD-M "Open-Interest-Statistics",
+  "Top-Trader-Long-Short-Ratio", "Top-Long-Short-Account-Ratio", "Long-Short-Ratio".
+
+Fault ``drop_trades`` (faults.py) keeps a range of trade events off every connection; the
+history above still has them. Fault ``shutdown_notice`` sends ``{"e":"serverShutdown","E":<ms>}`` (the event the spot
 market-stream docs announce before a server shutdown) as a text frame, unwrapped on combined
 streams too, then closes the connection after the fault's ``for``.
 """

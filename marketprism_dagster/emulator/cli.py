@@ -34,12 +34,13 @@ def run_emulator(
     symbols: dict[str, tuple[str, ...]] | None = None,
     fixtures: Path | None = None,
     okx_books: str = "zero",
+    okx_trade_count_max: int = 1,
 ) -> None:
     """Start the emulator and serve until interrupted; print the URLs on start."""
     FaultPlan.parse(faults)  # fail fast on a bad spec
     cfg = EmulatorConfig(mode=mode, venues=tuple(venues or SERVERS), speed=speed, rate=rate, seed=seed,
                          faults=faults, port=port, symbols=dict(symbols or DEFAULT_SYMBOLS), fixtures=fixtures,
-                         okx_books=okx_books)
+                         okx_books=okx_books, okx_trade_count_max=okx_trade_count_max)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -70,17 +71,21 @@ def emulate(
     okx_books: Annotated[str, typer.Option(
         help="synth OKX books protocol: zero (today: snapshot pushed, checksum 0) | rest (no pushed snapshot: "
              "GET /api/v5/market/books + seqId) | checksum (legacy CRC32)")] = "zero",
+    okx_trade_count_max: Annotated[int, typer.Option(
+        help="synth OKX trades: largest count of matches aggregated into one push (1 = one match a push)")] = 1,
 ) -> None:
     """Serve the emulated venues on 127.0.0.1 until Ctrl-C."""
     if okx_books not in OKX_BOOKS_MODES:
         raise typer.BadParameter(f"--okx-books {okx_books!r}: use one of {', '.join(OKX_BOOKS_MODES)}")
+    if okx_trade_count_max < 1:
+        raise typer.BadParameter(f"--okx-trade-count-max {okx_trade_count_max}: use 1 or more")
     symbols = dict(DEFAULT_SYMBOLS)
     for item in symbol or []:
         market, _, syms = item.partition("=")
         if market not in symbols or not syms:
             raise typer.BadParameter(f"--symbol {item!r}: use MARKET=SYM[,SYM] with MARKET in {', '.join(symbols)}")
         symbols[market] = tuple(s.strip().upper() for s in syms.split(",") if s.strip())
-    run_emulator(venue, mode, speed, rate, seed, faults, port, symbols, fixtures, okx_books)
+    run_emulator(venue, mode, speed, rate, seed, faults, port, symbols, fixtures, okx_books, okx_trade_count_max)
 
 
 def register(root: typer.Typer) -> None:

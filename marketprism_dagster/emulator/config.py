@@ -69,7 +69,8 @@ class EmulatorConfig:
     ``checksum`` 0; ``checksum`` (legacy): snapshot on subscribe and real CRC32 checksums.
     trade_history (synth): trades remembered per symbol for the trade-history endpoints
     (history.py). okx_trade_count_max (synth): the largest ``count`` of an OKX ``trades`` push
-    (matches aggregated into one push; 1 = every push is one match).
+    (matches aggregated into one push; default 1 = every push is one match, ``tradeId`` then
+    runs on by 1; 2 or more = about one push in five aggregates 2..max matches, as OKX does).
     """
 
     mode: str = "synth"
@@ -90,7 +91,7 @@ class EmulatorConfig:
     book_levels: int = 200
     okx_books: str = "zero"
     trade_history: int = 200_000
-    okx_trade_count_max: int = 3
+    okx_trade_count_max: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("synth", "replay"):

@@ -8,6 +8,16 @@ public/get_volatility_index_data, public/get_instruments. Channels:
 ``deribit_volatility_index.{btc_usd,eth_usd}`` (DVOL, pushed every second).
 REST: the same public methods as GET ``/api/v2/public/<method>?params``.
 
+``public/get_volatility_index_data`` (synth): ``currency`` (BTC, ETH here), ``start_timestamp``,
+``end_timestamp`` (ms, required), ``resolution`` (``1``, ``60``, ``3600``, ``43200``, ``1D``);
+``result.data`` = ``[[ts, open, high, low, close], ...]`` ascending, at most 1000 candles (the
+newest; unstated on the page), ``result.continuation`` = the ``end_timestamp`` of the next
+(older) page, just before this page's oldest candle, or null. Candles are built from the values
+the ``deribit_volatility_index`` channel pushes (each push carries the value of its second):
+exact for resolutions 1 and 60, high/low over 60 evenly spaced seconds for coarser ones.
+Source: docs.deribit.com "public/get_volatility_index_data" (copy 2026, summarized in
+../shared/fixtures/documented/deribit_volatility_index.json).
+
 Replay: recorded ``book.*``/``ticker.*`` notifications verbatim; a request equal to the
 recorded public/subscribe gets the recorded answer bytes. DVOL was never recorded: a DVOL
 subscription gets the documented notification data (documented/deribit_volatility_index.json)

@@ -15,12 +15,46 @@ book as of the last update handed to the stream: ``{"code":"0","msg":"","data":[
 default 1, at most 400); faults book_snapshot_stale/book_snapshot_ahead bend it (faults.py).
 Fault shutdown_notice sends ``{"event":"notice","code":"64008","msg":..,"connId":..}``.
 
-REST: ``/api/v5/public/instruments``, ``/public/funding-rate``, ``/public/open-interest``,
-``/market/books``, and the rubik statistics
+REST: ``/api/v5/public/instruments``, ``/public/funding-rate``, ``/public/funding-rate-history``,
+``/public/open-interest``, ``/market/books``, ``/market/history-trades``, and the rubik statistics
 ``/api/v5/rubik/stat/contracts/{long-short-account-ratio, long-short-account-ratio-contract,
 long-short-account-ratio-contract-top-trader, long-short-position-ratio-contract-top-trader,
 open-interest-history}`` (paths as in documented/okx_long_short_ratio.json and
 okx_open_interest.json).
+
+``trades`` (synth): one push per taker order at one price, as OKX documents the channel today:
+``count`` matches aggregated, ``tradeId`` = the **last** match id ("tradeId 123, count 3 =
+trades 123, 122, 121"), ids consecutive per instrument, ``sz`` = the sum, plus ``source`` "0"
+and ``seqId``; so ``tradeId - count`` equals the previous push's ``tradeId`` unless pushes were
+lost. ``EmulatorConfig.okx_trade_count_max`` (default 1: every push one match) sets the largest
+``count``. Source: OKX "WS / Trades channel" (docs copy 2025-08-17 in wcttmf/okx-api-docs).
+
+History (synth; stored copies of https://www.okx.com/docs-v5/en/ in wcttmf/okx-api-docs, snapshot
+2025-08-17, read 2026-12-02):
+
+* ``GET /api/v5/market/history-trades``: ``instId`` (required: else 50014), ``type`` ``1``
+  (default: ``after``/``before`` are tradeIds) or ``2`` (``after`` is a ts; ``before`` takes no
+  timestamp and is ignored), ``after`` = records older than it, ``before`` = records newer than
+  it (both exclusive; ``before`` alone gives the latest), ``limit`` max and default 100.
+  Newest first, one row per **match** (no ``count``): ``{"instId","side","sz","px","tradeId",
+  "ts"}`` (strings) - a streamed aggregate ``tradeId`` L, ``count`` k becomes rows L-k+1..L
+  with its px, side and ts and sizes summing to its sz. Retention "the last 3 months"; the
+  emulator keeps the newest ``trade_history`` matches per instrument. Rate 20 req / 2 s per IP
+  (not emulated). Source: "GET / Trades history".
+* ``GET /api/v5/public/funding-rate-history``: ``instId`` (SWAP), ``before``/``after`` (records
+  newer / older than a ``fundingTime``, exclusive), ``limit`` max and default 400. Newest
+  first: ``{"formulaType","fundingRate","fundingTime","instId","instType","method",
+  "realizedRate"}``; both rates are the ``fundingRate`` the ``funding-rate`` channel pushed last
+  for that ``fundingTime`` (and the next period's ``settFundingRate``). Up to three months (90
+  days here). 10 req / 2 s per IP + instId (not emulated). Source: "Get funding rate history".
+* rubik ``open-interest-history`` and the ratio endpoints: ``instId`` (``ccy`` for
+  long-short-account-ratio), ``period`` (default 5m), ``begin``/``end`` (records newer / older
+  than the ts, exclusive), ``limit`` max and default 100; newest first; "the latest 1,440
+  data entries" only. OI rows ``[ts, oi, oiCcy, oiUsd]`` equal the ``open-interest`` channel and
+  ``GET /public/open-interest`` at ts (``oiUsd`` from the deterministic index price); ratio
+  rows ``[ts, ratio]`` equal the live poll of that period. The UTC+8 alignment of 6H/12H/1D
+  is not emulated (all periods align to UTC). Sources: "Get contract open interest history",
+  "Get contract long/short ratio", "Get top traders contract long/short ratio (by position)".
 
 Replay: recorded ``books``/``trades``/``tickers`` frames verbatim; subscribe acks in the
 recorded (2022) form ``{"event":"subscribe","arg":...}`` so a client repeating the recorded
