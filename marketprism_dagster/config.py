@@ -444,7 +444,29 @@ class Settings(_Model):
                 raise ValueError(
                     f"collector.shards.{shard} names unknown markets {unknown}; allowed: {sorted(self.markets)}"
                 )
+        self._shard_ports_distinct()
         return self
+
+    def _shard_ports_distinct(self) -> None:
+        """Every shard's ports (base + shard index) are distinct: all shards may run on one host."""
+        owner: dict[int, str] = {}
+        for index, shard in enumerate(self.collector.shards):
+            health, metrics = self.shard_ports(shard)
+            for port, what in ((health, "health"), (metrics, "metrics")):
+                if not port or (what == "metrics" and metrics == health):
+                    continue  # 0: any free port; health == metrics: one server for both
+                mine = f"shard {shard}'s {what} port"
+                if port > 65535:
+                    raise ValueError(
+                        f"{mine} would be {port} (collector.{what}_port + shard index): lower collector.{what}_port"
+                    )
+                if port in owner:
+                    raise ValueError(
+                        f"{mine} {port} (collector.{what}_port + shard index {index}) is already {owner[port]}; "
+                        "each shard uses collector.health_port / metrics_port + its index in collector.shards, so "
+                        f"leave {len(self.collector.shards)} ports free from each (or set them to 0: any free port)"
+                    )
+                owner[port] = mine
 
     def _snapshot_limit_accepted(self) -> None:
         """orderbook.snapshot_limit must be a depth every enabled order book market's venue accepts."""
@@ -491,6 +513,15 @@ class Settings(_Model):
             )
         names = self.collector.shards[shard] or list(self.enabled_markets())
         return {n: self.markets[n] for n in names if self.markets[n].enabled}
+
+    def shard_ports(self, shard: str) -> tuple[int, int]:
+        """(health, metrics) port of one collector shard: collector.health_port / metrics_port plus the shard's
+        index in collector.shards, so shards on one host never share a port. 0 stays 0 (any free port; the
+        bound ports are published in the shard's health file, ``collector.health.bound_ports``)."""
+        names = list(self.collector.shards)
+        index = names.index(shard) if shard in names else 0
+        c = self.collector
+        return (c.health_port + index if c.health_port else 0, c.metrics_port + index if c.metrics_port else 0)
 
 
 # ---------------------------------------------------------------- loading with provenance

@@ -71,11 +71,33 @@ class FeedStatus:
 
 
 def collector_feed_status(settings: Settings, data_type: str, timeout_s: float = 2.0) -> FeedStatus | None:
-    """Ask the collector's ``/health`` (127.0.0.1:collector.health_port) about ``data_type``'s feeds.
+    """Ask every collector shard's ``/health`` (127.0.0.1, its own port: ``Settings.shard_ports``) about
+    ``data_type``'s feeds, and merge: healthy only while every shard that carries the type says so.
 
-    None when the collector does not answer: nobody vouches for an empty window then.
+    A shard that carries the type and does not answer makes the status unhealthy (named in the detail);
+    None when no shard answers for it: nobody vouches for an empty window then.
     """
-    url = f"http://127.0.0.1:{settings.collector.health_port}/health"
+    from marketprism_dagster.collector.health import shard_health_urls
+
+    urls = shard_health_urls(settings)
+    answers: list[FeedStatus] = []
+    silent: list[str] = []
+    for shard, url in urls.items():
+        carries = any(data_type in m.data_types for m in settings.shard_markets(shard).values())
+        if not carries:
+            continue
+        status = _shard_feed_status(url, data_type, timeout_s) if url else None
+        if status is None:
+            silent.append(shard)
+        else:
+            answers.append(status if len(urls) == 1 else FeedStatus(status.healthy, f"{shard}: {status.detail}"))
+    if not answers:
+        return None
+    detail = "; ".join([a.detail for a in answers] + [f"{shard}: collector did not answer" for shard in silent])
+    return FeedStatus(healthy=not silent and all(a.healthy for a in answers), detail=detail)
+
+
+def _shard_feed_status(url: str, data_type: str, timeout_s: float) -> FeedStatus | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             body = json.loads(resp.read())

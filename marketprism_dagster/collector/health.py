@@ -2,6 +2,9 @@
 
 The same JSON is written atomically to ``data_dir/health/collector-<shard>.json`` every few
 seconds so Dagster checks can read it without HTTP (``read_health``, ``liquidation_feeds_connected``).
+Each shard listens on its own ports (``Settings.shard_ports``: base + shard index); the file also
+publishes the ports the shard bound (``http``), which is how readers find a shard started on port 0.
+Readers cover every shard: ``shard_health_urls`` lists them, ``liquidation_feeds_connected`` merges them.
 Liquidations are rare: their coverage is "ok" while every WebSocket feed of the market is
 connected (the integrity rule: an empty liquidation window passes only then).
 """
@@ -24,11 +27,27 @@ def health_path(data_dir: str | Path, shard: str) -> Path:
     return Path(data_dir) / "health" / f"collector-{shard}.json"
 
 
+def bound_ports(host: str, health_port: int | None, metrics_port: int | None) -> dict[str, Any]:
+    """What the health file publishes about the shard's HTTP servers."""
+    return {"host": host, "health_port": health_port, "metrics_port": metrics_port}
+
+
+def shard_health_urls(settings: Settings, host: str = "127.0.0.1") -> dict[str, str | None]:
+    """shard -> its /health URL for every configured shard: the configured port (base + shard index), or for
+    port 0 the port the shard published in its health file (None while it has published none)."""
+    out: dict[str, str | None] = {}
+    for shard in settings.collector.shards:
+        port: int | None = settings.shard_ports(shard)[0]
+        if not port:
+            body = read_health(settings.data_dir, shard) or {}
+            port = (body.get("http") or {}).get("health_port") if body.get("status") != "stopped" else None
+        out[shard] = f"http://{host}:{port}/health" if port else None
+    return out
+
+
 def _market_feeds_connected(state: CollectorState, market: str, data_type: str) -> tuple[bool, int | None]:
     """Whether every feed of ``market`` that carries ``data_type`` is connected, and its newest message."""
-    feeds = [
-        f for f in state.feeds.values() if f.market == market and (not f.data_types or data_type in f.data_types)
-    ]
+    feeds = [f for f in state.feeds.values() if f.market == market and (not f.data_types or data_type in f.data_types)]
     if not feeds:
         return False, None
     last = [f.last_message_ts for f in feeds if f.last_message_ts]
@@ -134,15 +153,26 @@ def read_health(data_dir: str | Path, shard: str = "main") -> dict[str, Any] | N
 
 
 def liquidation_feeds_connected(
-    data_dir: str | Path, shard: str = "main", *, max_age_s: float = 30.0, now: float | None = None
+    data_dir: str | Path, shard: str | None = None, *, max_age_s: float = 30.0, now: float | None = None
 ) -> dict[str, bool]:
     """market -> True while the collector reports all its liquidation-carrying feeds connected.
 
-    A report older than ``max_age_s`` (collector dead or stuck) counts as disconnected.
+    Every shard's health file is read (``shard`` selects one). A report older than ``max_age_s``
+    (collector dead or stuck) counts as disconnected.
     """
-    body = read_health(data_dir, shard)
-    if body is None:
-        return {}
+    if shard is None:
+        shards = sorted(
+            p.name[len("collector-") : -len(".json")] for p in Path(data_dir, "health").glob("collector-*.json")
+        )
+    else:
+        shards = [shard]
     now = time.time() if now is None else now
-    fresh = (now * 1000 - float(body.get("written_at", 0))) <= max_age_s * 1000
-    return {m: bool(fresh and v.get("connected")) for m, v in body.get("liquidation_feeds", {}).items()}
+    out: dict[str, bool] = {}
+    for name in shards:
+        body = read_health(data_dir, name)
+        if body is None:
+            continue
+        fresh = (now * 1000 - float(body.get("written_at", 0))) <= max_age_s * 1000
+        for m, v in body.get("liquidation_feeds", {}).items():
+            out[m] = out.get(m, True) and bool(fresh and v.get("connected"))
+    return out

@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from marketprism_dagster import records, validation
 from marketprism_dagster.collector.api import CollectorApi
 from marketprism_dagster.collector.backoff import Backoff
-from marketprism_dagster.collector.health import health_path, health_report, write_health_file
+from marketprism_dagster.collector.health import bound_ports, health_path, health_report, write_health_file
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
 from marketprism_dagster.collector.points import PublishedPoints, points_path
@@ -314,10 +314,11 @@ class Collector:
 
     async def _start_http(self) -> None:
         cfg = self.settings.collector
-        same = cfg.health_port == cfg.metrics_port and cfg.health_port != 0
-        apps = [(self.api.app(with_metrics=same), cfg.health_port)]
+        health_port, metrics_port = self.settings.shard_ports(self.shard)  # base + shard index: shards side by side
+        same = health_port == metrics_port and health_port != 0
+        apps = [(self.api.app(with_metrics=same), health_port)]
         if not same:
-            apps.append((self.api.metrics_app(), cfg.metrics_port))
+            apps.append((self.api.metrics_app(), metrics_port))
         ports: list[int] = []
         for app, port in apps:
             runner = web.AppRunner(app, access_log=None)
@@ -710,6 +711,7 @@ class Collector:
                 except Exception as exc:
                     log.warning("collector.on_ready_failed", error=repr(exc))
             body, _ = health_report(self.state, self.settings)
+            body["http"] = bound_ports(self.settings.collector.http_host, self.health_port, self.metrics_port)
             try:
                 write_health_file(self.health_file, body)
             except OSError as exc:
