@@ -360,6 +360,14 @@ class WriterConfig(_Model):
     linger_ms: int = Field(
         default=200, ge=0, le=10_000, description="a range not yet full waits this long for more messages"
     )
+    linger_max_ms: int = Field(
+        default=800, ge=0, le=10_000,
+        description="a range under linger_min_messages after linger_ms keeps waiting up to this long (low rates: "
+        "fewer, larger statements; bounds the added delay)",
+    )
+    linger_min_messages: int = Field(
+        default=500, ge=0, description="a range this large is committed once linger_ms has passed"
+    )
     max_backoff_s: float = Field(default=30.0, gt=0)
     dead_letter_stream: str = "DEAD_LETTER"
     durable_prefix: str = "marketprism_hot_writer"

@@ -359,15 +359,23 @@ class WriterService:
         return len(deliveries)
 
     async def _linger(self, st: StreamState, target: int, stop: asyncio.Event) -> None:
-        """Wait (at most ``writer.linger_ms``) for a full range. Every commit costs several INSERTs with a
-        fixed cost each and creates parts chDB must merge, so at low rates committing each trickle of
-        messages costs far more CPU than the rows; a full range is committed at once."""
+        """Wait (``writer.linger_ms``, up to ``linger_max_ms`` for a small range) for a full range. Every commit
+        costs several INSERTs with a fixed cost each and creates parts chDB must merge, so at low rates
+        committing each trickle of messages costs far more CPU than the rows; a full range is committed at once."""
         buf = st.buffer
         if not buf.pending or buf.ready_count(target) >= target:
             return
-        deadline = time.monotonic() + self.settings.writer.linger_ms / 1000
+        w = self.settings.writer
+        started = time.monotonic()
+        deadline = started + w.linger_ms / 1000
+        # at low rates a range after linger_ms is a handful of rows: keep waiting (up to linger_max_ms) until it
+        # holds linger_min_messages, so the fixed per-statement cost is paid once a second, not five times
+        low_rate_deadline = started + max(w.linger_ms, w.linger_max_ms) / 1000
         while not stop.is_set() and buf.ready_count(target) < target:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if now >= deadline and buf.ready_count(w.linger_min_messages) >= w.linger_min_messages:
+                return
+            left = (deadline if now < deadline else low_rate_deadline) - now
             if left <= 0:
                 return
             await st.reader.wait(left)
