@@ -42,7 +42,10 @@ def build_definitions(settings: Settings, resources: dict[str, object] | None = 
                 target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 minimum_interval_seconds=30,
-                description="seals hot hours a few minutes after they end and replicates sealed days to cold",
+                description=(
+                    "seals hot hours a few minutes after they end, and any hour missed within the lookback (daemon "
+                    "down, retries exhausted); replicates every day whose 24 hours are sealed"
+                ),
             ),
             integrity_alerts,
             run_failure_alerts,

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 
 from marketprism_dagster import integrity
-from marketprism_dagster.defs.assets import hot_key
+from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.defs.definitions import build_definitions
 from marketprism_dagster.jetstream import connect, ensure_streams
-from marketprism_dagster.records import encode, msg_id, subject
+from marketprism_dagster.records import encode, msg_id, records_to_arrow, subject
 from marketprism_dagster.sealing import SealRefused, seal_hour
 from marketprism_dagster.storage import init_schema, open_store
 from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
@@ -134,3 +134,50 @@ def test_seal_refuses_an_hour_before_its_grace_has_passed(store, settings_factor
     hour = _hour_ago(0)
     with pytest.raises(SealRefused, match="closes at"):
         asyncio.run(seal_hour(store, settings, "trade", hour, None, now=hour + HOUR_MS + 10_000))
+
+
+def test_cold_partition_never_shrinks_cold_unless_the_run_config_forces_it(
+    settings_factory, dagster_instance, make_resources, record_factory
+):
+    settings = settings_factory()
+    now = int(time.time() * 1000)
+    day = (now // 86_400_000 - 1) * 86_400_000  # yesterday: inside the hot TTL
+    key = time.strftime("%Y-%m-%d", time.gmtime(day / 1000))
+    with open_store(settings) as store:
+        init_schema(store, settings)
+        rows = _trades(record_factory, day, 10)
+        store.insert(settings.storage.cold_database, "trade", records_to_arrow("trade", rows))
+        store.insert(settings.storage.hot_database, "trade", records_to_arrow("trade", rows[:4]))  # hot lost 6
+    for h in range(24):
+        dagster_instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                hot_key("trade"), partition=time.strftime("%Y-%m-%d-%H:00", time.gmtime(day / 1000 + h * 3600))
+            )
+        )
+    defs = build_definitions(settings, make_resources(settings))
+
+    def replicate(run_config=None):
+        return dg.materialize(
+            list(defs.assets),  # type: ignore[arg-type]
+            selection=[cold_key("trade")],
+            partition_key=key,
+            resources=make_resources(settings),
+            instance=dagster_instance,
+            raise_on_error=False,
+            run_config=run_config,
+        )
+
+    refused = replicate()
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
+    description = failure.step_failure_data.user_failure_data.description
+    assert "cold holds 10 rows but hot has only 4" in description and "force: true" in description
+    with open_store(settings) as store:
+        assert store.query_value(f"SELECT count() FROM {settings.storage.cold_database}.trade") == 10
+
+    forced = replicate({"ops": {"cold__trade": {"config": {"force": True}}}})
+    assert forced.success
+    meta = {k: v.value for k, v in forced.asset_materializations_for_node("cold__trade")[0].metadata.items()}
+    assert meta["rows"] == 4
+    with open_store(settings) as store:
+        assert integrity.hot_cold_parity(store, settings, "trade", day).passed
