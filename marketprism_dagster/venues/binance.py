@@ -336,16 +336,18 @@ class BinanceAdapter(VenueAdapter):
             if type(d) is not dict:
                 self.errors.bad(out, "parse_error", "shape", raw)
                 continue
-            handler = self._handlers.get(d.get("e"))  # type: ignore[arg-type]
+            event = d.get("e")
+            handler = self._handlers.get(event) if type(event) is str else None
             if handler is None:
                 if "result" in d or "id" in d:
                     continue  # subscription reply
-                self.errors.bad(out, "unsupported_message", str(d.get("e") or msg.get("stream")), raw)
+                stream = msg.get("stream") if type(msg) is dict else None
+                self.errors.bad(out, "unsupported_message", str(event or stream)[:64], raw)
                 continue
             try:
                 handler(d, received_at, out)
             except _PARSE_ERRORS as exc:
-                self.errors.bad(out, "parse_error", str(d.get("e")), raw, error=repr(exc))
+                self.errors.bad(out, "parse_error", event, raw, error=repr(exc))
         return out
 
     def _instrument(self, sym: str, out: Output) -> Instrument | None:

@@ -177,9 +177,9 @@ class ErrorLog:
         self._seen: set[tuple[str, str]] = set()
         self.suppressed: dict[str, int] = {}  # kind -> inputs past the bound (kinds are the adapters' codes)
 
-    def bad(self, out: Output, kind: str, context: str, raw: bytes | str | None = None, **fields: Any) -> None:
+    def bad(self, out: Output, kind: str, context: Any, raw: bytes | str | None = None, **fields: Any) -> None:
         out.count(kind)
-        key = (kind, context[: self.MAX_CONTEXT])
+        key = (kind, (context if type(context) is str else repr(context))[: self.MAX_CONTEXT])
         if key in self._seen:
             return
         sample = raw[:200] if raw is not None else None

@@ -390,7 +390,7 @@ class OkxAdapter(VenueAdapter):
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             self.errors.bad(out, "parse_error", "envelope", raw, error=repr(exc))
             return out
-        handler = self._handlers.get(channel)
+        handler = self._handlers.get(channel) if type(channel) is str else None
         if handler is None:
             self.errors.bad(out, "unsupported_message", channel, raw)
             return out
