@@ -181,6 +181,7 @@ class BinanceMarket:
         raw_trade = stream.endswith("@trade")
         now = self.venue.ctx.clock.now_ms()
         faults = self.venue.ctx.faults
+        drops, add = faults.drops_active, self.trades.add
         for size in tape.burst_sizes(n):
             for _ in range(size):  # one burst shares the trade time
                 is_buy = rng.random() < 0.5
@@ -188,11 +189,11 @@ class BinanceMarket:
                 price = self.book.best_ask if is_buy else self.book.best_bid
                 fills = rng.randint(1, 3)
                 agg_id, first = tape.next_agg_id, tape.next_id
-                self.trades.add(agg_id, now, price, qty, is_buy, first, first + fills - 1)
+                add(agg_id, now, price, qty, is_buy, first, first + fills - 1)
                 tape.next_agg_id += 1
                 tape.next_id += fills
                 shown = first if raw_trade else agg_id
-                if faults.drop_trade(stream, shown, shown):
+                if drops and faults.drop_trade(stream, shown, shown):
                     continue
                 if raw_trade:
                     msg: dict[str, Any] = {"e": "trade", "E": now, "s": inst.venue_symbol, "t": first,

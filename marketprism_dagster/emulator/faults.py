@@ -433,7 +433,6 @@ class VenueFaults:
         rules = plan.for_venue(venue)
         self._ws = [_RuleState(r, start) for r in rules if not r.is_rest and r.kind not in GENERATOR_KINDS]
         self._drops = [_DropState(r, start) for r in rules if r.kind == "drop_trades"]
-        self.trade_messages = 0
         self._rest = [_RuleState(r, start) for r in rules if r.is_rest]
         self._ws_timed = any(s.due_time is not None for s in self._ws)
         self._rest_timed = any(s.due_time is not None for s in self._rest)
@@ -443,6 +442,11 @@ class VenueFaults:
     @property
     def ws_active(self) -> bool:
         return bool(self._ws)
+
+    @property
+    def drops_active(self) -> bool:
+        """A drop_trades rule exists: generators must ask :meth:`drop_trade` about each trade message."""
+        return bool(self._drops)
 
     def on_frame(self, flags: int, detail: str) -> list[FaultRule]:
         """Count one outgoing data frame; return the rules that fire on it (already recorded)."""
@@ -468,9 +472,6 @@ class VenueFaults:
         ``first_id``/``last_id``: the trade ids the message carries (Binance: ``a`` twice; OKX:
         ``tradeId - count + 1`` and ``tradeId``).
         """
-        self.trade_messages += 1
-        if not self._drops:
-            return False
         dropped = False
         for state in self._drops:
             if not state.matches(topic):

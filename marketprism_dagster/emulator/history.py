@@ -35,6 +35,7 @@ class TradeLog:
 
     def __init__(self, cap: int = 200_000) -> None:
         self.cap = max(1, cap)
+        self.trim_at = self.cap + self.cap // 4
         self.ids = array("q")
         self.ts = array("q")
         self.px = array("q")
@@ -48,14 +49,15 @@ class TradeLog:
 
     def add(self, trade_id: int, ts: int, price: int, qty: int, is_buy: bool,
             first_id: int | None = None, last_id: int | None = None) -> None:
-        self.ids.append(trade_id)
+        ids = self.ids
+        ids.append(trade_id)
         self.ts.append(ts)
         self.px.append(price)
         self.qty.append(qty)
         self.first.append(trade_id if first_id is None else first_id)
         self.last.append(trade_id if last_id is None else last_id)
-        self.buy.append(1 if is_buy else 0)
-        if len(self.ids) > self.cap + self.cap // 4:  # trim in batches: amortized O(1)
+        self.buy.append(is_buy)
+        if len(ids) > self.trim_at:  # trim in batches: amortized O(1)
             cut = len(self.ids) - self.cap
             for column in (self.ids, self.ts, self.px, self.qty, self.first, self.last):
                 del column[:cut]

@@ -250,25 +250,28 @@ class OkxMarket:
         now_ms = self.venue.ctx.clock.now_ms()
         now = str(now_ms)
         max_count = self.venue.ctx.cfg.okx_trade_count_max
-        faults = self.venue.ctx.faults
+        faults, add, step, iid = self.venue.ctx.faults, self.trades.add, inst.size_step, inst.venue_symbol
+        drops = faults.drops_active
         for size in tape.burst_sizes(n):
             for _ in range(size):  # a burst shares one millisecond, each push its own ids
                 is_buy = rng.random() < 0.5
                 price = self.book.best_ask if is_buy else self.book.best_bid
                 count = rng.randint(2, max_count) if max_count > 1 and rng.random() < 0.2 else 1
-                sizes = [rng.randint(1, 20) * inst.size_step for _ in range(count)]
                 first = tape.next_id
-                for k, qty in enumerate(sizes):
-                    self.trades.add(first + k, now_ms, price, qty, is_buy)
+                total = 0
+                for k in range(count):
+                    qty = rng.randint(1, 20) * step
+                    add(first + k, now_ms, price, qty, is_buy)
+                    total += qty
                 last = first + count - 1
                 tape.next_id += count
                 seq_id = tape.next_agg_id
                 tape.next_agg_id += 1
-                if faults.drop_trade(topic, first, last):
+                if drops and faults.drop_trade(topic, first, last):
                     continue
-                data = {"instId": inst.venue_symbol, "tradeId": str(last), "px": inst.px(price),
-                        "sz": inst.qty(sum(sizes)), "side": "buy" if is_buy else "sell", "ts": now,
-                        "count": str(count), "source": "0", "seqId": seq_id}
+                data = {"instId": iid, "tradeId": str(last), "px": inst.px(price), "sz": inst.qty(total),
+                        "side": "buy" if is_buy else "sell", "ts": now, "count": str(count), "source": "0",
+                        "seqId": seq_id}
                 out.append(Frame(topic, orjson.dumps({"arg": arg, "data": [data]})))
         return out
 
