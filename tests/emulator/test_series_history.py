@@ -143,3 +143,27 @@ async def test_deribit_dvol_candles_are_built_from_the_pushed_seconds(fixtures_r
     assert [c[0] for c in seconds["result"]["data"]] == [minute + k * 1000 for k in range(60)]
     assert [(c[1], c[2], c[3], c[4]) for c in seconds["result"]["data"]] == [(v, v, v, v) for v in in_minute]
     assert minutes["result"]["data"] == [[minute, in_minute[0], max(in_minute), min(in_minute), in_minute[-1]]]
+
+
+async def test_history_pages_walk_back_without_overlap_or_hole(fixtures_root: Path) -> None:
+    clock = ManualClock(F + 600_000)
+    cfg = EmulatorConfig(venues=("okx", "deribit"), seed=3, fixtures=fixtures_root, clock=clock)
+    async with Emulator(cfg) as emu, aiohttp.ClientSession() as http:
+        okx = emu.urls["okx_derivatives"]["rest"] + "/api/v5/public/funding-rate-history?instId=BTC-USDT-SWAP"
+        _, first = await _get(http, f"{okx}&limit=3")
+        _, second = await _get(http, f"{okx}&limit=3&after={first['data'][-1]['fundingTime']}")
+        _, newer = await _get(http, f"{okx}&before={F - 2 * EIGHT_H}")
+        _, full = await _get(http, okx)
+        dvol = (emu.urls["deribit_derivatives"]["rest"] + "/api/v2/public/get_volatility_index_data?currency=ETH"
+                "&resolution=1&start_timestamp=" + str(F - 1_500_000))
+        _, page1 = await _get(http, f"{dvol}&end_timestamp={F}")
+        continuation = page1["result"]["continuation"]
+        _, page2 = await _get(http, f"{dvol}&end_timestamp={continuation}")
+    times = [int(r["fundingTime"]) for r in first["data"] + second["data"]]
+    assert times == [F - k * EIGHT_H for k in range(6)]  # newest first, 3 a page, exclusive after
+    assert [int(r["fundingTime"]) for r in newer["data"]] == [F, F - EIGHT_H]  # exclusive before
+    assert len(full["data"]) == 270  # default limit 400, but only 90 days (3 a day) are kept
+    candles1, candles2 = page1["result"]["data"], page2["result"]["data"]
+    assert len(candles1) == 1000 and candles1[-1][0] == F and continuation == candles1[0][0] - 1
+    stamps = [c[0] for c in candles2 + candles1]
+    assert stamps == list(range(F - 1_500_000, F + 1, 1000)) and page2["result"]["continuation"] is None
