@@ -22,7 +22,7 @@ the three long/short ratios) answer with the documented examples
 (documented/binance_usdm_*.json, the connector variants that carry the 2026 fields),
 re-addressed to the requested symbol; stream examples are sent once on subscribe.
 
-History (synth; sources read 2026-12-02 from stored copies of developers.binance.com, see
+History (synth; replay answers ``[]``; sources read 2026-12-02 from stored copies of developers.binance.com, see
 docs/venues.md; "unstated" marks what the pages leave open and the emulator's choice):
 
 * ``GET /api/v3/aggTrades`` (spot, weight 4) and ``GET /fapi/v1/aggTrades`` (USD-M, weight 20):

@@ -52,9 +52,10 @@ history.py) but never sent to any connection: no frame, no notice, no other sign
 exact: per stream, consecutive trade ids go missing. Each range is logged once when it starts
 and once when it ends, and kept in ``FaultLedger.dropped`` (``Emulator.dropped_trades``) as
 :class:`DroppedTrades` with its topic and the first and last dropped trade id (Binance:
-aggregate ids ``a``; OKX: the underlying trade ids, ``tradeId - count + 1`` of the first
-dropped push to ``tradeId`` of the last). ``faults_fired["drop_trades"][venue]`` counts ranges
-per stream (a range that spans two symbols' streams counts twice).
+aggregate ids ``a``, raw ids ``t`` on spot ``@trade`` streams; OKX: the underlying trade
+ids, ``tradeId - count + 1`` of the first dropped push to ``tradeId`` of the last).
+``faults_fired["drop_trades"][venue]`` counts ranges per stream (a range that spans two
+symbols' streams counts twice).
 
 What each kind does to the one connection it fires on: ``disconnect`` aborts the TCP
 connection; ``stall`` stops sending for ``for`` seconds; ``gap`` drops the frame;

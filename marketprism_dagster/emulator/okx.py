@@ -29,8 +29,8 @@ and ``seqId``; so ``tradeId - count`` equals the previous push's ``tradeId`` unl
 lost. ``EmulatorConfig.okx_trade_count_max`` (default 1: every push one match) sets the largest
 ``count``. Source: OKX "WS / Trades channel" (docs copy 2025-08-17 in wcttmf/okx-api-docs).
 
-History (synth; stored copies of https://www.okx.com/docs-v5/en/ in wcttmf/okx-api-docs, snapshot
-2025-08-17, read 2026-12-02):
+History (synth; replay answers ``data: []``; stored copies of https://www.okx.com/docs-v5/en/
+in wcttmf/okx-api-docs, snapshot 2025-08-17, read 2026-12-02):
 
 * ``GET /api/v5/market/history-trades``: ``instId`` (required: else 50014), ``type`` ``1``
   (default: ``after``/``before`` are tradeIds) or ``2`` (``after`` is a ts; ``before`` takes no
