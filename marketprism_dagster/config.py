@@ -379,6 +379,11 @@ class WriterConfig(_Model):
 class SupervisorConfig(_Model):
     auto_restart_on_health_critical: bool = False
     memory_mb: int = Field(default=800, gt=0)
+    writer_memory_mb: int = Field(
+        default=1024, gt=0,
+        description="the hot writer is restarted (drained, then relaunched) above this RSS; its embedded chDB engine "
+        "grows with every reopen of the store",
+    )
     cpu_threshold: float = Field(default=90.0, gt=0, le=100)
     mon_interval_s: int = Field(default=60, gt=0)
     max_uptime_h: float = Field(default=24.0, gt=0)

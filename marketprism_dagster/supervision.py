@@ -151,6 +151,15 @@ def limit_reason(run: RunView, now: float, settings: Settings) -> str | None:
     return None
 
 
+def writer_limit_reason(run: RunView, settings: Settings) -> str | None:
+    """The writer's limit: memory only (its CPU follows the load; one writer per consumer, so no overlap)."""
+    rss = run.number(RSS_TAG)
+    limit = settings.supervisor.writer_memory_mb
+    if rss is not None and rss > limit:
+        return f"rss {rss:.0f} MB over supervisor.writer_memory_mb={limit}"
+    return None
+
+
 def plan(
     settings: Settings,
     runs: Iterable[RunView],
@@ -190,6 +199,11 @@ def plan(
             alive = alive[:1]
         if alive:
             for r in alive:
+                if r.status == "STARTED" and svc.kind == "writer":
+                    why = writer_limit_reason(r, settings)
+                    if why:
+                        out.restart.append((r, why))  # break-then-make: the lease allows one writer at a time
+                    continue
                 # the seeds' limits are the collector's (COLLECTOR_MEMORY_MB, _CPU_THRESHOLD, _MAX_UPTIME_H)
                 if r.status == "STARTED" and svc.kind == "collector":
                     why = limit_reason(r, now, settings)
