@@ -100,11 +100,12 @@ class DeribitVenue:
         step = RESOLUTIONS[resolution] * 1000
         end = min(end, self.ctx.clock.now_ms())
         first = start + (-start) % step
-        stamps = list(range(first, end + 1, step))
+        last = end - end % step
         continuation = None
-        if len(stamps) > DVOL_MAX_CANDLES:
-            stamps = stamps[-DVOL_MAX_CANDLES:]
-            continuation = stamps[0] - 1  # the next page ends just before this one's oldest candle
+        if last >= first and (last - first) // step >= DVOL_MAX_CANDLES:  # never build the whole range
+            first = last - (DVOL_MAX_CANDLES - 1) * step
+            continuation = first - 1  # the next page ends just before this one's oldest candle
+        stamps = range(first, last + 1, step)
         seed = self.ctx.cfg.seed
         data = [series.dvol_candle(seed, currency, ts, step) for ts in stamps]
         return {"data": data, "continuation": continuation}

@@ -167,3 +167,16 @@ async def test_history_pages_walk_back_without_overlap_or_hole(fixtures_root: Pa
     assert len(candles1) == 1000 and candles1[-1][0] == F and continuation == candles1[0][0] - 1
     stamps = [c[0] for c in candles2 + candles1]
     assert stamps == list(range(F - 1_500_000, F + 1, 1000)) and page2["result"]["continuation"] is None
+
+
+async def test_dvol_request_over_decades_answers_the_newest_page_without_building_the_range(
+        fixtures_root: Path) -> None:
+    clock = ManualClock(F)
+    cfg = EmulatorConfig(venues=("deribit",), seed=3, fixtures=fixtures_root, clock=clock)
+    async with Emulator(cfg) as emu, aiohttp.ClientSession() as http:
+        url = (emu.urls["deribit_derivatives"]["rest"] + "/api/v2/public/get_volatility_index_data?currency=BTC"
+               f"&resolution=1&start_timestamp=0&end_timestamp={F}")
+        status, body = await _get(http, url)
+    data = body["result"]["data"]
+    assert status == 200 and len(data) == 1000 and data[-1][0] == F
+    assert body["result"]["continuation"] == F - 999_000 - 1
