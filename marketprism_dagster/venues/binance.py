@@ -320,6 +320,7 @@ class BinanceAdapter(VenueAdapter):
                 self._depth_done(st, sync, inst, received_at, out)
         except _PARSE_ERRORS as exc:
             self.errors.bad(out, "parse_error", "depthUpdate", raw, error=repr(exc))
+            self._resync_dropped(sync, inst, out)
         return out
 
     def _on_message_generic(self, feed_key: str, raw: bytes | str, received_at: int) -> Output:
@@ -405,7 +406,19 @@ class BinanceAdapter(VenueAdapter):
         if inst is None:
             return
         sync = self.books.get(sym) or self._sync(sym)
-        self._depth_done(sync.on_diff(parse_depth_update(d)), sync, inst, received_at, out)
+        try:
+            st = sync.on_diff(parse_depth_update(d))
+        except _PARSE_ERRORS:
+            self._resync_dropped(sync, inst, out)  # the caller counts the parse error
+            raise
+        self._depth_done(st, sync, inst, received_at, out)
+
+    def _resync_dropped(self, sync: UpdateIdSync, inst: Instrument, out: Output) -> None:
+        """A level the book could not take dropped the book: fetch a snapshot now (not on the next diff)."""
+        if sync.need_snapshot:
+            out.count("resync")
+            sync.snapshot_requested()
+            out.actions.append(self.snapshot_action(inst.exchange_symbol))
 
     def _depth_done(self, st: Status, sync: UpdateIdSync, inst: Instrument, received_at: int, out: Output) -> None:
         if st is APPLIED:

@@ -281,7 +281,7 @@ def test_mutated_real_messages_never_raise_and_only_valid_records_reach_the_stor
     adapter, seeds, _ = fuzz_targets[market]
     saved = {sym: copy.deepcopy(sync) for sym, sync in getattr(adapter, "books", {}).items() if sync.synced}
 
-    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(seed=st.integers(0, len(seeds) - 1), ops=MUTATIONS)
     def run(seed: int, ops: list[tuple[int, str, int, int]]) -> None:
         entry, key, text = seeds[seed]
@@ -307,7 +307,7 @@ def test_mutated_instrument_listings_load_the_rest_or_fail_with_value_error(
     key = "symbols" if isinstance(listing.get("symbols"), list) else "data"
     text = json.dumps(dict(listing, **{key: listing[key][:20]}))
 
-    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(ops=MUTATIONS)
     def run(ops: list[tuple[int, str, int, int]]) -> None:
         adapter = adapter_for(market, cfg.markets[market], cfg.orderbook)
