@@ -246,7 +246,7 @@ class FeedConnection:
             if self._reconnect_reason is not None:
                 return f"reconnect requested: {self._reconnect_reason}"
             if msg.type == aiohttp.WSMsgType.ERROR:
-                exc = ws.exception()
+                exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
                 if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
                     self._failed("ws_message_too_big", exc)
                     return f"frame larger than collector.ws_max_msg_bytes ({self.max_msg_size} bytes)"
