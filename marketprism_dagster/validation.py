@@ -35,9 +35,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal
+from itertools import islice
+from operator import gt, itemgetter, lt
 from typing import Any, Final
 
 import msgspec
+from msgspec.structs import astuple
 
 from marketprism_dagster.records import RECORD_TYPES, Wire, data_type_of
 
@@ -102,20 +105,20 @@ _COMMON: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
     "timestamp": ("time_range", _time),
     "received_at": ("time_range", _time),
 }
-_POSITIVE = ("positive_decimal", is_positive)
-_NON_NEGATIVE = ("non_negative_decimal", is_plain)
+_POSITIVE_RULE = ("positive_decimal", is_positive)
+_NON_NEGATIVE_RULE = ("non_negative_decimal", is_plain)
 _RATIO_RULES: Final = {
     "period": ("non_empty", _text),
-    "long_short_ratio": _NON_NEGATIVE,
+    "long_short_ratio": _NON_NEGATIVE_RULE,
     "long_ratio": ("share_0_1", _share),
     "short_ratio": ("share_0_1", _share),
 }
 RULES: Final[dict[str, dict[str, tuple[str, Callable[[Any], bool]]]]] = {
     "trade": {
         "trade_id": ("non_empty", _text),
-        "price": _POSITIVE,
-        "quantity": _POSITIVE,
-        "quantity_contracts": _POSITIVE,
+        "price": _POSITIVE_RULE,
+        "quantity": _POSITIVE_RULE,
+        "quantity_contracts": _POSITIVE_RULE,
         "side": ("buy_or_sell", SIDES.__contains__),
     },
     "orderbook": {
@@ -126,77 +129,87 @@ RULES: Final[dict[str, dict[str, tuple[str, Callable[[Any], bool]]]]] = {
     "funding_rate": {
         "funding_rate": ("abs_at_most_1", _funding),
         "next_funding_time": ("time_range", _time),
-        "mark_price": _POSITIVE,
-        "index_price": _POSITIVE,
+        "mark_price": _POSITIVE_RULE,
+        "index_price": _POSITIVE_RULE,
     },
     "open_interest": {
-        "open_interest": _NON_NEGATIVE,
-        "open_interest_value": _NON_NEGATIVE,
-        "open_interest_contracts": _NON_NEGATIVE,
+        "open_interest": _NON_NEGATIVE_RULE,
+        "open_interest_value": _NON_NEGATIVE_RULE,
+        "open_interest_contracts": _NON_NEGATIVE_RULE,
     },
     "liquidation": {
         "side": ("buy_or_sell", SIDES.__contains__),
-        "price": _POSITIVE,
-        "quantity": _POSITIVE,
-        "quantity_contracts": _POSITIVE,
+        "price": _POSITIVE_RULE,
+        "quantity": _POSITIVE_RULE,
+        "quantity_contracts": _POSITIVE_RULE,
         "status": ("text", lambda v: type(v) is str),
     },
     "lsr_top_position": _RATIO_RULES,
     "lsr_all_account": _RATIO_RULES,
     "volatility_index": {
-        "index_value": _NON_NEGATIVE,
-        "open": _NON_NEGATIVE,
-        "high": _NON_NEGATIVE,
-        "low": _NON_NEGATIVE,
-        "close": _NON_NEGATIVE,
+        "index_value": _NON_NEGATIVE_RULE,
+        "open": _NON_NEGATIVE_RULE,
+        "high": _NON_NEGATIVE_RULE,
+        "low": _NON_NEGATIVE_RULE,
+        "close": _NON_NEGATIVE_RULE,
     },
 }
 
 
-def _checks(data_type: str) -> tuple[tuple[str, str, bool, Callable[[Any], bool]], ...]:
-    """(column, rule, optional, check) for every column of the type, in column order."""
+def _checks(data_type: str) -> tuple[tuple[int, str, str, bool, Callable[[Any], bool]], ...]:
+    """(field index, column, rule, optional, check) for every column of the type but the book levels."""
     rt = RECORD_TYPES[data_type]
     rules = {**_COMMON, **RULES[data_type]}
     out = []
-    for c in rt.columns:
+    for i, c in enumerate(rt.columns):
         if c.wire is Wire.LEVELS:
             continue  # checked by book_fault
         rule, check = rules[c.name]  # every column has a rule (KeyError here = a column without one)
-        out.append((c.name, rule, c.wire in (Wire.OPT_DECIMAL, Wire.OPT_TIME_MS), check))
+        out.append((i, c.name, rule, c.wire in (Wire.OPT_DECIMAL, Wire.OPT_TIME_MS), check))
     return tuple(out)
 
 
 CHECKS: Final = {name: _checks(name) for name in RECORD_TYPES}
 
+# a positive plain decimal within Decimal(38, 18): a non-zero integer part of at most 20 digits, or a zero
+# integer part and a fraction whose last non-zero digit is within 18 places (trailing zeros are exact)
+_POSITIVE = r"(?:0*[1-9][0-9]{0,19}(?:\.[0-9]{0,18}0*)?|0*\.[0-9]{0,17}[1-9]0*)"
+_SIDE = re.compile(rf"{_POSITIVE},{_POSITIVE}(?:;{_POSITIVE},{_POSITIVE})*").fullmatch
+_PRICE = itemgetter(0)
+_FLOAT_EXACT = 15  # plain decimals of at most 15 characters order exactly as doubles (see book.levels)
+
 
 def book_fault(bids: Any, asks: Any, depth: int | None = None) -> str | None:
     """The first rule a side pair breaks, or None: levels are (price, quantity) pairs of positive plain
-    decimals, at most ``depth`` per side, bids strictly descending, asks strictly ascending, not crossed."""
-    tops: list[Decimal | None] = []
+    decimals, at most ``depth`` per side, bids strictly descending, asks strictly ascending, not crossed.
+    One regular expression per side checks every level's text; order is checked on doubles where that is
+    exact (prices of at most 15 characters), else on Decimals."""
+    tops: list[str | None] = []
     for levels, descending in ((bids, True), (asks, False)):
         if type(levels) is not list and type(levels) is not tuple:
             return "levels_list"
         if depth is not None and len(levels) > depth:
             return "levels_within_depth"
-        top: Decimal | None = None
-        prev: Decimal | None = None
-        for lv in levels:
-            if (type(lv) is not tuple and type(lv) is not list) or len(lv) != 2:
+        if not levels:
+            tops.append(None)
+            continue
+        try:
+            if any((type(lv) is not tuple and type(lv) is not list) or len(lv) != 2 for lv in levels):
                 return "level_pair"
-            p, q = lv
-            if not is_positive(p):
-                return "level_price_positive"
-            if not is_positive(q):
-                return "level_quantity_positive"
-            d = Decimal(p)
-            if prev is None:
-                top = d
-            elif d >= prev if descending else d <= prev:
-                return "levels_strictly_ordered"
-            prev = d
-        tops.append(top)
+            text = ";".join(map(",".join, levels))
+        except TypeError:
+            return "level_pair"
+        if _SIDE(text) is None:
+            return "level_positive_decimals"
+        prices = list(map(_PRICE, levels))
+        keys: list[Any] = list(map(float, prices)) if max(map(len, prices)) <= _FLOAT_EXACT else list(
+            map(Decimal, prices)
+        )
+        if not all(map(gt if descending else lt, keys, islice(keys, 1, None))):
+            return "levels_strictly_ordered"
+        tops.append(prices[0])
     bid, ask = tops
-    if bid is not None and ask is not None and bid >= ask:
+    if bid is not None and ask is not None and Decimal(bid) >= Decimal(ask):
         return "book_not_crossed"
     return None
 
@@ -204,22 +217,24 @@ def book_fault(bids: Any, asks: Any, depth: int | None = None) -> str | None:
 def fault(record: msgspec.Struct) -> str | None:
     """``"<column>:<rule>"`` for the first rule the record breaks, or None when it may be stored."""
     data_type = data_type_of(record)
-    for name, rule, optional, check in CHECKS[data_type]:
-        v = getattr(record, name)
-        if v is None:
-            if optional:
-                continue
-            return f"{name}:{rule}"
-        try:
+    values = astuple(record)
+    name = rule = ""
+    try:
+        for i, name, rule, optional, check in CHECKS[data_type]:
+            v = values[i]
+            if v is None:
+                if optional:
+                    continue
+                return f"{name}:{rule}"
             if not check(v):
                 return f"{name}:{rule}"
-        except (TypeError, ValueError, ArithmeticError):
-            return f"{name}:{rule}"
+    except (TypeError, ValueError, ArithmeticError):  # e.g. an unhashable side
+        return f"{name}:{rule}"
     if data_type == "orderbook":
         r: Any = record
-        rule = book_fault(r.bids, r.asks, r.depth)
-        if rule is not None:
-            return f"levels:{rule}"
+        broken = book_fault(r.bids, r.asks, r.depth)
+        if broken is not None:
+            return f"levels:{broken}"
     return None
 
 

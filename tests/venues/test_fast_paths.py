@@ -73,12 +73,13 @@ def test_binance_bad_price_on_the_fast_path_is_counted_and_forces_a_resync(
     data = dict(last["data"], U=sync.update_id + 1, u=sync.update_id + 2, pu=sync.update_id, E=last["data"]["E"] + 1)
     data["b"] = [["7.5", "1"], [bad, "2"]]
     out = adapter.on_message("k", orjson.dumps({"stream": last["stream"], "data": data}), 5)
-    assert out.events == {"parse_error": 1} and not out.records
+    assert out.events == {"parse_error": 1, "resync": 1} and not out.records
     assert not sync.synced and sync.final_snapshot(400) is None
-    # the following diff is buffered and a fresh snapshot is requested
+    # a fresh snapshot is requested at once; the following diff is buffered for it (no second request)
+    assert [type(a).__name__ for a in out.actions] == ["FetchSnapshot"]
     data2 = dict(data, U=data["u"] + 1, u=data["u"] + 2, pu=data["u"], b=[["7.5", "3"]])
     out = adapter.on_message("k", orjson.dumps({"stream": last["stream"], "data": data2}), 6)
-    assert [type(a).__name__ for a in out.actions] == ["FetchSnapshot"] and not out.records
+    assert out.actions == [] and not out.records and len(sync.buffer) == 1
 
 
 def test_okx_bad_price_on_the_fast_path_fetches_a_rest_snapshot(fixtures_dir: Path, make_adapter: Any) -> None:
