@@ -249,7 +249,12 @@ async def repair_range(
     rows: list[tuple[str, str, str, str]] = []
     h0 = int(start.timestamp() * 1000) // HOUR_MS * HOUR_MS
     h1 = int(end.timestamp() * 1000)
-    nc = await connect(settings.nats.url, name="marketprism-repair")
+    async def quiet(_exc: Exception) -> None:  # the refusal below says it once
+        return None
+
+    nc = await asyncio.wait_for(
+        connect(settings.nats.url, name="marketprism-repair", error_cb=quiet), settings.nats.connect_timeout_s + 3
+    )
     js = nc.jetstream()
     sealed: dict[str, set[int]] = {}
     try:
@@ -355,7 +360,16 @@ def register(app: typer.Typer) -> None:
             end = _parse_time(to) if to else datetime.now(UTC) - timedelta(seconds=loaded.settings.seal.grace_s)
         except ValueError as exc:
             raise fail(f"--from/--to must be ISO times like 2025-01-31T00:00: {exc}") from None
-        rows = asyncio.run(repair_range(loaded.settings, start, end, force=force))
+        try:
+            rows = asyncio.run(repair_range(loaded.settings, start, end, force=force))
+        except (OSError, TimeoutError) as exc:  # NATS or the store unreachable: nothing was sealed
+            from marketprism_dagster.logs import mask_url, redact
+
+            raise fail(
+                f"repair could not reach NATS at {mask_url(loaded.settings.nats.url)} or the store: "
+                f"{redact(str(exc)) or 'no answer in time'}; start them (marketprism dev) or set nats.url / "
+                "storage.url, then retry"
+            ) from None
         typer.echo(render_table(["step", "type", "partition", "result"], rows))
         bad = [r for r in rows if not r[3].startswith("ok")]
         raise typer.Exit(1 if bad else 0)

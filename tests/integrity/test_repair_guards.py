@@ -4,8 +4,12 @@ partition is never replaced by fewer rows (or dropped) without an explicit force
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -13,12 +17,14 @@ import pytest
 from marketprism_dagster import integrity
 from marketprism_dagster.defs.cli import repair_range
 from marketprism_dagster.jetstream import connect, ensure_streams
+from marketprism_dagster.nats_server import free_port
 from marketprism_dagster.records import encode, msg_id, records_to_arrow, subject
 from marketprism_dagster.replication import ReplicationRefused, replicate_day
 from marketprism_dagster.sealing import SealRefused, seal_hour
 from marketprism_dagster.storage import init_schema, open_store
 from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
 
+REPO = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 TODAY = int(time.time()) // 86_400 * DAY_MS
@@ -174,3 +180,24 @@ def test_replication_of_a_day_older_than_the_hot_ttl_is_refused_even_with_as_man
     assert _cold_digest(store, settings, "trade", OLD_DAY) == archived
     forced = replicate_day(store, settings, "trade", OLD_DAY, sleep=lambda s: None, force=True)
     assert forced.rows == 5 and integrity.hot_cold_parity(store, settings, "trade", OLD_DAY).passed
+
+
+def test_repair_with_nats_unreachable_exits_2_naming_the_cause_without_the_password(tmp_path):
+    port = free_port()  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETPRISM", "NATS_URL"))}
+    env.update(
+        MARKETPRISM_CONFIG=str(REPO / "config" / "marketprism.yaml"),
+        MARKETPRISM_NATS_URL=f"nats://ops:s3cr3t-pw@127.0.0.1:{port}",
+        MARKETPRISM__DATA_DIR=str(tmp_path / "data"),
+    )
+    day = datetime.fromtimestamp(YESTERDAY / 1000, UTC).strftime("%Y-%m-%dT%H:%M")
+    done = subprocess.run(
+        [sys.executable, "-m", "marketprism_dagster.cli", "repair", "--from", day, "--to", day],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"repair could not reach NATS at nats://ops:****@127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and "s3cr3t-pw" not in done.stdout + done.stderr
