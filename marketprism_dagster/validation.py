@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from itertools import islice
-from operator import gt, itemgetter, lt
+from operator import gt, itemgetter, lt, methodcaller
 from typing import Any, Final
 
 import msgspec
@@ -171,10 +171,12 @@ def _checks(data_type: str) -> tuple[tuple[int, str, str, bool, Callable[[Any], 
 
 CHECKS: Final = {name: _checks(name) for name in RECORD_TYPES}
 
-# a positive plain decimal within Decimal(38, 18): a non-zero integer part of at most 20 digits, or a zero
-# integer part and a fraction whose last non-zero digit is within 18 places (trailing zeros are exact)
-_POSITIVE = r"(?:0*[1-9][0-9]{0,19}(?:\.[0-9]{0,18}0*)?|0*\.[0-9]{0,17}[1-9]0*)"
-_SIDE = re.compile(rf"{_POSITIVE},{_POSITIVE}(?:;{_POSITIVE},{_POSITIVE})*").fullmatch
+# Every number of a book side at once, as "p,q;p,q;...": C-level scans instead of a check per level
+_SIDE_CHARS = re.compile(r"[0-9.,;]+").fullmatch  # digits and points only: no sign, exponent, space, NaN
+_TWO_POINTS = re.compile(r"\.[0-9]*\.").search  # two points in one number
+_PAIR_TYPES = frozenset({tuple, list})
+_NON_ZERO = methodcaller("strip", "0.")  # "" for an empty, point-only or zero number
+_SHORT = 19  # a plain number of at most 19 characters is within both digit bounds of Decimal(38, 18)
 _PRICE = itemgetter(0)
 _FLOAT_EXACT = 15  # plain decimals of at most 15 characters order exactly as doubles (see book.levels)
 
@@ -194,12 +196,18 @@ def book_fault(bids: Any, asks: Any, depth: int | None = None) -> str | None:
             tops.append(None)
             continue
         try:
-            if any((type(lv) is not tuple and type(lv) is not list) or len(lv) != 2 for lv in levels):
+            if not _PAIR_TYPES.issuperset(map(type, levels)) or set(map(len, levels)) != {2}:
                 return "level_pair"
             text = ";".join(map(",".join, levels))
         except TypeError:
             return "level_pair"
-        if _SIDE(text) is None:
+        n = len(levels)
+        if _SIDE_CHARS(text) is None or text.count(",") != n or text.count(";") != n - 1 or _TWO_POINTS(text):
+            return "level_positive_decimals"
+        numbers = text.replace(";", ",").split(",")
+        if not all(map(_NON_ZERO, numbers)):
+            return "level_positive_decimals"
+        if max(map(len, numbers)) > _SHORT and not all(is_positive(x) for x in numbers if len(x) > _SHORT):
             return "level_positive_decimals"
         prices = list(map(_PRICE, levels))
         keys: list[Any] = list(map(float, prices)) if max(map(len, prices)) <= _FLOAT_EXACT else list(
@@ -214,8 +222,12 @@ def book_fault(bids: Any, asks: Any, depth: int | None = None) -> str | None:
     return None
 
 
-def fault(record: msgspec.Struct) -> str | None:
-    """``"<column>:<rule>"`` for the first rule the record breaks, or None when it may be stored."""
+def fault(record: msgspec.Struct, book_levels: bool = True) -> str | None:
+    """``"<column>:<rule>"`` for the first rule the record breaks, or None when it may be stored.
+
+    ``book_levels=False`` skips the order book levels: the collector's books already enforce those rules on
+    every level they take and on every update (``book.levels.check_level``, ``Book.fault``), so it checks
+    only the other columns (~1 ms less per 400-level book); the writer checks everything."""
     data_type = data_type_of(record)
     values = astuple(record)
     name = rule = ""
@@ -230,7 +242,7 @@ def fault(record: msgspec.Struct) -> str | None:
                 return f"{name}:{rule}"
     except (TypeError, ValueError, ArithmeticError):  # e.g. an unhashable side
         return f"{name}:{rule}"
-    if data_type == "orderbook":
+    if book_levels and data_type == "orderbook":
         r: Any = record
         broken = book_fault(r.bids, r.asks, r.depth)
         if broken is not None:

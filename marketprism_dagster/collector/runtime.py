@@ -514,7 +514,7 @@ class Collector:
         rejected: list[Any] = []
         fault = validation.fault
         for r in recs:
-            broken = fault(r)
+            broken = fault(r, book_levels=False)  # the books enforce the level rules themselves
             if broken is not None:  # never published: counted with its rule, logged once per rule
                 self._invalid_record(market, r, broken)
                 continue
