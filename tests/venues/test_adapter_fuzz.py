@@ -290,6 +290,9 @@ def test_mutated_real_messages_never_raise_and_only_valid_records_reach_the_stor
             text = chain_to_book(adapter, text)
         out = _feed(adapter, entry, key, mutate(text, ops) if ops else text)  # any exception fails the test
         good, _invalid = validation.split(out.records)  # the collector counts and drops the invalid ones
+        for r in out.records:  # the book engine's promise (the collector does not re-check levels)
+            if records.data_type_of(r) == "orderbook":
+                assert validation.book_fault(r.bids, r.asks, r.depth) is None
         if good:
             assert_storable_exactly(good)
 
