@@ -33,7 +33,7 @@ unsigned decimal strings for prices and sizes, so a sign means the message is no
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from itertools import islice
 from operator import gt, itemgetter, lt, methodcaller
@@ -222,11 +222,34 @@ def book_fault(bids: Any, asks: Any, depth: int | None = None) -> str | None:
     return None
 
 
+_PRICE_QTY = itemgetter(0, 1)
+
+
+def plain_levels(levels: Sequence[Sequence[Any]]) -> bool:
+    """Order book INPUT levels (``[price, quantity, ...]``, as the venue sends them) that a book may take:
+    every price a positive plain decimal, every quantity a plain decimal (zero deletes the level), both
+    within Decimal(38, 18). A few C-level scans per side, not a check per level (the book engine's hot path)."""
+    if not levels:
+        return True
+    try:
+        pairs = list(map(_PRICE_QTY, levels))
+        text = ";".join(map(",".join, pairs))
+    except (TypeError, IndexError, KeyError):
+        return False
+    n = len(pairs)
+    if _SIDE_CHARS(text) is None or text.count(",") != n or text.count(";") != n - 1 or _TWO_POINTS(text):
+        return False
+    numbers = text.replace(";", ",").split(",")
+    if "" in numbers or "." in numbers or not all(map(_NON_ZERO, numbers[::2])):  # even places: prices
+        return False
+    return max(map(len, numbers)) <= _SHORT or all(is_plain(x) for x in numbers if len(x) > _SHORT)
+
+
 def fault(record: msgspec.Struct, book_levels: bool = True) -> str | None:
     """``"<column>:<rule>"`` for the first rule the record breaks, or None when it may be stored.
 
     ``book_levels=False`` skips the order book levels: the collector's books already enforce those rules on
-    every level they take and on every update (``book.levels.check_level``, ``Book.fault``), so it checks
+    every level they take and on every update (``book.levels.check_levels``, ``Book.fault``), so it checks
     only the other columns (~1 ms less per 400-level book); the writer checks everything."""
     data_type = data_type_of(record)
     values = astuple(record)

@@ -20,7 +20,7 @@ Any price outside that domain (longer strings, values beyond 1e+-200) switches t
 exact mode: ``Decimal`` keys from then on until the next ``load``/``clear`` (a snapshot starts in
 fast mode again).
 
-Every level is checked before the book takes it (``check_level``): the price a positive plain
+Every level is checked before the book takes it (``check_levels``): the price a positive plain
 decimal, the quantity a plain decimal (zero deletes), both within Decimal(38, 18); "-0", "0e0",
 "-5", "1e30", "abc", "NaN" raise ValueError, and the synchronizers drop the book and resync
 (one bad level never stays in a book, so it never reaches a published row).
@@ -36,7 +36,7 @@ from itertools import chain, islice, repeat
 from operator import itemgetter, lt, neg
 from typing import Any
 
-from marketprism_dagster.validation import is_plain
+from marketprism_dagster.validation import is_plain, plain_levels
 
 Level = tuple[str, str]  # (price, quantity) as the venue spelled them
 
@@ -58,12 +58,14 @@ class _Inexact(Exception):
     """A price the fast float keys cannot order exactly: the book switches to Decimal keys."""
 
 
-def check_level(p: Any, q: Any) -> None:
-    """ValueError unless (p, q) is a level the book may take: a positive plain decimal price and a plain
-    decimal quantity, both within Decimal(38, 18) (``validation.is_plain``: no sign, exponent, spaces or
+def check_levels(bids: Any, asks: Any) -> None:
+    """ValueError unless every level is one the book may take: a positive plain decimal price and a plain
+    decimal quantity, both within Decimal(38, 18) (``validation.plain_levels``: no sign, exponent, spaces or
     Infinity/NaN; "-0" and "0e0" are malformed, "0" / "0.000" delete the level)."""
-    if not (is_plain(q) and is_plain(p) and p.strip("0.")):
-        raise ValueError(f"malformed book level ({p!r}, {q!r}): want a positive decimal price and a decimal size")
+    for levels in (bids, asks):
+        if not plain_levels(levels):
+            bad = next((lv for lv in levels if not plain_levels([lv])), None) if isinstance(levels, list) else None
+            raise ValueError(f"malformed book level {bad!r}: want a positive decimal price and a decimal size")
 
 
 def _exact_key(p: str) -> Decimal:
@@ -104,8 +106,7 @@ class Book:
         """Replace the whole book (a snapshot); levels apply in order, zero quantities remove."""
         bids, asks = list(bids), list(asks)
         self.clear()
-        for lv in chain(bids, asks):
-            check_level(lv[0], lv[1])
+        check_levels(bids, asks)
         try:
             for levels, bid in ((bids, True), (asks, False)):
                 if not _load_sorted(self, levels, bid):
@@ -140,6 +141,8 @@ class Book:
         Returns True when the best ``watch`` levels of a side changed (always False when
         ``watch`` is 0): callers cache the OKX checksum with it.
         """
+        bids, asks = _listed(bids), _listed(asks)
+        check_levels(bids, asks)
         return self._apply_watched(_apply_fast, bids, asks, watch)
 
     def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level], short_prices: bool = False) -> None:
@@ -150,6 +153,7 @@ class Book:
         decoder enforced ``msgspec.Meta(max_length=15)``); otherwise they are checked here first.
         The Binance hot loop is inlined here (one call per message); the same rules as
         ``_apply_fast`` with the length check hoisted out of the loop."""
+        check_levels(bids, asks)
         if self._exact:
             self._apply_exact(bids, asks)
             return
@@ -162,12 +166,6 @@ class Book:
         try:
             for lv in bids:
                 p, q = lv
-                if (
-                    not (p.isascii() and p.replace(".", "", 1).isdecimal())
-                    or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-                    or len(q) > 19
-                ):
-                    check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
                 k = float(p)
                 i = bl(keys, k)
                 if keys[i] == k:  # <= 15 characters and an equal double: the same decimal
@@ -184,12 +182,6 @@ class Book:
             keys, vals = self._ak, self._av
             for lv in asks:  # negated keys
                 p, q = lv
-                if (
-                    not (p.isascii() and p.replace(".", "", 1).isdecimal())
-                    or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-                    or len(q) > 19
-                ):
-                    check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
                 k = -float(p)
                 i = bl(keys, k)
                 if keys[i] == k:
@@ -217,6 +209,7 @@ class Book:
         """``apply`` for levels that are exactly 4-TUPLES ``(price, qty, _, _)`` of str (OKX
         ``books`` levels decoded by msgspec): unpacked without indexing. Same result as ``apply``.
         ``short_prices`` as in ``apply_pairs``."""
+        check_levels(bids, asks)
         if not self._exact and not short_prices and (_too_long(bids) or _too_long(asks)):
             self._to_exact()  # re-keys only: the levels ``watch`` compares are unchanged
         return self._apply_watched(_apply_fast_quads, bids, asks, watch)
@@ -315,6 +308,10 @@ class Book:
         )
 
 
+def _listed(levels: Iterable[Sequence[str]]) -> Sequence[Sequence[str]]:
+    return levels if isinstance(levels, list | tuple) else list(levels)
+
+
 def _too_long(levels: Iterable[Sequence[str]]) -> bool:
     return any(len(lv[0]) > _FAST_LEN for lv in levels)
 
@@ -366,12 +363,6 @@ def _apply_fast(
     for lv in bids:
         p = lv[0]
         q = lv[1]
-        if (
-            not (p.isascii() and p.replace(".", "", 1).isdecimal())
-            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-            or len(q) > 19
-        ):
-            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = float(p)
         i = bl(bk, k)
         if bk[i] == k:
@@ -390,12 +381,6 @@ def _apply_fast(
     for lv in asks:  # the same loop with negated keys
         p = lv[0]
         q = lv[1]
-        if (
-            not (p.isascii() and p.replace(".", "", 1).isdecimal())
-            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-            or len(q) > 19
-        ):
-            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = -float(p)
         i = bl(ak, k)
         if ak[i] == k:
@@ -426,12 +411,6 @@ def _apply_fast_quads(
     length check, the insert path keeps the range check."""
     bl = bisect_left
     for p, q, _, _ in bids:
-        if (
-            not (p.isascii() and p.replace(".", "", 1).isdecimal())
-            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-            or len(q) > 19
-        ):
-            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = float(p)
         i = bl(bk, k)
         if bk[i] == k:
@@ -446,12 +425,6 @@ def _apply_fast_quads(
             bk.insert(i, k)
             bv.insert(i, (p, q))
     for p, q, _, _ in asks:
-        if (
-            not (p.isascii() and p.replace(".", "", 1).isdecimal())
-            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-            or len(q) > 19
-        ):
-            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = -float(p)
         i = bl(ak, k)
         if ak[i] == k:
@@ -471,12 +444,6 @@ def _apply_exact(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str
     for lv in levels:
         p = lv[0]
         q = lv[1]
-        if (
-            not (p.isascii() and p.replace(".", "", 1).isdecimal())
-            or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-            or len(q) > 19
-        ):
-            check_level(p, q)  # raises unless a long quantity that still fits Decimal(38, 18)
         k = _exact_key(p) if bid else -_exact_key(p)
         i = bisect_left(keys, k)
         if keys[i] == k:
