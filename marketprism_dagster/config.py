@@ -405,9 +405,10 @@ class SealConfig(_Model):
     )
     retries: int = Field(default=3, ge=0, description="Dagster retries of a refused seal (writer behind)")
     retry_delay_s: int = Field(default=120, ge=0)
-    start_date: date = Field(
-        default=date(2026, 1, 1),
-        description="first day of the hot (hourly) and cold (daily) partitions; fixed, never derived from the clock",
+    start_date: date | None = Field(
+        default=None,
+        description="first day of the hot (hourly) and cold (daily) partitions; unset: the hour this deployment "
+        "first started, recorded once in <data_dir>/partitions-start.json (fixed from then on, never the clock)",
     )
 
 

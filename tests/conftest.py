@@ -52,6 +52,8 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
             "nats.url": nats_url or f"nats://127.0.0.1:{free_port()}",
             "nats.embedded": False,
             "environment": "test",
+            # a deployment that has been running for a while (an unset start is the first start's hour)
+            "seal.start_date": "2026-01-01",
         }
         values.update({k.replace("__", "."): v for k, v in overrides.items()})
         return load_config(REPO / "config" / "marketprism.yaml", overrides=values, env={}).settings

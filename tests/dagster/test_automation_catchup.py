@@ -159,3 +159,17 @@ def test_partitions_start_at_the_configured_start_date_whatever_the_clock(settin
     assert hourly.get_first_partition_key() == "2026-11-01-00:00" and daily.get_first_partition_key() == "2026-11-01"
     # rebuilt later (a code reload): the same partitions, the same first key
     assert partitions.hourly(settings).start == hourly.start
+
+
+def test_an_unset_start_date_is_the_deployments_first_hour_recorded_once(settings_factory):
+    """No configured start: the hour the deployment first started, written once to the data dir and read
+    back by every later process (never the clock again), so a new deployment's first seal tick does not
+    request every empty hour of the lookback."""
+    settings = settings_factory(seal__start_date=None)
+    assert settings.seal.start_date is None
+    first = partitions.start_hour(settings, now=datetime(2026, 12, 2, 15, 42, tzinfo=UTC))
+    assert first == datetime(2026, 12, 2, 13, tzinfo=UTC)  # two hours of margin for REST backfills
+    later = partitions.start_hour(settings, now=datetime(2026, 12, 9, 3, 5, tzinfo=UTC))
+    assert later == first
+    assert partitions.hourly(settings).get_first_partition_key() == "2026-12-02-13:00"
+    assert partitions.daily(settings).start == datetime(2026, 12, 2, tzinfo=UTC)  # the (partial) first day
