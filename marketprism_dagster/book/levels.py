@@ -45,6 +45,7 @@ _END = float("nan")  # fast-mode sentinel: never equal to a key, never below one
 _FAST_MIN = 1e-200  # fast (float) keys only for prices strictly inside (1e-200, 1e200)
 _FAST_MAX = 1e200
 _FAST_LEN = 15  # ... spelled with at most 15 characters (so at most 15 significant digits)
+_SCAN_FROM = 16  # sides with more levels are checked by ``validation.plain_levels``' C-level scans
 _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
 
@@ -63,6 +64,20 @@ def check_levels(bids: Any, asks: Any) -> None:
     decimal quantity, both within Decimal(38, 18) (``validation.plain_levels``: no sign, exponent, spaces or
     Infinity/NaN; "-0" and "0e0" are malformed, "0" / "0.000" delete the level)."""
     for levels in (bids, asks):
+        if len(levels) <= _SCAN_FROM:  # a few levels (most diffs): one short check each is cheaper than the scans
+            for lv in levels:
+                p = lv[0]
+                q = lv[1]
+                if (
+                    not (p.isascii() and p.replace(".", "", 1).isdecimal())
+                    or not (q.isascii() and q.replace(".", "", 1).isdecimal())
+                    or len(p) > 19
+                    or len(q) > 19
+                    or not p.strip("0.")
+                ):
+                    break  # possibly malformed: the exact check below decides
+            else:
+                continue
         if not plain_levels(levels):
             bad = next((lv for lv in levels if not plain_levels([lv])), None) if isinstance(levels, list) else None
             raise ValueError(f"malformed book level {bad!r}: want a positive decimal price and a decimal size")
