@@ -118,8 +118,26 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+class Foreign:
+    """Another process's use of the embedded store, as Dagster steps, sensors and checks do: every ``every_s``
+    seconds a burst of ``burst`` short queries, each opening the store (the writer hands it over)."""
+
+    def __init__(self, path: Path, every_s: float, burst: int) -> None:
+        self.path, self.every_s, self.burst = path, every_s, burst
+        self.stop = threading.Event()
+        self.bursts = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        store = EmbeddedStore(self.path, lock_timeout_s=60)
+        while not self.stop.wait(self.every_s):
+            for _ in range(self.burst):
+                store.query_value("SELECT count() FROM marketprism_meta.ingest_ledger")
+            self.bursts += 1
+
+
 async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s: float, extra: dict[str, Any],
-                    tmp: Path) -> dict[str, Any]:
+                    tmp: Path, foreign_every_s: float = 0.0, foreign_burst: int = 1) -> dict[str, Any]:
     rate = emulator_rate(rows_per_s)
     out: dict[str, Any] = {"target_rows_per_s": rows_per_s, "emulator_rate_per_stream": round(rate, 2),
                            "minutes": minutes, "settings": extra or "configured defaults",
@@ -157,6 +175,10 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
                                          stderr=subprocess.STDOUT, cwd=REPO, env=_env())
             procs = [Proc("collector", collector.pid), Proc("nats_server", srv.proc.pid if srv.proc else 0),
                      Proc("writer", writer.pid), Proc("emulator", emu.pid)]
+            foreign = Foreign(settings.embedded_store_path, foreign_every_s, foreign_burst) if foreign_every_s else None
+            if foreign is not None:
+                foreign.thread.start()
+                out["foreign_store_use"] = {"every_s": foreign_every_s, "queries_per_burst": foreign_burst}
             await asyncio.sleep(warmup_s)
             for p in (collector, writer):
                 if p.poll() is not None:
@@ -198,6 +220,10 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
                         "loadavg_end": _loadavg()})
             out["cpu_ms_per_row"] = {n: round(10 * cpu_pct[n] * dt / max(landed, 1), 3)
                                      for n in ("collector", "nats_server", "writer")}
+            if foreign is not None:
+                foreign.stop.set()
+                foreign.thread.join(120)
+                out["foreign_store_use"]["bursts"] = foreign.bursts
             _stop(collector)
             lasts = await last_seqs()
             await _wait_for(lambda: (committed() or {}) == lasts, 300, "writer drain", 0.1)
@@ -232,6 +258,9 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=20.0)
     ap.add_argument("--sample-s", type=float, default=30.0, help="RSS timeline period")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="writer/collector setting key=value")
+    ap.add_argument("--foreign-every-s", type=float, default=0.0,
+                    help="another process opens the store every N s, as Dagster steps and checks do (0 = never)")
+    ap.add_argument("--foreign-burst", type=int, default=1, help="queries per foreign use, each opening the store")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = ap.parse_args()
     extra: dict[str, Any] = {}
@@ -244,10 +273,12 @@ def main() -> None:
         if os.environ.get("BENCH_KEEP"):
             d = tempfile.mkdtemp(prefix="bench_soak_")
             print(f"phase dir: {d}", flush=True)
-            res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d)))
+            res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d),
+                                        args.foreign_every_s, args.foreign_burst))
         else:
             with tempfile.TemporaryDirectory(prefix="bench_soak_") as d:
-                res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d)))
+                res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d),
+                                        args.foreign_every_s, args.foreign_burst))
         results.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "rss_timeline_mb"}, indent=2), flush=True)
         if args.json:

@@ -4,6 +4,13 @@ chDB lets one process at a time open a data path. Every operation therefore take
 exclusive ``flock`` on ``<path>.lock``, opens a session, works and closes. A long-lived
 writer may instead ``hold()`` the session across consecutive batches (opening costs
 ~70 ms); it hands the store over as soon as another process registers as a waiter.
+
+Every open of a chDB session keeps about 60 KB per table of the engine's memory for the life
+of the process (chdb 4.4: ~1.3 MB per open with this schema; closing does not return it). A
+long holder therefore reopens as rarely as it can: after handing over, it stays away until
+other processes have left the store alone for ``SETTLE_S`` (their releases stamp
+``<path>.recent``), at most ``SETTLE_MAX_S``, so a burst of short operations from a Dagster
+step costs the writer one reopen, not one per operation.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ log = structlog.get_logger(__name__)
 # chDB keeps process-global state: serialize every session of this process.
 _PROCESS_LOCK = threading.RLock()
 
+# a long holder (the writer) re-opens only once other processes left the store alone this long ...
+SETTLE_S = 0.3
+# ... or after waiting this long (then it takes its turn and hands over again to the next waiter)
+SETTLE_MAX_S = 2.0
+
 
 class EmbeddedStore(Store):
     backend = "embedded"
@@ -39,6 +51,8 @@ class EmbeddedStore(Store):
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._waiters = self.path.with_name(self.path.name + ".waiters")
         self._waiters.mkdir(parents=True, exist_ok=True)
+        self._recent = self.path.with_name(self.path.name + ".recent")
+        self.opens = 0  # chDB sessions opened by this store object (each keeps engine memory: see the module doc)
         self._session: Any = None
         self._lock_fd: int | None = None
         self._holding = False
@@ -48,7 +62,34 @@ class EmbeddedStore(Store):
 
     # ------------------------------------------------------------------ locking
 
+    def _long_holder(self) -> bool:
+        return self._holding and self._tenure_s == 0.0
+
+    def _settle(self) -> None:
+        """A long holder waits until other processes' operations stopped (see the module docstring)."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while time.monotonic() < deadline:
+                try:  # held by another process: its operation is running, so the burst is not over
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    time.sleep(0.02)
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                try:
+                    idle = time.time() - self._recent.stat().st_mtime
+                except OSError:
+                    return
+                if idle >= SETTLE_S and not self.others_waiting():
+                    return
+                time.sleep(0.02)
+        finally:
+            os.close(fd)
+
     def _acquire(self) -> None:
+        if self._long_holder():
+            self._settle()
         marker = self._waiters / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.lock_timeout_s
@@ -74,6 +115,7 @@ class EmbeddedStore(Store):
             from chdb import session as chdb_session
 
             self._session = chdb_session.Session(str(self.path))
+            self.opens += 1
         except Exception:
             self._release()
             raise
@@ -85,6 +127,9 @@ class EmbeddedStore(Store):
             finally:
                 self._session = None
         if self._lock_fd is not None:
+            if not self._long_holder():
+                with contextlib.suppress(OSError):
+                    self._recent.touch()
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
