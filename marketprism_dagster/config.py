@@ -305,10 +305,11 @@ class OrderBookConfig(_Model):
         description="REST snapshot depth; each venue accepts its own values (SNAPSHOT_DEPTH, checked at load)",
     )
     max_levels: int = Field(
-        default=5000,
+        default=10_000,
         ge=1,
         le=1_000_000,
-        description="levels kept per book side; a book that grows beyond it is dropped and resynchronized",
+        description="levels kept per book side (twice the largest snapshot_limit); a book that grows beyond it "
+        "is dropped and resynchronized",
     )
 
     @model_validator(mode="after")

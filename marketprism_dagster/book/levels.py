@@ -45,6 +45,7 @@ _END = float("nan")  # fast-mode sentinel: never equal to a key, never below one
 _FAST_MIN = 1e-200  # fast (float) keys only for prices strictly inside (1e-200, 1e200)
 _FAST_MAX = 1e200
 _FAST_LEN = 15  # ... spelled with at most 15 characters (so at most 15 significant digits)
+_PLAIN = "0123456789."
 _SCAN_FROM = 16  # sides with more levels are checked by ``validation.plain_levels``' C-level scans
 _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
@@ -68,13 +69,10 @@ def check_levels(bids: Any, asks: Any) -> None:
             for lv in levels:
                 p = lv[0]
                 q = lv[1]
-                if (
-                    not (p.isascii() and p.replace(".", "", 1).isdecimal())
-                    or not (q.isascii() and q.replace(".", "", 1).isdecimal())
-                    or len(p) > 19
-                    or len(q) > 19
-                    or not p.strip("0.")
-                ):
+                # only digits and points, a short quantity with one point at most: the rest of the rule holds
+                # where the book takes the level (float(price) fails on "", "." and two points; a price is
+                # inserted only inside (1e-200, 1e200), else exact mode checks it: zero is refused there)
+                if p.lstrip(_PLAIN) or q.lstrip(_PLAIN) or not q or len(q) > 19 or q.count(".") > 1:
                     break  # possibly malformed: the exact check below decides
             else:
                 continue
