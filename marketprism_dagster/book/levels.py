@@ -20,10 +20,12 @@ Any price outside that domain (longer strings, values beyond 1e+-200) switches t
 exact mode: ``Decimal`` keys from then on until the next ``load``/``clear`` (a snapshot starts in
 fast mode again).
 
-Every level is checked before the book takes it (``check_levels``): the price a positive plain
-decimal, the quantity a plain decimal (zero deletes), both within Decimal(38, 18); "-0", "0e0",
-"-5", "1e30", "abc", "NaN" raise ValueError, and the synchronizers drop the book and resync
-(one bad level never stays in a book, so it never reaches a published row).
+Every level the book takes is checked: a snapshot's all at once (``check_levels``), an update's
+where the hot loops set a level (two ``lstrip`` calls and a length test per level, the exact
+rule only for a long quantity: ``_check_level``): the price a positive plain decimal, the
+quantity a plain decimal (zero deletes), both within Decimal(38, 18); "-0", "0e0", "-5", "1e30",
+"abc", "NaN" raise ValueError, and the synchronizers drop the book and resync (one bad level
+never stays in a book, so it never reaches a published row).
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ def _exact_key(p: str) -> Decimal:
         raise ValueError(f"invalid price {p!r}") from None
 
 
+def _check_level(p: str, q: str) -> None:
+    """The exact rule for a level the loops' quick test did not pass (see the module docstring)."""
+    if not (is_plain(p) and p.strip("0.") and is_plain(q)):
+        raise ValueError(f"malformed book level {[p, q]!r}: want a positive decimal price and a decimal size")
+
+
 def _fast_key(p: str) -> float:
     k = float(p)  # ValueError on text that is not a number
     if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
@@ -154,9 +162,7 @@ class Book:
         Returns True when the best ``watch`` levels of a side changed (always False when
         ``watch`` is 0): callers cache the OKX checksum with it.
         """
-        bids, asks = _listed(bids), _listed(asks)
-        check_levels(bids, asks)
-        return self._apply_watched(_apply_fast, bids, asks, watch)
+        return self._apply_watched(_apply_fast, _listed(bids), _listed(asks), watch)
 
     def apply_pairs(self, bids: Sequence[Level], asks: Sequence[Level], short_prices: bool = False) -> None:
         """``apply`` for levels that are exactly ``(price, qty)`` TUPLES of str (e.g. decoded by
@@ -166,7 +172,6 @@ class Book:
         decoder enforced ``msgspec.Meta(max_length=15)``); otherwise they are checked here first.
         The Binance hot loop is inlined here (one call per message); the same rules as
         ``_apply_fast`` with the length check hoisted out of the loop."""
-        check_levels(bids, asks)
         if self._exact:
             self._apply_exact(bids, asks)
             return
@@ -183,6 +188,8 @@ class Book:
                 i = bl(keys, k)
                 if keys[i] == k:  # <= 15 characters and an equal double: the same decimal
                     if q.strip("0."):
+                        if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                            _check_level(p, q)
                         vals[i] = lv
                     else:
                         del keys[i]
@@ -190,6 +197,8 @@ class Book:
                 elif q.strip("0."):
                     if not _FAST_MIN < k < _FAST_MAX:
                         raise _Inexact(p)
+                    if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                        _check_level(p, q)
                     keys.insert(i, k)
                     vals.insert(i, lv)
             keys, vals = self._ak, self._av
@@ -199,6 +208,8 @@ class Book:
                 i = bl(keys, k)
                 if keys[i] == k:
                     if q.strip("0."):
+                        if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                            _check_level(p, q)
                         vals[i] = lv
                     else:
                         del keys[i]
@@ -206,6 +217,8 @@ class Book:
                 elif q.strip("0."):
                     if not -_FAST_MAX < k < -_FAST_MIN:
                         raise _Inexact(p)
+                    if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                        _check_level(p, q)
                     keys.insert(i, k)
                     vals.insert(i, lv)
         except _Inexact:
@@ -222,7 +235,6 @@ class Book:
         """``apply`` for levels that are exactly 4-TUPLES ``(price, qty, _, _)`` of str (OKX
         ``books`` levels decoded by msgspec): unpacked without indexing. Same result as ``apply``.
         ``short_prices`` as in ``apply_pairs``."""
-        check_levels(bids, asks)
         if not self._exact and not short_prices and (_too_long(bids) or _too_long(asks)):
             self._to_exact()  # re-keys only: the levels ``watch`` compares are unchanged
         return self._apply_watched(_apply_fast_quads, bids, asks, watch)
@@ -382,6 +394,8 @@ def _apply_fast(
             if len(p) > _FAST_LEN:
                 raise _Inexact(p)
             if q.strip("0."):
+                if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                    _check_level(p, q)
                 bv[i] = (p, q)
             else:
                 del bk[i]
@@ -389,6 +403,8 @@ def _apply_fast(
         elif q.strip("0."):
             if len(p) > _FAST_LEN or not _FAST_MIN < k < _FAST_MAX:
                 raise _Inexact(p)
+            if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                _check_level(p, q)
             bk.insert(i, k)
             bv.insert(i, (p, q))
     for lv in asks:  # the same loop with negated keys
@@ -400,6 +416,8 @@ def _apply_fast(
             if len(p) > _FAST_LEN:
                 raise _Inexact(p)
             if q.strip("0."):
+                if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                    _check_level(p, q)
                 av[i] = (p, q)
             else:
                 del ak[i]
@@ -407,6 +425,8 @@ def _apply_fast(
         elif q.strip("0."):
             if len(p) > _FAST_LEN or not -_FAST_MAX < k < -_FAST_MIN:
                 raise _Inexact(p)
+            if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                _check_level(p, q)
             ak.insert(i, k)
             av.insert(i, (p, q))
 
@@ -428,6 +448,8 @@ def _apply_fast_quads(
         i = bl(bk, k)
         if bk[i] == k:
             if q.strip("0."):
+                if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                    _check_level(p, q)
                 bv[i] = (p, q)
             else:
                 del bk[i]
@@ -435,6 +457,8 @@ def _apply_fast_quads(
         elif q.strip("0."):
             if not _FAST_MIN < k < _FAST_MAX:
                 raise _Inexact(p)
+            if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                _check_level(p, q)
             bk.insert(i, k)
             bv.insert(i, (p, q))
     for p, q, _, _ in asks:
@@ -442,6 +466,8 @@ def _apply_fast_quads(
         i = bl(ak, k)
         if ak[i] == k:
             if q.strip("0."):
+                if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                    _check_level(p, q)
                 av[i] = (p, q)
             else:
                 del ak[i]
@@ -449,6 +475,8 @@ def _apply_fast_quads(
         elif q.strip("0."):
             if not -_FAST_MAX < k < -_FAST_MIN:
                 raise _Inexact(p)
+            if q.lstrip(_PLAIN) or p.lstrip(_PLAIN) or len(q) > 19 or q.count(".") > 1:
+                _check_level(p, q)
             ak.insert(i, k)
             av.insert(i, (p, q))
 
@@ -459,6 +487,8 @@ def _apply_exact(keys: list[Any], vals: list[Any], levels: Iterable[Sequence[str
         q = lv[1]
         k = _exact_key(p) if bid else -_exact_key(p)
         i = bisect_left(keys, k)
+        if q.strip("0.") and not is_plain(q):
+            _check_level(p, q)
         if keys[i] == k:
             if q.strip("0."):
                 vals[i] = (p, q)

@@ -202,9 +202,9 @@ class UpdateIdSync:
         ticker = self.ticker
         c = ticker.cadence_ms
         prev_ms = ticker.last_event_ms
-        if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
-            ticker.publish(book, event_ms - event_ms % c, prev_ms, last)  # type: ignore[arg-type]
         try:
+            if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
+                ticker.publish(book, event_ms - event_ms % c, prev_ms, last)  # type: ignore[arg-type]
             book.apply_pairs(bids, asks, short_prices)
         except Exception:
             self._desync()  # a level the book could not take (bad price): never keep a half-applied book
@@ -259,9 +259,9 @@ class UpdateIdSync:
         ticker = self.ticker
         c = ticker.cadence_ms
         prev_ms = ticker.last_event_ms
-        if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
-            ticker.publish(book, event_ms - event_ms % c, prev_ms, last)
         try:
+            if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
+                ticker.publish(book, event_ms - event_ms % c, prev_ms, last)
             book.apply(bids, asks)
         except Exception:
             self._desync()  # a level the book could not take (bad price): never keep a half-applied book
@@ -541,11 +541,11 @@ class SeqIdSync:
         ticker = self.ticker
         c = ticker.cadence_ms
         prev_ms = ticker.last_event_ms
-        if c > 0 and prev_ms is not None and ts // c > prev_ms // c:
-            uid = cur if cur is not None else self.timestamp
-            if uid is not None:
-                ticker.publish(book, ts - ts % c, prev_ms, uid)
         try:
+            if c > 0 and prev_ms is not None and ts // c > prev_ms // c:
+                uid = cur if cur is not None else self.timestamp
+                if uid is not None:
+                    ticker.publish(book, ts - ts % c, prev_ms, uid)
             if quads:
                 touched = book.apply_quads(bids, asks, self.CHECKSUM_LEVELS, short_prices)
             else:
