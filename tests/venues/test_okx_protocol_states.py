@@ -71,7 +71,8 @@ def rest_snapshots(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
         if msg is not None and msg.get("action") == "snapshot":
             d = msg["data"][0]
             body = {"code": "0", "msg": "", "data": [{k: v for k, v in d.items() if k != "checksum"}]}
-            http.append({"t": rec["t"], "kind": "http", "url": REST_BOOKS.format(inst=msg["arg"]["instId"]), "data": body})
+            url = REST_BOOKS.format(inst=msg["arg"]["instId"])
+            http.append({"t": rec["t"], "kind": "http", "url": url, "data": body})
             continue
         stream.append(rec)
     return stream, http
