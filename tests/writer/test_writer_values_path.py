@@ -18,13 +18,15 @@ from marketprism_dagster.writer.ingest import (
 )
 
 PRICES = ("0.000000000000000001", "123456789012.123456789012345678", "-5", "100.5")
+SHARES = ("0.000000000000000001", "0.999999999999999999", "0.5", "1")  # long/short shares must lie in 0..1
 
 
 def _batch(make_record, data_type: str, rows: int, now: int) -> list[StreamMessage]:
     out = []
     for i in range(rows):
         price = PRICES[i % len(PRICES)] if data_type != "orderbook" else "100.5"
-        r = make_record(data_type, i, now, price=price.lstrip("-"), quantity=PRICES[(i + 1) % len(PRICES)].lstrip("-"))
+        sizes = SHARES if data_type.startswith("lsr_") else PRICES  # the factory puts the size in a share column
+        r = make_record(data_type, i, now, price=price.lstrip("-"), quantity=sizes[(i + 1) % len(sizes)].lstrip("-"))
         out.append(StreamMessage(i + 1, records.subject(r), records.encode(r)))
     return out
 
