@@ -82,7 +82,7 @@ from aiohttp import WSMsgType, web
 from . import series
 from .config import binance_symbol
 from .connection import Conn, Frame, binance_frame
-from .context import VenueContext, json_response, rest_middleware, ws_response
+from .context import VenueContext, json_response, query_ints, rest_middleware, ws_response
 from .faults import FLAG_SEQ, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .history import LoggedTrade, TradeLog
@@ -564,7 +564,7 @@ class BinanceVenue:
         if market is None:
             return self._invalid_symbol()
         try:
-            p = self._query_ints(request, "startTime", "endTime", "limit")
+            p = query_ints(request, "startTime", "endTime", "limit")
         except ValueError as exc:
             return self._bad_param(str(exc), 0)
         limit = max(1, min(p["limit"] or FUTURES_DATA_DEFAULT_LIMIT, FUTURES_DATA_MAX_LIMIT))
@@ -586,20 +586,6 @@ class BinanceVenue:
         return self._weighted(rows, 0)
 
     # ---- history ------------------------------------------------------------------
-    def _query_ints(self, request: web.Request, *names: str) -> dict[str, int | None]:
-        """Optional integer parameters; ValueError names the bad one."""
-        out: dict[str, int | None] = {}
-        for name in names:
-            raw = request.query.get(name)
-            if raw is None or raw == "":
-                out[name] = None
-                continue
-            try:
-                out[name] = int(raw)
-            except ValueError:
-                raise ValueError(name) from None
-        return out
-
     def _bad_param(self, name: str, weight: int) -> web.Response:
         return self._weighted({"code": -1100, "msg": f"Illegal characters found in parameter '{name}'; legal range "
                                "is '^[0-9]{1,20}$'."}, weight, 400)
@@ -619,7 +605,7 @@ class BinanceVenue:
             return self._weighted({"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
                                    "or malformed."}, weight, 400)
         try:
-            p = self._query_ints(request, "fromId", "startTime", "endTime", "limit")
+            p = query_ints(request, "fromId", "startTime", "endTime", "limit")
         except ValueError as exc:
             return self._bad_param(str(exc), weight)
         limit = max(1, min(p["limit"] or AGG_TRADES_DEFAULT_LIMIT, AGG_TRADES_MAX_LIMIT))
@@ -648,7 +634,7 @@ class BinanceVenue:
         """``GET /fapi/v1/fundingRate``: the rates settled at each funding time, ascending."""
         sym = request.query.get("symbol", "").upper()
         try:
-            p = self._query_ints(request, "startTime", "endTime", "limit")
+            p = query_ints(request, "startTime", "endTime", "limit")
         except ValueError as exc:
             return self._bad_param(str(exc), 0)
         limit = max(1, min(p["limit"] or FUNDING_DEFAULT_LIMIT, FUNDING_MAX_LIMIT))

@@ -96,3 +96,18 @@ def rest_middleware(ctx: VenueContext, responder: FaultResponder) -> Any:
 
 def ws_response() -> web.WebSocketResponse:
     return web.WebSocketResponse(compress=False, autoping=True, max_msg_size=1 << 20)
+
+
+def query_ints(request: web.Request, *names: str) -> dict[str, int | None]:
+    """Optional integer query parameters of a history endpoint; ValueError names the bad one."""
+    out: dict[str, int | None] = {}
+    for name in names:
+        raw = request.query.get(name)
+        if raw is None or raw == "":
+            out[name] = None
+            continue
+        try:
+            out[name] = int(raw)
+        except ValueError:
+            raise ValueError(name) from None
+    return out

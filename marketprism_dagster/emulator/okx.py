@@ -82,7 +82,7 @@ from aiohttp import WSMsgType, web
 from . import series
 from .config import okx_inst_id
 from .connection import Conn, Frame
-from .context import REQUEST_FAULT, VenueContext, json_response, rest_middleware, ws_response
+from .context import REQUEST_FAULT, VenueContext, json_response, query_ints, rest_middleware, ws_response
 from .faults import FLAG_CHECKSUM, FLAG_SEQ, MAX_AHEAD, OKX_REST_CODES, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .history import LoggedTrade, TradeLog
@@ -599,7 +599,7 @@ class OkxVenue:
         if name != "long-short-account-ratio" and self.market(key) is None:
             return self._bad_inst()
         try:
-            p = self._query_ints(request, "limit", "begin", "end")
+            p = query_ints(request, "limit", "begin", "end")
         except ValueError as exc:
             return self._param_error(str(exc))
         limit = max(1, min(p["limit"] or RUBIK_MAX_LIMIT, RUBIK_MAX_LIMIT))
@@ -622,21 +622,6 @@ class OkxVenue:
         return self._ok(rows)
 
     @staticmethod
-    def _query_ints(request: web.Request, *names: str) -> dict[str, int | None]:
-        """Optional integer parameters; ValueError names the bad one."""
-        out: dict[str, int | None] = {}
-        for name in names:
-            raw = request.query.get(name)
-            if raw is None or raw == "":
-                out[name] = None
-                continue
-            try:
-                out[name] = int(raw)
-            except ValueError:
-                raise ValueError(name) from None
-        return out
-
-    @staticmethod
     def _param_error(name: str) -> web.Response:
         return json_response({"code": "51000", "data": [], "msg": f"Parameter {name} error"}, 400)
 
@@ -655,7 +640,7 @@ class OkxVenue:
         if kind not in ("1", "2"):
             return self._param_error("type")
         try:
-            p = self._query_ints(request, "after", "before", "limit")
+            p = query_ints(request, "after", "before", "limit")
         except ValueError as exc:
             return self._param_error(str(exc))
         limit = max(1, min(p["limit"] or HISTORY_TRADES_MAX_LIMIT, HISTORY_TRADES_MAX_LIMIT))
@@ -683,7 +668,7 @@ class OkxVenue:
         if not iid:
             return self._missing("instId")
         try:
-            p = self._query_ints(request, "after", "before", "limit")
+            p = query_ints(request, "after", "before", "limit")
         except ValueError as exc:
             return self._param_error(str(exc))
         limit = max(1, min(p["limit"] or FUNDING_HISTORY_MAX_LIMIT, FUNDING_HISTORY_MAX_LIMIT))
