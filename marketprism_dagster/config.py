@@ -107,9 +107,9 @@ class SnapshotDepth:
 #   other value is answered HTTP 400, which a collector would otherwise retry forever.
 # * OKX GET /api/v5/market/books: sz "Order book depth per side. Maximum 400", default 1; 40 requests /
 #   2 s per IP (okx docs-v5, order book trading, market data, GET / Order book). snapshot_limit is one
-#   setting for every venue and its default (1000) is above 400, so an OKX market requests
-#   sz = min(snapshot_limit, 400) instead of rejecting the config: the ``books`` WebSocket channel
-#   OKX books are built from carries 400 levels too, so nothing deeper exists to ask for.
+#   setting for every venue and its default (1000) is above 400, so an OKX value above 400 is capped,
+#   not rejected. The OKX adapter always asks sz=400 (venues/okx.BOOKS_DEPTH): its books are the
+#   400-level ``books`` channel, and a shallower snapshot would leave the book wrong below its depth.
 # * Deribit: no order book in our matrix.
 USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 SNAPSHOT_DEPTH: dict[tuple[str, str], SnapshotDepth] = {

@@ -340,6 +340,15 @@ class FaultLedger:
             return per.get(venue, 0) if venue else sum(per.values())
 
 
+def first_due(rule: FaultRule, t0: float) -> tuple[int | None, float | None]:
+    """When a rule first arms: (event count, wall time); a rule with neither arms at the first event."""
+    due_count = rule.at or rule.every
+    due_time = t0 + rule.after if rule.after is not None else t0 + rule.period if rule.period is not None else None
+    if due_count is None and due_time is None:
+        due_count = 1
+    return due_count, due_time
+
+
 class _RuleState:
     __slots__ = ("due_count", "due_time", "fired", "pending", "rule")
 
@@ -347,14 +356,7 @@ class _RuleState:
         self.rule = rule
         self.fired = 0
         self.pending = 0
-        self.due_count: int | None = rule.at or rule.every
-        self.due_time: float | None = None
-        if rule.after is not None:
-            self.due_time = t0 + rule.after
-        elif rule.period is not None:
-            self.due_time = t0 + rule.period
-        if self.due_count is None and self.due_time is None:
-            self.due_count = 1
+        self.due_count, self.due_time = first_due(rule, t0)
 
     @property
     def limit(self) -> int | None:
@@ -393,14 +395,7 @@ class _DropState:
         self.seen = 0  # trade messages of matching topics
         self.remaining = 0  # messages still to drop in the current range
         self.length = rule.count or DROP_TRADES_DEFAULT
-        self.due_count: int | None = rule.at or rule.every
-        self.due_time: float | None = None
-        if rule.after is not None:
-            self.due_time = t0 + rule.after
-        elif rule.period is not None:
-            self.due_time = t0 + rule.period
-        if self.due_count is None and self.due_time is None:
-            self.due_count = 1
+        self.due_count, self.due_time = first_due(rule, t0)
         self.open: dict[str, DroppedTrades] = {}
 
     def matches(self, topic: str) -> bool:

@@ -358,7 +358,6 @@ class OkxAdapter(VenueAdapter):
         try:
             d = frame.data[0]
             self._book(
-                feed_key,
                 frame.arg.instId,
                 frame.action == "snapshot",
                 d.seqId,
@@ -455,12 +454,11 @@ class OkxAdapter(VenueAdapter):
     def _books(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
         b = parse_book_message(msg)
         self._book(
-            fk, b.inst_id, b.snapshot, b.seq_id, b.prev_seq_id, b.ts, b.bids, b.asks, b.checksum, received_at, out
+            b.inst_id, b.snapshot, b.seq_id, b.prev_seq_id, b.ts, b.bids, b.asks, b.checksum, received_at, out
         )
 
     def _book(
         self,
-        fk: str,
         inst_id: str,
         snapshot: bool,
         seq_id: int | None,
