@@ -26,6 +26,7 @@ import structlog
 import typer
 
 from marketprism_dagster.records import encode
+from marketprism_dagster.sessions import payload_text, read_session
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import Output, VenueAdapter
 from marketprism_dagster.venues.common import book_record
@@ -40,29 +41,6 @@ SNAPSHOT_PATHS = {
     "/dapi/v1/depth": "symbol",
     "/api/v5/market/books": "instId",
 }
-
-
-def payload_text(rec: dict[str, Any]) -> str:
-    """The recorded payload exactly as received (see fixtures README: ``raw`` or compact ``data``)."""
-    raw = rec.get("raw")
-    if raw is not None:
-        return raw
-    data = rec.get("data")
-    if isinstance(data, str):
-        return data
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-def read_session(path: Path) -> list[dict[str, Any]]:
-    out = []
-    with path.open("rb") as fh:
-        for n, line in enumerate(fh):
-            if line.strip():
-                rec = json.loads(line)
-                rec["_file"] = path.name
-                rec["_line"] = n
-                out.append(rec)
-    return out
 
 
 def merge_by_time(sessions: Iterable[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
