@@ -61,7 +61,11 @@ docs/venues.md; "unstated" marks what the pages leave open and the emulator's ch
   "Top-Trader-Long-Short-Ratio", "Top-Long-Short-Account-Ratio", "Long-Short-Ratio".
 
 Fault ``drop_trades`` (faults.py) keeps a range of trade events off every connection; the
-history above still has them. Fault ``shutdown_notice`` sends ``{"e":"serverShutdown","E":<ms>}`` (the event the spot
+history above still has them (topics are stream names such as ``btcusdt@aggTrade``; the ids
+recorded are aggregate ids ``a``, raw ids ``t`` on spot ``@trade`` streams). Faults rest_5xx
+answer 503 with ``{"code":-1001,..}``, rest_429 answer 429 with Retry-After. ``SERVERS`` (at the
+end) declares the two servers: binance_spot and binance_derivatives (alias ``binance``: both).
+Fault ``shutdown_notice`` sends ``{"e":"serverShutdown","E":<ms>}`` (the event the spot
 market-stream docs announce before a server shutdown) as a text frame, unwrapped on combined
 streams too, then closes the connection after the fault's ``for``.
 """
@@ -80,15 +84,15 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from . import series
-from .config import binance_symbol
-from .connection import Conn, Frame, binance_frame
-from .context import VenueContext, json_response, query_ints, rest_middleware, ws_response
+from .connection import Conn, Frame
+from .context import VenueContext, json_response, query_ints, ws_response
 from .faults import FLAG_SEQ, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .history import LoggedTrade, TradeLog
 from .hub import TopicSpec
 from .ratelimit import WeightBudget
-from .replay import RecordedFrame, binance_frames, http_by_query, replay_frames
+from .registry import Route, ServerSpec, VenueOption
+from .replay import RecordedFrame, http_by_query, replay_frames
 from .synth import Instrument, SynthBook, TradeTape, rng_for, units
 
 log = structlog.get_logger()
@@ -100,6 +104,30 @@ AGG_TRADES_WEIGHT_SPOT, AGG_TRADES_WEIGHT_USDM = 4, 20
 FUNDING_DEFAULT_LIMIT, FUNDING_MAX_LIMIT = 100, 1000
 FUTURES_DATA_DEFAULT_LIMIT, FUTURES_DATA_MAX_LIMIT = 30, 500
 FUTURES_DATA_RETENTION_MS = 30 * 86_400_000
+WEIGHT_LIMIT_OPTION = VenueOption(
+    "binance_weight_limit", None, "REQUEST_WEIGHT per minute per Binance server (default: the venue's 6000 spot / "
+    "2400 USD-M)", minimum=1, kind=int)
+
+
+def binance_symbol(symbol: str) -> str:
+    return symbol.replace("-", "").replace("/", "").upper()
+
+
+def binance_frame(stream: str, body: bytes, flags: int = 0) -> Frame:
+    """A stream event: ``body`` for raw streams, ``{"stream":..,"data":body}`` for combined ones."""
+    return Frame(stream, body, flags, b'{"stream":"' + stream.encode() + b'","data":' + body + b"}")
+
+
+def recorded_frames(root: Path, session: str) -> list[RecordedFrame]:
+    """Data frames of a Binance combined-stream recording (topic = stream name)."""
+    out: list[RecordedFrame] = []
+    for rec in load_session(root, session):
+        if rec.kind != "recv" or rec.payload is None or not isinstance(rec.data, dict):
+            continue
+        stream = str(rec.data.get("stream", ""))
+        flags = FLAG_SEQ if "@depth" in stream else 0
+        out.append(RecordedFrame(rec.t, stream, rec.payload, flags))
+    return out
 
 
 def stream_route(stream: str) -> str:
@@ -252,12 +280,12 @@ class BinanceVenue:
         self.info = self._exchange_info()
         self.entries = {e["symbol"]: e for e in self.info["symbols"]}
         self.markets: dict[str, BinanceMarket] = {}
-        limit = ctx.cfg.binance_weight_limit or (2400 if self.usdm else 6000)
+        limit = ctx.cfg.options["binance_weight_limit"] or (2400 if self.usdm else 6000)
         self.budget = WeightBudget(limit, ctx.clock)
         self.recorded_frames: list[RecordedFrame] = []
         self.recorded_depth: dict[str, bytes] = {}
         if ctx.replay:
-            self.recorded_frames = binance_frames(ctx.root, f"{self.session}.ws")
+            self.recorded_frames = recorded_frames(ctx.root, f"{self.session}.ws")
             self.recorded_depth = http_by_query(load_session(ctx.root, f"{self.session}.http"), "symbol")
 
     # ---- metadata -------------------------------------------------------------------
@@ -670,27 +698,41 @@ class BinanceVenue:
         return json_response({"code": -1001, "msg": "Unknown error, please check your request or try again later."},
                              503)
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[rest_middleware(self.ctx, self.fault_response)])
-        prefix = "/fapi/v1" if self.usdm else "/api/v3"
-        routes = ["legacy"] + (["public", "market"] if self.usdm else [])
-        for route in routes:
+    def routes(self) -> list[Route]:
+        out: list[Route] = []
+        for route in ["legacy"] + (["public", "market"] if self.usdm else []):
             base = "" if route == "legacy" else f"/{route}"
 
             async def handler(request: web.Request, route: str = route) -> web.StreamResponse:
                 return await self.ws_handler(request, route)
 
-            app.router.add_get(f"{base}/stream", handler)
-            app.router.add_get(f"{base}/ws", handler)
-            app.router.add_get(base + "/ws/{streams:.+}", handler)
-        app.router.add_get(f"{prefix}/depth", self.depth)
-        app.router.add_get(f"{prefix}/exchangeInfo", self.exchange_info)
-        app.router.add_get(f"{prefix}/ping", self.ping)
-        app.router.add_get(f"{prefix}/time", self.server_time)
-        app.router.add_get(f"{prefix}/aggTrades", self.agg_trades)
+            out += [Route("ws", f"{base}/stream", handler), Route("ws", f"{base}/ws", handler),
+                    Route("ws", base + "/ws/{streams:.+}", handler)]
+        prefix = "/fapi/v1" if self.usdm else "/api/v3"
+        out += [
+            Route("rest", f"{prefix}/depth", self.depth),
+            Route("rest", f"{prefix}/exchangeInfo", self.exchange_info),
+            Route("rest", f"{prefix}/ping", self.ping),
+            Route("rest", f"{prefix}/time", self.server_time),
+            Route("rest", f"{prefix}/aggTrades", self.agg_trades),
+        ]
         if self.usdm:
-            app.router.add_get("/fapi/v1/premiumIndex", self.premium_index)
-            app.router.add_get("/fapi/v1/openInterest", self.open_interest)
-            app.router.add_get("/fapi/v1/fundingRate", self.funding_rate_history)
-            app.router.add_get("/futures/data/{name}", self.futures_data)
-        return app
+            out += [
+                Route("rest", "/fapi/v1/premiumIndex", self.premium_index),
+                Route("rest", "/fapi/v1/openInterest", self.open_interest),
+                Route("rest", "/fapi/v1/fundingRate", self.funding_rate_history),
+                Route("rest", "/futures/data/{name}", self.futures_data),
+            ]
+        return out
+
+
+_FAULT_KINDS = frozenset({"shutdown_notice", "drop_trades"})
+SERVERS = (
+    ServerSpec("binance_spot", BinanceVenue, markets={"binance_spot": ("BTC-USDT", "ETH-USDT")},
+               aliases=("binance",), options=(WEIGHT_LIMIT_OPTION,), fault_kinds=_FAULT_KINDS),
+    ServerSpec("binance_derivatives", BinanceVenue, markets={"binance_derivatives": ("BTC-USDT", "ETH-USDT")},
+               aliases=("binance", "binance_usdm"),
+               periods={"binance_mark_price": 3.0,  # <symbol>@markPrice; @markPrice@1s -> 1 s
+                        "liquidation": 2.0},  # mean interval between liquidations per venue stream
+               options=(WEIGHT_LIMIT_OPTION,), fault_kinds=_FAULT_KINDS),
+)

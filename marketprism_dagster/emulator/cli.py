@@ -1,6 +1,8 @@
 """`marketprism emulate`: run the emulator in the foreground until Ctrl-C.
 
 The main CLI mounts :data:`app` (a typer app with one command) or calls :func:`run_emulator`.
+Venue options (registry.VenueOption) are taken as ``--name-with-dashes VALUE``; ``--help`` lists
+them with the venue names.
 """
 
 from __future__ import annotations
@@ -9,18 +11,22 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 import typer
 
-from .config import DEFAULT_SYMBOLS, OKX_BOOKS_MODES, SERVERS, EmulatorConfig
+from . import registry
+from .config import EmulatorConfig
 from .faults import FaultPlan
 from .server import Emulator
 
 log = structlog.get_logger()
 
-app = typer.Typer(help="Run the local exchange emulator (Binance, OKX, Deribit) on 127.0.0.1.")
+app = typer.Typer(help="Run the local exchange emulator on 127.0.0.1.")
+
+# unknown --options reach the command as extra args: the venue options
+VENUE_OPTION_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def run_emulator(
@@ -33,14 +39,12 @@ def run_emulator(
     port: int = 0,
     symbols: dict[str, tuple[str, ...]] | None = None,
     fixtures: Path | None = None,
-    okx_books: str = "zero",
-    okx_trade_count_max: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Start the emulator and serve until interrupted; print the URLs on start."""
     FaultPlan.parse(faults)  # fail fast on a bad spec
-    cfg = EmulatorConfig(mode=mode, venues=tuple(venues or SERVERS), speed=speed, rate=rate, seed=seed,
-                         faults=faults, port=port, symbols=dict(symbols or DEFAULT_SYMBOLS), fixtures=fixtures,
-                         okx_books=okx_books, okx_trade_count_max=okx_trade_count_max)
+    cfg = EmulatorConfig(mode=mode, venues=tuple(venues) if venues else None, speed=speed, rate=rate, seed=seed,
+                         faults=faults, port=port, symbols=symbols, fixtures=fixtures, **(options or {}))
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -57,37 +61,67 @@ def run_emulator(
     asyncio.run(serve())
 
 
-@app.command("emulate")
+def venue_options(args: list[str]) -> dict[str, Any]:
+    """``--name VALUE`` / ``--name=VALUE`` pairs -> venue option values (BadParameter names the allowed ones)."""
+    declared = {opt.flag: opt for opt in registry.options().values()}
+    allowed = ", ".join(sorted(declared)) or "none"
+    out: dict[str, Any] = {}
+    rest = list(args)
+    while rest:
+        flag, eq, value = rest.pop(0).partition("=")
+        opt = declared.get(flag)
+        if opt is None:
+            raise typer.BadParameter(f"unknown option {flag!r}: the venue options are {allowed}")
+        if not eq:
+            if not rest:
+                raise typer.BadParameter(f"{flag} needs a value")
+            value = rest.pop(0)
+        try:
+            out[opt.name] = opt.from_text(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return out
+
+
 def emulate(
-    venue: Annotated[list[str] | None, typer.Option(help="market id or server (repeatable); default all")] = None,
+    ctx: typer.Context,
+    venue: Annotated[list[str] | None, typer.Option(help="market id, server or alias (repeatable); all")] = None,
     mode: Annotated[str, typer.Option(help="replay | synth")] = "synth",
     speed: Annotated[float, typer.Option(help="replay pace: 1 = recorded, 0 = as fast as read")] = 1.0,
     rate: Annotated[float, typer.Option(help="synth messages/s per stream; 0 = as fast as read")] = 10.0,
     seed: Annotated[int, typer.Option(help="synth seed")] = 0,
-    faults: Annotated[str, typer.Option(help="fault spec, e.g. 'gap@okx:every=1000,rest_429@binance'")] = "",
+    faults: Annotated[str, typer.Option(help="fault spec, e.g. 'gap@<venue>:every=1000,rest_429' (faults.py)")] = "",
     port: Annotated[int, typer.Option(help="base port (server i on port+i); 0 = ephemeral")] = 0,
     symbol: Annotated[list[str] | None, typer.Option(help="market_id=SYM[,SYM] (repeatable)")] = None,
     fixtures: Annotated[Path | None, typer.Option(help="shared fixtures dir")] = None,
-    okx_books: Annotated[str, typer.Option(
-        help="synth OKX books protocol: zero (today: snapshot pushed, checksum 0) | rest (no pushed snapshot: "
-             "GET /api/v5/market/books + seqId) | checksum (legacy CRC32)")] = "zero",
-    okx_trade_count_max: Annotated[int, typer.Option(
-        help="synth OKX trades: largest count of matches aggregated into one push (1 = one match a push)")] = 1,
 ) -> None:
     """Serve the emulated venues on 127.0.0.1 until Ctrl-C."""
-    if okx_books not in OKX_BOOKS_MODES:
-        raise typer.BadParameter(f"--okx-books {okx_books!r}: use one of {', '.join(OKX_BOOKS_MODES)}")
-    if okx_trade_count_max < 1:
-        raise typer.BadParameter(f"--okx-trade-count-max {okx_trade_count_max}: use 1 or more")
-    symbols = dict(DEFAULT_SYMBOLS)
+    options = venue_options(list(ctx.args))
+    symbols = registry.default_symbols()
     for item in symbol or []:
         market, _, syms = item.partition("=")
         if market not in symbols or not syms:
             raise typer.BadParameter(f"--symbol {item!r}: use MARKET=SYM[,SYM] with MARKET in {', '.join(symbols)}")
         symbols[market] = tuple(s.strip().upper() for s in syms.split(",") if s.strip())
-    run_emulator(venue, mode, speed, rate, seed, faults, port, symbols, fixtures, okx_books, okx_trade_count_max)
+    run_emulator(venue, mode, speed, rate, seed, faults, port, symbols, fixtures, options)
+
+
+def command_help() -> str:
+    """The command's help: what it does, the venue servers and their options (from the registry)."""
+    lines = ["Serve the emulated venues on 127.0.0.1 until Ctrl-C.", ""]
+    for spec in registry.servers().values():
+        lines.append(f"{spec.name}: markets {', '.join(spec.markets)}"
+                     + (f"; also named {', '.join(spec.aliases)}" if spec.aliases else ""))
+    lines.append("")
+    for opt in registry.options().values():
+        choices = f" ({' | '.join(opt.choices)})" if opt.choices else ""
+        lines.append(f"{opt.flag} VALUE{choices}: {opt.help} [default: {opt.default}]")
+    return "\n\n".join(lines)
 
 
 def register(root: typer.Typer) -> None:
     """Mount `emulate` on the main `marketprism` command line."""
-    root.command("emulate")(emulate)
+    root.command("emulate", help=command_help(), context_settings=VENUE_OPTION_SETTINGS)(emulate)
+
+
+app.command("emulate", help=command_help(), context_settings=VENUE_OPTION_SETTINGS)(emulate)

@@ -1,124 +1,113 @@
-"""Emulator configuration and the market-id <-> venue-server map."""
+"""Emulator configuration: the generic settings plus the options the venue modules declare."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import registry
 from .clock import Clock, WallClock
 from .faults import FaultPlan
 
-OKX_BOOKS_MODES = ("checksum", "zero", "rest")
-SERVERS = ("binance_spot", "binance_derivatives", "okx", "deribit")
-MARKET_SERVER = {
-    "binance_spot": "binance_spot",
-    "binance_derivatives": "binance_derivatives",
-    "okx_spot": "okx",
-    "okx_derivatives": "okx",
-    "deribit_derivatives": "deribit",
-}
-SERVER_ALIASES = {**MARKET_SERVER, "okx": "okx", "deribit": "deribit", "binance": "binance_spot"}
 
-DEFAULT_SYMBOLS: dict[str, tuple[str, ...]] = {
-    "binance_spot": ("BTC-USDT", "ETH-USDT"),
-    "binance_derivatives": ("BTC-USDT", "ETH-USDT"),
-    "okx_spot": ("BTC-USDT", "ETH-USDT"),
-    "okx_derivatives": ("BTC-USDT", "ETH-USDT"),
-    "deribit_derivatives": ("BTC", "ETH"),
-}
-
-# seconds between pushes of the slow streams (the venues' documented cadences)
-DEFAULT_PERIODS: dict[str, float] = {
-    "binance_mark_price": 3.0,  # <symbol>@markPrice; @markPrice@1s -> 1 s
-    "okx_funding_rate": 30.0,  # OKX pushes every 30-90 s
-    "okx_open_interest": 3.0,
-    "deribit_dvol": 1.0,
-    "liquidation": 2.0,  # mean interval between liquidations per venue stream
-}
+def servers_for(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Market ids, server names or aliases -> the servers to run, in server order."""
+    wanted = {server for name in names for server in registry.resolve(name)}
+    return tuple(s for s in registry.servers() if s in wanted)
 
 
-def binance_symbol(symbol: str) -> str:
-    return symbol.replace("-", "").replace("/", "").upper()
-
-
-def okx_inst_id(symbol: str, market: str) -> str:
-    return f"{symbol.upper()}-SWAP" if market == "okx_derivatives" else symbol.upper()
-
-
-def server_for(name: str) -> str:
-    """A market id or server name -> the server that serves it."""
-    try:
-        return SERVER_ALIASES[name]
-    except KeyError:
-        raise ValueError(f"unknown venue {name!r}: use one of {', '.join(sorted(SERVER_ALIASES))}") from None
-
-
-@dataclass
+@dataclass(init=False)
 class EmulatorConfig:
-    """Everything the emulator needs; all fields have working defaults.
+    """Everything the emulator needs; every setting has a working default.
 
-    rate: messages per second per high-frequency stream (depth, books, trades, bookTicker);
-    0 = as fast as the client reads. speed (replay): 1 = original timing, 0 = as fast as the
-    client reads. port: 0 = an ephemeral port per server; otherwise server i listens on
-    port + i in the order of SERVERS. binance_weight_limit: REQUEST_WEIGHT per minute per
-    server (None = the venue's 6000 spot / 2400 USD-M). heartbeat_time_scale multiplies
-    Deribit heartbeat intervals (tests use small values to keep to the protocol yet run fast).
-    okx_books (synth): the OKX ``books`` protocol. ``zero`` (default, OKX since 2026-06-23):
-    snapshot pushed on subscribe, ``checksum`` always 0; ``rest`` (OKX's announced next step):
-    no snapshot in the stream, clients take ``GET /api/v5/market/books`` and bridge by seqId,
-    ``checksum`` 0; ``checksum`` (legacy): snapshot on subscribe and real CRC32 checksums.
-    trade_history (synth): trades remembered per symbol for the trade-history endpoints
-    (history.py). okx_trade_count_max (synth): the largest ``count`` of an OKX ``trades`` push
-    (matches aggregated into one push; default 1 = every push is one match, ``tradeId`` then
-    runs on by 1; 2 or more = about one push in five aggregates 2..max matches, as OKX does).
+    venues: market ids, server names or aliases (default: every registered server).
+    rate: messages per second per high-frequency stream (books, trades, tickers); 0 = as fast
+    as the client reads. speed (replay): 1 = original timing, 0 = as fast as the client reads.
+    port: 0 = an ephemeral port per server; otherwise server i listens on port + i in server
+    order (registry.py). periods: seconds between pushes of the slow streams, by the names the
+    venue modules declare. trade_history (synth): trades remembered per symbol for the
+    trade-history endpoints (history.py). Venue options (``**options``): the settings each
+    venue module declares (registry.VenueOption; read as ``cfg.options[name]`` or
+    ``cfg.<name>``); an unknown name is a TypeError, a bad value a ValueError naming the choices.
     """
 
-    mode: str = "synth"
-    venues: tuple[str, ...] = SERVERS
-    symbols: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_SYMBOLS))
-    rate: float = 10.0
-    speed: float = 1.0
-    seed: int = 0
-    faults: str | FaultPlan = ""
-    host: str = "127.0.0.1"
-    port: int = 0
-    fixtures: Path | str | None = None
-    clock: Clock = field(default_factory=WallClock)
-    binance_weight_limit: int | None = None
-    periods: dict[str, float] = field(default_factory=dict)
-    heartbeat_time_scale: float = 1.0
-    replay_settle: float = 0.05
-    book_levels: int = 200
-    okx_books: str = "zero"
-    trade_history: int = 200_000
-    okx_trade_count_max: int = 1
+    mode: str
+    venues: tuple[str, ...]
+    symbols: dict[str, tuple[str, ...]]
+    rate: float
+    speed: float
+    seed: int
+    faults: str | FaultPlan
+    host: str
+    port: int
+    fixtures: Path | str | None
+    clock: Clock
+    periods: dict[str, float]
+    replay_settle: float
+    book_levels: int
+    trade_history: int
+    options: dict[str, Any]
 
-    def __post_init__(self) -> None:
-        if self.mode not in ("synth", "replay"):
-            raise ValueError(f"mode {self.mode!r}: use 'synth' or 'replay'")
-        if self.okx_books not in OKX_BOOKS_MODES:
-            raise ValueError(f"okx_books {self.okx_books!r}: use one of {', '.join(OKX_BOOKS_MODES)} "
-                             "(CLI: --okx-books)")
-        if self.trade_history < 1 or self.okx_trade_count_max < 1:
-            raise ValueError(f"trade_history {self.trade_history} / okx_trade_count_max {self.okx_trade_count_max}: "
-                             "both must be at least 1")
-        if self.host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"host {self.host!r}: the emulator serves on loopback only (127.0.0.1)")
-        servers: list[str] = []
-        for name in self.venues:
-            server = server_for(name)
-            if name == "binance":
-                servers += ["binance_spot", "binance_derivatives"]
-            elif server not in servers:
-                servers.append(server)
-        self.venues = tuple(s for s in SERVERS if s in servers)
-        merged = dict(DEFAULT_SYMBOLS)
-        merged.update({k: tuple(v) for k, v in self.symbols.items()})
-        self.symbols = merged
+    def __init__(
+        self,
+        mode: str = "synth",
+        venues: tuple[str, ...] | None = None,
+        symbols: dict[str, tuple[str, ...]] | None = None,
+        rate: float = 10.0,
+        speed: float = 1.0,
+        seed: int = 0,
+        faults: str | FaultPlan = "",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        fixtures: Path | str | None = None,
+        clock: Clock | None = None,
+        periods: dict[str, float] | None = None,
+        replay_settle: float = 0.05,
+        book_levels: int = 200,
+        trade_history: int = 200_000,
+        **options: Any,
+    ) -> None:
+        if mode not in ("synth", "replay"):
+            raise ValueError(f"mode {mode!r}: use 'synth' or 'replay'")
+        if trade_history < 1:
+            raise ValueError(f"trade_history {trade_history}: must be at least 1")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"host {host!r}: the emulator serves on loopback only (127.0.0.1)")
+        declared = registry.options()
+        unknown = sorted(set(options) - set(declared))
+        if unknown:
+            raise TypeError(f"EmulatorConfig got unknown option(s) {', '.join(unknown)}: the venue modules declare "
+                            f"{', '.join(sorted(declared)) or 'none'}")
+        self.mode = mode
+        self.venues = servers_for(tuple(registry.servers()) if venues is None else venues)
+        self.symbols = registry.default_symbols()
+        self.symbols.update({k: tuple(v) for k, v in (symbols or {}).items()})
+        self.rate = rate
+        self.speed = speed
+        self.seed = seed
+        self.faults = faults
+        self.host = host
+        self.port = port
+        self.fixtures = fixtures
+        self.clock = clock if clock is not None else WallClock()
+        self.periods = dict(periods or {})
+        self.replay_settle = replay_settle
+        self.book_levels = book_levels
+        self.trade_history = trade_history
+        self.options = {name: opt.check(options.get(name, opt.default)) for name, opt in declared.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and name in options:
+            return options[name]
+        raise AttributeError(f"EmulatorConfig has no setting {name!r}")
 
     @property
     def fault_plan(self) -> FaultPlan:
         return self.faults if isinstance(self.faults, FaultPlan) else FaultPlan.parse(self.faults)
 
     def period(self, name: str) -> float:
-        return self.periods.get(name, DEFAULT_PERIODS[name])
+        if name in self.periods:
+            return self.periods[name]
+        return registry.default_periods()[name]

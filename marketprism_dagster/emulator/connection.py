@@ -47,8 +47,9 @@ def text_frame(payload: bytes) -> bytes:
 class Frame:
     """One outgoing data message.
 
-    `body` is what a raw-stream client receives; `wrapped` (Binance combined streams) the
-    ``{"stream":..,"data":..}`` form. Either may be None and is derived from the other.
+    `body` is what a raw-stream client receives; `wrapped` the form a combined-stream client
+    receives (``{"stream":..,"data":..}``, see ``combined``). Either may be None; a missing
+    `body` is the ``data`` member of `wrapped`.
     """
 
     __slots__ = ("body", "flags", "topic", "wrapped")
@@ -66,10 +67,6 @@ class Frame:
             assert self.wrapped is not None
             self.body = orjson.dumps(orjson.loads(self.wrapped)["data"])
         return self.body
-
-
-def binance_frame(stream: str, body: bytes, flags: int = 0) -> Frame:
-    return Frame(stream, body, flags, b'{"stream":"' + stream.encode() + b'","data":' + body + b"}")
 
 
 @dataclass
@@ -97,14 +94,6 @@ class VenueStats:
             "rest_requests": self.rest_requests,
             "rest_errors": self.rest_errors,
         }
-
-
-def _corrupt_checksum(payload: bytes) -> bytes:
-    msg = orjson.loads(payload)
-    for item in msg.get("data", []):
-        if "checksum" in item:
-            item["checksum"] = ~int(item["checksum"])
-    return orjson.dumps(msg)
 
 
 def _truncate(payload: bytes) -> bytes:
@@ -204,8 +193,8 @@ class Conn:
                 out.append(result)
             elif kind == "malformed" and result is not None:
                 result = _truncate(result)
-            elif kind == "bad_checksum" and result is not None:
-                result = _corrupt_checksum(result)
+            elif kind in self.faults.transforms and result is not None:
+                result = self.faults.transforms[kind](result)  # the venue's own corruption (bad_checksum)
             elif kind == "shutdown_notice" and self.shutdown_notice is not None and not self.shutting_down:
                 self.shutting_down = True
                 out.append(self.shutdown_notice())

@@ -23,12 +23,17 @@ recorded public/subscribe gets the recorded answer bytes. DVOL was never recorde
 subscription gets the documented notification data (documented/deribit_volatility_index.json)
 in the documented notification envelope, re-addressed to the requested index, once;
 get_volatility_index_data answers with the documented response.
+
+Faults rest_5xx / rest_429 answer the JSON-RPC error envelope (500 ``internal_server_error``,
+429 ``too_many_requests`` with Retry-After). ``SERVERS`` (at the end) declares the server
+deribit (market deribit_derivatives).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,17 +42,47 @@ from aiohttp import WSMsgType, web
 
 from . import series
 from .connection import Conn, Frame
-from .context import VenueContext, json_response, rest_middleware, ws_response
-from .faults import FaultRule
+from .context import VenueContext, json_response, ws_response
+from .faults import FLAG_SEQ, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .hub import TopicSpec
-from .replay import deribit_frames, deribit_rpc_script, replay_subscribed
+from .registry import Route, ServerSpec, VenueOption
+from .replay import RecordedFrame, replay_subscribed
 
 log = structlog.get_logger()
 
 RESOLUTIONS = {"1": 1, "60": 60, "3600": 3600, "43200": 43200, "1D": 86400}
 DVOL_PREFIX = "deribit_volatility_index."
 DVOL_MAX_CANDLES = 1000
+HEARTBEAT_SCALE_OPTION = VenueOption(
+    "heartbeat_time_scale", 1.0, "multiplies Deribit heartbeat intervals (tests use small values to keep to the "
+    "protocol yet run fast)", minimum=0, kind=float)
+
+
+def recorded_frames(root: Path) -> list[RecordedFrame]:
+    """Subscription notifications of the Deribit recording (topic = channel)."""
+    out: list[RecordedFrame] = []
+    for rec in load_session(root, "deribit.ws"):
+        data = rec.data
+        if rec.kind != "recv" or rec.payload is None or not isinstance(data, dict):
+            continue
+        if data.get("method") != "subscription":
+            continue
+        params = data["params"]
+        flags = FLAG_SEQ if params.get("data", {}).get("type") == "change" else 0
+        out.append(RecordedFrame(rec.t, str(params["channel"]), rec.payload, flags))
+    return out
+
+
+def rpc_script(root: Path) -> list[tuple[dict[str, object], bytes]]:
+    """Recorded (request, response bytes) pairs of the Deribit session, matched by id."""
+    records = load_session(root, "deribit.ws")
+    sends = [r for r in records if r.kind == "send" and isinstance(r.data, dict)]
+    results: dict[object, bytes] = {}
+    for rec in records:
+        if rec.kind == "recv" and isinstance(rec.data, dict) and "id" in rec.data and rec.payload:
+            results[rec.data["id"]] = rec.payload
+    return [(s.data, results[s.data.get("id")]) for s in sends if s.data.get("id") in results]
 
 
 class RpcError(Exception):
@@ -61,8 +96,8 @@ class DeribitVenue:
     def __init__(self, ctx: VenueContext) -> None:
         self.ctx = ctx
         self.currencies = [s.split("-")[0].upper() for s in ctx.cfg.symbols.get("deribit_derivatives", ())]
-        self.frames = deribit_frames(ctx.root) if ctx.replay else []
-        self.script = deribit_rpc_script(ctx.root) if ctx.replay else []
+        self.frames = recorded_frames(ctx.root) if ctx.replay else []
+        self.script = rpc_script(ctx.root) if ctx.replay else []
         self.instruments: dict[str, bytes] = {}
         for rec in load_session(ctx.root, "deribit.info"):
             currency = rec.url.split("currency=")[1].split("&")[0] if "currency=" in rec.url else ""
@@ -238,7 +273,7 @@ class DeribitVenue:
         self.ctx.hub.subscribe(conn, TopicSpec(channel, make, "period", self.ctx.cfg.period("deribit_dvol")))
 
     async def _heartbeat(self, conn: Conn, interval: float, state: dict[str, Any]) -> None:
-        wait = interval * self.ctx.cfg.heartbeat_time_scale
+        wait = interval * self.ctx.cfg.options["heartbeat_time_scale"]
         while not conn.closed:
             await asyncio.sleep(wait)
             if not state["answered"]:
@@ -265,9 +300,15 @@ class DeribitVenue:
                                  {"Retry-After": "1"})
         return json_response(self._envelope(None, us, error=RpcError(11094, "internal_server_error")), 500)
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[rest_middleware(self.ctx, self.fault_response)])
-        app.router.add_get("/ws/api/v2", self.ws_handler)
-        app.router.add_get("/ws/api/v2/", self.ws_handler)
-        app.router.add_get("/api/v2/public/{method}", self.rest)
-        return app
+    def routes(self) -> list[Route]:
+        return [
+            Route("ws", "/ws/api/v2", self.ws_handler),
+            Route("ws", "/ws/api/v2/", self.ws_handler),
+            Route("rest", "/api/v2/public/{method}", self.rest),
+        ]
+
+
+SERVERS = (
+    ServerSpec("deribit", DeribitVenue, markets={"deribit_derivatives": ("BTC", "ETH")},
+               periods={"deribit_dvol": 1.0}, options=(HEARTBEAT_SCALE_OPTION,)),
+)

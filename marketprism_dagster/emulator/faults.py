@@ -9,9 +9,8 @@ Grammar (``--faults`` on the CLI, ``EmulatorConfig.faults`` in Python)::
     KIND    := disconnect | stall | gap | bad_checksum | duplicate | malformed | reorder
              | shutdown_notice | rest_5xx | rest_429 | rest_timeout | rest_code_200
              | book_snapshot_stale | book_snapshot_ahead | drop_trades
-    VENUE   := binance_spot | binance_derivatives | binance (both) | okx | okx_spot
-             | okx_derivatives (both mean the shared OKX server) | deribit
-             | deribit_derivatives | all (default)
+    VENUE   := a server name, market id or alias of a registered venue server (registry.py;
+               ``marketprism emulate --help`` lists them) | all (default)
     KEY     := at=N        arm at the N-th data frame (WS kinds) or request (REST kinds) of the venue
                every=N     arm at N, 2N, 3N, ...
                after=DUR   arm once DUR after the emulator started
@@ -25,61 +24,55 @@ Grammar (``--faults`` on the CLI, ``EmulatorConfig.faults`` in Python)::
                path=TEXT   REST kinds: only requests whose path contains TEXT
                n=N         book_snapshot_ahead: how many updates the snapshot is ahead (default 5,
                            at most 100)
-               code=TEXT   rest_code_200: the OKX error code, 50011 (default, rate limit) or 50013
-                           (system busy)
-               topic=TEXT  drop_trades: only trade streams whose topic contains TEXT (Binance
-                           stream names such as ``btcusdt@aggTrade``, OKX ``trades:<instId>`` such
-                           as ``trades:BTC-USDT-SWAP``; default: every trade stream of the venue)
+               code=TEXT   rest_code_200: the venue's error code (one its module declares in
+                           ``fault_codes``; default: the venue's choice)
+               topic=TEXT  drop_trades: only trade streams whose topic contains TEXT (the venue's
+                           topic names: see its module; default: every trade stream of the venue)
     DURATION:= NUMBER ("ms" | "s" | "m")?   (bare number = seconds)
 
 With no at/every/after/period a rule arms at the first event (``at=1``). An armed rule fires
-on the next *eligible* frame: ``gap`` only on sequenced book updates (Binance depth diffs,
-OKX books updates, Deribit book changes), ``bad_checksum`` only on OKX books frames, the
-other WS kinds on any data frame; REST kinds on any matching request (the book_snapshot kinds
-only on ``/api/v5/market/books``). Counting is per venue server across its connections; control
-frames (acks, pongs, heartbeats, notices) are never counted. Some kinds exist on some venues
-only (a spec naming another venue is an error; ``all`` narrows to them): bad_checksum,
-rest_code_200 and the book_snapshot kinds on okx; shutdown_notice and drop_trades on
-binance_spot, binance_derivatives and okx.
+on the next *eligible* frame: ``gap`` only on sequenced book updates (frames flagged
+``FLAG_SEQ``), ``bad_checksum`` only on frames flagged ``FLAG_CHECKSUM``, the other WS kinds
+on any data frame; REST kinds on any matching request (the book_snapshot kinds only on the
+path the venue declares for them). Counting is per venue server across its connections;
+control frames (acks, pongs, heartbeats, notices) are never counted. The kinds of
+``VENUE_KINDS`` exist only on the servers whose module declares them (``ServerSpec.fault_kinds``;
+a spec naming another venue is an error, ``all`` narrows to them).
 
 ``drop_trades`` counts differently: its events are trade *messages* as the venue generates
-them (Binance ``aggTrade``/``trade`` events, OKX ``trades`` pushes, each one aggregate), of the
-streams matching ``topic``, whoever is subscribed; ``at``/``every``/``after``/``period`` arm a
-*range* and ``count=N`` (default 500) is the range's length in messages (with ``every`` or
-``period`` a new range starts each time; there is no limit on the number of ranges). The trades
-of a range are generated and remembered as usual (the history endpoints serve them: see
-history.py) but never sent to any connection: no frame, no notice, no other signal. The gap is
-exact: per stream, consecutive trade ids go missing. Each range is logged once when it starts
-and once when it ends, and kept in ``FaultLedger.dropped`` (``Emulator.dropped_trades``) as
-:class:`DroppedTrades` with its topic and the first and last dropped trade id (Binance:
-aggregate ids ``a``, raw ids ``t`` on spot ``@trade`` streams; OKX: the underlying trade
-ids, ``tradeId - count + 1`` of the first dropped push to ``tradeId`` of the last).
-``faults_fired["drop_trades"][venue]`` counts ranges per stream (a range that spans two
-symbols' streams counts twice).
+them (each one aggregate), of the streams matching ``topic``, whoever is subscribed;
+``at``/``every``/``after``/``period`` arm a *range* and ``count=N`` (default 500) is the range's
+length in messages (with ``every`` or ``period`` a new range starts each time; there is no
+limit on the number of ranges). The trades of a range are generated and remembered as usual
+(the history endpoints serve them: see history.py) but never sent to any connection: no frame,
+no notice, no other signal. The gap is exact: per stream, consecutive trade ids go missing.
+Each range is logged once when it starts and once when it ends, and kept in
+``FaultLedger.dropped`` (``Emulator.dropped_trades``) as :class:`DroppedTrades` with its topic
+and the first and last dropped trade id (the ids the venue module passes to
+:meth:`VenueFaults.drop_trade`). ``faults_fired["drop_trades"][venue]`` counts ranges per
+stream (a range that spans two symbols' streams counts twice).
 
 What each kind does to the one connection it fires on: ``disconnect`` aborts the TCP
 connection; ``stall`` stops sending for ``for`` seconds; ``gap`` drops the frame;
-``bad_checksum`` sends it with a wrong checksum (the bitwise complement: with
-``okx_books`` zero or rest the 0 becomes -1, a non-zero checksum that does not match);
-``duplicate`` sends it twice; ``malformed`` sends a truncated, unparseable frame instead; ``reorder`` sends it after the
-next frame. ``shutdown_notice`` sends the venue's notice before the frame (Binance
-``{"e":"serverShutdown","E":<ms>}``, OKX ``{"event":"notice","code":"64008",...,"connId":..}``),
-keeps streaming on that connection for ``for`` seconds (a new connection receives the same
-frames meanwhile), then closes it with WebSocket close code 1001. ``rest_5xx`` answers 503
-(OKX/Deribit: 500 with the venue's error body), ``rest_429`` answers 429 with Retry-After,
-``rest_timeout`` holds the answer for ``for``, ``rest_code_200`` answers HTTP 200 with an OKX
-error body (``{"code":"50011","msg":"Rate limit reached. ...","data":[]}``).
+``duplicate`` sends it twice; ``malformed`` sends a truncated, unparseable frame instead;
+``reorder`` sends it after the next frame; ``bad_checksum`` sends it through the venue's
+payload transform (``ServerSpec.frame_faults``: a checksum that does not match).
+``shutdown_notice`` sends the venue's notice (``Conn.shutdown_notice``) before the frame, keeps
+streaming on that connection for ``for`` seconds (a new connection receives the same frames
+meanwhile), then closes it with WebSocket close code 1001. ``rest_5xx``, ``rest_429`` and
+``rest_code_200`` answer with the venue's error body (``fault_response`` of the venue module:
+5xx, 429 with Retry-After, HTTP 200 with an error code); ``rest_timeout`` holds the answer for
+``for``.
 
-The OKX REST order book kinds (synth mode) answer a real book state that a client bridging
+The REST order book kinds (synth mode) answer a real book state that a client bridging
 snapshot and stream must handle: ``book_snapshot_stale`` serves a past state, older than the
-first update of the most recent ``books`` subscription of that instrument (its seqId is below
-that update's prevSeqId: the client must fetch again); ``book_snapshot_ahead`` moves the book
-``n`` updates on, answers that state and delays those ``n`` updates to the stream, so the
-snapshot is newer than anything the client has received (it must drop the covered updates
-as they arrive and bridge on the one whose prevSeqId is the snapshot's seqId).
+first update of the most recent book subscription of that instrument (the client must fetch
+again); ``book_snapshot_ahead`` moves the book ``n`` updates on, answers that state and delays
+those ``n`` updates to the stream, so the snapshot is newer than anything the client has
+received (it must drop the covered updates as they arrive and bridge on the next one). The
+venue's handler applies them (``context.REQUEST_FAULT``).
 
-Example: ``disconnect@5s,gap@binance_derivatives:every=1000,bad_checksum@okx:at=200,
-stall@okx:at=50:for=3s,rest_5xx@binance_spot:count=2``.
+Example: ``disconnect@5s,gap@<server>:every=1000,stall@<server>:at=50:for=3s,rest_5xx:count=2``.
 
 Every fired fault is logged (structlog event ``emulator.fault`` with kind, venue, detail)
 and counted in :class:`FaultLedger` (``Emulator.faults_fired[kind][venue]``).
@@ -90,10 +83,13 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
+from . import registry
 
 log = structlog.get_logger()
 
@@ -105,39 +101,15 @@ DROP_TRADES_DEFAULT = 500
 BOOK_SNAPSHOT_KINDS = frozenset({"book_snapshot_stale", "book_snapshot_ahead"})
 REST_KINDS = frozenset({"rest_5xx", "rest_429", "rest_timeout", "rest_code_200"}) | BOOK_SNAPSHOT_KINDS
 KINDS = WS_KINDS | REST_KINDS
-VENUES = ("binance_spot", "binance_derivatives", "okx", "deribit")
-# kinds that exist on some venues only
-KIND_VENUES: dict[str, tuple[str, ...]] = {
-    "bad_checksum": ("okx",),
-    "rest_code_200": ("okx",),
-    "book_snapshot_stale": ("okx",),
-    "book_snapshot_ahead": ("okx",),
-    "shutdown_notice": ("binance_spot", "binance_derivatives", "okx"),
-    "drop_trades": ("binance_spot", "binance_derivatives", "okx"),
-}
-OKX_BOOKS_PATH = "/api/v5/market/books"
-OKX_REST_CODES = {
-    "50011": "Rate limit reached. Please refer to API documentation and throttle requests accordingly.",
-    "50013": "System is busy, please try again later.",
-}
+# kinds that exist only on the servers whose module declares them (ServerSpec.fault_kinds)
+VENUE_KINDS = frozenset({"bad_checksum", "rest_code_200", "book_snapshot_stale", "book_snapshot_ahead",
+                         "shutdown_notice", "drop_trades"})
 MAX_AHEAD = 100
-VENUE_ALIASES: dict[str, tuple[str, ...]] = {
-    "all": VENUES,
-    "*": VENUES,
-    "binance": ("binance_spot", "binance_derivatives"),
-    "binance_spot": ("binance_spot",),
-    "binance_derivatives": ("binance_derivatives",),
-    "binance_usdm": ("binance_derivatives",),
-    "okx": ("okx",),
-    "okx_spot": ("okx",),
-    "okx_derivatives": ("okx",),
-    "deribit": ("deribit",),
-    "deribit_derivatives": ("deribit",),
-}
+EVERY_VENUE = ("all", "*")
 
 # frame flags: what a data frame is, for fault eligibility
 FLAG_SEQ = 1  # sequenced book update: a missing one is a detectable gap
-FLAG_CHECKSUM = 2  # carries an OKX checksum
+FLAG_CHECKSUM = 2  # carries a book checksum
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 
@@ -158,7 +130,7 @@ def parse_duration(text: str) -> float:
 @dataclass(frozen=True, slots=True)
 class FaultRule:
     kind: str
-    venues: tuple[str, ...] = VENUES
+    venues: tuple[str, ...] = ()  # empty: every venue server
     at: int | None = None
     every: int | None = None
     after: float | None = None
@@ -191,16 +163,17 @@ def _parse_rule(text: str) -> FaultRule:
     if kind not in KINDS:
         raise FaultSpecError(f"unknown fault kind {kind!r} in {text!r}: allowed {', '.join(sorted(KINDS))}")
     values: dict[str, Any] = {}
-    venues: tuple[str, ...] = VENUES
+    venues = tuple(registry.servers())
+    names = registry.names()
     target = target.strip()
-    if target:
-        if target in VENUE_ALIASES:
-            venues = VENUE_ALIASES[target]
+    if target and target not in EVERY_VENUE:
+        if target in names:
+            venues = names[target]
         elif _DURATION.match(target):
             values["after"] = parse_duration(target)
         else:
             raise FaultSpecError(
-                f"bad target {target!r} in {text!r}: a venue ({', '.join(VENUE_ALIASES)}) or a duration"
+                f"bad target {target!r} in {text!r}: a venue ({', '.join([*EVERY_VENUE, *names])}) or a duration"
             )
     for option in options:
         key, sep, value = option.partition("=")
@@ -222,9 +195,8 @@ def _parse_rule(text: str) -> FaultRule:
                     raise FaultSpecError(f"bad option topic={value} in {text!r}: only drop_trades takes a topic")
                 values["topic"] = value
             elif key == "code":
-                if kind != "rest_code_200" or value not in OKX_REST_CODES:
-                    raise FaultSpecError(f"bad option code={value} in {text!r}: only rest_code_200 takes a code, "
-                                         f"one of {', '.join(OKX_REST_CODES)}")
+                if kind != "rest_code_200":
+                    raise FaultSpecError(f"bad option code={value} in {text!r}: only rest_code_200 takes a code")
                 values["code"] = value
             else:
                 raise FaultSpecError(
@@ -238,15 +210,20 @@ def _parse_rule(text: str) -> FaultRule:
     if "n" in values and (kind != "book_snapshot_ahead" or values["n"] > MAX_AHEAD):
         raise FaultSpecError(f"bad option n={values['n']} in {text!r}: only book_snapshot_ahead takes n "
                              f"(1..{MAX_AHEAD} updates)")
-    allowed = KIND_VENUES.get(kind)
-    if allowed is not None:
+    if kind in VENUE_KINDS:
+        allowed = registry.supporting(kind)
         narrowed = tuple(v for v in venues if v in allowed)
         if not narrowed:
             raise FaultSpecError(f"fault {kind!r} in {text!r} does not exist on {target}: use one of "
                                  f"{', '.join(allowed)} (or no venue)")
         venues = narrowed
-    if kind in BOOK_SNAPSHOT_KINDS and "path" not in values:
-        values["path"] = OKX_BOOKS_PATH
+        specs = [registry.server(v) for v in venues]
+        if "path" not in values:
+            values["path"] = next((s.fault_paths[kind] for s in specs if kind in s.fault_paths), None)
+        codes = [code for s in specs for code in s.fault_codes]
+        if "code" in values and values["code"] not in codes:
+            raise FaultSpecError(f"bad option code={values['code']} in {text!r}: rest_code_200 on "
+                                 f"{', '.join(venues)} takes one of {', '.join(codes)}")
     return FaultRule(kind=kind, venues=venues, text=text.strip(), **values)
 
 
@@ -263,7 +240,7 @@ class FaultPlan:
         return cls(tuple(_parse_rule(part) for part in spec.split(",") if part.strip()))
 
     def for_venue(self, venue: str) -> tuple[FaultRule, ...]:
-        return tuple(rule for rule in self.rules if venue in rule.venues)
+        return tuple(rule for rule in self.rules if not rule.venues or venue in rule.venues)
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,9 +399,11 @@ def _eligible(kind: str, flags: int) -> bool:
 class VenueFaults:
     """Runtime schedule of one venue server: asked once per data frame and per REST request."""
 
-    def __init__(self, venue: str, plan: FaultPlan, ledger: FaultLedger, t0: float | None = None) -> None:
+    def __init__(self, venue: str, plan: FaultPlan, ledger: FaultLedger, t0: float | None = None,
+                 transforms: Mapping[str, Callable[[bytes], bytes]] | None = None) -> None:
         self.venue = venue
         self.ledger = ledger
+        self.transforms = dict(transforms or {})  # WS kind -> the venue's payload transform
         start = time.monotonic() if t0 is None else t0
         rules = plan.for_venue(venue)
         self._ws = [_RuleState(r, start) for r in rules if not r.is_rest and r.kind not in GENERATOR_KINDS]
@@ -465,8 +444,8 @@ class VenueFaults:
     def drop_trade(self, topic: str, first_id: int, last_id: int) -> bool:
         """Count one generated trade message of ``topic``; True = keep it off the stream (recorded).
 
-        ``first_id``/``last_id``: the trade ids the message carries (Binance: ``a`` twice; OKX:
-        ``tradeId - count + 1`` and ``tradeId``).
+        ``first_id``/``last_id``: the first and last trade id the message carries (the same id
+        twice for a message that carries one).
         """
         dropped = False
         for state in self._drops:

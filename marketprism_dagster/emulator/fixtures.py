@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from marketprism_dagster.sessions import payload_text, read_session
+
 FIXTURES_ENV = "MARKETPRISM_FIXTURES"
 
 
@@ -44,24 +46,14 @@ class SessionRecord:
     payload: bytes | None
 
 
-def _payload(rec: dict[str, Any]) -> bytes | None:
-    if rec.get("raw") is not None:
-        return str(rec["raw"]).encode()
-    if rec.get("data") is None:
-        return None
-    return json.dumps(rec["data"], separators=(",", ":"), ensure_ascii=False).encode()
-
-
 @lru_cache(maxsize=32)
 def load_session(root: Path, name: str) -> tuple[SessionRecord, ...]:
     """Records of sessions/<name>.jsonl in file order."""
     out: list[SessionRecord] = []
-    with (root / "sessions" / f"{name}.jsonl").open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            out.append(SessionRecord(rec["t"], rec["kind"], rec["url"], rec["data"], _payload(rec)))
+    for rec in read_session(root / "sessions" / f"{name}.jsonl"):
+        empty = rec.get("raw") is None and rec.get("data") is None
+        payload = None if empty else payload_text(rec).encode()
+        out.append(SessionRecord(rec["t"], rec["kind"], rec["url"], rec["data"], payload))
     return tuple(out)
 
 

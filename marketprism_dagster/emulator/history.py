@@ -4,7 +4,7 @@ Every trade the synth streams generate is appended here *before* a fault may dro
 so a history request answers exactly the ids, prices, sizes, sides and times the stream sent
 (or would have sent). One :class:`TradeLog` per venue symbol, oldest first, bounded to the
 newest ``cap`` trades (``EmulatorConfig.trade_history``, default 200,000 per symbol: the
-emulator's stand-in for the venues' retention, see binance.py and okx.py for theirs).
+emulator's stand-in for the venues' retention; each venue module states its venue's).
 
 Columns are ``array('q')`` (8 bytes a value) so a full log costs about 10 MB; ids and times
 are non-decreasing, so lookups are bisections.
@@ -26,7 +26,7 @@ class LoggedTrade:
     price: int
     qty: int
     is_buy: bool  # taker side
-    first_id: int  # Binance aggregate: first and last raw trade id; OKX: the trade id itself
+    first_id: int  # an aggregate's first and last raw trade id (a single trade: its own id twice)
     last_id: int
 
 

@@ -13,7 +13,12 @@ snapshot with ``"checksum": 0`` everywhere; ``rest`` pushes no snapshot, only up
 book as of the last update handed to the stream: ``{"code":"0","msg":"","data":[{"asks":
 [[px,sz,"0",orders],...],"bids":[...],"ts":"<ms>","seqId":<int>}]}`` (top ``sz`` levels,
 default 1, at most 400); faults book_snapshot_stale/book_snapshot_ahead bend it (faults.py).
-Fault shutdown_notice sends ``{"event":"notice","code":"64008","msg":..,"connId":..}``.
+Fault shutdown_notice sends ``{"event":"notice","code":"64008","msg":..,"connId":..}``; fault
+rest_code_200 answers HTTP 200 ``{"code":"50011","msg":"Rate limit reached. ...","data":[]}``
+(``code=50013``: system busy); fault bad_checksum complements ``checksum`` (0 becomes -1);
+fault drop_trades matches topics ``trades:<instId>`` (e.g. ``trades:BTC-USDT-SWAP``) and
+records the underlying trade ids ``tradeId - count + 1`` .. ``tradeId``. The server
+(``SERVERS`` at the end) serves okx_spot and okx_derivatives on one port.
 
 REST: ``/api/v5/public/instruments``, ``/public/funding-rate``, ``/public/funding-rate-history``,
 ``/public/open-interest``, ``/market/books``, ``/market/history-trades``, and the rubik statistics
@@ -70,6 +75,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import zlib
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -80,15 +87,14 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from . import series
-from .config import okx_inst_id
 from .connection import Conn, Frame
-from .context import REQUEST_FAULT, VenueContext, json_response, query_ints, rest_middleware, ws_response
-from .faults import FLAG_CHECKSUM, FLAG_SEQ, MAX_AHEAD, OKX_REST_CODES, FaultRule
+from .context import REQUEST_FAULT, VenueContext, json_response, query_ints, ws_response
+from .faults import FLAG_CHECKSUM, FLAG_SEQ, MAX_AHEAD, FaultRule
 from .fixtures import documented_example, load_session, readdress
 from .history import LoggedTrade, TradeLog
 from .hub import TopicSpec
-from .okx_checksum import okx_checksum
-from .replay import okx_frames, replay_subscribed
+from .registry import Route, ServerSpec, VenueOption
+from .replay import RecordedFrame, replay_subscribed
 from .synth import BookHistory, BookState, Instrument, SynthBook, TradeTape, rng_for, units
 
 log = structlog.get_logger()
@@ -111,7 +117,20 @@ FUNDING_HISTORY_RETENTION_MS = 90 * 86_400_000
 WARM_UP_UPDATES = 8
 STALE_UPDATES = 3  # a stale snapshot is this many updates older than a new subscriber's first one
 SHUTDOWN_MSG = "The connection will soon be closed for a service upgrade. Please reconnect."
+BOOKS_PATH = "/api/v5/market/books"
+REST_CODES = {  # rest_code_200: HTTP 200 with an error code (50011 is the default)
+    "50011": "Rate limit reached. Please refer to API documentation and throttle requests accordingly.",
+    "50013": "System is busy, please try again later.",
+}
+BOOKS_MODES = ("checksum", "zero", "rest")
+BOOKS_OPTION = VenueOption(
+    "okx_books", "zero", "synth OKX books protocol: zero (today: snapshot pushed, checksum 0) | rest (no pushed "
+    "snapshot: GET /api/v5/market/books + seqId) | checksum (legacy CRC32)", choices=BOOKS_MODES)
+TRADE_COUNT_OPTION = VenueOption(
+    "okx_trade_count_max", 1, "synth OKX trades: largest count of matches aggregated into one push (1 = one match "
+    "a push; 2 or more = about one push in five aggregates 2..max matches, as OKX does)", minimum=1, kind=int)
 
+Level = Sequence[str]
 BookView = tuple[int, int, list[tuple[int, int]], list[tuple[int, int]]]  # seqId, ts, top bids, top asks
 
 
@@ -124,6 +143,64 @@ def _recorded_instruments(root: Path) -> dict[str, bytes]:
         key = query.get("instType", [""])[0] + "".join(f"&uly={u}" for u in query.get("uly", []))
         if rec.payload is not None:
             out[key] = rec.payload
+    return out
+
+
+def checksum_string(bids: Sequence[Level], asks: Sequence[Level], depth: int = 25) -> str:
+    """The string the ``books`` checksum is computed over (bids descending, asks ascending).
+
+    Documented rule (documented/okx_orderbook_books.json): take the first 25 bids and 25 asks
+    of the merged book, interleave them as ``bid_px:bid_sz:ask_px:ask_sz:...`` using the
+    venue's own price and size strings; when one side runs out the other continues alone.
+    """
+    parts: list[str] = []
+    nb = min(depth, len(bids))
+    na = min(depth, len(asks))
+    for i in range(max(nb, na)):
+        if i < nb:
+            parts.append(bids[i][0])
+            parts.append(bids[i][1])
+        if i < na:
+            parts.append(asks[i][0])
+            parts.append(asks[i][1])
+    return ":".join(parts)
+
+
+def signed_crc32(text: str) -> int:
+    value = zlib.crc32(text.encode())
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def okx_checksum(bids: Sequence[Level], asks: Sequence[Level]) -> int:
+    """Signed CRC32 over the top 25 levels per side, as OKX sends it in ``checksum``."""
+    return signed_crc32(checksum_string(bids, asks))
+
+
+def corrupt_checksum(payload: bytes) -> bytes:
+    """Fault bad_checksum: every ``checksum`` of the push becomes its bitwise complement (0 -> -1)."""
+    msg = orjson.loads(payload)
+    for item in msg.get("data", []):
+        if "checksum" in item:
+            item["checksum"] = ~int(item["checksum"])
+    return orjson.dumps(msg)
+
+
+def inst_id(symbol: str, market: str) -> str:
+    return f"{symbol.upper()}-SWAP" if market == "okx_derivatives" else symbol.upper()
+
+
+def recorded_frames(root: Path) -> list[RecordedFrame]:
+    """Data frames of the OKX recording (topic = channel:instId); event acks are left out."""
+    out: list[RecordedFrame] = []
+    for rec in load_session(root, "okx.ws"):
+        data = rec.data
+        if rec.kind != "recv" or rec.payload is None or not isinstance(data, dict) or "event" in data:
+            continue
+        arg = data.get("arg", {})
+        flags = 0
+        if arg.get("channel") == "books":
+            flags = FLAG_CHECKSUM | (FLAG_SEQ if data.get("action") == "update" else 0)
+        out.append(RecordedFrame(rec.t, f"{arg.get('channel')}:{arg.get('instId')}", rec.payload, flags))
     return out
 
 
@@ -152,7 +229,7 @@ class OkxMarket:
         self.inst_type = inst_type
         cfg = venue.ctx.cfg
         seed, iid = cfg.seed, inst.venue_symbol
-        self.books_mode = cfg.okx_books
+        self.books_mode: str = cfg.options["okx_books"]
         self.book = SynthBook(inst, rng_for(seed, "okx", iid, "book"), levels=cfg.book_levels)
         self.seq = 10_000
         self.ts = venue.ctx.clock.now_ms()
@@ -249,7 +326,7 @@ class OkxMarket:
         arg = {"channel": "trades", "instId": inst.venue_symbol}
         now_ms = self.venue.ctx.clock.now_ms()
         now = str(now_ms)
-        max_count = self.venue.ctx.cfg.okx_trade_count_max
+        max_count = self.venue.trade_count_max
         faults, add, step, iid = self.venue.ctx.faults, self.trades.add, inst.size_step, inst.venue_symbol
         drops = faults.drops_active
         for size in tape.burst_sizes(n):
@@ -313,6 +390,7 @@ class OkxMarket:
 class OkxVenue:
     def __init__(self, ctx: VenueContext) -> None:
         self.ctx = ctx
+        self.trade_count_max: int = ctx.cfg.options["okx_trade_count_max"]
         self.recorded = _recorded_instruments(ctx.root)
         self.instruments: dict[str, dict[str, Any]] = {}
         for key in ("SPOT", "SWAP"):
@@ -321,11 +399,11 @@ class OkxVenue:
         self.configured: dict[str, str] = {}  # instId -> market id
         for market in ("okx_spot", "okx_derivatives"):
             for sym in ctx.cfg.symbols.get(market, ()):
-                self.configured[okx_inst_id(sym, market)] = market
+                self.configured[inst_id(sym, market)] = market
         if not ctx.replay:
             self._add_missing()
         self.markets: dict[str, OkxMarket] = {}
-        self.frames = okx_frames(ctx.root) if ctx.replay else []
+        self.frames = recorded_frames(ctx.root) if ctx.replay else []
         self.recorded_books: dict[str, dict[str, Any]] = {}
         if ctx.replay:
             for rec in self.frames:
@@ -691,20 +769,37 @@ class OkxVenue:
     def fault_response(self, rule: FaultRule) -> web.Response:
         if rule.kind == "rest_code_200":
             code = rule.code or "50011"
-            return json_response({"code": code, "msg": OKX_REST_CODES[code], "data": []})
+            return json_response({"code": code, "msg": REST_CODES[code], "data": []})
         if rule.kind == "rest_429":
             return json_response({"code": "50011", "data": [], "msg": "Too Many Requests"}, 429, {"Retry-After": "1"})
         return json_response({"code": "50001", "data": [], "msg": "Service temporarily unavailable. Please try again "
                               "later."}, 503)
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[rest_middleware(self.ctx, self.fault_response)])
-        app.router.add_get("/ws/v5/public", self.ws_handler)
-        app.router.add_get("/api/v5/public/instruments", self.get_instruments)
-        app.router.add_get("/api/v5/public/funding-rate", self.funding_rate)
-        app.router.add_get("/api/v5/public/open-interest", self.open_interest)
-        app.router.add_get("/api/v5/market/books", self.books)
-        app.router.add_get("/api/v5/market/history-trades", self.history_trades)
-        app.router.add_get("/api/v5/public/funding-rate-history", self.funding_rate_history)
-        app.router.add_get("/api/v5/rubik/stat/contracts/{name}", self.rubik)
-        return app
+    def routes(self) -> list[Route]:
+        return [
+            Route("ws", "/ws/v5/public", self.ws_handler),
+            Route("rest", "/api/v5/public/instruments", self.get_instruments),
+            Route("rest", "/api/v5/public/funding-rate", self.funding_rate),
+            Route("rest", "/api/v5/public/open-interest", self.open_interest),
+            Route("rest", BOOKS_PATH, self.books),
+            Route("rest", "/api/v5/market/history-trades", self.history_trades),
+            Route("rest", "/api/v5/public/funding-rate-history", self.funding_rate_history),
+            Route("rest", "/api/v5/rubik/stat/contracts/{name}", self.rubik),
+        ]
+
+
+SERVERS = (
+    ServerSpec(
+        "okx", OkxVenue,
+        markets={"okx_spot": ("BTC-USDT", "ETH-USDT"), "okx_derivatives": ("BTC-USDT", "ETH-USDT")},
+        periods={"okx_funding_rate": 30.0,  # OKX pushes every 30-90 s
+                 "okx_open_interest": 3.0,
+                 "liquidation": 2.0},  # mean interval between liquidations per venue stream
+        options=(BOOKS_OPTION, TRADE_COUNT_OPTION),
+        fault_kinds=frozenset({"bad_checksum", "rest_code_200", "book_snapshot_stale", "book_snapshot_ahead",
+                               "shutdown_notice", "drop_trades"}),
+        fault_paths={"book_snapshot_stale": BOOKS_PATH, "book_snapshot_ahead": BOOKS_PATH},
+        fault_codes=REST_CODES,
+        frame_faults={"bad_checksum": corrupt_checksum},
+    ),
+)

@@ -1,9 +1,9 @@
-"""Binance REQUEST_WEIGHT budget: X-MBX-USED-WEIGHT-1M on every answer, 429 then 418.
+"""A per-minute request-weight budget: used weight on every answer, 429 past the limit, then 418.
 
-Documented rule (documented/binance_*_errors_rate_limits.json): every REST response carries
-``X-MBX-USED-WEIGHT-1M``; past the limit the venue answers 429 with Retry-After; a client
-that keeps going after a 429 is banned with 418 and Retry-After until the ban ends (2 min,
-growing for repeat offenders).
+The rule: each request costs a weight; the venue reports the weight used in the current
+minute on every answer; past the limit it answers 429 with Retry-After; a client that keeps
+going after a 429 is banned with 418 and Retry-After until the ban ends (2 min, doubling for
+repeat offenders). A venue module owns a budget per server and names its header and limits.
 """
 
 from __future__ import annotations

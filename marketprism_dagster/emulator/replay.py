@@ -1,9 +1,9 @@
 """Replay of the recorded sessions: the recorded bytes, in order, at the recorded pace.
 
-Each recorded ``recv`` record becomes a `RecordedFrame` with its exact recorded bytes and a
-topic (Binance stream name, OKX ``channel:instId``, Deribit channel). A connection gets the
-frames of the topics it subscribed to; control records (OKX event acks, Deribit RPC results)
-are answered by the venue modules instead, in the recorded format.
+Each venue module reads its recorded ``recv`` records into `RecordedFrame`s (exact recorded
+bytes, a topic in the venue's own naming, fault flags); a connection gets the frames of the
+topics it subscribed to. Control records (event acks, RPC results) are answered by the venue
+modules instead, in the recorded format.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from .connection import Conn, Frame
-from .faults import FLAG_CHECKSUM, FLAG_SEQ
-from .fixtures import SessionRecord, load_session
+from .fixtures import SessionRecord
 
 BATCH = 256
 
@@ -27,59 +25,6 @@ class RecordedFrame:
     topic: str
     payload: bytes
     flags: int = 0
-
-
-def binance_frames(root: Path, session: str) -> list[RecordedFrame]:
-    """Data frames of a Binance combined-stream recording (topic = stream name)."""
-    out: list[RecordedFrame] = []
-    for rec in load_session(root, session):
-        if rec.kind != "recv" or rec.payload is None or not isinstance(rec.data, dict):
-            continue
-        stream = str(rec.data.get("stream", ""))
-        flags = FLAG_SEQ if "@depth" in stream else 0
-        out.append(RecordedFrame(rec.t, stream, rec.payload, flags))
-    return out
-
-
-def okx_frames(root: Path) -> list[RecordedFrame]:
-    """Data frames of the OKX recording (topic = channel:instId); event acks are left out."""
-    out: list[RecordedFrame] = []
-    for rec in load_session(root, "okx.ws"):
-        data = rec.data
-        if rec.kind != "recv" or rec.payload is None or not isinstance(data, dict) or "event" in data:
-            continue
-        arg = data.get("arg", {})
-        flags = 0
-        if arg.get("channel") == "books":
-            flags = FLAG_CHECKSUM | (FLAG_SEQ if data.get("action") == "update" else 0)
-        out.append(RecordedFrame(rec.t, f"{arg.get('channel')}:{arg.get('instId')}", rec.payload, flags))
-    return out
-
-
-def deribit_frames(root: Path) -> list[RecordedFrame]:
-    """Subscription notifications of the Deribit recording (topic = channel)."""
-    out: list[RecordedFrame] = []
-    for rec in load_session(root, "deribit.ws"):
-        data = rec.data
-        if rec.kind != "recv" or rec.payload is None or not isinstance(data, dict):
-            continue
-        if data.get("method") != "subscription":
-            continue
-        params = data["params"]
-        flags = FLAG_SEQ if params.get("data", {}).get("type") == "change" else 0
-        out.append(RecordedFrame(rec.t, str(params["channel"]), rec.payload, flags))
-    return out
-
-
-def deribit_rpc_script(root: Path) -> list[tuple[dict[str, object], bytes]]:
-    """Recorded (request, response bytes) pairs of the Deribit session, matched by id."""
-    records = load_session(root, "deribit.ws")
-    sends = [r for r in records if r.kind == "send" and isinstance(r.data, dict)]
-    results: dict[object, bytes] = {}
-    for rec in records:
-        if rec.kind == "recv" and isinstance(rec.data, dict) and "id" in rec.data and rec.payload:
-            results[rec.data["id"]] = rec.payload
-    return [(s.data, results[s.data.get("id")]) for s in sends if s.data.get("id") in results]
 
 
 def http_by_query(records: tuple[SessionRecord, ...], key: str) -> dict[str, bytes]:

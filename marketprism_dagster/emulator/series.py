@@ -91,8 +91,8 @@ def ceil_to(ts: int, period_ms: int) -> int:
 def series_window(period_ms: int, now: int, limit: int, start: int | None = None, end: int | None = None,
                   oldest: int | None = None, from_start: bool = False) -> list[int]:
     """Period boundaries ``ts`` with start <= ts <= end, ts <= now and ts >= oldest (retention),
-    oldest first, at most ``limit``: the first ones from ``start`` when ``from_start`` (Binance's
-    "startTime + limit" rule), else the newest ones."""
+    oldest first, at most ``limit``: the first ones from ``start`` when ``from_start`` (a
+    "start + limit" paging rule), else the newest ones."""
     last = floor_to(now, period_ms)
     if end is not None:
         last = min(last, floor_to(end, period_ms))
@@ -112,8 +112,8 @@ def settled_funding_rate(seed: int, symbol: str, funding_time: int) -> float:
 
 
 def dvol_candle(seed: int, currency: str, ts: int, step_ms: int) -> list[float | int]:
-    """[ts, open, high, low, close] of DVOL over [ts, ts + step): the per-second values the
-    ``deribit_volatility_index`` channel pushes (value of second s = dvol(seed, currency, s)).
+    """[ts, open, high, low, close] of DVOL over [ts, ts + step): the per-second values a DVOL
+    stream pushes (value of second s = dvol(seed, currency, s)).
     Exact for candles of up to 60 seconds; longer ones take high/low over 60 evenly spaced
     seconds including the first and the last."""
     seconds = max(1, step_ms // 1000)

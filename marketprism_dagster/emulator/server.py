@@ -1,4 +1,4 @@
-"""The emulator: one aiohttp server per venue on 127.0.0.1, in-loop or in a thread."""
+"""The emulator: one aiohttp server per registered venue server on 127.0.0.1, in-loop or in a thread."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import contextlib
 import threading
 import time
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from aiohttp import web
 
-from .config import MARKET_SERVER, SERVERS, EmulatorConfig
+from . import registry
+from .config import EmulatorConfig
 from .connection import VenueStats
-from .context import VenueContext
+from .context import VenueContext, rest_middleware
 from .faults import DroppedTrades, FaultLedger, VenueFaults
 from .fixtures import fixtures_dir
 from .hub import StreamHub
@@ -22,26 +23,17 @@ from .hub import StreamHub
 log = structlog.get_logger()
 
 
-class _Venue(Protocol):
-    def app(self) -> web.Application: ...
-
-
-def _venue(ctx: VenueContext) -> _Venue:
-    if ctx.name.startswith("binance"):
-        from .binance import BinanceVenue
-
-        return BinanceVenue(ctx)
-    if ctx.name == "okx":
-        from .okx import OkxVenue
-
-        return OkxVenue(ctx)
-    from .deribit import DeribitVenue
-
-    return DeribitVenue(ctx)
+def venue_app(spec: registry.ServerSpec, ctx: VenueContext) -> web.Application:
+    """The aiohttp application of one venue server: its declared routes behind the REST fault middleware."""
+    venue = spec.build(ctx)
+    app = web.Application(middlewares=[rest_middleware(ctx, venue.fault_response)])
+    for route in venue.routes():
+        app.router.add_get(route.path, route.handler)
+    return app
 
 
 class Emulator:
-    """Binance / OKX / Deribit stand-in. ``async with Emulator(cfg) as emu: emu.urls``."""
+    """Stand-in for every registered venue server. ``async with Emulator(cfg) as emu: emu.urls``."""
 
     def __init__(self, cfg: EmulatorConfig | None = None) -> None:
         self.cfg = cfg or EmulatorConfig()
@@ -55,13 +47,16 @@ class Emulator:
         root = fixtures_dir(cfg.fixtures)
         plan = cfg.fault_plan
         t0 = time.monotonic()
+        order = list(registry.servers())
         for name in cfg.venues:
-            ctx = VenueContext(name=name, cfg=cfg, root=root, faults=VenueFaults(name, plan, self.ledger, t0),
-                               stats=VenueStats(), hub=StreamHub(name, cfg.rate))
-            app = _venue(ctx).app()
+            spec = registry.server(name)
+            faults = VenueFaults(name, plan, self.ledger, t0, spec.frame_faults)
+            ctx = VenueContext(name=name, cfg=cfg, root=root, faults=faults, stats=VenueStats(),
+                               hub=StreamHub(name, cfg.rate))
+            app = venue_app(spec, ctx)
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
             await runner.setup()
-            port = 0 if cfg.port == 0 else cfg.port + SERVERS.index(name)
+            port = 0 if cfg.port == 0 else cfg.port + order.index(name)
             site = web.TCPSite(runner, cfg.host, port, reuse_address=True)
             await site.start()
             server = site._server
@@ -96,9 +91,9 @@ class Emulator:
 
     @property
     def urls(self) -> dict[str, dict[str, str]]:
-        """market id -> {"rest": "http://127.0.0.1:P", "ws": "ws://127.0.0.1:P"} (OKX markets share one)."""
+        """market id -> {"rest": "http://127.0.0.1:P", "ws": "ws://127.0.0.1:P"} (markets of one server share it)."""
         out: dict[str, dict[str, str]] = {}
-        for market, server in MARKET_SERVER.items():
+        for market, server in registry.market_servers().items():
             port = self.ports.get(server)
             if port is not None:
                 out[market] = {"rest": f"http://{self.cfg.host}:{port}", "ws": f"ws://{self.cfg.host}:{port}"}

@@ -2,7 +2,7 @@
 
 Prices and sizes are integers in units of the instrument's tick/lot decimals and become
 strings only at the edge (`Instrument.px` / `Instrument.qty`), so every string the venue
-modules send is exactly the string the OKX checksum and the REST snapshots use.
+modules send is exactly the string a book checksum and the REST snapshots use.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def fmt_fixed(value: int, decimals: int) -> str:
 
 
 def fmt_trim(value: int, decimals: int) -> str:
-    """Like fmt_fixed without trailing zeros (OKX style: '30238.8', '5')."""
+    """Like fmt_fixed without trailing zeros ('30238.8', '5')."""
     text = fmt_fixed(value, decimals)
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -50,14 +50,14 @@ class Instrument:
     """How one venue symbol prices and sizes, plus its display rules."""
 
     symbol: str  # normalized BASE-QUOTE
-    venue_symbol: str  # BTCUSDT / BTC-USDT-SWAP
+    venue_symbol: str  # the venue's own name of the instrument
     price_dec: int
     tick: int
     qty_dec: int
     lot: int
-    price_out_dec: int | None = None  # fixed decimals on the wire; None = trimmed (OKX)
+    price_out_dec: int | None = None  # fixed decimals on the wire; None = trimmed (fmt_trim)
     qty_out_dec: int | None = None
-    ct_val: str = ""  # OKX swaps: base units per contract
+    ct_val: str = ""  # contracts (swaps): base units per contract
     _px_cache: dict[int, str] = field(default_factory=dict, repr=False)
     _qty_cache: dict[int, str] = field(default_factory=dict, repr=False)
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig, FaultPlan, FaultSpecError
-from marketprism_dagster.emulator.okx_checksum import okx_checksum
+from marketprism_dagster.emulator.okx import okx_checksum
 
 
 def test_fault_spec_grammar_parses_targets_schedules_and_options() -> None:

@@ -11,7 +11,7 @@ import pytest
 from okx_book_client import SUBSCRIBE, ClientBook, next_json, rest_book
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
-from marketprism_dagster.emulator.okx_checksum import okx_checksum
+from marketprism_dagster.emulator.okx import okx_checksum
 
 
 def _cfg(root: Path, mode: str, **kw: Any) -> EmulatorConfig:

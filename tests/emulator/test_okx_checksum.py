@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from marketprism_dagster.emulator.okx_checksum import checksum_string, okx_checksum
+from marketprism_dagster.emulator.okx import checksum_string, okx_checksum
 
 
 def _apply(side: dict[str, list[str]], levels: list[list[str]]) -> None:

@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
-from marketprism_dagster.emulator.okx_checksum import okx_checksum
+from marketprism_dagster.emulator.okx import okx_checksum
 
 N_BINANCE_SPOT = 30_000
 N_BINANCE_USDM = 30_000
