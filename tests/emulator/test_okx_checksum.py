@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from marketprism_dagster.emulator.okx import checksum_string, okx_checksum
+from marketprism_dagster.sessions import read_session
 
 
 def _apply(side: dict[str, list[str]], levels: list[list[str]]) -> None:
@@ -19,22 +20,21 @@ def _apply(side: dict[str, list[str]], levels: list[list[str]]) -> None:
 def test_checksum_reproduces_all_290_recorded_okx_checksums(fixtures_root: Path) -> None:
     books: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]] = {}
     checked = 0
-    with (fixtures_root / "sessions" / "okx.ws.jsonl").open() as fh:
-        for line in fh:
-            msg = json.loads(line)["data"]
-            if not isinstance(msg, dict) or msg.get("arg", {}).get("channel") != "books" or "data" not in msg:
-                continue
-            inst = msg["arg"]["instId"]
-            if msg["action"] == "snapshot":
-                books[inst] = ({}, {})
-            bids, asks = books[inst]
-            data = msg["data"][0]
-            _apply(bids, data["bids"])
-            _apply(asks, data["asks"])
-            top_bids = sorted(bids.values(), key=lambda lv: -float(lv[0]))
-            top_asks = sorted(asks.values(), key=lambda lv: float(lv[0]))
-            assert okx_checksum(top_bids, top_asks) == data["checksum"]
-            checked += 1
+    for rec in read_session(fixtures_root / "sessions" / "okx.ws.jsonl"):
+        msg = rec["data"]
+        if not isinstance(msg, dict) or msg.get("arg", {}).get("channel") != "books" or "data" not in msg:
+            continue
+        inst = msg["arg"]["instId"]
+        if msg["action"] == "snapshot":
+            books[inst] = ({}, {})
+        bids, asks = books[inst]
+        data = msg["data"][0]
+        _apply(bids, data["bids"])
+        _apply(asks, data["asks"])
+        top_bids = sorted(bids.values(), key=lambda lv: -float(lv[0]))
+        top_asks = sorted(asks.values(), key=lambda lv: float(lv[0]))
+        assert okx_checksum(top_bids, top_asks) == data["checksum"]
+        checked += 1
     assert checked == 290
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -10,15 +9,14 @@ import aiohttp
 import pytest
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
+from marketprism_dagster.sessions import payload_text, read_session
 
 
 def _records(root: Path, name: str) -> list[dict]:
-    with (root / "sessions" / f"{name}.jsonl").open() as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_session(root / "sessions" / f"{name}.jsonl")
 
 
-def _bytes(rec: dict) -> str:
-    return rec.get("raw") or json.dumps(rec["data"], separators=(",", ":"), ensure_ascii=False)
+_bytes = payload_text  # the recorded text: ``raw``, or ``data`` in compact JSON
 
 
 async def _collect(ws: aiohttp.ClientWebSocketResponse, n: int) -> list[str]:
