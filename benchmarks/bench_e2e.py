@@ -63,8 +63,9 @@ from writer_helpers import get_health  # noqa: E402
 from marketprism_dagster.config import Settings, load_config  # noqa: E402
 from marketprism_dagster.jetstream import connect, ensure_streams  # noqa: E402
 from marketprism_dagster.nats_server import EmbeddedNats, free_port  # noqa: E402
-from marketprism_dagster.records import RECORD_TYPES, identity_sql  # noqa: E402
+from marketprism_dagster.records import RECORD_TYPES  # noqa: E402
 from marketprism_dagster.storage import init_schema  # noqa: E402
+from marketprism_dagster.storage.columns import identity_sql  # noqa: E402
 from marketprism_dagster.storage.embedded import EmbeddedStore  # noqa: E402
 from marketprism_dagster.writer.consumer import read_range  # noqa: E402
 from marketprism_dagster.writer.ingest import commit_prepared, ensure_writer_tables, prepare_batch  # noqa: E402

@@ -24,10 +24,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,21 +39,18 @@ from pydantic import (
 )
 
 from marketprism_dagster.logs import MASK, mask_url, register_secrets
-from marketprism_dagster.records import DATA_TYPES
+from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES, stream_subjects
 
 DEFAULT_CONFIG_PATH = Path("config/marketprism.yaml")
 
-DataType = Literal[
-    "orderbook",
-    "trade",
-    "funding_rate",
-    "open_interest",
-    "liquidation",
-    "lsr_top_position",
-    "lsr_all_account",
-    "volatility_index",
-]
-assert set(DataType.__args__) == set(DATA_TYPES)  # type: ignore[attr-defined]
+
+def _known_data_type(value: str) -> str:
+    if value not in RECORD_TYPES:
+        raise ValueError(f"unknown data type {value!r}; allowed: {list(DATA_TYPES)}")
+    return value
+
+
+DataType = Annotated[str, AfterValidator(_known_data_type)]  # a name in records.RECORD_TYPES (the one list)
 
 Venue = Literal["binance", "okx", "deribit"]
 MarketType = Literal["spot", "perpetual", "options"]
@@ -219,7 +217,9 @@ GIB = 1024**3
 
 
 class StreamConfig(_Model):
-    subjects: list[str] = Field(min_length=1)
+    subjects: list[str] = Field(
+        default_factory=list, description="default: '<type>.>' for each data type whose record type names this stream"
+    )
     max_bytes: int = Field(gt=0)
     max_age_s: int = Field(gt=0)
     duplicate_window_s: int = Field(gt=0)
@@ -231,14 +231,14 @@ class StreamConfig(_Model):
 def _default_streams() -> dict[str, StreamConfig]:
     return {
         "MARKET_DATA": StreamConfig(
-            subjects=[f"{t}.>" for t in DATA_TYPES if t != "orderbook"],
+            subjects=stream_subjects("MARKET_DATA"),
             max_bytes=2 * GIB,
             max_age_s=48 * 3600,
             duplicate_window_s=120,
             max_ack_pending=20_000,  # DESIGN said 2000: one batch then fills the window (see README)
         ),
         "ORDERBOOK_SNAP": StreamConfig(
-            subjects=["orderbook.>"],
+            subjects=stream_subjects("ORDERBOOK_SNAP"),
             max_bytes=5 * GIB,
             max_age_s=24 * 3600,
             duplicate_window_s=60,
@@ -288,11 +288,8 @@ def _rule(window: int, health: int) -> WindowRule:
 
 
 def _default_window_rules() -> dict[str, WindowRule]:
-    rules = {t: _rule(8 * 3600, 8 * 3600) for t in DATA_TYPES}
-    rules["trade"] = _rule(300, 60)
-    rules["orderbook"] = _rule(300, 60)
-    rules["liquidation"] = _rule(3600, 3600)
-    return rules
+    """Each record type's own window and health threshold (records.RecordType.window_s / health_s)."""
+    return {t: _rule(rt.window_s, rt.health_s) for t, rt in RECORD_TYPES.items()}
 
 
 class OrderBookConfig(_Model):
@@ -437,6 +434,23 @@ class Settings(_Model):
             if not name.replace("_", "").isalnum() or name != name.lower():
                 raise ValueError(f"market id {name!r} must be lower_snake_case")
         return v
+
+    @field_validator("streams")
+    @classmethod
+    def _stream_subjects(cls, v: dict[str, StreamConfig]) -> dict[str, StreamConfig]:
+        """A stream without ``subjects`` takes those of the data types whose record type names it."""
+        out: dict[str, StreamConfig] = {}
+        for name, stream in v.items():
+            if not stream.subjects:
+                derived = stream_subjects(name)
+                if not derived:
+                    raise ValueError(
+                        f"streams.{name} has no subjects and no data type is stored in it; "
+                        f"set streams.{name}.subjects, e.g. [trade.>]"
+                    )
+                stream = stream.model_copy(update={"subjects": derived})
+            out[name] = stream
+        return out
 
     @field_validator("window_rules")
     @classmethod

@@ -8,21 +8,20 @@ time) and returned as int ms UTC so both backends give the same answers.
 from __future__ import annotations
 
 import itertools
-import json
 import time
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from marketprism_dagster.collector.health import FeedStatus, collector_feed_status
 from marketprism_dagster.config import Settings
-from marketprism_dagster.records import RECORD_TYPES, identity_sql
+from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.columns import identity_sql
 from marketprism_dagster.storage.schema import LEDGER_TABLE
 
 Severity = Literal["ERROR", "WARN"]
 HOT_COLD_LAG_WARN_S = 3600
-HEALTHY_FEED_STATES = frozenset({"healthy", "ok", "connected", "idle"})
 
 
 @dataclass(frozen=True)
@@ -62,76 +61,6 @@ def _fmt_age(seconds: float) -> str:
 # ---------------------------------------------------------------- window presence and lag
 
 
-@dataclass(frozen=True)
-class FeedStatus:
-    """What the collector's /health says about one data type's feeds."""
-
-    healthy: bool
-    detail: str
-
-
-def collector_feed_status(settings: Settings, data_type: str, timeout_s: float = 2.0) -> FeedStatus | None:
-    """Ask every collector shard's ``/health`` (127.0.0.1, its own port: ``Settings.shard_ports``) about
-    ``data_type``'s feeds, and merge: healthy only while every shard that carries the type says so.
-
-    A shard that carries the type and does not answer makes the status unhealthy (named in the detail);
-    None when no shard answers for it: nobody vouches for an empty window then.
-    """
-    from marketprism_dagster.collector.health import shard_health_urls
-
-    urls = shard_health_urls(settings)
-    answers: list[FeedStatus] = []
-    silent: list[str] = []
-    for shard, url in urls.items():
-        carries = any(data_type in m.data_types for m in settings.shard_markets(shard).values())
-        if not carries:
-            continue
-        status = _shard_feed_status(url, data_type, timeout_s) if url else None
-        if status is None:
-            silent.append(shard)
-        else:
-            answers.append(status if len(urls) == 1 else FeedStatus(status.healthy, f"{shard}: {status.detail}"))
-    if not answers:
-        return None
-    detail = "; ".join([a.detail for a in answers] + [f"{shard}: collector did not answer" for shard in silent])
-    return FeedStatus(healthy=not silent and all(a.healthy for a in answers), detail=detail)
-
-
-def _shard_feed_status(url: str, data_type: str, timeout_s: float) -> FeedStatus | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            body = json.loads(resp.read())
-    except Exception:
-        # a 503 still carries the JSON body
-        return _feed_status_from_error(url, data_type, timeout_s)
-    return feed_status_from_health(body, data_type)
-
-
-def _feed_status_from_error(url: str, data_type: str, timeout_s: float) -> FeedStatus | None:
-    import urllib.error
-
-    try:
-        urllib.request.urlopen(url, timeout=timeout_s)
-    except urllib.error.HTTPError as exc:
-        try:
-            return feed_status_from_health(json.loads(exc.read()), data_type)
-        except ValueError:
-            return None
-    except Exception:
-        return None
-    return None
-
-
-def feed_status_from_health(body: dict[str, Any], data_type: str) -> FeedStatus | None:
-    coverage = (body.get("coverage") or {}).get(data_type)
-    if not isinstance(coverage, dict) or not coverage:
-        return None
-    states = {market: str((v or {}).get("status", "unknown")) for market, v in coverage.items()}
-    bad = {m: s for m, s in states.items() if s not in HEALTHY_FEED_STATES}
-    detail = ", ".join(f"{m}={s}" for m, s in sorted(states.items()))
-    return FeedStatus(healthy=not bad, detail=detail)
-
-
 def window_presence(
     store: Store,
     settings: Settings,
@@ -142,7 +71,8 @@ def window_presence(
 ) -> CheckResult:
     """Rows must exist within the type's window (trade/orderbook 5 min, liquidation 1 h, others 8 h).
 
-    Liquidations are rare: an empty window passes while the collector reports the feeds healthy.
+    A sparse type's events are rare (``RecordType.sparse``): an empty window passes while the collector
+    reports the type's feeds healthy (``feeds``, from ``collector_feed_status``).
     """
     now = now_ms() if now is None else now
     rule = settings.window_rules[data_type]
@@ -159,21 +89,22 @@ def window_presence(
         return CheckResult(
             "recent_window", f"hot.{data_type}", True, "ERROR", f"{rows} rows in the last {window}", meta
         )
-    if data_type == "liquidation" and feeds is not None and feeds.healthy:
+    sparse = RECORD_TYPES[data_type].sparse
+    if sparse and feeds is not None and feeds.healthy:
         meta["feeds"] = feeds.detail
         return CheckResult(
             "recent_window",
             f"hot.{data_type}",
             True,
             "ERROR",
-            f"no liquidations in the last {window}, accepted: the collector reports its liquidation feeds "
+            f"no {data_type} rows in the last {window}, accepted: the collector reports its {data_type} feeds "
             f"healthy ({feeds.detail})",
             meta,
         )
     why = ""
-    if data_type == "liquidation":
+    if sparse:
         meta["feeds"] = feeds.detail if feeds else "collector did not answer"
-        why = f"; liquidation feeds: {meta['feeds']}"
+        why = f"; {data_type} feeds: {meta['feeds']}"
     return CheckResult(
         "recent_window", f"hot.{data_type}", False, "ERROR", f"no {data_type} rows in the last {window}{why}", meta
     )
@@ -395,7 +326,7 @@ def run_all(
     results: list[CheckResult] = []
     for t in configured_types(settings):
         feeds = None
-        if t == "liquidation":
+        if RECORD_TYPES[t].sparse:
             feeds = collector_feed_status(settings, t) if feed_status == "probe" else feed_status
         results.append(window_presence(store, settings, t, now=now, feeds=feeds))  # type: ignore[arg-type]
         results.append(data_lag(store, settings, t, now=now))

@@ -1,8 +1,18 @@
-"""The data model: the 8 record types, each declared ONCE as a table of columns.
+"""The data model: the 8 record types, each declared ONCE with its columns and its policy.
 
-Everything else is derived from ``RECORD_TYPES``: the msgspec structs that travel on
-the wire, JSON encode/decode, the NATS subject, the Nats-Msg-Id (the record identity),
-the ClickHouse DDL for hot and cold tables and the insert column mapping.
+``RECORD_TYPES`` is the one list of data types. Everything else is derived from it: the
+msgspec structs that travel on the wire, JSON encode/decode, the NATS subject and stream, the
+Nats-Msg-Id (the record identity), the default integrity windows and health thresholds, and
+(in ``storage.columns``) the ClickHouse DDL and the Arrow conversion. This module imports no
+pyarrow: the collector encodes records without loading it.
+
+Per-type policy lives on the record type, never as ``if data_type == ...`` elsewhere:
+
+* ``stream``: the JetStream stream that stores the type (its default subjects derive from it);
+* ``window_s`` / ``health_s``: default integrity window and collector coverage threshold;
+* ``sparse``: events are rare, so an empty window proves nothing: the type is judged by its
+  feeds being connected (collector health, the integrity window, the probe);
+* ``is_book`` (derived: it has level columns): a synchronized order book snapshot.
 
 Wire conventions
 ----------------
@@ -18,16 +28,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import accumulate
+from functools import reduce
+from operator import or_
 from typing import Any, Final
 
 import msgspec
-import pyarrow as pa
-import pyarrow.compute as pc
 
 
 class Wire(StrEnum):
-    """How a column travels on the wire and which ClickHouse type it lands in."""
+    """How a column travels on the wire (``storage.columns`` maps it to ClickHouse and Arrow types)."""
 
     STR = "str"
     LOWCARD = "lowcard"
@@ -49,35 +58,7 @@ _PY_TYPE: Final[dict[Wire, Any]] = {
     Wire.UINT: int,
     Wire.LEVELS: list[tuple[str, str]],
 }
-
-DECIMAL_TYPE: Final = "Decimal(38, 18)"
-TIME_TYPE: Final = "DateTime64(3, 'UTC')"
-
-_CH_TYPE: Final[dict[Wire, str]] = {
-    Wire.STR: "String",
-    Wire.LOWCARD: "LowCardinality(String)",
-    Wire.DECIMAL: DECIMAL_TYPE,
-    Wire.OPT_DECIMAL: f"Nullable({DECIMAL_TYPE})",
-    Wire.TIME_MS: TIME_TYPE,
-    Wire.OPT_TIME_MS: f"Nullable({TIME_TYPE})",
-    Wire.UINT: "UInt64",
-    Wire.LEVELS: f"Array(Tuple(price {DECIMAL_TYPE}, quantity {DECIMAL_TYPE}))",
-}
-
-ARROW_DECIMAL: Final = pa.decimal128(38, 18)
-ARROW_TIME: Final = pa.timestamp("ms", tz="UTC")
-ARROW_LEVELS: Final = pa.list_(pa.struct([("price", ARROW_DECIMAL), ("quantity", ARROW_DECIMAL)]))
-
-_ARROW_TYPE: Final[dict[Wire, pa.DataType]] = {
-    Wire.STR: pa.string(),
-    Wire.LOWCARD: pa.string(),
-    Wire.DECIMAL: ARROW_DECIMAL,
-    Wire.OPT_DECIMAL: ARROW_DECIMAL,
-    Wire.TIME_MS: ARROW_TIME,
-    Wire.OPT_TIME_MS: ARROW_TIME,
-    Wire.UINT: pa.uint64(),
-    Wire.LEVELS: ARROW_LEVELS,
-}
+OPTIONAL_WIRES: Final = frozenset({Wire.OPT_DECIMAL, Wire.OPT_TIME_MS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,37 +69,35 @@ class Column:
     doc: str = ""
 
     @property
-    def ch_type(self) -> str:
-        return _CH_TYPE[self.wire]
-
-    @property
     def py_type(self) -> Any:
         return _PY_TYPE[self.wire]
-
-    @property
-    def arrow_type(self) -> pa.DataType:
-        return _ARROW_TYPE[self.wire]
 
 
 def _common(*, timestamp_identity: bool) -> tuple[Column, ...]:
     return (
-        Column("exchange", Wire.LOWCARD, identity=True, doc="market id, e.g. binance_spot"),
+        Column("exchange", Wire.LOWCARD, identity=True, doc="market id, e.g. <venue>_spot"),
         Column("market_type", Wire.LOWCARD, doc="spot | perpetual | options"),
-        Column("symbol", Wire.LOWCARD, identity=True, doc="normalized BASE-QUOTE (BTC for Deribit indices)"),
+        Column("symbol", Wire.LOWCARD, identity=True, doc="normalized BASE-QUOTE (the currency for indices)"),
         Column("exchange_symbol", Wire.LOWCARD, doc="the symbol as the venue spells it"),
         Column("timestamp", Wire.TIME_MS, identity=timestamp_identity, doc="exchange event time, ms UTC"),
         Column("received_at", Wire.TIME_MS, doc="local receive time, ms UTC"),
     )
 
 
+HOUR_S: Final = 3600
+
+
 @dataclass(frozen=True, slots=True)
 class RecordType:
-    """One data type: its columns (declared once) and everything derived from them."""
+    """One data type: its columns (declared once), its policy, and everything derived from them."""
 
     name: str
-    stream: str
     columns: tuple[Column, ...]
     doc: str = ""
+    stream: str = "MARKET_DATA"
+    window_s: int = 8 * HOUR_S  # default integrity window: rows must exist within it (window_rules)
+    health_s: int = 8 * HOUR_S  # default collector coverage threshold (window_rules)
+    sparse: bool = False  # rare events: judged by connected feeds, not by the age of the newest row
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -127,6 +106,11 @@ class RecordType:
     @property
     def identity(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.identity)
+
+    @property
+    def is_book(self) -> bool:
+        """An order book snapshot (it carries price levels): published from a synchronized book."""
+        return any(c.wire is Wire.LEVELS for c in self.columns)
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -147,20 +131,20 @@ RECORD_TYPES: Final[dict[str, RecordType]] = {
     for rt in (
         RecordType(
             "trade",
-            "MARKET_DATA",
             (
                 *_common(timestamp_identity=False),
                 Column("trade_id", Wire.STR, identity=True),
                 Column("price", Wire.DECIMAL),
                 Column("quantity", Wire.DECIMAL, doc="base-asset units"),
-                Column("quantity_contracts", Wire.OPT_DECIMAL, doc="raw contract count (OKX swaps)"),
+                Column("quantity_contracts", Wire.OPT_DECIMAL, doc="raw contract count (contract-sized swaps)"),
                 Column("side", Wire.LOWCARD, doc="taker side: buy | sell"),
             ),
             "one executed trade",
+            window_s=300,
+            health_s=60,
         ),
         RecordType(
             "orderbook",
-            "ORDERBOOK_SNAP",
             (
                 *_common(timestamp_identity=False),
                 Column("update_id", Wire.UINT, identity=True, doc="last update applied to the book"),
@@ -170,10 +154,12 @@ RECORD_TYPES: Final[dict[str, RecordType]] = {
                 Column("asks", Wire.LEVELS, doc="best first"),
             ),
             "top-N snapshot of a synchronized book",
+            stream="ORDERBOOK_SNAP",
+            window_s=300,
+            health_s=60,
         ),
         RecordType(
             "funding_rate",
-            "MARKET_DATA",
             (
                 *_common(timestamp_identity=True),
                 Column("funding_rate", Wire.DECIMAL),
@@ -184,17 +170,15 @@ RECORD_TYPES: Final[dict[str, RecordType]] = {
         ),
         RecordType(
             "open_interest",
-            "MARKET_DATA",
             (
                 *_common(timestamp_identity=True),
                 Column("open_interest", Wire.DECIMAL, doc="base-asset units"),
                 Column("open_interest_value", Wire.OPT_DECIMAL, doc="quote value"),
-                Column("open_interest_contracts", Wire.OPT_DECIMAL, doc="raw contract count (OKX)"),
+                Column("open_interest_contracts", Wire.OPT_DECIMAL, doc="raw contract count (contract-sized swaps)"),
             ),
         ),
         RecordType(
             "liquidation",
-            "MARKET_DATA",
             (
                 *_common(timestamp_identity=True),
                 Column("side", Wire.LOWCARD, identity=True, doc="side of the liquidation order"),
@@ -203,12 +187,15 @@ RECORD_TYPES: Final[dict[str, RecordType]] = {
                 Column("quantity_contracts", Wire.OPT_DECIMAL),
                 Column("status", Wire.LOWCARD),
             ),
+            "one forced liquidation order",
+            window_s=HOUR_S,
+            health_s=HOUR_S,
+            sparse=True,
         ),
-        RecordType("lsr_top_position", "MARKET_DATA", (*_common(timestamp_identity=True), *_RATIO_PAYLOAD)),
-        RecordType("lsr_all_account", "MARKET_DATA", (*_common(timestamp_identity=True), *_RATIO_PAYLOAD)),
+        RecordType("lsr_top_position", (*_common(timestamp_identity=True), *_RATIO_PAYLOAD)),
+        RecordType("lsr_all_account", (*_common(timestamp_identity=True), *_RATIO_PAYLOAD)),
         RecordType(
             "volatility_index",
-            "MARKET_DATA",
             (
                 *_common(timestamp_identity=True),
                 Column("index_value", Wire.DECIMAL),
@@ -222,12 +209,19 @@ RECORD_TYPES: Final[dict[str, RecordType]] = {
 }
 
 DATA_TYPES: Final[tuple[str, ...]] = tuple(RECORD_TYPES)
+SPARSE_TYPES: Final[frozenset[str]] = frozenset(t for t, rt in RECORD_TYPES.items() if rt.sparse)
+BOOK_TYPES: Final[frozenset[str]] = frozenset(t for t, rt in RECORD_TYPES.items() if rt.is_book)
+
+
+def stream_subjects(stream: str) -> list[str]:
+    """The wildcard subjects (``<type>.>``) of the data types whose record type names ``stream``."""
+    return [f"{t}.>" for t, rt in RECORD_TYPES.items() if rt.stream == stream]
 
 
 def _make_struct(rt: RecordType) -> type[msgspec.Struct]:
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for c in rt.columns:
-        if c.wire in (Wire.OPT_DECIMAL, Wire.OPT_TIME_MS):
+        if c.wire in OPTIONAL_WIRES:
             fields.append((c.name, c.py_type, None))
         else:
             fields.append((c.name, c.py_type))
@@ -254,21 +248,14 @@ LsrTopPosition = STRUCTS["lsr_top_position"]
 LsrAllAccount = STRUCTS["lsr_all_account"]
 VolatilityIndex = STRUCTS["volatility_index"]
 
+_IDENTITY: Final[dict[str, tuple[str, ...]]] = {name: rt.identity for name, rt in RECORD_TYPES.items()}
 _astuple = msgspec.structs.astuple
 _ENCODER = msgspec.json.Encoder()
 _TYPED_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     name: msgspec.json.Decoder(struct) for name, struct in STRUCTS.items()
 }
-_ANY_DECODER: Final = msgspec.json.Decoder(
-    type=STRUCTS["trade"]
-    | STRUCTS["orderbook"]
-    | STRUCTS["funding_rate"]
-    | STRUCTS["open_interest"]
-    | STRUCTS["liquidation"]
-    | STRUCTS["lsr_top_position"]
-    | STRUCTS["lsr_all_account"]
-    | STRUCTS["volatility_index"]
-)
+# one tagged union of every struct: the data_type tag picks the struct
+_ANY_DECODER: Final[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(type=reduce(or_, STRUCTS.values()))
 
 
 def data_type_of(record: msgspec.Struct) -> str:
@@ -281,7 +268,10 @@ def encode(record: msgspec.Struct) -> bytes:
 
 
 def decode(payload: bytes | str, data_type: str | None = None) -> Any:
-    """Decode and validate wire JSON; raises ``msgspec.ValidationError`` / ``DecodeError``."""
+    """Decode and validate wire JSON; raises ``msgspec.ValidationError`` / ``DecodeError``.
+
+    With ``data_type`` the payload must be that type's record (KeyError for an unknown type).
+    """
     if data_type is not None:
         return _TYPED_DECODERS[data_type].decode(payload)
     return _ANY_DECODER.decode(payload)
@@ -299,12 +289,12 @@ def subject_for(data_type: str, exchange: str, market_type: str, symbol: str) ->
 
 def msg_id(record: msgspec.Struct) -> str:
     """The record identity as a Nats-Msg-Id: data type plus the identity columns' values."""
-    rt = RECORD_TYPES[data_type_of(record)]
-    return rt.name + ":" + "|".join(str(getattr(record, name)) for name in rt.identity)
+    data_type = data_type_of(record)
+    return data_type + ":" + "|".join(str(getattr(record, name)) for name in _IDENTITY[data_type])
 
 
 def to_columns(data_type: str, records: Iterable[msgspec.Struct]) -> dict[str, list[Any]]:
-    """Column-major wire values, ready for ``pyarrow.table`` / ``polars.DataFrame``."""
+    """Column-major wire values, ready for ``storage.columns.to_arrow`` / ``polars.DataFrame``."""
     rt = RECORD_TYPES[data_type]
     names = rt.column_names
     struct = STRUCTS[data_type]
@@ -318,92 +308,3 @@ def to_columns(data_type: str, records: Iterable[msgspec.Struct]) -> dict[str, l
         for n in names:
             cols[n].append(getattr(r, n))
     return cols
-
-
-# ---------------------------------------------------------------- ClickHouse DDL
-
-
-@dataclass(frozen=True, slots=True)
-class TableSettings:
-    ttl_days: int
-    partition: str = "toYYYYMMDD(timestamp)"
-    dedup_window: int = 10_000
-
-
-def create_table_sql(rt: RecordType, database: str, settings: TableSettings) -> str:
-    cols = ",\n  ".join(f"`{c.name}` {c.ch_type}" for c in rt.columns)
-    order = ", ".join(f"`{n}`" for n in rt.identity)
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{rt.name}` (\n  {cols}\n)\n"
-        f"ENGINE = ReplacingMergeTree\n"
-        f"PARTITION BY {settings.partition}\n"
-        f"ORDER BY ({order})\n"
-        f"TTL toDateTime(received_at) + INTERVAL {settings.ttl_days} DAY DELETE\n"
-        f"SETTINGS non_replicated_deduplication_window = {settings.dedup_window}"
-    )
-
-
-def insert_sql(rt: RecordType, database: str, source: str) -> str:
-    """``INSERT INTO db.table (cols) SELECT * FROM <source>`` for a typed Arrow source."""
-    names = ", ".join(f"`{c.name}`" for c in rt.columns)
-    return f"INSERT INTO `{database}`.`{rt.name}` ({names}) SELECT {names} FROM {source}"
-
-
-def arrow_schema(rt: RecordType) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.arrow_type) for c in rt.columns])
-
-
-def _typed(column: Column, values: pa.Array | pa.ChunkedArray | list[Any]) -> pa.Array | pa.ChunkedArray:
-    if isinstance(values, list):
-        if column.wire is Wire.LEVELS:
-            return _levels_array(values)
-        values = pa.array(values, type=pa.int64() if column.wire in (Wire.TIME_MS, Wire.OPT_TIME_MS) else None)
-    if column.wire is Wire.LEVELS:
-        if pa.types.is_struct(values.type.value_type):
-            return pc.cast(values, ARROW_LEVELS)
-        return _levels_array(values.to_pylist())
-    if column.wire in (Wire.TIME_MS, Wire.OPT_TIME_MS) and pa.types.is_integer(values.type):
-        return pc.cast(pc.cast(values, pa.int64()), ARROW_TIME)
-    # decimal strings are parsed exactly by Arrow's string -> decimal128 cast
-    return pc.cast(values, column.arrow_type)
-
-
-def _levels_array(rows: list[Any]) -> pa.Array:
-    # prices and quantities of every level in two flat lists (the unpacking rejects a level that is not a
-    # pair), parsed exactly by ONE string -> decimal128 cast, then sliced (zero-copy) into the struct fields
-    prices = [p for levels in rows for p, _ in levels]
-    qtys = [q for levels in rows for _, q in levels]
-    n = len(prices)
-    decimals = pc.cast(pa.array(prices + qtys, pa.string()), ARROW_DECIMAL)
-    struct = pa.StructArray.from_arrays([decimals.slice(0, n), decimals.slice(n, n)], names=["price", "quantity"])
-    offsets = pa.array([0, *accumulate(len(levels) for levels in rows)], pa.int32())
-    return pa.ListArray.from_arrays(offsets, struct)
-
-
-def to_arrow(data_type: str, batch: Any) -> pa.Table:
-    """A typed Arrow table for ``data_type`` from wire values.
-
-    ``batch`` is a mapping of column -> list (see ``to_columns``), a ``pyarrow.Table`` or a
-    ``polars.DataFrame`` whose columns hold wire values (decimal strings, int ms times).
-    """
-    rt = RECORD_TYPES[data_type]
-    if hasattr(batch, "to_arrow"):
-        batch = batch.to_arrow()
-    if isinstance(batch, pa.Table):
-        missing = [c.name for c in rt.columns if c.name not in batch.column_names]
-        if missing:
-            raise ValueError(f"{data_type} batch lacks columns {missing}")
-        arrays = [_typed(c, batch.column(c.name)) for c in rt.columns]
-    else:
-        arrays = [_typed(c, list(batch[c.name])) for c in rt.columns]
-    return pa.Table.from_arrays(arrays, schema=arrow_schema(rt))
-
-
-def records_to_arrow(data_type: str, records: Iterable[msgspec.Struct]) -> pa.Table:
-    return to_arrow(data_type, to_columns(data_type, records))
-
-
-def identity_sql(rt: RecordType) -> str:
-    """Comma-separated identity columns, for duplicate and parity queries."""
-    return ", ".join(f"`{n}`" for n in rt.identity)
-

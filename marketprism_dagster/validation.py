@@ -42,7 +42,7 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import astuple
 
-from marketprism_dagster.records import RECORD_TYPES, Wire, data_type_of
+from marketprism_dagster.records import BOOK_TYPES, RECORD_TYPES, Wire, data_type_of
 
 # Event and receive times outside [2000-01-01, 2200-01-01) are invalid.
 MIN_TIME_MS: Final = 946_684_800_000
@@ -265,7 +265,7 @@ def fault(record: msgspec.Struct, book_levels: bool = True) -> str | None:
                 return f"{name}:{rule}"
     except (TypeError, ValueError, ArithmeticError):  # e.g. an unhashable side
         return f"{name}:{rule}"
-    if book_levels and data_type == "orderbook":
+    if book_levels and data_type in BOOK_TYPES:
         r: Any = record
         broken = book_fault(r.bids, r.asks, r.depth)
         if broken is not None:

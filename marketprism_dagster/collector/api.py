@@ -24,7 +24,7 @@ from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.state import CollectorState, now_ms
 from marketprism_dagster.config import Settings
 from marketprism_dagster.publisher import PublishStats
-from marketprism_dagster.records import DATA_TYPES
+from marketprism_dagster.records import BOOK_TYPES, DATA_TYPES
 
 log = structlog.get_logger(__name__)
 
@@ -274,7 +274,7 @@ class CollectorApi:
                     "rest_polling": any(
                         d in data_types for d in ("open_interest", "lsr_top_position", "lsr_all_account")
                     ),
-                    "orderbook": "orderbook" in data_types,
+                    "orderbook": not BOOK_TYPES.isdisjoint(data_types),
                     "jetstream": True,
                     "health_file": True,
                     "data_types": data_types,

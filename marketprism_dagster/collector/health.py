@@ -1,26 +1,32 @@
 """/health: coverage per (data type, market) with age and status, plus feed connectivity.
 
-The same JSON is written atomically to ``data_dir/health/collector-<shard>.json`` every few
-seconds so Dagster checks can read it without HTTP (``read_health``, ``liquidation_feeds_connected``).
-Each shard listens on its own ports (``Settings.shard_ports``: base + shard index); the file also
-publishes the ports the shard bound (``http``), which is how readers find a shard started on port 0.
-Readers cover every shard: ``shard_health_urls`` lists them, ``liquidation_feeds_connected`` merges them.
-Liquidations are rare: their coverage is "ok" while every WebSocket feed of the market is
-connected (the integrity rule: an empty liquidation window passes only then).
+Written here (``health_report``) and read here (``collector_feed_status``): the integrity rules ask
+every shard's ``/health`` over HTTP, the one way a feed's health is read. Each shard listens on its
+own ports (``Settings.shard_ports``: base + shard index). The same JSON is also written atomically to
+``data_dir/health/collector-<shard>.json``: it publishes the ports the shard bound (``http``), which is
+how ``shard_health_urls`` finds a shard started on port 0, and its last status after it stopped.
+
+A sparse data type (``RecordType.sparse``: events are rare) is not judged by the age of its newest
+record: its coverage is "ok" while every feed of the market that carries it is connected (the
+integrity rule: an empty window of a sparse type passes only then).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from marketprism_dagster.collector.state import CollectorState, now_ms
 from marketprism_dagster.config import Settings
+from marketprism_dagster.records import RECORD_TYPES
 
 OK, STALE, MISSING, WAITING = "ok", "stale", "missing", "waiting"
+HEALTHY_FEED_STATES = frozenset({"healthy", "ok", "connected", "idle"})
 
 
 def health_path(data_dir: str | Path, shard: str) -> Path:
@@ -65,8 +71,9 @@ def health_report(state: CollectorState, settings: Settings, now: int | None = N
             last = state.last_success.get((data_type, market))
             age = None if last is None else round(max(0, now - last) / 1000, 3)
             limit = settings.window_rules[data_type].health_s
-            if data_type == "liquidation":
-                connected, _ = _market_feeds_connected(state, market, "liquidation")
+            sparse = RECORD_TYPES[data_type].sparse
+            if sparse:
+                connected, _ = _market_feeds_connected(state, market, data_type)
                 status = OK if connected else (WAITING if in_grace else STALE)
             elif last is None:
                 status = WAITING if in_grace else MISSING
@@ -75,7 +82,7 @@ def health_report(state: CollectorState, settings: Settings, now: int | None = N
             if status in (STALE, MISSING):
                 what = (
                     "feeds disconnected"
-                    if data_type == "liquidation"
+                    if sparse
                     else ("no data yet" if status == MISSING else f"newest {age:.0f} s old > {limit} s")
                 )
                 reasons.append(f"{data_type}/{market}: {what}")
@@ -95,11 +102,6 @@ def health_report(state: CollectorState, settings: Settings, now: int | None = N
         }
         for key, f in state.feeds.items()
     }
-    liquidation_feeds = {}
-    for market, ms in state.markets.items():
-        if "liquidation" in ms.data_types:
-            connected, last = _market_feeds_connected(state, market, "liquidation")
-            liquidation_feeds[market] = {"connected": connected, "last_message_ts": last}
     disconnected = sorted(k for k, f in state.feeds.items() if not f.connected)
     degraded: list[str] = []
     if not state.nats_connected:
@@ -124,7 +126,6 @@ def health_report(state: CollectorState, settings: Settings, now: int | None = N
         },
         "coverage": coverage,
         "feeds": feeds,
-        "liquidation_feeds": liquidation_feeds,
         "reasons": reasons + degraded,
     }
     if in_grace:
@@ -152,27 +153,63 @@ def read_health(data_dir: str | Path, shard: str = "main") -> dict[str, Any] | N
         return None
 
 
-def liquidation_feeds_connected(
-    data_dir: str | Path, shard: str | None = None, *, max_age_s: float = 30.0, now: float | None = None
-) -> dict[str, bool]:
-    """market -> True while the collector reports all its liquidation-carrying feeds connected.
+# ---------------------------------------------------------------- reading: the one way feed health is read
 
-    Every shard's health file is read (``shard`` selects one). A report older than ``max_age_s``
-    (collector dead or stuck) counts as disconnected.
+
+@dataclass(frozen=True)
+class FeedStatus:
+    """What the collectors' /health says about one data type's feeds."""
+
+    healthy: bool
+    detail: str
+
+
+def collector_feed_status(settings: Settings, data_type: str, timeout_s: float = 2.0) -> FeedStatus | None:
+    """Ask every collector shard's ``/health`` (127.0.0.1, its own port: ``Settings.shard_ports``) about
+    ``data_type``'s feeds, and merge: healthy only while every shard that carries the type says so.
+
+    A shard that carries the type and does not answer makes the status unhealthy (named in the detail);
+    None when no shard answers for it: nobody vouches for an empty window then.
     """
-    if shard is None:
-        shards = sorted(
-            p.name[len("collector-") : -len(".json")] for p in Path(data_dir, "health").glob("collector-*.json")
-        )
-    else:
-        shards = [shard]
-    now = time.time() if now is None else now
-    out: dict[str, bool] = {}
-    for name in shards:
-        body = read_health(data_dir, name)
-        if body is None:
+    urls = shard_health_urls(settings)
+    answers: list[FeedStatus] = []
+    silent: list[str] = []
+    for shard, url in urls.items():
+        carries = any(data_type in m.data_types for m in settings.shard_markets(shard).values())
+        if not carries:
             continue
-        fresh = (now * 1000 - float(body.get("written_at", 0))) <= max_age_s * 1000
-        for m, v in body.get("liquidation_feeds", {}).items():
-            out[m] = out.get(m, True) and bool(fresh and v.get("connected"))
-    return out
+        status = _shard_feed_status(url, data_type, timeout_s) if url else None
+        if status is None:
+            silent.append(shard)
+        else:
+            answers.append(status if len(urls) == 1 else FeedStatus(status.healthy, f"{shard}: {status.detail}"))
+    if not answers:
+        return None
+    detail = "; ".join([a.detail for a in answers] + [f"{shard}: collector did not answer" for shard in silent])
+    return FeedStatus(healthy=not silent and all(a.healthy for a in answers), detail=detail)
+
+
+def _shard_feed_status(url: str, data_type: str, timeout_s: float) -> FeedStatus | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:  # a 503 (unhealthy) still carries the JSON body
+        raw = exc.read()
+    except (OSError, ValueError):  # refused, timed out, unreachable
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return feed_status_from_health(body, data_type) if isinstance(body, dict) else None
+
+
+def feed_status_from_health(body: dict[str, Any], data_type: str) -> FeedStatus | None:
+    """The /health body's verdict on ``data_type``: healthy while every market's coverage of it is."""
+    coverage = (body.get("coverage") or {}).get(data_type)
+    if not isinstance(coverage, dict) or not coverage:
+        return None
+    states = {market: str((v or {}).get("status", "unknown")) for market, v in coverage.items()}
+    bad = {m: s for m, s in states.items() if s not in HEALTHY_FEED_STATES}
+    detail = ", ".join(f"{m}={s}" for m, s in sorted(states.items()))
+    return FeedStatus(healthy=not bad, detail=detail)

@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 PROBE_SHARD = "probe"
 DEFAULT_SECONDS = 30.0
 INSTRUMENTS = "instruments"  # URL role: the market's instrument list (every data type depends on it)
-SPARSE_TYPES = frozenset({"liquidation"})
+SPARSE_TYPES = records.SPARSE_TYPES  # rare events: ok without records while their feeds are connected
 # adapter events that belong to the order book whatever message carried them
 BOOK_EVENTS = frozenset(
     {"resync", "sequence_gap", "checksum_failure", "checksum_mismatch", "snapshot_too_old", "book_unsynced_update"}
@@ -461,7 +461,7 @@ def build_result(collector: Probe, seconds: float) -> ProbeResult:
             rest_failures = tally.rest_failures
             if not ms.instruments_loaded and inst.rest_last is not None:
                 rest_status, rest_failures = f"instruments {inst.rest_last}", inst.rest_failures
-            is_book = data_type == "orderbook"
+            is_book = records.RECORD_TYPES[data_type].is_book
             expected = obs.expected_symbols.get(market, set())
             unsynced = sorted(s for s in expected if tally.symbols[s] == 0) if is_book else []
             # synchronized and kept so: every symbol published a book, no gap / checksum / parse error on it
@@ -522,7 +522,7 @@ def _cause(
         if s.connects == 0:
             reason = obs.ws_errors.get(_url_key(f.url)) or s.last_error or "no answer"
             return f"cannot connect to {short_url(f.url)} ({reason})"
-    if data_type == "orderbook":
+    if records.RECORD_TYPES[data_type].is_book:
         resyncs = _plural(r.resyncs or 0, "resync")
         detail = ", ".join([resyncs, *(e for e in _error_events(tally) if e != "resync")])
         if r.rest_failures and r.rest_status:

@@ -552,7 +552,7 @@ class Collector:
             )
 
     def _count_drop(self, market: str, data_type: str, symbol: str) -> None:
-        if data_type == "orderbook":
+        if records.RECORD_TYPES[data_type].is_book:
             self.metrics.orderbook_queue_drops.labels(market, symbol).inc()
         self.metrics.queue_drops.labels(market, data_type).inc()
         key = (market, "queue_full")

@@ -72,7 +72,7 @@ def rules_check(key: dg.AssetKey, rules: dict[str, tuple[str, Rule]], data_type:
 
 
 def _recent_window(store: Store, settings: Settings, data_type: str, _: dg.DagsterInstance) -> integrity.CheckResult:
-    feeds = integrity.collector_feed_status(settings, data_type) if data_type == "liquidation" else None
+    feeds = integrity.collector_feed_status(settings, data_type) if RECORD_TYPES[data_type].sparse else None
     return integrity.window_presence(store, settings, data_type, feeds=feeds)
 
 

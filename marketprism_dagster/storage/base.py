@@ -8,7 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from marketprism_dagster.records import RECORD_TYPES, insert_sql, to_arrow
+from marketprism_dagster.records import RECORD_TYPES
+from marketprism_dagster.storage.columns import insert_sql, to_arrow
 
 
 class StoreUnavailable(Exception):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from marketprism_dagster.config import Settings
-from marketprism_dagster.records import RECORD_TYPES, TableSettings, create_table_sql
+from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.columns import TableSettings, create_table_sql
 
 # The writer's ledger of committed JetStream sequence ranges. For every committed batch
 # (a contiguous range first_seq..last_seq of one stream) the writer inserts one row with

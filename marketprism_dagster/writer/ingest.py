@@ -65,8 +65,9 @@ import pyarrow as pa
 import structlog
 
 from marketprism_dagster.config import Settings
-from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, subject, to_arrow, to_columns
+from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, decode, subject, to_columns
 from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.columns import to_arrow
 from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, intent_ddl, ledger_ddl
 from marketprism_dagster.validation import fault
 from marketprism_dagster.writer.epoch import ensure_epoch_table, token_stream
@@ -193,17 +194,6 @@ def data_token(stream: str, first_seq: int, last_seq: int, data_type: str) -> st
 
 # ---------------------------------------------------------------------------- decoding
 
-_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
-
-
-def _decoder(data_type: str) -> msgspec.json.Decoder[Any]:
-    dec = _DECODERS.get(data_type)
-    if dec is None:
-        from marketprism_dagster.records import STRUCTS
-
-        dec = _DECODERS[data_type] = msgspec.json.Decoder(STRUCTS[data_type])
-    return dec
-
 
 def classify(msg: StreamMessage) -> tuple[str, Any] | Poison:
     """(data_type, record) or the reason the message cannot be stored."""
@@ -211,7 +201,7 @@ def classify(msg: StreamMessage) -> tuple[str, Any] | Poison:
     if data_type not in RECORD_TYPES:
         return Poison(msg, "unknown_data_type", f"subject {msg.subject!r} names no known data type")
     try:
-        record = _decoder(data_type).decode(msg.data)
+        record = decode(msg.data, data_type)
     except msgspec.ValidationError as exc:
         return Poison(msg, "schema_invalid", f"{data_type}: {exc}")
     except msgspec.DecodeError as exc:

@@ -22,7 +22,7 @@ from collector_helpers import (
 )
 
 from marketprism_dagster import records
-from marketprism_dagster.collector.health import liquidation_feeds_connected, read_health
+from marketprism_dagster.collector.health import collector_feed_status, read_health
 from marketprism_dagster.collector.runtime import Collector
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
@@ -152,7 +152,7 @@ async def test_replayed_sessions_reach_jetstream_exactly_once(
     assert statuses == {(t, m): "ok" for m, (_, types) in markets.items() for t in types}
     assert metric_value(metrics, "marketprism_publish_failed_total") == 0
     assert metric_value(metrics, "marketprism_publish_buffer_drops_total") == 0
-    # the health file Dagster reads, written on stop
+    # the health file, written on stop
     final = read_health(settings.data_dir)
     assert final is not None and final["status"] == "stopped"
-    assert liquidation_feeds_connected(settings.data_dir) == {}
+    assert collector_feed_status(settings, "liquidation") is None  # a stopped collector vouches for nothing

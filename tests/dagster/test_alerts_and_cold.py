@@ -14,8 +14,8 @@ import pytest
 
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.defs.definitions import build_definitions
-from marketprism_dagster.records import records_to_arrow
 from marketprism_dagster.storage import init_schema, open_store
+from marketprism_dagster.storage.columns import records_to_arrow
 from sensors.alerts import integrity_alerts
 
 DAY_MS = 86_400_000

@@ -13,9 +13,10 @@ from marketprism_dagster import integrity
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.defs.definitions import build_definitions
 from marketprism_dagster.jetstream import connect, ensure_streams
-from marketprism_dagster.records import encode, msg_id, records_to_arrow, subject
+from marketprism_dagster.records import encode, msg_id, subject
 from marketprism_dagster.sealing import SealRefused, seal_hour
 from marketprism_dagster.storage import init_schema, open_store
+from marketprism_dagster.storage.columns import records_to_arrow
 from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
 
 HOUR_MS = 3_600_000

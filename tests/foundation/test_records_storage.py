@@ -10,6 +10,7 @@ from support.schema_contract import assert_hot_and_cold_columns_match_records, a
 
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
+from marketprism_dagster.storage.columns import ch_type, records_to_arrow
 from marketprism_dagster.storage.schema import data_tables
 
 TINY = "0.000000000000000001"
@@ -34,7 +35,7 @@ def test_record_round_trips_json_insert_select_with_exact_decimals(store, record
 
     assert store.insert("marketprism_hot", data_type, records.to_columns(data_type, decoded)) == 2
     rt = RECORD_TYPES[data_type]
-    decimal_cols = [c.name for c in rt.columns if c.ch_type.startswith(("Decimal", "Nullable(Decimal"))]
+    decimal_cols = [c.name for c in rt.columns if ch_type(c).startswith(("Decimal", "Nullable(Decimal"))]
     order = ", ".join(rt.identity)
     if decimal_cols:
         rows = store.query_rows(
@@ -87,7 +88,7 @@ def test_polars_and_arrow_batches_are_accepted(store, record_factory):
     recs = [record_factory("funding_rate", i, now) for i in range(3)]
     df = pl.DataFrame(records.to_columns("funding_rate", recs))
     assert store.insert("marketprism_hot", "funding_rate", df) == 3
-    arrow = records.records_to_arrow("funding_rate", [record_factory("funding_rate", 10, now)])
+    arrow = records_to_arrow("funding_rate", [record_factory("funding_rate", 10, now)])
     assert store.insert("marketprism_hot", "funding_rate", arrow) == 1
     assert store.query_value("SELECT count() FROM marketprism_hot.funding_rate") == 4
 

@@ -18,10 +18,11 @@ from marketprism_dagster import integrity
 from marketprism_dagster.defs.cli import repair_range
 from marketprism_dagster.jetstream import connect, ensure_streams
 from marketprism_dagster.nats_server import free_port
-from marketprism_dagster.records import encode, msg_id, records_to_arrow, subject
+from marketprism_dagster.records import encode, msg_id, subject
 from marketprism_dagster.replication import ReplicationRefused, replicate_day
 from marketprism_dagster.sealing import SealRefused, seal_hour
 from marketprism_dagster.storage import init_schema, open_store
+from marketprism_dagster.storage.columns import records_to_arrow
 from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ import time
 import msgspec
 
 from marketprism_dagster import integrity
-from marketprism_dagster.records import records_to_arrow
 from marketprism_dagster.replication import replicate_day
+from marketprism_dagster.storage.columns import records_to_arrow
 
 DAY = (int(time.time()) // 86_400 - 1) * 86_400_000  # yesterday, UTC: inside the hot TTL
 

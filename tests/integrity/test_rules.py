@@ -7,7 +7,9 @@ import time
 import msgspec
 
 from marketprism_dagster import integrity
-from marketprism_dagster.records import DATA_TYPES, encode, records_to_arrow, subject
+from marketprism_dagster.collector.health import feed_status_from_health
+from marketprism_dagster.records import DATA_TYPES, encode, subject
+from marketprism_dagster.storage.columns import records_to_arrow
 from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
 
 NOW = (int(time.time()) // 60) * 60_000  # hot TTL counts from received_at: keep data recent
@@ -45,7 +47,7 @@ def test_window_lengths_are_the_seeds_values(settings_factory):
 
 def test_empty_liquidation_window_passes_only_while_feeds_are_healthy_and_says_so(store, settings_factory):
     settings = settings_factory()
-    healthy = integrity.feed_status_from_health(
+    healthy = feed_status_from_health(
         {
             "coverage": {
                 "liquidation": {"binance_derivatives": {"status": "healthy"}, "okx_derivatives": {"status": "ok"}}
@@ -53,7 +55,7 @@ def test_empty_liquidation_window_passes_only_while_feeds_are_healthy_and_says_s
         },
         "liquidation",
     )
-    down = integrity.feed_status_from_health(
+    down = feed_status_from_health(
         {"coverage": {"liquidation": {"binance_derivatives": {"status": "unhealthy"}}}}, "liquidation"
     )
     ok = integrity.window_presence(store, settings, "liquidation", now=NOW, feeds=healthy)

@@ -18,6 +18,7 @@ from support.schema_contract import assert_hot_and_cold_columns_match_records, a
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
 from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
+from marketprism_dagster.storage.columns import ch_type, records_to_arrow
 from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, data_tables
 from marketprism_dagster.storage.server import ServerStore
 
@@ -65,7 +66,7 @@ def test_record_round_trips_through_the_server_with_exact_decimals(
     assert server_store.insert(hot, data_type, records.to_columns(data_type, decoded)) == 2
     rt = RECORD_TYPES[data_type]
     order = ", ".join(rt.identity)
-    decimal_cols = [c.name for c in rt.columns if c.ch_type.startswith(("Decimal", "Nullable(Decimal"))]
+    decimal_cols = [c.name for c in rt.columns if ch_type(c).startswith(("Decimal", "Nullable(Decimal"))]
     if decimal_cols:
         rows = server_store.query_rows(
             f"SELECT {', '.join(f'toString({c})' for c in decimal_cols)} FROM {hot}.{data_type} ORDER BY {order}"
@@ -122,7 +123,7 @@ def test_insert_same_batch_twice_with_token_leaves_one_copy(server_store, server
 def test_insert_arrow_table_with_token_twice_leaves_one_copy(server_store, server_settings, record_factory):
     cold = server_settings.storage.cold_database
     now = _now()
-    table = records.records_to_arrow("funding_rate", [record_factory("funding_rate", i, now) for i in range(5)])
+    table = records_to_arrow("funding_rate", [record_factory("funding_rate", i, now) for i in range(5)])
     assert server_store.insert_arrow_table(cold, "funding_rate", table, dedup_token="replicate:day:1") == 5
     assert server_store.insert_arrow_table(cold, "funding_rate", table, dedup_token="replicate:day:1") == 5
     assert server_store.query_value(f"SELECT count() FROM {cold}.funding_rate") == 5

@@ -19,6 +19,7 @@ from marketprism_dagster import records
 from marketprism_dagster.config import Settings
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
+from marketprism_dagster.storage.columns import records_to_arrow
 from marketprism_dagster.storage.embedded import EmbeddedStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collector"))
@@ -87,7 +88,7 @@ async def test_replayed_fixtures_land_in_the_hot_tables_exactly_as_published(
     try:
         for t in DATA_TYPES:
             got = store.query_arrow(f"SELECT * FROM marketprism_hot.`{t}`")
-            want = records.records_to_arrow(t, published.get(t, []))
+            want = records_to_arrow(t, published.get(t, []))
             assert got.num_rows == want.num_rows, t
             assert rows_of(got, t) == rows_of(want, t), t
             assert duplicate_count(store, "marketprism_hot", t) == 0

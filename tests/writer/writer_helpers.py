@@ -25,8 +25,9 @@ from nats.aio.client import Client as NATS
 from marketprism_dagster import records
 from marketprism_dagster.config import Settings
 from marketprism_dagster.publisher import JetStreamPublisher
-from marketprism_dagster.records import RECORD_TYPES, identity_sql
+from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.columns import identity_sql
 
 REPO = Path(__file__).resolve().parents[2]
 PERP = ("binance_derivatives", "okx_derivatives")
