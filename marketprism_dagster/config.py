@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +39,7 @@ from pydantic import (
 
 from marketprism_dagster.logs import MASK, mask_url, register_secrets
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES, stream_subjects
+from marketprism_dagster.venues import registry
 
 DEFAULT_CONFIG_PATH = Path("config/marketprism.yaml")
 
@@ -52,76 +52,9 @@ def _known_data_type(value: str) -> str:
 
 DataType = Annotated[str, AfterValidator(_known_data_type)]  # a name in records.RECORD_TYPES (the one list)
 
-Venue = Literal["binance", "okx", "deribit"]
 MarketType = Literal["spot", "perpetual", "options"]
-
-# What each (venue, market_type) can deliver: DESIGN section 1.
-SPOT_TYPES: tuple[str, ...] = ("orderbook", "trade")
-PERPETUAL_TYPES: tuple[str, ...] = tuple(t for t in DATA_TYPES if t != "volatility_index")
-SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("binance", "spot"): SPOT_TYPES,
-    ("binance", "perpetual"): PERPETUAL_TYPES,
-    ("okx", "spot"): SPOT_TYPES,
-    ("okx", "perpetual"): PERPETUAL_TYPES,
-    ("deribit", "options"): ("volatility_index",),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotDepth:
-    """What one venue's REST order book snapshot accepts as its depth parameter (``orderbook.snapshot_limit``)."""
-
-    request: str  # endpoint and parameter, for messages: "GET /fapi/v1/depth limit"
-    low: int
-    high: int
-    values: tuple[int, ...] = ()  # the only accepted values when the venue takes a fixed set
-    clamp: bool = False  # True: a larger configured value is requested as ``high`` instead of being rejected
-
-    def accepts(self, limit: int) -> bool:
-        if self.clamp and limit > self.high:
-            return True
-        return limit in self.values if self.values else self.low <= limit <= self.high
-
-    def request_size(self, limit: int) -> int:
-        """The depth to put in the request for a configured (accepted) ``limit``."""
-        return min(limit, self.high) if self.clamp else limit
-
-    def nearest(self, limit: int) -> int:
-        """The accepted value closest below ``limit`` (or the smallest one)."""
-        if not self.values:
-            return max(self.low, min(limit, self.high))
-        return max((v for v in self.values if v <= limit), default=self.values[0])
-
-    def allowed(self) -> str:
-        return "[" + ", ".join(map(str, self.values)) + "]" if self.values else f"{self.low}..{self.high}"
-
-
-# REST order book snapshot depth per (venue, market_type). Sources:
-# * Binance spot GET /api/v3/depth: limit default 100, max 5000 (a larger value is truncated to
-#   5000); weight 5 / 25 / 50 / 250 for limit 1-100 / 101-500 / 501-1000 / 1001-5000
-#   (documented/binance_spot_orderbook.json; Binance spot REST docs).
-# * Binance USD-M GET /fapi/v1/depth: "Valid limits:[5, 10, 20, 50, 100, 500, 1000]", weight 2 / 5 / 10 / 20
-#   for 5-50 / 100 / 500 / 1000 (developers.binance.com, USDS-M futures, market data, Order Book); any
-#   other value is answered HTTP 400, which a collector would otherwise retry forever.
-# * OKX GET /api/v5/market/books: sz "Order book depth per side. Maximum 400", default 1; 40 requests /
-#   2 s per IP (okx docs-v5, order book trading, market data, GET / Order book). snapshot_limit is one
-#   setting for every venue and its default (1000) is above 400, so an OKX value above 400 is capped,
-#   not rejected. The OKX adapter always asks sz=400 (venues/okx.BOOKS_DEPTH): its books are the
-#   400-level ``books`` channel, and a shallower snapshot would leave the book wrong below its depth.
-# * Deribit: no order book in our matrix.
-USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
-SNAPSHOT_DEPTH: dict[tuple[str, str], SnapshotDepth] = {
-    ("binance", "spot"): SnapshotDepth("GET /api/v3/depth limit", 1, 5000),
-    ("binance", "perpetual"): SnapshotDepth("GET /fapi/v1/depth limit", 5, 1000, values=USDM_DEPTH_LIMITS),
-    ("okx", "spot"): SnapshotDepth("GET /api/v5/market/books sz", 1, 400, clamp=True),
-    ("okx", "perpetual"): SnapshotDepth("GET /api/v5/market/books sz", 1, 400, clamp=True),
-}
-
-
-def snapshot_size(venue: str, market_type: str, snapshot_limit: int) -> int:
-    """The depth a market's REST snapshot requests for ``orderbook.snapshot_limit`` (OKX: at most 400)."""
-    spec = SNAPSHOT_DEPTH.get((venue, market_type))
-    return spec.request_size(snapshot_limit) if spec else snapshot_limit
+# Venues, what each (venue, market_type) can deliver, its snapshot depths and its default markets are
+# the venue modules' declarations (venues/<name>.py), read through ``venues.registry``.
 
 
 class ConfigError(Exception):
@@ -134,7 +67,7 @@ class _Model(BaseModel):
 
 class MarketConfig(_Model):
     enabled: bool = True
-    venue: Venue
+    venue: str
     market_type: MarketType
     symbols: list[str] = Field(min_length=1)
     data_types: list[DataType]
@@ -145,13 +78,19 @@ class MarketConfig(_Model):
     lsr_period: Literal["5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d"] = "5m"
     instruments_refresh_s: float = Field(default=3600.0, gt=0)
 
+    @field_validator("venue")
+    @classmethod
+    def _known_venue(cls, v: str) -> str:
+        registry.adapter_class(v)  # ValueError naming the registered venues
+        return v
+
     @model_validator(mode="after")
     def _supported(self) -> MarketConfig:
-        allowed = SUPPORTED.get((self.venue, self.market_type))
+        allowed = registry.offered(self.venue, self.market_type)
         if allowed is None:
             raise ValueError(
                 f"venue {self.venue!r} has no market_type {self.market_type!r}; allowed: "
-                + ", ".join(f"{v}/{m}" for v, m in SUPPORTED)
+                + ", ".join(registry.market_types())
             )
         bad = [d for d in self.data_types if d not in allowed]
         if bad:
@@ -167,50 +106,8 @@ class MarketConfig(_Model):
 
 
 def _default_markets() -> dict[str, MarketConfig]:
-    both = ["BTC-USDT", "ETH-USDT"]
-    deriv = list(PERPETUAL_TYPES)
-    return {
-        "binance_spot": MarketConfig(
-            venue="binance",
-            market_type="spot",
-            symbols=both,
-            data_types=["orderbook", "trade"],
-            rest_url="https://api.binance.com",
-            ws_url="wss://stream.binance.com:9443",
-        ),
-        "binance_derivatives": MarketConfig(
-            venue="binance",
-            market_type="perpetual",
-            symbols=both,
-            data_types=deriv,  # type: ignore[arg-type]
-            rest_url="https://fapi.binance.com",
-            ws_url="wss://fstream.binance.com",
-        ),
-        "okx_spot": MarketConfig(
-            venue="okx",
-            market_type="spot",
-            symbols=both,
-            data_types=["orderbook", "trade"],
-            rest_url="https://www.okx.com",
-            ws_url="wss://ws.okx.com:8443",
-        ),
-        "okx_derivatives": MarketConfig(
-            venue="okx",
-            market_type="perpetual",
-            symbols=both,
-            data_types=deriv,  # type: ignore[arg-type]
-            rest_url="https://www.okx.com",
-            ws_url="wss://ws.okx.com:8443",
-        ),
-        "deribit_derivatives": MarketConfig(
-            venue="deribit",
-            market_type="options",
-            symbols=["BTC", "ETH"],
-            data_types=["volatility_index"],
-            rest_url="https://www.deribit.com",
-            ws_url="wss://www.deribit.com",
-        ),
-    }
+    """Every venue's declared default markets (``VenueAdapter.default_markets``)."""
+    return {market_id: MarketConfig(**entry) for market_id, entry in registry.default_markets().items()}
 
 
 GIB = 1024**3
@@ -299,7 +196,8 @@ class OrderBookConfig(_Model):
         default=1000,
         ge=5,
         le=5000,
-        description="REST snapshot depth; each venue accepts its own values (SNAPSHOT_DEPTH, checked at load)",
+        description="REST snapshot depth; each venue accepts its own values (its markets' snapshot_depth, "
+        "checked at load)",
     )
     max_levels: int = Field(
         default=10_000,
@@ -501,7 +399,8 @@ class Settings(_Model):
         """orderbook.snapshot_limit must be a depth every enabled order book market's venue accepts."""
         limit = self.orderbook.snapshot_limit
         for name, m in self.markets.items():
-            spec = SNAPSHOT_DEPTH.get((m.venue, m.market_type))
+            market = registry.market_spec(m.venue, m.market_type)
+            spec = market.snapshot_depth if market is not None else None
             if not m.enabled or "orderbook" not in m.data_types or spec is None or spec.accepts(limit):
                 continue
             raise ValueError(

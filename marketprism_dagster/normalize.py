@@ -27,20 +27,10 @@ import typer
 
 from marketprism_dagster.records import encode
 from marketprism_dagster.sessions import payload_text, read_session
-from marketprism_dagster.venues import adapter_for
-from marketprism_dagster.venues.base import Output, VenueAdapter
-from marketprism_dagster.venues.common import book_record
+from marketprism_dagster.venues import registry
+from marketprism_dagster.venues.base import Output, VenueAdapter, book_record
 
 log = structlog.get_logger(__name__)
-
-INSTRUMENT_PATHS = ("/exchangeInfo", "/public/instruments", "/public/get_instruments")
-# REST book snapshots: the path and the query parameter naming the symbol
-SNAPSHOT_PATHS = {
-    "/api/v3/depth": "symbol",
-    "/fapi/v1/depth": "symbol",
-    "/dapi/v1/depth": "symbol",
-    "/api/v5/market/books": "instId",
-}
 
 
 def merge_by_time(sessions: Iterable[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
@@ -51,7 +41,11 @@ def merge_by_time(sessions: Iterable[list[dict[str, Any]]]) -> Iterator[dict[str
 
 
 def is_instrument_record(rec: dict[str, Any]) -> bool:
-    return rec.get("kind") == "http" and any(p in (rec.get("url") or "") for p in INSTRUMENT_PATHS)
+    """An ``http`` record of an instrument listing (any registered venue's ``instruments_path``)."""
+    if rec.get("kind") != "http":
+        return False
+    path = urlsplit(rec.get("url") or "").path
+    return any(path.endswith(p) for p in registry.instrument_paths())
 
 
 @dataclass
@@ -96,7 +90,8 @@ def replay(
             result.absorb(adapter.on_connect(url, t_ms), sink)
         elif kind == "http" and not is_instrument_record(rec):
             parts = urlsplit(url)
-            param = next((p for path, p in SNAPSHOT_PATHS.items() if parts.path.endswith(path)), None)
+            # a REST book snapshot of any registered venue: its path and the query parameter naming the symbol
+            param = next((p for path, p in registry.snapshot_paths().items() if parts.path.endswith(path)), None)
             if param is not None:
                 symbol = parse_qs(parts.query).get(param, [""])[0]
                 result.absorb(adapter.on_snapshot(symbol, payload_text(rec).encode(), t_ms), sink)
@@ -125,7 +120,7 @@ def run(market_id: str, files: list[Path], settings: Any, stdout: Any = None) ->
     if market_id not in settings.markets:
         raise ValueError(f"unknown market {market_id!r}; configured: {sorted(settings.markets)}")
     market = settings.markets[market_id]
-    adapter = adapter_for(market_id, market, settings.orderbook)
+    adapter = registry.adapter_for(market_id, market, settings.orderbook)
     sessions = [read_session(p) for p in files]
     merged = list(merge_by_time(sessions))
     if adapter.instrument_urls() and not any(is_instrument_record(r) for r in merged):

@@ -15,8 +15,8 @@ Rules
   ``1e30`` into 18960114910927365649.47..., and reject more fractional digits);
 * prices and sizes are positive (trade, liquidation, every order book level); open interest,
   volatility values and the long/short ratio are non-negative; the long/short ratio has no
-  upper bound (longs / shorts), while ``long_ratio`` and ``short_ratio`` are SHARES (Binance
-  ``longAccount``/``shortAccount``, ``longPosition``/``shortPosition``) in 0..1; a funding rate
+  upper bound (longs / shorts), while ``long_ratio`` and ``short_ratio`` are SHARES (the long
+  and short fractions of accounts or positions) in 0..1; a funding rate
   is signed with ``|rate| <= 1``;
 * ``side`` is ``buy`` or ``sell``; ``trade_id``, ``exchange``, ``market_type``, ``symbol``,
   ``exchange_symbol`` and ``period`` are non-empty;

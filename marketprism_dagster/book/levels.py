@@ -9,7 +9,7 @@ list (``None`` in ``vals``; NaN in fast mode, +inf in exact mode), so a lookup
 two list slices; a quantity change at an existing price replaces one list item; only a level
 that appears or disappears moves keys.
 
-Keys are exact ORDER keys, never values: published levels and the OKX checksum use the
+Keys are exact ORDER keys, never values: published levels and the CRC32 checksum use the
 venue's strings untouched. Fast mode keys are ``float(price)``, used only where that is
 provably exact: a plain decimal string of at most 15 characters has at most 15 significant
 digits, and correctly rounded decimal -> double conversion of such numbers (well inside the
@@ -160,7 +160,7 @@ class Book:
         """Apply absolute level quantities (0 removes; removing an absent level is normal).
 
         Returns True when the best ``watch`` levels of a side changed (always False when
-        ``watch`` is 0): callers cache the OKX checksum with it.
+        ``watch`` is 0): callers cache the top-levels checksum with it.
         """
         return self._apply_watched(_apply_fast, _listed(bids), _listed(asks), watch)
 
@@ -170,7 +170,7 @@ class Book:
 
         ``short_prices``: the caller guarantees every price has at most 15 characters (its
         decoder enforced ``msgspec.Meta(max_length=15)``); otherwise they are checked here first.
-        The Binance hot loop is inlined here (one call per message); the same rules as
+        The pairs hot loop is inlined here (one call per message); the same rules as
         ``_apply_fast`` with the length check hoisted out of the loop."""
         if self._exact:
             self._apply_exact(bids, asks)
@@ -232,8 +232,8 @@ class Book:
         watch: int = 0,
         short_prices: bool = False,
     ) -> bool:
-        """``apply`` for levels that are exactly 4-TUPLES ``(price, qty, _, _)`` of str (OKX
-        ``books`` levels decoded by msgspec): unpacked without indexing. Same result as ``apply``.
+        """``apply`` for levels that are exactly 4-TUPLES ``(price, qty, _, _)`` of str (e.g.
+        decoded by msgspec as ``tuple[str, str, str, str]``): unpacked without indexing. Same result as ``apply``.
         ``short_prices`` as in ``apply_pairs``."""
         if not self._exact and not short_prices and (_too_long(bids) or _too_long(asks)):
             self._to_exact()  # re-keys only: the levels ``watch`` compares are unchanged
@@ -280,8 +280,9 @@ class Book:
         stop = -2 - n  # one reversed slice per side, from the best (just before the sentinel)
         return self._bv[-2:stop:-1], self._av[-2:stop:-1]
 
-    def okx_checksum(self, n: int = 25) -> int:
-        """OKX CRC32 over the best ``n`` levels: bid:ask interleaved, shorter side skipped, signed.
+    def crc32_checksum(self, n: int = 25) -> int:
+        """Signed CRC32 of the best ``n`` levels as ``price:qty`` strings, bid and ask interleaved
+        (best bid, best ask, second bid, ...), the shorter side's missing levels skipped, joined by ``:``.
 
         One ``join`` over the venue's own strings. (Keeping a "price:qty" string per level to
         join fewer items was measured: its upkeep on every level costs what it saves.)"""

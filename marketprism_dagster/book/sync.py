@@ -1,12 +1,18 @@
 """Exchange-exact book synchronization and wall-clock aligned publishing.
 
-``UpdateIdSync`` implements Binance's rules (spot: REST snapshot, buffered diffs, the first
-applied diff bridges ``lastUpdateId + 1``, then a diff applies while ``U <= prev u + 1`` (an
-overlap is valid) and ``u > prev u``; USD-M: the first applied diff has ``U <= lastUpdateId <= u``,
-then ``pu == prev u``). ``SeqIdSync`` implements OKX ``books`` (pushed or REST snapshot,
-``prevSeqId == previous seqId``, a real CRC32 checksum of the top 25 levels verified after EVERY
-message, 0 = none). Any gap or mismatch drops the book to unsynchronized; nothing is published
-until a fresh snapshot synchronizes it again.
+Two generic rules; a venue module picks one and passes its parameters:
+
+* ``UpdateIdSync``: diffs carry an update-id range ``[U, u]`` and books start from a REST snapshot
+  (``lastUpdateId``), diffs buffered meanwhile. The chain rule is a parameter: ``RANGE_RULE`` (the
+  first applied diff bridges ``lastUpdateId + 1``, then a diff applies while ``U <= prev u + 1``
+  (an overlap is valid) and ``u > prev u``) or ``PREV_ID_RULE`` (the first applied diff has
+  ``U <= lastUpdateId <= u``, then each diff names the previous one: ``pu == prev u``).
+* ``SeqIdSync``: updates chained by sequence ids (``prevSeqId == previous seqId``), from a snapshot
+  pushed in the stream or a REST snapshot bridged by sequence id, optionally verified by a CRC32
+  checksum of the top ``checksum_levels`` levels after EVERY message (0 = none).
+
+Any gap or mismatch drops the book to unsynchronized; nothing is published until a fresh snapshot
+synchronizes it again.
 
 Publishing (``Ticker``): the snapshot for tick T is the book after every update whose
 exchange event time is < T; it is taken when the first update with event time >= T arrives,
@@ -51,6 +57,8 @@ MAX_LEVELS = 10_000  # default levels per side before a book is dropped and resy
 _FAULT_STATUS = {"book_crossed": Status.CROSSED, "book_too_deep": Status.TOO_DEEP}
 _FAULT_STATUSES = frozenset(_FAULT_STATUS.values())
 BOOK_FAULT_EVENTS = {status: event for event, status in _FAULT_STATUS.items()}  # metric event of each status
+RANGE_RULE = "range"  # UpdateIdSync: each diff must reach the local id + 1 (overlaps valid)
+PREV_ID_RULE = "prev_id"  # UpdateIdSync: each diff names the last id of the one before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +111,14 @@ class Ticker:
 class Diff:
     first_id: int  # U
     last_id: int  # u
-    prev_id: int | None  # pu (USD-M), None on spot
+    prev_id: int | None  # pu under PREV_ID_RULE, else None
     event_ms: int
     bids: Sequence[Sequence[str]]
     asks: Sequence[Sequence[str]]
 
 
 class UpdateIdSync:
-    """Binance diff-depth synchronization for one symbol (``rule`` "spot" or "usdm").
+    """Update-id diff synchronization for one symbol (``rule``: ``RANGE_RULE`` or ``PREV_ID_RULE``).
 
     Feed every diff to ``on_diff`` and every REST snapshot body to ``on_snapshot``. When a
     call leaves ``need_snapshot`` True the caller fetches a snapshot (then calls
@@ -120,9 +128,9 @@ class UpdateIdSync:
     def __init__(
         self, rule: str, cadence_ms: int, depth: int, max_buffer: int = 5000, max_levels: int = MAX_LEVELS
     ) -> None:
-        if rule not in ("spot", "usdm"):
-            raise ValueError(f"rule must be 'spot' or 'usdm', got {rule!r}")
-        self.usdm = rule == "usdm"
+        if rule not in (RANGE_RULE, PREV_ID_RULE):
+            raise ValueError(f"rule must be {RANGE_RULE!r} or {PREV_ID_RULE!r}, got {rule!r}")
+        self.prev_id_chain = rule == PREV_ID_RULE
         self.max_levels = max_levels
         self.book = Book()
         self.ticker = Ticker(cadence_ms, depth)
@@ -194,7 +202,7 @@ class UpdateIdSync:
         """
         last = self.update_id
         # bridged implies synced; anything but the plain chained case takes the general path
-        if not self.bridged or (prev_id != last if prev_id is not None and self.usdm else first_id != last + 1):
+        if not self.bridged or (prev_id != last if prev_id is not None and self.prev_id_chain else first_id != last + 1):
             if not self.synced:
                 return self._buffer(Diff(first_id, last_id, prev_id, event_ms, bids, asks))
             return self._apply(first_id, last_id, prev_id, event_ms, bids, asks, None)
@@ -232,16 +240,16 @@ class UpdateIdSync:
         last = self.update_id
         assert last is not None
         if self.bridged:
-            if self.usdm and prev_id is not None:
+            if self.prev_id_chain and prev_id is not None:
                 ok = prev_id == last
             else:
-                # spot (Binance docs, 2025+): an event overlapping the local id is valid (levels are
-                # absolute quantities); only U > local + 1 is a gap
+                # RANGE_RULE: an event overlapping the local id is valid (levels are absolute
+                # quantities); only U > local + 1 is a gap
                 if last_id <= last:
                     return Status.STALE
                 ok = first_id <= last + 1
         else:
-            if self.usdm:
+            if self.prev_id_chain:
                 if last_id < last:
                     return Status.STALE
                 ok = first_id <= last <= last_id
@@ -290,7 +298,7 @@ class UpdateIdSync:
         # a snapshot older than the first buffered diff cannot be bridged: fetch another
         if buffered:
             first = buffered[0]
-            too_old = last_update_id < first.first_id if self.usdm else last_update_id + 1 < first.first_id
+            too_old = last_update_id < first.first_id if self.prev_id_chain else last_update_id + 1 < first.first_id
             if too_old:
                 self.buffer.extend(buffered)
                 self.need_snapshot = True
@@ -323,33 +331,39 @@ _Buffered = tuple[int | None, int | None, int, Sequence[Sequence[str]], Sequence
 
 
 class SeqIdSync:
-    """OKX ``books`` synchronization for one instrument, in the venue's three protocol states.
+    """Sequence-id chained book synchronization for one instrument, in three protocol states.
 
-    (a) legacy: a snapshot in the stream and a real CRC32 ``checksum`` on every push (verified on
-        every message, as in the 2021-2022 recordings);
-    (b) since 2026-06-23: the same with ``checksum`` always 0: a zero or absent checksum means "no
-        checksum", integrity rests on the ``prevSeqId == previous seqId`` chain;
-    (c) announced for 2026: no snapshot in the stream: updates are buffered, a REST snapshot
-        (``GET /api/v5/market/books``) is loaded with ``on_rest_snapshot`` and bridged by sequence
-        ids (OKX changelog of 2026-02-12): a snapshot whose ``seqId`` is below the first buffered
-        ``prevSeqId`` is too old (fetch another); buffered updates with ``seqId <= snapshot seqId``
-        are dropped; the first applied one has ``prevSeqId <= snapshot seqId < seqId``; then chain.
+    (a) a snapshot in the stream and a real CRC32 ``checksum`` on every push (verified on every
+        message);
+    (b) the same with ``checksum`` always 0: a zero or absent checksum means "no checksum",
+        integrity rests on the ``prevSeqId == previous seqId`` chain;
+    (c) no snapshot in the stream: updates are buffered, a REST snapshot is loaded with
+        ``on_rest_snapshot`` and bridged by sequence ids: a snapshot whose ``seqId`` is below the
+        first buffered ``prevSeqId`` is too old (fetch another); buffered updates with
+        ``seqId <= snapshot seqId`` are dropped; the first applied one has
+        ``prevSeqId <= snapshot seqId < seqId``; then chain.
 
     A pushed snapshot (states a, b) synchronizes the book directly; a REST snapshot is the
     recovery in every state: after a gap or a checksum mismatch the book drops to
     unsynchronized, buffers, and ``need_snapshot`` asks the caller for a REST snapshot (never a
     resubscribe). An update whose ``seqId`` is not above the book's (a duplicate, e.g. while two
     connections overlap) is ``STALE`` and ignored; an update that chains (``prevSeqId`` equal to
-    the book's ``seqId``) is applied even when its ``seqId`` does not grow (OKX's no-change
-    heartbeat and its sequence reset after maintenance). Recordings without ``seqId`` (before
+    the book's ``seqId``) is applied even when its ``seqId`` does not grow (a no-change heartbeat,
+    a sequence reset after maintenance). Recordings without ``seqId`` (before
     2023) cannot be chained: their updates apply in arrival order and only a real checksum, when
     present, verifies them.
     """
 
-    CHECKSUM_LEVELS = 25
-
-    def __init__(self, cadence_ms: int, depth: int, max_buffer: int = 2000, max_levels: int = MAX_LEVELS) -> None:
+    def __init__(
+        self,
+        cadence_ms: int,
+        depth: int,
+        max_buffer: int = 2000,
+        max_levels: int = MAX_LEVELS,
+        checksum_levels: int = 25,
+    ) -> None:
         self.max_levels = max_levels
+        self.checksum_levels = checksum_levels  # levels per side the venue's checksum covers
         self.book = Book()
         self.ticker = Ticker(cadence_ms, depth)
         self.synced = False
@@ -443,14 +457,14 @@ class SeqIdSync:
     def on_rest_snapshot(
         self, seq_id: int | None, ts: int, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]
     ) -> Status:
-        """A REST snapshot (``GET /api/v5/market/books``), bridged to the buffered updates by sequence ids."""
+        """A REST snapshot, bridged to the buffered updates by sequence ids."""
         self.snapshot_inflight = False
         if self.synced:
             return Status.STALE  # the stream synchronized the book meanwhile (a pushed snapshot)
         buffered = list(self.buffer)
         if seq_id is None and any(u[0] is not None for u in buffered):
-            # a stream with sequence ids cannot be bridged to a snapshot without one (OKX answers before
-            # mid-2026): never seat it by time; ask again (a pushed snapshot may synchronize meanwhile)
+            # a stream with sequence ids cannot be bridged to a snapshot without one: never seat it
+            # by time; ask again (a pushed snapshot may synchronize meanwhile)
             self.need_snapshot = True
             return Status.SNAPSHOT_TOO_OLD
         self.buffer.clear()
@@ -479,7 +493,7 @@ class SeqIdSync:
 
     def _verify(self, checksum: int) -> bool:
         if self._crc is None:
-            self._crc = self.book.okx_checksum(self.CHECKSUM_LEVELS)
+            self._crc = self.book.crc32_checksum(self.checksum_levels)
         self.checksums_verified += 1
         return self._crc == checksum
 
@@ -547,16 +561,16 @@ class SeqIdSync:
                 if uid is not None:
                     ticker.publish(book, ts - ts % c, prev_ms, uid)
             if quads:
-                touched = book.apply_quads(bids, asks, self.CHECKSUM_LEVELS, short_prices)
+                touched = book.apply_quads(bids, asks, self.checksum_levels, short_prices)
             else:
-                touched = book.apply(bids, asks, self.CHECKSUM_LEVELS)
+                touched = book.apply(bids, asks, self.checksum_levels)
         except Exception:
             self._desync()  # a level the book could not take: never keep a half-applied book
             raise
         if touched:
             self._crc = None
         # a real checksum is verified on EVERY update (the cached one while the top is unchanged);
-        # 0 or absent means the venue sends none (OKX since 2026-06-23)
+        # 0 or absent means the venue sends none
         if checksum and not self._verify(checksum):
             self._desync()
             return CHECKSUM

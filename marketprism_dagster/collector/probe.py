@@ -40,6 +40,7 @@ from marketprism_dagster.collector.points import PublishedPoints
 from marketprism_dagster.collector.rest import RestClient
 from marketprism_dagster.collector.runtime import INFO_EVENTS, Collector
 from marketprism_dagster.config import MarketConfig, OrderBookConfig, Settings
+from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import (
     Backfill,
     FetchSnapshot,
@@ -224,8 +225,8 @@ class Observations:
         return [t for t in (self.tally(role.market, d) for d in role.data_types) if t is not None]
 
     def venue_code(self, url: str, error: RestBodyError) -> None:
-        """A venue error code in a REST body (OKX answers HTTP 200 with {"code": "50011", ...}): the trace saw
-        only the HTTP status."""
+        """A venue error code in a REST body (some venues answer HTTP 200 with an error code): the trace
+        saw only the HTTP status."""
         role = self.urls.get(_url_key(url))
         if role is None:
             return
@@ -581,8 +582,6 @@ class Probe(Collector):
     """A collector that publishes nothing: see the module docstring."""
 
     def __init__(self, settings: Settings, markets: list[str]) -> None:
-        from marketprism_dagster.venues import adapter_for
-
         self.observations = obs = Observations({m: settings.markets[m] for m in markets})
 
         def factory(market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> VenueAdapter:

@@ -1,9 +1,10 @@
-"""REST rate limits: the venue's weight budget (Binance ``X-MBX-USED-WEIGHT-1M``) and 429/418 Retry-After.
+"""REST rate limits: the venue's request-weight budget per minute and 429/418 Retry-After.
 
-One ``RateLimiter`` per REST host. Before a request, ``acquire(weight)`` waits while the host
-is in a Retry-After back-off, or while the request would push the used weight of the current
-minute past ``limit * headroom`` (Binance counts weight per calendar minute). After the answer,
-``update(status, headers)`` records the venue's own count and any Retry-After.
+One ``RateLimiter`` per REST host, built from the venue's declaration (its market's
+``weight_per_minute`` and its ``weight_header``). Before a request, ``acquire(weight)`` waits while
+the host is in a Retry-After back-off, or while the request would push the used weight of the
+current minute past ``limit * headroom`` (weight is counted per calendar minute). After the answer,
+``update(status, headers)`` records the venue's own count (the weight header) and any Retry-After.
 """
 
 from __future__ import annotations
@@ -12,11 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 DEFAULT_RETRY_AFTER_S = {429: 1.0, 418: 120.0}  # when a venue omits Retry-After
-
-# REQUEST_WEIGHT per minute (documented/binance_*_errors_rate_limits.json): spot 6000, USD-M 2400.
-WEIGHT_LIMITS: dict[tuple[str, str], int] = {("binance", "spot"): 6000, ("binance", "perpetual"): 2400}
 
 
 class RateLimiter:
@@ -24,10 +21,12 @@ class RateLimiter:
         self,
         weight_limit: int | None = None,
         *,
+        weight_header: str | None = None,
         headroom: float = 0.9,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.weight_limit = weight_limit
+        self.weight_header = weight_header  # response header with the weight used this minute (None: none)
         self.headroom = headroom
         self.clock = clock
         self.minute = -1
@@ -64,7 +63,7 @@ class RateLimiter:
         """Record the answer; returns the back-off in seconds for 429/418, else None."""
         now = self.clock()
         self._roll(now)
-        used = headers.get(WEIGHT_HEADER)
+        used = headers.get(self.weight_header) if self.weight_header else None
         if used is not None and used.isdigit():
             self.used = int(used)
         if status not in (429, 418):

@@ -3,10 +3,10 @@
 Outcomes of one ``RestClient.get``:
 
 * HTTP 200 and no venue error in the body: the body;
-* HTTP 429/418, or a venue rate-limit code in the body (OKX 50011 with HTTP 200): the host's
-  ``RateLimiter`` blocks for Retry-After / the venue's window, then the request is retried;
-* 5xx, timeouts, connection errors and transient venue codes (OKX 50001, 50004, 50026): retried
-  with capped exponential backoff;
+* HTTP 429/418, or a venue rate-limit code in the body (some venues send it with HTTP 200): the
+  host's ``RateLimiter`` blocks for Retry-After / the venue's window, then the request is retried;
+* 5xx, timeouts, connection errors and transient venue codes: retried with capped exponential
+  backoff;
 * any other 4xx or venue code: ``RestError`` at once, ``permanent`` (the same request cannot succeed).
 
 Venue codes come from ``VenueAdapter.rest_body_error`` (default: none); the error metric of a venue
@@ -26,8 +26,9 @@ import structlog
 
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.metrics import CollectorMetrics
-from marketprism_dagster.collector.ratelimit import WEIGHT_LIMITS, RateLimiter
+from marketprism_dagster.collector.ratelimit import RateLimiter
 from marketprism_dagster.collector.state import CollectorState, MarketState, now_ms
+from marketprism_dagster.venues import registry
 from marketprism_dagster.venues.base import RestBodyError
 
 log = structlog.get_logger(__name__)
@@ -37,8 +38,8 @@ BodyErrorHook = Callable[[str, bytes], RestBodyError | None]  # (market, body) -
 
 class RestError(Exception):
     """A failed GET. ``status`` is the HTTP status (None: no answer), ``code``/``venue_msg`` the venue's
-    error code and message when the body carries one (Binance ``{"code": -1121, "msg": ...}``, OKX
-    ``{"code": "51001", ...}``); ``permanent`` says that retrying the same request cannot help."""
+    error code and message when the body carries one (``{"code": ..., "msg": ...}`` or JSON-RPC
+    ``{"error": {...}}``); ``permanent`` says that retrying the same request cannot help."""
 
     def __init__(
         self,
@@ -66,7 +67,7 @@ def _target(url: str) -> str:
 
 
 def venue_error(venue: str, url: str, status: int, code: str, msg: str, **flags: bool) -> RestError:
-    """The RestError for a venue code: "okx REST error 51001: Instrument ID ... (GET /api/v5/...)"."""
+    """The RestError for a venue code: "<venue> REST error <code>: <message> (GET <path>)"."""
     where = f"GET {_target(url)}" if status == 200 else f"HTTP {status}, GET {_target(url)}"
     return RestError(url, status, f"{venue} REST error {code}: {msg} ({where})", code=code, venue_msg=msg, **flags)
 
@@ -76,7 +77,7 @@ def http_error(url: str, status: int | None, detail: str, **flags: bool) -> Rest
 
 
 def envelope_error(body: bytes) -> tuple[str, str] | None:
-    """(code, message) of a JSON error body: ``{"code", "msg"}`` (Binance, OKX) or JSON-RPC ``{"error": {...}}``."""
+    """(code, message) of a JSON error body: ``{"code", "msg"}`` or JSON-RPC ``{"error": {...}}``."""
     try:
         payload: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -91,7 +92,7 @@ def envelope_error(body: bytes) -> tuple[str, str] | None:
     return None
 
 
-MAX_BODY_BYTES = 64 * 1024**2  # collector.rest_max_body_bytes: Binance spot exchangeInfo, the largest, is a few MB
+MAX_BODY_BYTES = 64 * 1024**2  # collector.rest_max_body_bytes: the largest instrument listing is a few MB
 
 
 class BodyTooLarge(Exception):
@@ -143,8 +144,10 @@ class RestClient:
         lim = self.limiters.get(host)
         if lim is None:
             ms = self.state.markets.get(market)
-            limit = WEIGHT_LIMITS.get((ms.venue, ms.market_type)) if ms else None
-            lim = self.limiters[host] = RateLimiter(limit)
+            spec = registry.market_spec(ms.venue, ms.market_type) if ms else None
+            limit = spec.weight_per_minute if spec is not None else None
+            header = registry.weight_header(ms.venue) if ms else None
+            lim = self.limiters[host] = RateLimiter(limit, weight_header=header)
         return lim
 
     async def get(self, market: str, url: str, weight: int = 1) -> tuple[bytes, int]:
@@ -203,7 +206,7 @@ class RestClient:
                 last = http_error(url, status, f"HTTP {status}: {body[:200]!r}")
                 await asyncio.sleep(backoff.next())
                 continue
-            # any other 4xx: the request as sent is rejected (Binance -1100/-1102/-1121 come as HTTP 400)
+            # any other 4xx: the request as sent is rejected (venue codes for bad parameters come as HTTP 400)
             self._count(market, "4xx", f"rest_{status}", ms)
             found = envelope_error(body)
             if found is not None:

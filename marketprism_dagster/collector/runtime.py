@@ -40,6 +40,7 @@ from marketprism_dagster.jetstream import ensure_streams
 from marketprism_dagster.logs import mask_url
 from marketprism_dagster.nats_server import host_port
 from marketprism_dagster.publisher import JetStreamPublisher, PublishStats
+from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import (
     Backfill,
     FetchSnapshot,
@@ -79,8 +80,6 @@ def next_poll_time(now: float, period_s: float, offset_s: float) -> float:
 
 
 def _default_factory(market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> VenueAdapter:
-    from marketprism_dagster.venues import adapter_for
-
     return adapter_for(market_id, market, orderbook)
 
 

@@ -3,8 +3,8 @@
 The read loop is tight: receive a frame, hand it to ``on_message`` (the adapter, then the
 publish buffer, all synchronous), repeat. Nothing in it waits on NATS.
 
-A venue that announces it will close a connection (Binance ``serverShutdown``, OKX notice
-64008) gets a make-before-break switch (``switch``): a second connection to the same URL with
+A venue that announces it will close a connection (the adapter turns its notice into a
+``SwitchConnection``) gets a make-before-break switch (``switch``): a second connection to the same URL with
 the same subscribe frames, read into the same adapter while the old one still streams; once it
 has delivered a data frame and the adapter says the feed is whole again (``ready``, e.g. every
 book synchronized), the old connection is closed with a close handshake, so every frame the
@@ -34,8 +34,8 @@ log = structlog.get_logger(__name__)
 YIELD_EVERY = 128  # frames read back to back before the reader yields the event loop
 SWITCH_TIMEOUT_S = 10.0  # a switch's new connection must be ready within this, else the old one is kept
 CLOSE_WAIT_S = 5.0  # after a switch, the old connection's close handshake gets this long before it is cut
-# largest frame accepted (collector.ws_max_msg_bytes): an OKX 400-level books snapshot is ~30 KB, Binance
-# snapshots come by REST; a frame beyond this ends the connection (counted as ws_message_too_big)
+# largest frame accepted (collector.ws_max_msg_bytes): a 400-level book snapshot pushed in the stream is
+# ~30 KB (others come by REST); a frame beyond this ends the connection (counted as ws_message_too_big)
 MAX_MSG_BYTES = 4 * 1024**2
 _DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 

@@ -20,20 +20,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import orjson
 
 from marketprism_dagster.book import Diff, Status, UpdateIdSync
-from marketprism_dagster.book.sync import APPLIED, BOOK_FAULT_EVENTS
-from marketprism_dagster.config import MarketConfig, OrderBookConfig
+from marketprism_dagster.book.sync import APPLIED, BOOK_FAULT_EVENTS, PREV_ID_RULE, RANGE_RULE
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.venues.base import (
+    BookSettings,
+    Channel,
     FetchSnapshot,
     Instrument,
+    MarketSettings,
+    MarketSpec,
     Output,
+    Poll,
     RestPoll,
+    SnapshotDepth,
     SwitchConnection,
     VenueAdapter,
     WsFeed,
@@ -42,22 +47,13 @@ from marketprism_dagster.venues.common import (
     ENTRY_ERRORS,
     LSR_LIMIT,
     PERIOD_SECONDS,
-    ErrorLog,
-    book_record,
     entry_label,
-    keep_instruments,
     name_of,
-    rest_poll,
     scale,
 )
 
 SPOT_DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # limit upper bound -> weight
 USDM_DEPTH_WEIGHTS = ((50, 2), (100, 5), (500, 10), (1000, 20))
-
-LSR_PATHS = {
-    "lsr_top_position": "/futures/data/topLongShortPositionRatio",
-    "lsr_all_account": "/futures/data/globalLongShortAccountRatio",
-}
 
 
 def depth_weight(limit: int, spot: bool) -> int:
@@ -162,119 +158,129 @@ def parse_depth_snapshot(body: bytes | str) -> tuple[int, int | None, list[Any],
     return int(snap["lastUpdateId"]), snap.get("E"), snap["bids"], snap["asks"]
 
 
+# REST order book snapshot depths. Spot GET /api/v3/depth: limit default 100, max 5000 (a larger value
+# is truncated to 5000) (documented/binance_spot_orderbook.json; Binance spot REST docs). USD-M GET
+# /fapi/v1/depth: "Valid limits:[5, 10, 20, 50, 100, 500, 1000]" (developers.binance.com, USDS-M
+# futures, market data, Order Book); any other value is answered HTTP 400, which a collector would
+# otherwise retry forever.
+USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+# the connection of each feed name: spot has one combined stream, USD-M splits depth from the rest
+FEED_PATHS = {"stream": "/stream", "public": "/public/stream", "market": "/market/stream"}
+SYNC_RULES = {"spot": RANGE_RULE, "perpetual": PREV_ID_RULE}  # see book.sync.UpdateIdSync
+
+
 class BinanceAdapter(VenueAdapter):
     venue = "binance"
-    # False: every frame takes the generic orjson path (same results, slower; a switch for a
-    # venue format change, and the reference the fast path is tested against)
-    typed_fast_path = True
+    markets: ClassVar[Mapping[str, MarketSpec]] = {
+        # REQUEST_WEIGHT per minute (documented/binance_*_errors_rate_limits.json): spot 6000, USD-M 2400
+        "spot": MarketSpec(
+            instruments_path="/api/v3/exchangeInfo",
+            snapshot_path="/api/v3/depth",
+            snapshot_depth=SnapshotDepth("GET /api/v3/depth limit", 1, 5000),
+            weight_per_minute=6000,
+        ),
+        "perpetual": MarketSpec(
+            instruments_path="/fapi/v1/exchangeInfo",
+            snapshot_path="/fapi/v1/depth",
+            snapshot_depth=SnapshotDepth("GET /fapi/v1/depth limit", 5, 1000, values=USDM_DEPTH_LIMITS),
+            weight_per_minute=2400,
+        ),
+    }
+    # stream name -> mapping; messages are routed by their event type ``e``
+    channels = (
+        Channel("depth@100ms", ("orderbook",), "_depth", {"spot": "stream", "perpetual": "public"}, ("depthUpdate",)),
+        Channel("aggTrade", ("trade",), "_agg_trade", {"spot": "stream", "perpetual": "market"}),
+        Channel(
+            "markPrice@1s",
+            ("funding_rate",),
+            "_mark_price",
+            {"perpetual": "market"},
+            ("markPriceUpdate",),
+            needed_by=("open_interest",),  # the mark price gives the open interest its quote value
+        ),
+        Channel("forceOrder", ("liquidation",), "_force_order", {"perpetual": "market"}),
+    )
+    polls = (
+        Poll("open_interest", "/fapi/v1/openInterest", "_open_interest", ("perpetual",)),
+        Poll("lsr_top_position", "/futures/data/topLongShortPositionRatio", "_ratios", ("perpetual",)),
+        Poll("lsr_all_account", "/futures/data/globalLongShortAccountRatio", "_ratios", ("perpetual",)),
+    )
+    weight_header = "X-MBX-USED-WEIGHT-1M"
+    default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "binance_spot": {
+            "market_type": "spot",
+            "symbols": ["BTC-USDT", "ETH-USDT"],
+            "data_types": ["orderbook", "trade"],
+            "rest_url": "https://api.binance.com",
+            "ws_url": "wss://stream.binance.com:9443",
+        },
+        "binance_derivatives": {
+            "market_type": "perpetual",
+            "symbols": ["BTC-USDT", "ETH-USDT"],
+            "rest_url": "https://fapi.binance.com",
+            "ws_url": "wss://fstream.binance.com",
+        },
+    }
 
-    def __init__(self, market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> None:
+    def __init__(self, market_id: str, market: MarketSettings, orderbook: BookSettings) -> None:
         super().__init__(market_id, market, orderbook)
         self.spot = market.market_type == "spot"
-        self.market_type = market.market_type
         self.books: dict[str, UpdateIdSync] = {}
         self.mark_price: dict[str, str] = {}  # latest mark price per exchange symbol (markPrice stream)
-        self.errors = ErrorLog(market_id)
-        self.generic_frames = 0  # frames that did not fit the typed fast path (normal for markPrice etc.)
-        self._handlers = {
-            "aggTrade": self._agg_trade,
-            "depthUpdate": self._depth,
-            "markPriceUpdate": self._mark_price,
-            "forceOrder": self._force_order,
-            "serverShutdown": self._server_shutdown,
-        }
+        self._handlers["serverShutdown"] = self._server_shutdown
         self._frame_feed = ""  # feed key of the frame the generic path is handling (for serverShutdown)
 
     # ------------------------------------------------------------ instruments
     def instrument_urls(self) -> Sequence[str]:
-        path = "/api/v3/exchangeInfo" if self.spot else "/fapi/v1/exchangeInfo"
-        return [self.market.rest_url.rstrip("/") + path]
+        return [self.market.rest_url.rstrip("/") + self.spec.instruments_path]
 
     def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
         perpetual = not self.spot and not self.accept_all_symbols
         skipped: list[str] = []
         listed = [inst for body in bodies.values() for inst in parse_exchange_info(body, perpetual, skipped)]
         self.skipped_instruments = skipped
-        return keep_instruments(
-            self,
-            listed,
-            "use BASE-QUOTE as in exchangeInfo baseAsset/quoteAsset, e.g. BTC-USDT",
-        )
+        return self._keep_instruments(listed, "use BASE-QUOTE as in exchangeInfo baseAsset/quoteAsset, e.g. BTC-USDT")
 
     # ------------------------------------------------------------ subscriptions
-    def _streams(self, kinds: Sequence[str]) -> str:
-        return "/".join(f"{sym.lower()}@{k}" for sym in self.instruments for k in kinds)
-
     def ws_feeds(self) -> list[WsFeed]:
         ws = self.market.ws_url.rstrip("/")
-        types = set(self.market.data_types)
-        if self.spot:
-            kinds = [k for t, k in (("orderbook", "depth@100ms"), ("trade", "aggTrade")) if t in types]
-            carried = tuple(t for t in ("orderbook", "trade") if t in types)
-            url = f"{ws}/stream?streams={self._streams(kinds)}"
-            return [WsFeed(f"{self.market_id}/stream", url, data_types=carried)] if kinds else []
-        feeds: list[WsFeed] = []
-        if "orderbook" in types:
-            feeds.append(
-                WsFeed(
-                    f"{self.market_id}/public",
-                    f"{ws}/public/stream?streams={self._streams(['depth@100ms'])}",
-                    data_types=("orderbook",),
-                )
-            )
-        market_kinds = [
-            k
-            for t, k in (
-                ("trade", "aggTrade"),
-                ("funding_rate", "markPrice@1s"),
-                ("open_interest", "markPrice@1s"),  # mark price gives the OI quote value
-                ("liquidation", "forceOrder"),
-            )
-            if t in types
-        ]
-        market_kinds = list(dict.fromkeys(market_kinds))
-        if market_kinds:
-            carried = tuple(t for t in ("trade", "funding_rate", "liquidation") if t in types)
-            feeds.append(
-                WsFeed(
-                    f"{self.market_id}/market",
-                    f"{ws}/market/stream?streams={self._streams(market_kinds)}",
-                    data_types=carried,
-                )
-            )
+        feeds = []
+        for feed, channels in self.subscribed().items():
+            streams = "/".join(f"{sym.lower()}@{c.name}" for sym in self.instruments for c in channels)
+            url = f"{ws}{FEED_PATHS[feed]}?streams={streams}"
+            feeds.append(WsFeed(f"{self.market_id}/{feed}", url, data_types=self.carried(channels)))
         return feeds
 
     def rest_polls(self) -> list[RestPoll]:
-        if self.spot:
-            return []
         rest = self.market.rest_url.rstrip("/")
         types = set(self.market.data_types)
+        period = self.market.lsr_period
         polls: list[RestPoll] = []
         for sym in self.instruments:
-            if "open_interest" in types:
-                url = f"{rest}/fapi/v1/openInterest?symbol={sym}"
-                polls.append(rest_poll(self.market_id, "open_interest", sym, url, self.market.poll_interval_s))
-            for data_type, path in LSR_PATHS.items():
-                if data_type in types:
-                    period = self.market.lsr_period
-                    url = f"{rest}{path}?symbol={sym}&period={period}&limit={LSR_LIMIT}"
-                    polls.append(rest_poll(self.market_id, data_type, sym, url, PERIOD_SECONDS[period]))
+            for p in self.polls:
+                if p.data_type not in types or self.market_type not in p.market_types:
+                    continue
+                if p.data_type == "open_interest":
+                    url = f"{rest}{p.path}?symbol={sym}"
+                    polls.append(self._rest_poll(p.data_type, sym, url, self.market.poll_interval_s))
+                else:
+                    url = f"{rest}{p.path}?symbol={sym}&period={period}&limit={LSR_LIMIT}"
+                    polls.append(self._rest_poll(p.data_type, sym, url, PERIOD_SECONDS[period]))
         return polls
 
     def snapshot_action(self, sym: str) -> FetchSnapshot:
         limit = self.orderbook.snapshot_limit
-        path = "/api/v3/depth" if self.spot else "/fapi/v1/depth"
         return FetchSnapshot(
             symbol=sym,
-            url=f"{self.market.rest_url.rstrip('/')}{path}?symbol={sym}&limit={limit}",
+            url=f"{self.market.rest_url.rstrip('/')}{self.spec.snapshot_path}?symbol={sym}&limit={limit}",
             weight=depth_weight(limit, self.spot),
         )
 
     # ------------------------------------------------------------ inputs
     def on_connect(self, feed_key: str, received_at: int) -> Output:
-        """A (re)connect of the depth feed (or an unknown key, e.g. a recorded URL) resets every book;
+        """A (re)connect of a depth feed (or an unknown key, e.g. a recorded URL) resets every book;
         snapshots are requested when the first diff of each symbol arrives (Binance's procedure)."""
-        if feed_key.endswith("/market"):
+        if feed_key.startswith(f"{self.market_id}/") and feed_key not in self.book_feeds():
             return Output()
         for sync in self.books.values():
             sync.reset()
@@ -295,19 +301,7 @@ class BinanceAdapter(VenueAdapter):
                 self._instrument(d.s, out)
                 return out
             # every field is typed by the decoder: nothing below can raise
-            trade = Trade(
-                exchange=self.market_id,
-                market_type=self.market_type,
-                symbol=inst.symbol,
-                exchange_symbol=d.s,
-                timestamp=d.T,
-                received_at=received_at,
-                trade_id=str(d.a),
-                price=d.p,
-                quantity=d.q,
-                side="sell" if d.m else "buy",  # m: buyer is maker -> the taker sold
-            )
-            return Output([trade], [], {})
+            return Output([self._trade(inst, d.T, d.a, d.p, d.q, d.m, received_at)], [], {})
         out = Output([], [], {})
         sym = d.s
         inst = self.instruments.get(sym) or self._instrument(sym, out)
@@ -351,54 +345,42 @@ class BinanceAdapter(VenueAdapter):
                 self.errors.bad(out, "parse_error", event, raw, error=repr(exc))
         return out
 
-    def _instrument(self, sym: str, out: Output) -> Instrument | None:
-        inst = self.instruments.get(sym)
-        if inst is None:
-            self.errors.bad(out, "unknown_symbol", sym)
-        return inst
-
     def _server_shutdown(self, d: dict[str, Any], received_at: int, out: Output) -> None:
         """``{"e": "serverShutdown", "E": <ms>}``: the server will close this connection soon: move the feed
         to a new connection first (the runtime logs and counts the switch)."""
         out.actions.append(SwitchConnection(self._frame_feed, f"binance serverShutdown (E={d.get('E')})"))
 
-    def feed_ready(self, feed_key: str) -> bool:
-        """A switch may close the old connection once every book is synchronized (the /market feed has none;
-        a diff the new connection repeats is stale to the book)."""
-        return feed_key.endswith("/market") or all(s.synced for s in self.books.values())
+    def _trade(
+        self, inst: Instrument, ts: int, agg_id: Any, price: str, qty: str, buyer_maker: Any, received_at: int
+    ) -> Trade:
+        """The one ``aggTrade`` -> ``trade`` mapping (the typed fast path and ``_agg_trade`` call it)."""
+        return Trade(
+            exchange=self.market_id,
+            market_type=self.market_type,
+            symbol=inst.symbol,
+            exchange_symbol=inst.exchange_symbol,
+            timestamp=ts,
+            received_at=received_at,
+            trade_id=str(agg_id),
+            price=price,
+            quantity=qty,
+            side="sell" if buyer_maker else "buy",  # m: buyer is maker -> the taker sold
+        )
 
     def _agg_trade(self, d: dict[str, Any], received_at: int, out: Output) -> None:
         sym = d["s"]
         inst = self.instruments.get(sym) or self._instrument(sym, out)
         if inst is None:
             return
-        out.records.append(
-            Trade(
-                exchange=self.market_id,
-                market_type=self.market_type,
-                symbol=inst.symbol,
-                exchange_symbol=sym,
-                timestamp=d["T"],
-                received_at=received_at,
-                trade_id=str(d["a"]),
-                price=d["p"],
-                quantity=d["q"],
-                side="sell" if d["m"] else "buy",  # m: buyer is maker -> the taker sold
-            )
-        )
+        out.records.append(self._trade(inst, d["T"], d["a"], d["p"], d["q"], d["m"], received_at))
 
     def _sync(self, sym: str) -> UpdateIdSync:
         sync = self.books.get(sym)
         if sync is None:
             ob = self.orderbook
-            rule = "spot" if self.spot else "usdm"
+            rule = SYNC_RULES[self.market_type]
             sync = self.books[sym] = UpdateIdSync(rule, ob.cadence_ms, ob.depth, max_levels=ob.max_levels)
         return sync
-
-    def _publish(self, sync: UpdateIdSync, inst: Instrument, received_at: int, out: Output) -> None:
-        depth = self.orderbook.depth
-        for snap in sync.ticker.drain():
-            out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
 
     def _depth(self, d: dict[str, Any], received_at: int, out: Output) -> None:
         sym = d["s"]
@@ -526,43 +508,30 @@ class BinanceAdapter(VenueAdapter):
         )
 
     # ------------------------------------------------------------ REST polls
-    def on_rest(self, poll: RestPoll, body: bytes, received_at: int) -> Output:
-        out = Output()
-        inst = self._instrument(poll.symbol, out)
-        if inst is None:
-            return out
-        try:
-            payload = orjson.loads(body)
-            if poll.data_type == "open_interest":
-                out.records.append(self._open_interest(inst, payload, received_at))
-            elif poll.data_type in LSR_PATHS:
-                out.records.extend(self._ratios(poll.data_type, inst, payload, received_at))
-            else:
-                self.errors.bad(out, "unsupported_message", poll.data_type)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            self.errors.bad(out, "parse_error", poll.data_type, body, error=repr(exc))
-        return out
-
-    def _open_interest(self, inst: Instrument, p: dict[str, Any], received_at: int) -> Any:
+    def _open_interest(self, poll: RestPoll, inst: Instrument, body: bytes, received_at: int, out: Output) -> None:
+        p = orjson.loads(body)
         oi = p["openInterest"]
         mark = self.mark_price.get(inst.exchange_symbol)
         value = scale(oi, Decimal(mark)) if mark else None
-        return OpenInterest(
-            exchange=self.market_id,
-            market_type=self.market_type,
-            symbol=inst.symbol,
-            exchange_symbol=inst.exchange_symbol,
-            timestamp=int(p["time"]),
-            received_at=received_at,
-            open_interest=oi,  # USD-M: base-asset units
-            open_interest_value=value,
+        out.records.append(
+            OpenInterest(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=inst.exchange_symbol,
+                timestamp=int(p["time"]),
+                received_at=received_at,
+                open_interest=oi,  # USD-M: base-asset units
+                open_interest_value=value,
+            )
         )
 
-    def _ratios(self, data_type: str, inst: Instrument, rows: list[dict[str, Any]], received_at: int) -> list[Any]:
-        struct = LsrTopPosition if data_type == "lsr_top_position" else LsrAllAccount
+    def _ratios(self, poll: RestPoll, inst: Instrument, body: bytes, received_at: int, out: Output) -> None:
+        struct = LsrTopPosition if poll.data_type == "lsr_top_position" else LsrAllAccount
+        rows = orjson.loads(body)
         if isinstance(rows, dict):
             raise ValueError(f"error body: {rows}")
-        return [
+        records = [
             struct(
                 exchange=self.market_id,
                 market_type=self.market_type,
@@ -577,6 +546,7 @@ class BinanceAdapter(VenueAdapter):
             )
             for r in rows
         ]
+        out.records.extend(records)  # all rows or none: a bad row fails the whole answer
 
 
 ADAPTER = BinanceAdapter

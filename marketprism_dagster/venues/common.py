@@ -1,19 +1,12 @@
-"""Small helpers shared by the venue modules: exact decimal strings, periods, record fields."""
+"""Small pure helpers shared by the venue modules: exact decimal strings, periods, symbol names.
+
+Nothing here knows the adapter contract (``base`` builds on this module, never the reverse)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
-
-import structlog
-
-from marketprism_dagster.book import BookSnapshot
-from marketprism_dagster.records import OrderBook
-from marketprism_dagster.venues.base import Instrument, Output, RestPoll, VenueAdapter
-
-log = structlog.get_logger(__name__)
 
 PERIOD_SECONDS: dict[str, int] = {
     "5m": 300,
@@ -96,106 +89,3 @@ def entry_label(entry: Any, *keys: str) -> str:
 
 def period_ms(period: str) -> int:
     return PERIOD_SECONDS[period] * 1000
-
-
-def keep_instruments(
-    adapter: VenueAdapter,
-    listed: Iterable[Instrument],
-    hint: str,
-    eligible: Callable[[Instrument], bool] = lambda i: True,
-) -> dict[str, Instrument]:
-    """Set and return ``adapter.instruments`` (by exchange symbol) from the venue's listing: the
-    first listing of each exchange symbol; all of them under ``accept_all_symbols``, else the
-    configured ``market.symbols`` among the ``eligible`` ones. Raises ValueError naming unknown
-    symbols, the URL that listed the others and ``hint`` (how to spell a symbol)."""
-    found: dict[str, Instrument] = {}
-    for inst in listed:
-        found.setdefault(inst.exchange_symbol, inst)
-    if adapter.accept_all_symbols:
-        adapter.instruments = found
-        return found
-    by_norm = {i.symbol: i for i in found.values() if eligible(i)}
-    symbols = adapter.market.symbols
-    unknown = [s for s in symbols if s not in by_norm]
-    if unknown:
-        raise ValueError(
-            f"markets.{adapter.market_id}.symbols: {unknown} not listed by {adapter.instrument_urls()[0]} ({hint})"
-        )
-    adapter.instruments = {by_norm[s].exchange_symbol: by_norm[s] for s in symbols}
-    return adapter.instruments
-
-
-def rest_poll(market_id: str, data_type: str, symbol: str, url: str, period_s: float) -> RestPoll:
-    """A poll of one data type for one exchange symbol, keyed ``<market>/<data_type>/<symbol>``."""
-    return RestPoll(
-        key=f"{market_id}/{data_type}/{symbol}", data_type=data_type, url=url, period_s=period_s, symbol=symbol
-    )
-
-
-def book_record(
-    market_id: str,
-    market_type: str,
-    inst: Instrument,
-    snap: BookSnapshot,
-    received_at: int,
-    depth: int,
-) -> Any:
-    """An ``orderbook`` record; levels converted to base units when the instrument has a contract value."""
-    bids, asks = snap.bids, snap.asks
-    cv = inst.contract_value
-    if cv is not None and not inst.inverse:
-        bids = [(p, scale(q, cv)) for p, q in bids]
-        asks = [(p, scale(q, cv)) for p, q in asks]
-    return OrderBook(
-        exchange=market_id,
-        market_type=market_type,
-        symbol=inst.symbol,
-        exchange_symbol=inst.exchange_symbol,
-        timestamp=snap.timestamp,
-        received_at=received_at,
-        update_id=snap.update_id,
-        tick=snap.tick,
-        depth=depth,
-        bids=bids,
-        asks=asks,
-    )
-
-
-class ErrorLog:
-    """Count every bad input; log the first occurrence of each (kind, context) once.
-
-    At most ``max_keys`` (kind, context) pairs are remembered, so a venue that sends endless distinct
-    unknown symbols cannot grow it: past the bound every input is still counted, and each kind logs
-    one ``venue.bad_input_suppressed`` line (with the first unremembered context as a sample)."""
-
-    MAX_KEYS = 1024
-    MAX_CONTEXT = 100  # characters of a context kept in a key (contexts may come from venue input)
-
-    def __init__(self, market_id: str, max_keys: int = MAX_KEYS) -> None:
-        self.market_id = market_id
-        self.max_keys = max_keys
-        self._seen: set[tuple[str, str]] = set()
-        self.suppressed: dict[str, int] = {}  # kind -> inputs past the bound (kinds are the adapters' codes)
-
-    def bad(self, out: Output, kind: str, context: Any, raw: bytes | str | None = None, **fields: Any) -> None:
-        out.count(kind)
-        key = (kind, (context if type(context) is str else repr(context))[: self.MAX_CONTEXT])
-        if key in self._seen:
-            return
-        sample = raw[:200] if raw is not None else None
-        if len(self._seen) >= self.max_keys:
-            n = self.suppressed.get(kind, 0)
-            self.suppressed[kind] = n + 1
-            if n == 0:
-                log.warning(
-                    "venue.bad_input_suppressed",
-                    market=self.market_id,
-                    kind=kind,
-                    context=key[1],
-                    sample=sample,
-                    remembered=self.max_keys,
-                    note="further new contexts of this kind are counted, not logged",
-                )
-            return
-        self._seen.add(key)
-        log.warning("venue.bad_input", market=self.market_id, kind=kind, context=key[1], sample=sample, **fields)

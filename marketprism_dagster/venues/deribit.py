@@ -16,26 +16,48 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import VolatilityIndex
-from marketprism_dagster.venues.base import Backfill, Instrument, Output, Send, VenueAdapter, WsFeed
-from marketprism_dagster.venues.common import ErrorLog, decimal_str, loads_exact
+from marketprism_dagster.venues.base import (
+    Backfill,
+    BookSettings,
+    Channel,
+    Instrument,
+    MarketSettings,
+    MarketSpec,
+    Output,
+    Send,
+    VenueAdapter,
+    WsFeed,
+)
+from marketprism_dagster.venues.common import decimal_str, loads_exact
 
-CHANNEL_PREFIX = "deribit_volatility_index."
+DVOL_CHANNEL = "deribit_volatility_index"  # subscribed as deribit_volatility_index.<index name>
+CHANNEL_PREFIX = DVOL_CHANNEL + "."
 HEARTBEAT_S = 30
 BACKFILL_MINUTES = 60
 
 
 class DeribitAdapter(VenueAdapter):
     venue = "deribit"
+    # the DVOL indices are named by currency: the instrument listing (recorded in the sessions) is not fetched
+    markets: ClassVar[Mapping[str, MarketSpec]] = {
+        "options": MarketSpec(instruments_path="/api/v2/public/get_instruments")
+    }
+    channels = (Channel(DVOL_CHANNEL, ("volatility_index",), "_volatility", {"options": "ws"}),)
+    default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "deribit_derivatives": {
+            "market_type": "options",
+            "symbols": ["BTC", "ETH"],
+            "rest_url": "https://www.deribit.com",
+            "ws_url": "wss://www.deribit.com",
+        },
+    }
 
-    def __init__(self, market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> None:
+    def __init__(self, market_id: str, market: MarketSettings, orderbook: BookSettings) -> None:
         super().__init__(market_id, market, orderbook)
-        self.market_type = market.market_type
         self.feed_key = f"{market_id}/ws"
-        self.errors = ErrorLog(market_id)
         self._ids = itertools.count(1000)
         self.instruments = self._index_instruments(market.symbols)
 
@@ -70,7 +92,7 @@ class DeribitAdapter(VenueAdapter):
                     self._rpc("public/set_heartbeat", {"interval": HEARTBEAT_S}, 1),
                     self._rpc("public/subscribe", {"channels": channels}, 2),
                 ),
-                data_types=("volatility_index",),
+                data_types=self.carried(self.channels),
             )
         ]
 
@@ -103,38 +125,39 @@ class DeribitAdapter(VenueAdapter):
                     self.errors.bad(out, "rpc_error", str(msg["error"].get("code")), raw)
                 return out  # RPC results (subscribe, set_heartbeat, test)
             params = msg["params"]
-            channel = params["channel"]
-            if not channel.startswith(CHANNEL_PREFIX):
-                self.errors.bad(out, "unsupported_message", channel.split(".")[0], raw)
+            channel = params["channel"].split(".")[0]
+            handler = self._handlers.get(channel)
+            if handler is None:
+                self.errors.bad(out, "unsupported_message", channel, raw)
                 return out
-            data = params["data"]
-            inst = self.instruments.get(data["index_name"])
-            if inst is None:
-                self.errors.bad(out, "unknown_symbol", data["index_name"])
-                return out
-            value = decimal_str(data["volatility"])
-            out.records.append(
-                VolatilityIndex(
-                    exchange=self.market_id,
-                    market_type=self.market_type,
-                    symbol=inst.symbol,
-                    exchange_symbol=inst.exchange_symbol,
-                    timestamp=int(data["timestamp"]),
-                    received_at=received_at,
-                    index_value=value,
-                )
-            )
+            handler(params["data"], received_at, out)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.errors.bad(out, "parse_error", "message", raw, error=repr(exc))
         return out
+
+    def _volatility(self, data: dict[str, Any], received_at: int, out: Output) -> None:
+        inst = self._instrument(data["index_name"], out)
+        if inst is None:
+            return
+        value = decimal_str(data["volatility"])
+        out.records.append(
+            VolatilityIndex(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=inst.exchange_symbol,
+                timestamp=int(data["timestamp"]),
+                received_at=received_at,
+                index_value=value,
+            )
+        )
 
     def on_backfill(self, key: str, body: bytes, received_at: int) -> Output:
         """Candles ``[[ts, open, high, low, close], ...]`` -> volatility_index (index_value = close)."""
         out = Output()
         name = key.rsplit("/", 1)[-1]
-        inst = self.instruments.get(name)
+        inst = self._instrument(name, out)
         if inst is None:
-            self.errors.bad(out, "unknown_symbol", name)
             return out
         try:
             payload = loads_exact(body)

@@ -19,22 +19,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import orjson
 
 from marketprism_dagster.book import SeqIdSync, Status
 from marketprism_dagster.book.sync import APPLIED, BOOK_FAULT_EVENTS, CHECKSUM, GAP
-from marketprism_dagster.config import MarketConfig, OrderBookConfig
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
 from marketprism_dagster.validation import is_positive
 from marketprism_dagster.venues.base import (
+    BookSettings,
+    Channel,
     FetchSnapshot,
     Instrument,
+    MarketSettings,
+    MarketSpec,
     Output,
+    Poll,
     RestBodyError,
     RestPoll,
+    SnapshotDepth,
     SwitchConnection,
     VenueAdapter,
     WsFeed,
@@ -43,25 +48,25 @@ from marketprism_dagster.venues.common import (
     ENTRY_ERRORS,
     LSR_LIMIT,
     PERIOD_SECONDS,
-    ErrorLog,
-    book_record,
     entry_label,
-    keep_instruments,
     name_of,
-    rest_poll,
     scale,
 )
 
 INST_TYPE = {"spot": "SPOT", "perpetual": "SWAP"}
-RUBIK_PATHS = {
-    "lsr_top_position": "/api/v5/rubik/stat/contracts/long-short-position-ratio-contract-top-trader",
-    "lsr_all_account": "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract",
-}
+RUBIK = "/api/v5/rubik/stat/contracts"  # trading statistics: the long/short ratios
 RUBIK_PERIOD = {"1h": "1H", "2h": "2H", "4h": "4H", "6h": "6H", "12h": "12H", "1d": "1D"}  # others as-is
 PING_INTERVAL_S = 25.0
 SHUTDOWN_NOTICE_CODE = "64008"  # event "notice": the connection closes soon for a service upgrade
 BOOKS_PATH = "/api/v5/market/books"  # the REST snapshot that synchronizes a ``books`` stream
+# GET /api/v5/market/books: sz "Order book depth per side. Maximum 400", default 1; 40 requests / 2 s per
+# IP (okx docs-v5, order book trading, market data, GET / Order book). orderbook.snapshot_limit is one
+# setting for every venue and its default (1000) is above 400, so a value above 400 is capped, not
+# rejected. The adapter always asks sz=400 (BOOKS_DEPTH): its books are the 400-level ``books`` channel,
+# and a shallower snapshot would leave the book wrong below its depth.
 BOOKS_DEPTH = 400  # the ``books`` channel's depth and the endpoint's largest ``sz``: the whole book
+CHECKSUM_LEVELS = 25  # the ``books`` checksum covers the best 25 levels of each side
+BY_INST_TYPE = frozenset({"liquidation-orders"})  # channels subscribed per instType, not per instId
 SNAPSHOT_RETRY_S = 0.5  # a too-old or unreadable snapshot is fetched again after this pause
 STALE = Status.STALE
 SNAPSHOT_TOO_OLD = Status.SNAPSHOT_TOO_OLD
@@ -240,64 +245,80 @@ _PARSE_ERRORS = (KeyError, TypeError, ValueError, IndexError, ArithmeticError, A
 
 class OkxAdapter(VenueAdapter):
     venue = "okx"
-    # False: every frame takes the generic orjson path (same results, slower; a switch for a
-    # venue format change, and the reference the fast path is tested against)
-    typed_fast_path = True
+    markets: ClassVar[Mapping[str, MarketSpec]] = {
+        market_type: MarketSpec(
+            instruments_path="/api/v5/public/instruments",
+            snapshot_path=BOOKS_PATH,
+            snapshot_symbol_param="instId",
+            snapshot_depth=SnapshotDepth(f"GET {BOOKS_PATH} sz", 1, BOOKS_DEPTH, clamp=True),
+        )
+        for market_type in INST_TYPE
+    }
+    channels = (
+        Channel("trades", ("trade",), "_trades", {"spot": "public", "perpetual": "public"}),
+        # books-l2-tbt / books50-l2-tbt: the same format (login channels; accepted for recordings)
+        Channel(
+            "books",
+            ("orderbook",),
+            "_books",
+            {"spot": "public", "perpetual": "public"},
+            ("books", "books-l2-tbt", "books50-l2-tbt"),
+        ),
+        Channel("funding-rate", ("funding_rate",), "_funding", {"perpetual": "public"}),
+        Channel("open-interest", ("open_interest",), "_open_interest", {"perpetual": "public"}),
+        Channel("liquidation-orders", ("liquidation",), "_liquidations", {"perpetual": "public"}),
+    )
+    polls = (
+        Poll("lsr_top_position", f"{RUBIK}/long-short-position-ratio-contract-top-trader", "_ratios", ("perpetual",)),
+        Poll("lsr_all_account", f"{RUBIK}/long-short-account-ratio-contract", "_ratios", ("perpetual",)),
+    )
+    default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "okx_spot": {
+            "market_type": "spot",
+            "symbols": ["BTC-USDT", "ETH-USDT"],
+            "data_types": ["orderbook", "trade"],
+            "rest_url": "https://www.okx.com",
+            "ws_url": "wss://ws.okx.com:8443",
+        },
+        "okx_derivatives": {
+            "market_type": "perpetual",
+            "symbols": ["BTC-USDT", "ETH-USDT"],
+            "rest_url": "https://www.okx.com",
+            "ws_url": "wss://ws.okx.com:8443",
+        },
+    }
 
-    def __init__(self, market_id: str, market: MarketConfig, orderbook: OrderBookConfig) -> None:
+    def __init__(self, market_id: str, market: MarketSettings, orderbook: BookSettings) -> None:
         super().__init__(market_id, market, orderbook)
-        self.market_type = market.market_type
         self.inst_type = INST_TYPE[market.market_type]
         self.feed_key = f"{market_id}/public"
         self.books: dict[str, SeqIdSync] = {}
-        self.errors = ErrorLog(market_id)
-        self.generic_frames = 0  # frames that did not fit the typed books fast path (normal for other channels)
-        self._handlers = {
-            "trades": self._trades,
-            "books": self._books,
-            "books-l2-tbt": self._books,  # same format (login channels; accepted for recordings)
-            "books50-l2-tbt": self._books,
-            "funding-rate": self._funding,
-            "open-interest": self._open_interest,
-            "liquidation-orders": self._liquidations,
-        }
 
     # ------------------------------------------------------------ instruments
     def instrument_urls(self) -> Sequence[str]:
-        return [f"{self.market.rest_url.rstrip('/')}/api/v5/public/instruments?instType={self.inst_type}"]
+        return [f"{self.market.rest_url.rstrip('/')}{self.spec.instruments_path}?instType={self.inst_type}"]
 
     def load_instruments(self, bodies: Mapping[str, bytes]) -> dict[str, Instrument]:
         suffix = "-SWAP" if self.inst_type == "SWAP" else ""
         skipped: list[str] = []
         listed = [inst for body in bodies.values() for inst in parse_instruments(body, skipped)]
         self.skipped_instruments = skipped
-        return keep_instruments(
-            self,
+        return self._keep_instruments(
             listed,
             "use BASE-QUOTE, e.g. BTC-USDT; okx perpetual = USDT-margined swaps",
             lambda i: not i.inverse and i.exchange_symbol.endswith(suffix) and bool(suffix or i.contract_value is None),
         )
 
     # ------------------------------------------------------------ subscriptions
-    def _args(self) -> list[dict[str, str]]:
-        types = set(self.market.data_types)
-        channels = [
-            c
-            for t, c in (
-                ("trade", "trades"),
-                ("orderbook", "books"),
-                ("funding_rate", "funding-rate"),
-                ("open_interest", "open-interest"),
-            )
-            if t in types
-        ]
-        args = [{"channel": c, "instId": inst} for inst in self.instruments for c in channels]
-        if "liquidation" in types:
-            args.append({"channel": "liquidation-orders", "instType": "SWAP"})
+    def _args(self, channels: list[Channel]) -> list[dict[str, str]]:
+        names = [c.name for c in channels if c.name not in BY_INST_TYPE]
+        args = [{"channel": c, "instId": inst} for inst in self.instruments for c in names]
+        args += [{"channel": c.name, "instType": self.inst_type} for c in channels if c.name in BY_INST_TYPE]
         return args
 
     def ws_feeds(self) -> list[WsFeed]:
-        args = self._args()
+        channels = self.subscribed().get("public", [])
+        args = self._args(channels)
         if not args:
             return []
         frame = orjson.dumps({"op": "subscribe", "args": args}).decode()
@@ -309,22 +330,21 @@ class OkxAdapter(VenueAdapter):
                 ping_text="ping",
                 ping_interval_s=PING_INTERVAL_S,
                 pong_text="pong",
-                data_types=tuple(t for t in self.market.data_types if t not in RUBIK_PATHS),
+                data_types=self.carried(channels),
             )
         ]
 
     def rest_polls(self) -> list[RestPoll]:
-        if self.inst_type != "SWAP":
-            return []
         rest = self.market.rest_url.rstrip("/")
         period = self.market.lsr_period
         venue_period = RUBIK_PERIOD.get(period, period)
+        types = set(self.market.data_types)
         polls = []
         for inst in self.instruments:
-            for data_type, path in RUBIK_PATHS.items():
-                if data_type in self.market.data_types:
-                    url = f"{rest}{path}?instId={inst}&period={venue_period}&limit={LSR_LIMIT}"
-                    polls.append(rest_poll(self.market_id, data_type, inst, url, PERIOD_SECONDS[period]))
+            for p in self.polls:
+                if p.data_type in types and self.market_type in p.market_types:
+                    url = f"{rest}{p.path}?instId={inst}&period={venue_period}&limit={LSR_LIMIT}"
+                    polls.append(self._rest_poll(p.data_type, inst, url, PERIOD_SECONDS[period]))
         return polls
 
     def snapshot_action(self, inst_id: str, delay_s: float = 0.0) -> FetchSnapshot:
@@ -410,17 +430,6 @@ class OkxAdapter(VenueAdapter):
         elif ev == "notice":
             self.errors.bad(out, "venue_notice", str(msg.get("code")), raw, msg=msg.get("msg"))
 
-    def feed_ready(self, feed_key: str) -> bool:
-        """A switch may close the old connection once every book is synchronized (the new connection's
-        pushed snapshot of a book already there is ignored as stale, so this normally holds at once)."""
-        return all(s.synced for s in self.books.values())
-
-    def _instrument(self, inst_id: str, out: Output) -> Instrument | None:
-        inst = self.instruments.get(inst_id)
-        if inst is None:
-            self.errors.bad(out, "unknown_symbol", inst_id)
-        return inst
-
     def _linear(self, inst: Instrument, out: Output) -> bool:
         if inst.inverse:
             self.errors.bad(out, "unsupported_instrument", inst.exchange_symbol)
@@ -494,16 +503,10 @@ class OkxAdapter(VenueAdapter):
 
     def _sync(self, inst_id: str) -> SeqIdSync:
         ob = self.orderbook
-        sync = self.books[inst_id] = SeqIdSync(ob.cadence_ms, ob.depth, max_levels=ob.max_levels)
+        sync = self.books[inst_id] = SeqIdSync(
+            ob.cadence_ms, ob.depth, max_levels=ob.max_levels, checksum_levels=CHECKSUM_LEVELS
+        )
         return sync
-
-    def _publish(self, sync: SeqIdSync, inst: Instrument, received_at: int, out: Output) -> None:
-        snaps = sync.ticker.drain()
-        if inst.inverse:
-            return  # books of inverse swaps are kept and verified, not stored (outside our matrix)
-        depth = self.orderbook.depth
-        for snap in snaps:
-            out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
 
     def _request_snapshot(self, sync: SeqIdSync, inst_id: str, out: Output, delay_s: float = 0.0) -> None:
         if sync.need_snapshot:
@@ -620,34 +623,26 @@ class OkxAdapter(VenueAdapter):
                 )
 
     # ------------------------------------------------------------ REST polls (rubik)
-    def on_rest(self, poll: RestPoll, body: bytes, received_at: int) -> Output:
-        out = Output()
-        inst = self._instrument(poll.symbol, out)
-        if inst is None:
-            return out
+    def _ratios(self, poll: RestPoll, inst: Instrument, body: bytes, received_at: int, out: Output) -> None:
         struct = LsrTopPosition if poll.data_type == "lsr_top_position" else LsrAllAccount
-        try:
-            payload = orjson.loads(body)
-            if payload.get("code") not in ("0", 0):
-                self.errors.bad(out, "rest_error", poll.data_type, body, code=payload.get("code"))
-                return out
-            for row in payload["data"]:
-                out.records.append(
-                    struct(
-                        exchange=self.market_id,
-                        market_type=self.market_type,
-                        symbol=inst.symbol,
-                        exchange_symbol=inst.exchange_symbol,
-                        timestamp=int(row[0]),
-                        received_at=received_at,
-                        period=self.market.lsr_period,
-                        long_short_ratio=row[1],  # OKX gives the ratio only, no long/short shares
-                    )
-                )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            self.errors.bad(out, "parse_error", poll.data_type, body, error=repr(exc))
-        return out
-
+        payload = orjson.loads(body)
+        if payload.get("code") not in ("0", 0):
+            self.errors.bad(out, "rest_error", poll.data_type, body, code=payload.get("code"))
+            return
+        records = [
+            struct(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=inst.exchange_symbol,
+                timestamp=int(row[0]),
+                received_at=received_at,
+                period=self.market.lsr_period,
+                long_short_ratio=row[1],  # OKX gives the ratio only, no long/short shares
+            )
+            for row in payload["data"]
+        ]
+        out.records.extend(records)
 
     def rest_body_error(self, body: bytes) -> RestBodyError | None:
         return parse_rest_error(body)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketprism_dagster.book import Book, Diff, SeqIdSync, Status, UpdateIdSync
+from marketprism_dagster.book.sync import PREV_ID_RULE, RANGE_RULE
 
 Ref = dict[Decimal, tuple[str, str]]  # exact price -> latest (price, qty) spelling
 
@@ -87,7 +88,7 @@ def test_fast_paths_equal_the_exact_reference(snap, steps, n, kind) -> None:
         apply_ref(rb, b)
         apply_ref(ra, a)
         assert book.as_dicts() == ({k: Decimal(v[1]) for k, v in rb.items()}, {k: Decimal(v[1]) for k, v in ra.items()})
-        assert book.okx_checksum() == naive_checksum(rb, ra)
+        assert book.crc32_checksum() == naive_checksum(rb, ra)
     top_b, top_a = book.top(n)
     # the latest spelling of each level is what is published, best first
     assert top_b == [rb[k] for k in sorted(rb, reverse=True)[:n]]
@@ -131,7 +132,7 @@ def test_bad_prices_raise_value_error(bad: str) -> None:
 
 
 def test_a_bad_level_desynchronizes_instead_of_keeping_a_half_applied_book() -> None:
-    sync = UpdateIdSync("usdm", cadence_ms=1000, depth=10)
+    sync = UpdateIdSync(PREV_ID_RULE, cadence_ms=1000, depth=10)
     sync.on_diff(Diff(10, 12, 9, 1000, [["1.0", "1"]], [["2.0", "1"]]))
     sync.snapshot_requested()
     assert sync.on_snapshot(11, [["1.0", "1"]], [["2.0", "1"]]) is Status.SYNCED
@@ -189,7 +190,7 @@ def test_update_pairs_path_equals_the_diff_path(usdm, sizes, bodies, snap, snap_
         feed.append(d)
         if i in stale:
             feed.append(diffs[i - 1])
-    rule = "usdm" if usdm else "spot"
+    rule = PREV_ID_RULE if usdm else RANGE_RULE
     ref, hot = UpdateIdSync(rule, 1000, 20), UpdateIdSync(rule, 1000, 20)
     anchor = diffs[snap_at]
     last_update_id = anchor.first_id if usdm else anchor.first_id - 1
@@ -216,7 +217,7 @@ def test_update_pairs_path_equals_the_diff_path(usdm, sizes, bodies, snap, snap_
 def test_binance_spot_diff_overlapping_the_local_id_is_applied_not_a_gap() -> None:
     """Binance spot (docs, 2025+): after the bridge an event applies while ``U <= local + 1``; the
     levels are absolute quantities, so an overlap is harmless. Only ``U > local + 1`` is a gap."""
-    sync = UpdateIdSync("spot", cadence_ms=0, depth=10)
+    sync = UpdateIdSync(RANGE_RULE, cadence_ms=0, depth=10)
     assert sync.on_diff(Diff(95, 105, None, 1, [["1.0", "1"]], [])) is Status.BUFFERED
     sync.snapshot_requested()
     assert sync.on_snapshot(100, [["1.0", "2"]], [["2.0", "1"]]) is Status.SYNCED

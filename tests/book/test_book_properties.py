@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketprism_dagster.book import Book, Diff, SeqIdSync, Status, UpdateIdSync
+from marketprism_dagster.book.sync import PREV_ID_RULE, RANGE_RULE
 
 Ref = dict[str, str]  # price string -> qty string (canonical spellings)
 
@@ -66,7 +67,7 @@ def test_book_equals_reference_and_top_is_sorted(snap_b, snap_a, steps, n) -> No
         apply_ref(rb, bl)
         apply_ref(ra, al)
         assert book.as_dicts() == (numeric(rb), numeric(ra))
-        assert book.okx_checksum() == naive_checksum(rb, ra)
+        assert book.crc32_checksum() == naive_checksum(rb, ra)
     top_b, top_a = book.top(n)
     assert [Decimal(p) for p, _ in top_b] == sorted(numeric(rb), reverse=True)[:n]
     assert [Decimal(p) for p, _ in top_a] == sorted(numeric(ra))[:n]
@@ -92,7 +93,7 @@ def chain(usdm: bool, start: int, sizes: list[int], bodies: list[tuple[list, lis
 )
 def test_diff_sync_matches_reference_and_gaps_resync(usdm, sizes, bodies, snap, snap_at, gap_at) -> None:
     diffs = chain(usdm, 100, sizes, bodies)
-    sync = UpdateIdSync("usdm" if usdm else "spot", cadence_ms=1000, depth=50)
+    sync = UpdateIdSync(PREV_ID_RULE if usdm else RANGE_RULE, cadence_ms=1000, depth=50)
     # the snapshot lands inside diff snap_at's range (spot: lastUpdateId+1 in [U, u]; USD-M: in [U, u])
     anchor = diffs[snap_at]
     last_update_id = anchor.first_id - 1 if not usdm else anchor.first_id
@@ -201,7 +202,7 @@ def test_replicas_with_different_snapshots_publish_identical_identities() -> Non
     diffs = chain(True, 1000, [2] * 60, bodies)
     out = []
     for start in (3, 17):
-        sync = UpdateIdSync("usdm", cadence_ms=1000, depth=10)
+        sync = UpdateIdSync(PREV_ID_RULE, cadence_ms=1000, depth=10)
         for d in diffs[: start + 1]:
             sync.on_diff(d)
         sync.snapshot_requested()

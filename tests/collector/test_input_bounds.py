@@ -23,8 +23,7 @@ from marketprism_dagster.collector.ws import FeedConnection
 from marketprism_dagster.config import Settings
 from marketprism_dagster.normalize import read_session
 from marketprism_dagster.venues import adapter_for
-from marketprism_dagster.venues.base import Output, WsFeed
-from marketprism_dagster.venues.common import ErrorLog
+from marketprism_dagster.venues.base import ErrorLog, Output, WsFeed
 
 
 def okx_frames(fixtures_dir: Path) -> list[str]:

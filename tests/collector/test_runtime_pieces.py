@@ -25,6 +25,7 @@ from marketprism_dagster.collector.ws import FeedConnection
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.venues.base import WsFeed
+from marketprism_dagster.venues.binance import BinanceAdapter
 
 
 class FakeClock:
@@ -43,7 +44,7 @@ def test_weight_header_is_the_venues_count_and_budget_waits_for_next_minute(fixt
     doc = json.dumps(documented_rules(fixtures_dir, "binance_spot_errors_rate_limits.json"))
     assert "X-MBX-USED-WEIGHT-" in doc  # the documented header our limiter reads
     clock = FakeClock(1_699_999_990.0)  # 10 s into a minute (1_699_999_980 is a minute boundary)
-    lim = RateLimiter(2400, clock=clock)
+    lim = RateLimiter(2400, weight_header=BinanceAdapter.weight_header, clock=clock)
     assert lim.delay_for(20) == 0
     lim.update(200, {"X-MBX-USED-WEIGHT-1M": "2150"})
     assert lim.used == 2150

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from marketprism_dagster.config import SNAPSHOT_DEPTH, ConfigError, load_config, snapshot_size
+from marketprism_dagster.config import ConfigError, load_config
+from marketprism_dagster.venues.registry import market_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -190,15 +191,21 @@ def test_snapshot_limit_only_binds_enabled_order_book_markets(tmp_path):
     assert load_config(_yaml(tmp_path, no_books), env={}).settings.orderbook.snapshot_limit == 5000
 
 
+def _depth(venue: str, market_type: str):
+    spec = market_spec(venue, market_type)
+    assert spec is not None and spec.snapshot_depth is not None
+    return spec.snapshot_depth
+
+
 def test_okx_snapshot_depth_is_capped_at_400_not_rejected():
-    assert snapshot_size("okx", "spot", 1000) == 400
-    assert snapshot_size("okx", "perpetual", 5000) == 400
-    assert snapshot_size("okx", "perpetual", 50) == 50
-    assert snapshot_size("binance", "perpetual", 500) == 500
-    assert snapshot_size("binance", "spot", 5000) == 5000
-    assert SNAPSHOT_DEPTH[("okx", "spot")].accepts(5000)
-    assert SNAPSHOT_DEPTH[("binance", "spot")].accepts(5000)
-    assert not SNAPSHOT_DEPTH[("binance", "perpetual")].accepts(5000)
+    assert _depth("okx", "spot").request_size(1000) == 400
+    assert _depth("okx", "perpetual").request_size(5000) == 400
+    assert _depth("okx", "perpetual").request_size(50) == 50
+    assert _depth("binance", "perpetual").request_size(500) == 500
+    assert _depth("binance", "spot").request_size(5000) == 5000
+    assert _depth("okx", "spot").accepts(5000)
+    assert _depth("binance", "spot").accepts(5000)
+    assert not _depth("binance", "perpetual").accepts(5000)
 
 
 def test_cli_override_of_snapshot_limit_is_checked_too(tmp_path):
