@@ -12,7 +12,9 @@ snapshot with ``"checksum": 0`` everywhere; ``rest`` pushes no snapshot, only up
 0): clients take ``GET /api/v5/market/books`` and bridge it by seqId. That REST answer is the
 book as of the last update handed to the stream: ``{"code":"0","msg":"","data":[{"asks":
 [[px,sz,"0",orders],...],"bids":[...],"ts":"<ms>","seqId":<int>}]}`` (top ``sz`` levels,
-default 1, at most 400); faults book_snapshot_stale/book_snapshot_ahead bend it (faults.py).
+default 1, at most 400); faults book_snapshot_stale/book_snapshot_ahead bend it (faults.py):
+stale answers a seqId below the prevSeqId of the newest subscription's first update, ahead a
+state ``n`` updates on (the client bridges on the update whose prevSeqId is its seqId).
 Fault shutdown_notice sends ``{"event":"notice","code":"64008","msg":..,"connId":..}``; fault
 rest_code_200 answers HTTP 200 ``{"code":"50011","msg":"Rate limit reached. ...","data":[]}``
 (``code=50013``: system busy); fault bad_checksum complements ``checksum`` (0 becomes -1);
