@@ -38,7 +38,7 @@ from pydantic import (
 )
 
 from marketprism_dagster.logs import MASK, mask_url, register_secrets
-from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES, stream_subjects
+from marketprism_dagster.records import BOOK_TYPES, DATA_TYPES, RECORD_TYPES, stream_subjects
 from marketprism_dagster.venues import registry
 
 DEFAULT_CONFIG_PATH = Path("config/marketprism.yaml")
@@ -401,7 +401,7 @@ class Settings(_Model):
         for name, m in self.markets.items():
             market = registry.market_spec(m.venue, m.market_type)
             spec = market.snapshot_depth if market is not None else None
-            if not m.enabled or "orderbook" not in m.data_types or spec is None or spec.accepts(limit):
+            if not m.enabled or BOOK_TYPES.isdisjoint(m.data_types) or spec is None or spec.accepts(limit):
                 continue
             raise ValueError(
                 f"orderbook.snapshot_limit {limit} is not accepted by market {name} ({m.venue} {m.market_type}, "

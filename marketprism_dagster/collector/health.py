@@ -38,9 +38,15 @@ def bound_ports(host: str, health_port: int | None, metrics_port: int | None) ->
     return {"host": host, "health_port": health_port, "metrics_port": metrics_port}
 
 
-def shard_health_urls(settings: Settings, host: str = "127.0.0.1") -> dict[str, str | None]:
-    """shard -> its /health URL for every configured shard: the configured port (base + shard index), or for
-    port 0 the port the shard published in its health file (None while it has published none)."""
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def shard_health_urls(settings: Settings) -> dict[str, str | None]:
+    """shard -> its /health URL for every configured shard: ``collector.http_host`` (loopback when it binds
+    every address) and the configured port (base + shard index), or for port 0 the port the shard published
+    in its health file (None while it has published none)."""
+    bind = settings.collector.http_host
+    host = "127.0.0.1" if bind in WILDCARD_HOSTS else f"[{bind}]" if ":" in bind else bind
     out: dict[str, str | None] = {}
     for shard in settings.collector.shards:
         port: int | None = settings.shard_ports(shard)[0]

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from marketprism_dagster import integrity, records
-from marketprism_dagster.collector.health import collector_feed_status, health_report
+from marketprism_dagster.collector.health import collector_feed_status, health_report, shard_health_urls
 from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState
 from marketprism_dagster.config import ConfigError, Settings, load_config
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
@@ -130,6 +130,17 @@ def test_feed_health_is_read_from_a_503_body_in_one_request(settings_factory, un
     assert _Unhealthy.requests == 1
 
 
+def test_shard_health_urls_follow_the_configured_bind_host(settings_factory):
+    def urls(host: str) -> dict[str, str | None]:
+        shards = {"a": [], "b": []}
+        return shard_health_urls(settings_factory(collector__http_host=host, collector__health_port=18100,
+                                                  collector__shards=shards))
+
+    assert urls("127.0.0.2") == {"a": "http://127.0.0.2:18100/health", "b": "http://127.0.0.2:18101/health"}
+    assert urls("0.0.0.0")["a"] == "http://127.0.0.1:18100/health"
+    assert urls("::1")["b"] == "http://[::1]:18101/health"
+
+
 def _policy_by_name(path: Path) -> list[str]:
     """Comparisons of a value with a data type's name (``x == "liquidation"``, ``"orderbook" in x``)."""
     names = set(DATA_TYPES)
@@ -143,20 +154,11 @@ def _policy_by_name(path: Path) -> list[str]:
     return hits
 
 
-# comparisons kept, each with its reason (an entry that no longer matches anything is harmless)
-ALLOWED = {
-    # venue capabilities and the venues' snapshot depths: the venue declarations own them (task of the venues)
-    'marketprism_dagster/config.py: t != "volatility_index"',
-    'marketprism_dagster/config.py: "orderbook" not in m.data_types',
-}
-
-
 def test_no_module_outside_the_venues_decides_by_a_data_type_name():
     hits = [
         h
         for p in sorted(PACKAGE.rglob("*.py"))
         if not {"venues", "emulator"} & set(p.relative_to(PACKAGE).parts)
         for h in _policy_by_name(p)
-        if h not in ALLOWED
     ]
     assert hits == []
