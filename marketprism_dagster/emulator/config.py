@@ -28,8 +28,8 @@ class EmulatorConfig:
     order (registry.py). periods: seconds between pushes of the slow streams, by the names the
     venue modules declare. trade_history (synth): trades remembered per symbol for the
     trade-history endpoints (history.py). Venue options (``**options``): the settings each
-    venue module declares (registry.VenueOption; read as ``cfg.options[name]`` or
-    ``cfg.<name>``); an unknown name is a TypeError, a bad value a ValueError naming the choices.
+    venue module declares (registry.VenueOption; read as ``cfg.options[name]``); an unknown
+    name is a TypeError, a bad value a ValueError naming the choices.
     """
 
     mode: str
@@ -96,12 +96,6 @@ class EmulatorConfig:
         self.book_levels = book_levels
         self.trade_history = trade_history
         self.options = {name: opt.check(options.get(name, opt.default)) for name, opt in declared.items()}
-
-    def __getattr__(self, name: str) -> Any:
-        options = self.__dict__.get("options")
-        if options is not None and name in options:
-            return options[name]
-        raise AttributeError(f"EmulatorConfig has no setting {name!r}")
 
     @property
     def fault_plan(self) -> FaultPlan:

@@ -105,4 +105,4 @@ async def test_rest_books_sizes_unknown_instrument_and_checksum_mode_seq(fixture
 def test_okx_books_setting_rejects_unknown_values() -> None:
     with pytest.raises(ValueError, match="checksum, zero, rest"):
         EmulatorConfig(okx_books="crc")
-    assert EmulatorConfig().okx_books == "zero"
+    assert EmulatorConfig().options["okx_books"] == "zero"

@@ -97,7 +97,7 @@ async def test_a_venue_module_defined_outside_the_package_is_served_over_ws_and_
 ) -> None:
     cfg = EmulatorConfig(venues=("toyland",), fixtures=fixtures_root, toy_greeting="hi",
                          faults="bad_checksum:at=3,rest_5xx@toy_spot:at=2")
-    assert cfg.venues == ("toy",) and cfg.symbols["toy_spot"] == ("AAA-USD",) and cfg.toy_greeting == "hi"
+    assert cfg.venues == ("toy",) and cfg.symbols["toy_spot"] == ("AAA-USD",) and cfg.options["toy_greeting"] == "hi"
     async with Emulator(cfg) as emu, aiohttp.ClientSession() as http:
         assert set(emu.urls) == {"toy_spot"}
         urls = emu.urls["toy_spot"]
@@ -129,7 +129,7 @@ def test_registered_venue_options_faults_and_cli_flags_come_from_its_declaration
     assert venue_options(["--toy-greeting=hello"]) == {"toy_greeting": "hello"}
     with pytest.raises(ValueError, match="hello, hi"):
         EmulatorConfig(toy_greeting="hey")
-    assert EmulatorConfig().toy_greeting == "hello"
+    assert EmulatorConfig().options["toy_greeting"] == "hello"
 
 
 def test_an_unregistered_venue_is_unknown_everywhere() -> None:
