@@ -114,15 +114,11 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    _discovered = True
     found: list[ServerSpec] = []
     for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
-        module = importlib.import_module(f"{__package__}.{info.name}")
-        found += getattr(module, "SERVERS", ())
-    extras = list(_SPECS.values())
-    _SPECS.clear()
-    for spec in [*found, *extras]:
-        _SPECS.setdefault(spec.name, spec)
+        found += getattr(importlib.import_module(f"{__package__}.{info.name}"), "SERVERS", ())
+    _discovered = True
+    register(*found)
 
 
 def register(*specs: ServerSpec) -> None:
