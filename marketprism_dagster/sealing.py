@@ -23,6 +23,7 @@ Without a JetStream connection step 2 is skipped and the proof rests on the ledg
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -200,27 +201,41 @@ def _table_stats(
     return raw, int(final), [str(s) for s in symbols or []], lo, hi
 
 
-async def seal_hour(
-    store: Store,
-    settings: Settings,
-    data_type: str,
-    hour: datetime | int,
-    js: Any = None,
-    *,
-    now: int | None = None,
-) -> SealReport:
-    """Seal ``hour`` (datetime or ms) of ``data_type``; raises SealRefused when it cannot be proven."""
-    now = now_ms() if now is None else now
-    h = hour_start_ms(hour)
-    stream = settings.stream_for(data_type)
-    assert stream is not None  # Settings validation guarantees a stream per type
+# A writer found behind the seal's boundary is waited for while it makes progress (the seal's own
+# store use may have held it up), re-checked every CATCH_UP_POLL_S; it is refused (and retried by
+# Dagster later) once the writer's committed sequence has not moved for CATCH_UP_STALL_S.
+CATCH_UP_POLL_S = 0.5
+CATCH_UP_STALL_S = 3.0
+
+
+@dataclass
+class StreamProof:
+    """What the seal proved for one stream at one moment; shared by every data type of the stream."""
+
+    stream: str
+    boundary_seq: int | None = None
+    committed_through: int | None = None
+    repaired_ranges: list[str] = field(default_factory=list)
+    repaired_messages: int = 0
+    proof: str = "ledger+jetstream"
+
+    def apply(self, report: SealReport) -> SealReport:
+        report.boundary_seq, report.committed_through = self.boundary_seq, self.committed_through
+        report.repaired_ranges, report.repaired_messages = list(self.repaired_ranges), self.repaired_messages
+        report.proof = self.proof
+        return report
+
+
+def _hour_open(settings: Settings, data_type: str, h: int, now: int) -> SealRefused | None:
+    """Why hour ``h`` of ``data_type`` cannot be sealed at ``now`` (beyond the hot TTL, not closed yet)."""
+    stream = settings.stream_for(data_type) or ""
     report = SealReport(data_type=data_type, stream=stream, hour_ms=h)
     oldest = oldest_sealable_ms(settings, now)
     if h < oldest:
         log.warning("seal.beyond_hot_ttl", data_type=data_type, hour=_iso(h), oldest_sealable=_iso(oldest))
         ttl_days = settings.storage.hot_ttl_days
         first_ok = -(-oldest // HOUR_MS) * HOUR_MS
-        raise SealRefused(
+        return SealRefused(
             f"hour {_iso(h)} of {data_type} is older than the hot TTL (storage.hot_ttl_days={ttl_days}): its hot "
             f"rows expire from {_iso(h + ttl_days * DAY_MS)}, so hot can no longer prove it complete and replicating "
             "it would overwrite cold with less; the hour is not sealed and cold is left as it is. Seal and repair "
@@ -230,46 +245,75 @@ async def seal_hour(
         )
     cutoff = h + HOUR_MS + settings.seal.grace_s * 1000
     if now < cutoff:
-        raise SealRefused(
+        return SealRefused(
             f"hour {_iso(h)} of {data_type} closes at {_iso(cutoff)} (end + seal.grace_s={settings.seal.grace_s} s); "
             "it is sealed automatically a few minutes after that",
             report,
         )
+    return None
 
+
+def _committed_last(store: Store, settings: Settings, stream: str) -> int:
+    value = store.query_value(
+        f"SELECT max(last_seq) FROM `{settings.storage.ledger_database}`.`{LEDGER_TABLE}` "
+        f"WHERE stream = '{stream}' AND data_type = '*'"
+    )
+    return int(value or 0)
+
+
+async def _wait_for_writer(store: Store, settings: Settings, stream: str, upto: int, committed: int) -> int:
+    """Wait while the writer commits towards ``upto`` (letting it into the store); the last committed seq."""
+    yield_fn = getattr(store, "yield_to_waiters", None)  # embedded: hand the store to the waiting writer
+    moved_at = time.monotonic()
+    while committed < upto and time.monotonic() - moved_at < CATCH_UP_STALL_S:
+        if yield_fn is not None:
+            yield_fn()
+        await asyncio.sleep(CATCH_UP_POLL_S)
+        now_committed = _committed_last(store, settings, stream)
+        if now_committed > committed:
+            committed, moved_at = now_committed, time.monotonic()
+    return committed
+
+
+async def prove_stream(store: Store, settings: Settings, stream: str, h: int, js: Any, now: int) -> StreamProof:
+    """Steps 2-3 of the proof for ``stream`` (the hour ``h`` is closed); raises SealRefused (report None)."""
+    proof = StreamProof(stream)
+    cutoff = h + HOUR_MS + settings.seal.grace_s * 1000
     ranges = committed_ranges(store, settings, stream)
     if js is not None:
         # Every message stored before max(cutoff, now - writer_slack_s) must be committed: that
         # covers the hour's messages within the grace and the late ones stored since.
         horizon = max(cutoff, now - settings.seal.writer_slack_s * 1000)
         b, js_first, _ = await boundary_seq(js, stream, horizon)
-        report.boundary_seq = b
+        proof.boundary_seq = b
         # an empty stream reports first_seq 0: nothing before seq 1 is owed
         committed_last = ranges[-1].last if ranges else max(js_first, 1) - 1
+        if committed_last < b - 1 and await _wait_for_writer(store, settings, stream, b - 1, committed_last) >= b - 1:
+            ranges = committed_ranges(store, settings, stream)
+            committed_last = ranges[-1].last if ranges else committed_last
         if committed_last < b - 1:
             raise SealRefused(
                 f"the hot writer has committed {stream} through seq {committed_last} but messages up to "
                 f"seq {b - 1} were stored before {_iso(horizon)}; the writer is behind (or stopped): "
-                "retry when it catches up (check the writer run in the Dagster UI)",
-                report,
+                "retry when it catches up (check the writer run in the Dagster UI)"
             )
         # Interior gaps (anywhere: late messages of the hour may sit past the boundary) are safe to
         # repair: the writer has moved past them and will never commit them itself.
         interior = gaps_between(ranges)
         if interior:
-            report.repaired_ranges = [f"{g.first}-{g.last}" for g in interior]
-            report.repaired_messages = await repair_gaps(js, store, settings, stream, interior)
+            proof.repaired_ranges = [f"{g.first}-{g.last}" for g in interior]
+            proof.repaired_messages = await repair_gaps(js, store, settings, stream, interior)
             ranges = committed_ranges(store, settings, stream)
             left = gaps_between(ranges)
             if left:
-                raise SealRefused(f"{stream} still has gaps after repair: {left}", report)
+                raise SealRefused(f"{stream} still has gaps after repair: {left}")
     else:
-        report.proof = "ledger"
+        proof.proof = "ledger"
         gaps = gaps_between(ranges)
         if gaps:
             raise SealRefused(
                 f"{stream} has {len(gaps)} ledger gaps ({gaps[0].first}-{gaps[0].last}, ...) and no JetStream "
-                "connection to repair them; check nats.url and retry",
-                report,
+                "connection to repair them; check nats.url and retry"
             )
         last_commit = store.query_value(
             f"SELECT toUnixTimestamp64Milli(max(committed_at)) FROM `{settings.storage.ledger_database}`."
@@ -278,11 +322,15 @@ async def seal_hour(
         if not last_commit or int(last_commit) < cutoff:
             raise SealRefused(
                 f"the hot writer has committed nothing for {stream} since {_iso(cutoff)}; without JetStream "
-                "the hour cannot be proven complete: retry with NATS reachable",
-                report,
+                "the hour cannot be proven complete: retry with NATS reachable"
             )
-    report.committed_through = ranges[-1].last if ranges else None
+    proof.committed_through = ranges[-1].last if ranges else None
+    return proof
 
+
+def count_hour(store: Store, settings: Settings, report: SealReport) -> SealReport:
+    """Step 4: the rows the ledger says were inserted for (type, hour) are in the table."""
+    data_type, h = report.data_type, report.hour_ms
     with store.session():  # embedded: the writer cannot commit between the ledger and the table counts
         for _attempt in range(3):
             ledger_before = _ledger_rows(store, settings, data_type, h)
@@ -308,3 +356,58 @@ async def seal_hour(
         )
     log.info("seal.sealed", data_type=data_type, hour=_iso(h), rows=final, repaired=report.repaired_messages)
     return report
+
+
+async def seal_hours(
+    store: Store,
+    settings: Settings,
+    data_types: list[str],
+    hour: datetime | int,
+    js: Any = None,
+    *,
+    now: int | None = None,
+) -> dict[str, SealReport | SealRefused]:
+    """Seal ``hour`` of several data types at once: each stream is proven once for all its types (one
+    ledger read, one boundary search, one repair). Returns each type's report or its refusal."""
+    now = now_ms() if now is None else now
+    h = hour_start_ms(hour)
+    out: dict[str, SealReport | SealRefused] = {}
+    proofs: dict[str, StreamProof | SealRefused] = {}
+    for data_type in data_types:
+        refused = _hour_open(settings, data_type, h, now)
+        if refused is not None:
+            out[data_type] = refused
+            continue
+        stream = settings.stream_for(data_type)
+        assert stream is not None  # Settings validation guarantees a stream per type
+        report = SealReport(data_type=data_type, stream=stream, hour_ms=h)
+        if stream not in proofs:
+            try:
+                proofs[stream] = await prove_stream(store, settings, stream, h, js, now)
+            except SealRefused as exc:
+                proofs[stream] = exc
+        proof = proofs[stream]
+        if isinstance(proof, SealRefused):
+            out[data_type] = SealRefused(str(proof), report, retryable=proof.retryable)
+            continue
+        try:
+            out[data_type] = count_hour(store, settings, proof.apply(report))
+        except SealRefused as exc:
+            out[data_type] = exc
+    return out
+
+
+async def seal_hour(
+    store: Store,
+    settings: Settings,
+    data_type: str,
+    hour: datetime | int,
+    js: Any = None,
+    *,
+    now: int | None = None,
+) -> SealReport:
+    """Seal ``hour`` (datetime or ms) of ``data_type``; raises SealRefused when it cannot be proven."""
+    result = (await seal_hours(store, settings, [data_type], hour, js, now=now))[data_type]
+    if isinstance(result, SealRefused):
+        raise result
+    return result

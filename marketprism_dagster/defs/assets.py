@@ -8,6 +8,7 @@ refetched) and the hot TTL (hot no longer holds the hour).
 """
 
 import asyncio
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.logs import mask_url
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.replication import ReplicationFailed, replicate_day
-from marketprism_dagster.sealing import DAY_MS, HOUR_MS, TTL_MARGIN_MS, SealRefused, SealReport, seal_hour
+from marketprism_dagster.sealing import DAY_MS, HOUR_MS, TTL_MARGIN_MS, SealRefused, SealReport, seal_hours
 from marketprism_dagster.storage.base import Store
 from resources import ClickHouseResource, NatsResource
 
@@ -90,24 +91,28 @@ class ColdReplicationConfig(dg.Config):
     )
 
 
-async def seal_with_nats(store: Store, settings: Settings, nats: NatsResource, data_type: str, hour: Any) -> SealReport:
+async def seal_with_nats(
+    store: Store, settings: Settings, nats: NatsResource, data_types: list[str], hour: Any
+) -> dict[str, SealReport | SealRefused]:
     """Seal with the JetStream proof; fall back to the ledger-only proof when NATS is unreachable."""
     try:
         cm = nats.jetstream()
         js = await asyncio.wait_for(cm.__aenter__(), timeout=settings.nats.connect_timeout_s + 3)
     except Exception as exc:
         log.warning("seal.nats_unreachable", url=mask_url(settings.nats.url), error=str(exc))
-        return await seal_hour(store, settings, data_type, hour, None)
+        return await seal_hours(store, settings, data_types, hour, None)
     try:
-        return await seal_hour(store, settings, data_type, hour, js)
+        return await seal_hours(store, settings, data_types, hour, js)
     finally:
         await cm.__aexit__(None, None, None)
 
 
-def build_hot_asset(data_type: str, settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=hot_key(data_type),
-        partitions_def=partitions,
+HOT_SEAL = "hot_seal"
+
+
+def hot_spec(data_type: str, settings: Settings) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        hot_key(data_type),
         group_name="hot",
         kinds={"clickhouse"},
         description=(
@@ -117,22 +122,48 @@ def build_hot_asset(data_type: str, settings: Settings, partitions: dg.Partition
         ),
         automation_condition=hot_automation(settings, data_type),
         freshness_policy=HOT_FRESHNESS,
-        retry_policy=dg.RetryPolicy(max_retries=settings.seal.retries, delay=settings.seal.retry_delay_s),
         metadata={"table": f"{settings.storage.hot_database}.{data_type}", "stream": settings.stream_for(data_type)},
+    )
+
+
+def build_hot_assets(settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """The 8 hot assets as one step that can be subset: an hour's seal of every type runs in one step
+    with one store session and one JetStream connection, and each stream is proven once for its types."""
+
+    @dg.multi_asset(
+        name=HOT_SEAL,
+        specs=[hot_spec(t, settings) for t in RECORD_TYPES],
+        partitions_def=partitions,
+        can_subset=True,
+        retry_policy=dg.RetryPolicy(max_retries=settings.seal.retries, delay=settings.seal.retry_delay_s),
     )
     def _hot(
         context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, nats: NatsResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         settings_now = clickhouse.load_settings()
         hour = context.partition_time_window.start
+        types = [t for t in RECORD_TYPES if hot_key(t) in context.selected_asset_keys]
         with clickhouse.open() as store:
-            try:
-                report = asyncio.run(seal_with_nats(store, settings_now, nats, data_type, hour))
-            except SealRefused as exc:
-                meta = exc.report.metadata() if exc.report else {}
-                raise dg.Failure(description=str(exc), metadata=meta, allow_retries=exc.retryable) from None
-        context.log.info(f"sealed {data_type} {hour:%Y-%m-%d %H}:00: {report.rows} rows")
-        return dg.MaterializeResult(metadata={**report.metadata(), "dagster/row_count": report.rows})
+            results = asyncio.run(seal_with_nats(store, settings_now, nats, types, hour))
+        refused: dict[str, SealRefused] = {}
+        for t in types:
+            report = results[t]
+            if isinstance(report, SealRefused):
+                refused[t] = report
+                continue
+            context.log.info(f"sealed {t} {hour:%Y-%m-%d %H}:00: {report.rows} rows")
+            yield dg.MaterializeResult(
+                asset_key=hot_key(t), metadata={**report.metadata(), "dagster/row_count": report.rows}
+            )
+        if refused:
+            first = next(iter(refused.values()))
+            meta: dict[str, Any] = first.report.metadata() if first.report else {}
+            meta["refused"] = ", ".join(refused)
+            raise dg.Failure(
+                description="; ".join(f"{t}: {exc}" for t, exc in refused.items()),
+                metadata=meta,
+                allow_retries=any(exc.retryable for exc in refused.values()),
+            )
 
     return _hot
 
@@ -188,8 +219,4 @@ def build_cold_asset(
 def build_assets(
     settings: Settings, hourly: dg.TimeWindowPartitionsDefinition, daily: dg.PartitionsDefinition
 ) -> list[Any]:
-    out: list[Any] = []
-    for t in RECORD_TYPES:
-        out.append(build_hot_asset(t, settings, hourly))
-        out.append(build_cold_asset(t, settings, daily, hourly))
-    return out
+    return [build_hot_assets(settings, hourly), *(build_cold_asset(t, settings, daily, hourly) for t in RECORD_TYPES)]

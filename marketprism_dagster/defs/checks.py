@@ -1,6 +1,7 @@
 """Asset checks: the seeds' window rules, lag, duplicates, ledger gaps, hot/cold parity, schema parity."""
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,60 +48,89 @@ def sealed_horizon_ms(instance: dg.DagsterInstance, data_type: str, hourly: dg.T
     return int(start.timestamp() * 1000) + DAY_MS
 
 
-# A check rule: (store, settings, data_type, instance) -> result. Rules of one asset run as ONE step
-# (a multi-asset check that can be subset): one store session and one step's overhead instead of
-# one per rule, while the UI still shows every check on its own.
-Rule = Callable[[Store, Settings, str, dg.DagsterInstance], integrity.CheckResult]
+@dataclass
+class RuleInputs:
+    """What every rule of one check step reads: the run's store session, the settings, the instance,
+    and the answers several assets share (a stream's ledger gaps: seven data types share MARKET_DATA)."""
+
+    store: Store
+    settings: Settings
+    instance: dg.DagsterInstance
+    per_stream: dict[str, integrity.CheckResult] = field(default_factory=dict)
 
 
-def rules_check(key: dg.AssetKey, rules: dict[str, tuple[str, Rule]], data_type: str) -> dg.AssetChecksDefinition:
-    """One multi-asset check evaluating the selected ``rules`` (name -> (description, rule)) of ``key``."""
-    specs = [dg.AssetCheckSpec(name, asset=key, description=desc) for name, (desc, _) in rules.items()]
+# A check rule: (inputs, data_type) -> result. Every unpartitioned rule of every asset runs in ONE
+# step (a multi-asset check that can be subset): one store session and one step's overhead for the
+# whole checks run, while the UI still shows every check on its own asset.
+Rule = Callable[[RuleInputs, str], integrity.CheckResult]
+RuleTable = dict[dg.AssetKey, tuple[str, dict[str, tuple[str, Rule]]]]
 
-    @dg.multi_asset_check(name=f"{key.to_python_identifier()}_checks", specs=specs, can_subset=True)
+WINDOW_CHECKS = "window_checks"
+
+
+def rules_check(table: RuleTable) -> dg.AssetChecksDefinition:
+    """One multi-asset check evaluating the selected rules of ``table``: asset -> (data type,
+    check name -> (description, rule))."""
+    specs = [
+        dg.AssetCheckSpec(name, asset=key, description=desc)
+        for key, (_, rules) in table.items()
+        for name, (desc, _) in rules.items()
+    ]
+
+    @dg.multi_asset_check(name=WINDOW_CHECKS, specs=specs, can_subset=True)
     def check(
         context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
     ) -> Iterator[dg.AssetCheckResult]:
-        settings = clickhouse.load_settings()
-        selected = {k.name for k in context.selected_asset_check_keys}
+        selected = set(context.selected_asset_check_keys)
         with clickhouse.open() as store:
-            for name, (_, rule) in rules.items():
-                if name in selected:
-                    yield to_dagster(rule(store, settings, data_type, context.instance), key, name)
+            inputs = RuleInputs(store, clickhouse.load_settings(), context.instance)
+            for key, (data_type, rules) in table.items():
+                for name, (_, rule) in rules.items():
+                    if dg.AssetCheckKey(key, name) in selected:
+                        yield to_dagster(rule(inputs, data_type), key, name)
 
     return check
 
 
-def _recent_window(store: Store, settings: Settings, data_type: str, _: dg.DagsterInstance) -> integrity.CheckResult:
+def _recent_window(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
+    settings = inputs.settings
     feeds = integrity.collector_feed_status(settings, data_type) if RECORD_TYPES[data_type].sparse else None
-    return integrity.window_presence(store, settings, data_type, feeds=feeds)
+    return integrity.window_presence(inputs.store, settings, data_type, feeds=feeds)
 
 
-def _ledger_gaps(store: Store, settings: Settings, data_type: str, _: dg.DagsterInstance) -> integrity.CheckResult:
-    return integrity.ledger_gaps(store, settings, settings.stream_for(data_type) or "")
+def _ledger_gaps(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
+    stream = inputs.settings.stream_for(data_type) or ""
+    if stream not in inputs.per_stream:
+        inputs.per_stream[stream] = integrity.ledger_gaps(inputs.store, inputs.settings, stream)
+    return inputs.per_stream[stream]
 
 
 def _plain(rule: Callable[[Store, Settings, str], integrity.CheckResult]) -> Rule:
-    return lambda store, settings, data_type, _: rule(store, settings, data_type)
+    return lambda inputs, data_type: rule(inputs.store, inputs.settings, data_type)
 
 
-def hot_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
-    rules: dict[str, tuple[str, Rule]] = {
-        "recent_window": ("rows within the type's window (window_rules)", _recent_window),
-        "data_lag": ("newest event time vs now (lag_warn_s / lag_error_s)", _plain(integrity.data_lag)),
-        "duplicates": ("rows sharing an identity: must be 0", _plain(integrity.duplicates)),
-        "ledger_gaps": ("JetStream sequence ranges never committed: must be 0", _ledger_gaps),
+HOT_RULES: dict[str, tuple[str, Rule]] = {
+    "recent_window": ("rows within the type's window (window_rules)", _recent_window),
+    "data_lag": ("newest event time vs now (lag_warn_s / lag_error_s)", _plain(integrity.data_lag)),
+    "duplicates": ("rows sharing an identity: must be 0", _plain(integrity.duplicates)),
+    "ledger_gaps": ("JetStream sequence ranges never committed: must be 0", _ledger_gaps),
+}
+
+
+def cold_rules(hourly: dg.TimeWindowPartitionsDefinition) -> dict[str, tuple[str, Rule]]:
+    def lag(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
+        horizon = sealed_horizon_ms(inputs.instance, data_type, hourly)
+        return integrity.hot_cold_lag(inputs.store, inputs.settings, data_type, horizon_ms=horizon)
+
+    return {
+        "hot_cold_lag": ("cold trails the replicable hot data (warn > 60 min)", lag),
+        "schema_parity": ("hot and cold tables have identical columns", _plain(integrity.schema_parity)),
     }
-    return [rules_check(hot_key(data_type), rules, data_type)]
 
 
-def cold_checks(
-    data_type: str, daily: dg.PartitionsDefinition, hourly: dg.TimeWindowPartitionsDefinition
-) -> list[dg.AssetChecksDefinition]:
-    key = cold_key(data_type)
-
+def parity_check(data_type: str, daily: dg.PartitionsDefinition) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=key,
+        asset=cold_key(data_type),
         name="hot_cold_parity",
         partitions_def=daily,
         blocking=True,
@@ -112,25 +142,17 @@ def cold_checks(
         with clickhouse.open() as store:
             return to_dagster(integrity.hot_cold_parity(store, settings, data_type, int(day.timestamp() * 1000)))
 
-    def lag(store: Store, settings: Settings, data_type: str, instance: dg.DagsterInstance) -> integrity.CheckResult:
-        horizon = sealed_horizon_ms(instance, data_type, hourly)
-        return integrity.hot_cold_lag(store, settings, data_type, horizon_ms=horizon)
-
-    rules: dict[str, tuple[str, Rule]] = {
-        "hot_cold_lag": ("cold trails the replicable hot data (warn > 60 min)", lag),
-        "schema_parity": ("hot and cold tables have identical columns", _plain(integrity.schema_parity)),
-    }
-    return [parity, rules_check(key, rules, data_type)]
+    return parity
 
 
 def build_checks(
     settings: Settings, hourly: dg.TimeWindowPartitionsDefinition, daily: dg.PartitionsDefinition
 ) -> list[dg.AssetChecksDefinition]:
-    out: list[dg.AssetChecksDefinition] = []
-    for t in RECORD_TYPES:
-        out.extend(hot_checks(t))
-        out.extend(cold_checks(t, daily, hourly))
-    return out
+    """The unpartitioned rules of all 16 assets as one check step, and each cold day's parity."""
+    table: RuleTable = {hot_key(t): (t, HOT_RULES) for t in RECORD_TYPES}
+    cold = cold_rules(hourly)
+    table.update({cold_key(t): (t, cold) for t in RECORD_TYPES})
+    return [rules_check(table), *(parity_check(t, daily) for t in RECORD_TYPES)]
 
 
 def window_check_keys(checks: list[dg.AssetChecksDefinition]) -> list[dg.AssetCheckKey]:

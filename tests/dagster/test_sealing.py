@@ -77,6 +77,11 @@ def _seal(settings, instance, hour_ms, resources_for, raise_on_error=True):
     )
 
 
+def _hot_mats(result, data_type: str) -> list[dg.AssetMaterialization]:
+    """The run's materializations of hot/<data_type> (the hot assets are one step, ``hot_seal``)."""
+    return [m for m in result.asset_materializations_for_node("hot_seal") if m.asset_key == hot_key(data_type)]
+
+
 def test_sealing_a_complete_hour_records_its_metadata(
     nats_server, settings_factory, record_factory, dagster_instance, make_resources
 ):
@@ -84,7 +89,7 @@ def test_sealing_a_complete_hour_records_its_metadata(
     hour = _hour_ago(3)
     _prepare(settings, record_factory, hour, 20, [(1, 12), (13, 20)])
     result = _seal(settings, dagster_instance, hour, make_resources)
-    mats = result.asset_materializations_for_node("hot__trade")
+    mats = _hot_mats(result, "trade")
     meta = {k: v.value for k, v in mats[0].metadata.items()}
     assert meta["rows"] == 20 and meta["ledger_rows"] == 20 and meta["dedup_count"] == 0
     assert meta["symbols"] == "okx_spot:BTC-USDT"
@@ -106,7 +111,7 @@ def test_sealing_an_hour_with_a_gap_fetches_it_from_jetstream_then_passes(
         before = integrity.ledger_gaps(store, settings, "MARKET_DATA")
         assert not before.passed and before.metadata["gap_ranges"] == ["11-15"]
     result = _seal(settings, dagster_instance, hour, make_resources)
-    meta = {k: v.value for k, v in result.asset_materializations_for_node("hot__trade")[0].metadata.items()}
+    meta = {k: v.value for k, v in _hot_mats(result, "trade")[0].metadata.items()}
     assert meta["repaired_messages"] == 5 and meta["repaired_ranges"] == "11-15"
     assert meta["rows"] == 30 and meta["ledger_rows"] == 30
     with open_store(settings) as store:
@@ -114,7 +119,7 @@ def test_sealing_an_hour_with_a_gap_fetches_it_from_jetstream_then_passes(
         assert integrity.duplicates(store, settings, "trade").passed
     # sealing again is a no-op: nothing to repair, same rows
     again = _seal(settings, dagster_instance, hour, make_resources)
-    meta2 = {k: v.value for k, v in again.asset_materializations_for_node("hot__trade")[0].metadata.items()}
+    meta2 = {k: v.value for k, v in _hot_mats(again, "trade")[0].metadata.items()}
     assert meta2["rows"] == 30 and meta2["repaired_messages"] == 0
 
 

@@ -1,0 +1,117 @@
+"""Runs that touch the store execute their steps in one process with one store session.
+
+The embedded chDB store admits one process at a time, and every open costs time and engine memory
+and makes the writer wait: a checks run or an hour's seal of all 8 hot assets opens it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import chdb.session
+import dagster as dg
+import msgspec
+import pytest
+
+from marketprism_dagster.defs.assets import hot_key
+from marketprism_dagster.defs.definitions import build_definitions
+from marketprism_dagster.jetstream import connect, ensure_streams
+from marketprism_dagster.records import RECORD_TYPES, encode, msg_id, subject
+from marketprism_dagster.storage import init_schema, open_store
+from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
+
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+def chdb_opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every chDB session opened in this process (the real session, counted)."""
+    opened: list[str] = []
+    real = chdb.session.Session
+
+    class Counted(real):  # type: ignore[misc, valid-type]
+        def __init__(self, path: str = "", *args: Any, **kwargs: Any) -> None:
+            opened.append(path)
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(chdb.session, "Session", Counted)
+    yield opened
+
+
+def _step_keys(result: Any) -> set[str]:
+    return {e.step_key for e in result.all_events if e.step_key}
+
+
+def test_integrity_checks_run_one_step_with_one_store_session(
+    settings_factory, dagster_instance, make_resources, chdb_opens
+):
+    settings = settings_factory()
+    with open_store(settings) as store:
+        init_schema(store, settings)
+        ensure_writer_tables(store, settings)
+    defs = build_definitions(settings, make_resources(settings))
+    job = defs.resolve_job_def("integrity_checks")
+    assert job.executor_def is dg.in_process_executor  # the daemon's runs: steps in the run's process
+    chdb_opens.clear()
+
+    result = job.execute_in_process(instance=dagster_instance, raise_on_error=False)
+
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 8 * 4 + 8 * 2  # every hot and cold rule evaluated
+    assert {e.check_name for e in evaluations} >= {"duplicates", "ledger_gaps", "schema_parity"}
+    assert _step_keys(result) == {"window_checks"}
+    assert chdb_opens == [str(settings.embedded_store_path.resolve())]
+
+
+async def _publish_and_commit(settings: Any, records: list[Any]) -> None:
+    nc = await connect(settings.nats.url)
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    for r in records:
+        await js.publish(subject(r), encode(r), headers={"Nats-Msg-Id": msg_id(r)})
+    messages = []
+    for seq in range(1, len(records) + 1):
+        m = await js.get_msg("MARKET_DATA", seq=seq)
+        messages.append(StreamMessage(seq=m.seq, subject=m.subject, data=m.data, headers=m.headers))
+    await nc.drain()
+    with open_store(settings) as store:
+        commit_batch(store, settings, "MARKET_DATA", messages)
+
+
+def test_sealing_an_hour_of_all_hot_assets_is_one_step_with_one_store_session(
+    nats_server, settings_factory, record_factory, dagster_instance, make_resources, chdb_opens
+):
+    settings = settings_factory(nats_url=nats_server.url)
+    now = int(time.time() * 1000)
+    hour = now - now % HOUR_MS - 2 * HOUR_MS
+    with open_store(settings) as store:
+        init_schema(store, settings)
+        ensure_writer_tables(store, settings)
+    types = ["trade", "funding_rate", "open_interest"]
+    records = [
+        msgspec.structs.replace(record_factory(t, i, now), timestamp=hour + 60_000 * i + 7)
+        for t in types
+        for i in range(5)
+    ]
+    asyncio.run(_publish_and_commit(settings, records))
+    defs = build_definitions(settings, make_resources(settings))
+    chdb_opens.clear()
+
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
+        selection=[hot_key(t) for t in RECORD_TYPES],
+        partition_key=time.strftime("%Y-%m-%d-%H:00", time.gmtime(hour / 1000)),
+        resources=make_resources(settings),
+        instance=dagster_instance,
+    )
+
+    rows = {
+        m.asset_key.path[1]: m.metadata["rows"].value
+        for m in result.asset_materializations_for_node("hot_seal")
+    }
+    assert rows == {t: (5 if t in types else 0) for t in RECORD_TYPES}
+    assert _step_keys(result) == {"hot_seal", "window_checks"}  # seal of 8 assets, then their checks
+    assert chdb_opens == [str(settings.embedded_store_path.resolve())]
