@@ -25,6 +25,7 @@ import msgspec
 import structlog
 import typer
 
+from marketprism_dagster.cli import fail, load
 from marketprism_dagster.records import encode
 from marketprism_dagster.sessions import payload_text, read_session
 from marketprism_dagster.venues import registry
@@ -151,8 +152,6 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="key.path=value")] = None,
     ) -> None:
         """Normalize recorded exchange traffic offline: records as JSONL, then final books."""
-        from marketprism_dagster.cli import fail, load
-
         loaded = load(config, set_)
         missing = [str(p) for p in files if not p.is_file()]
         if missing:

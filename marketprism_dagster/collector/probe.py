@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import contextvars
 import errno
+import json
 import os
 import signal
 import time
@@ -668,8 +669,6 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Connect to the configured venues as `collect` does, publish nothing; exit 0 only if every feed works."""
-        import json
-
         if seconds <= 0:
             raise fail(f"--seconds {seconds:g}: give a positive number of seconds (default {DEFAULT_SECONDS:g})")
         settings = load(config, set_).settings
