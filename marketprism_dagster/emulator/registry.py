@@ -1,8 +1,9 @@
 """The venues the emulator serves: each venue module declares its servers, the registry collects them.
 
-A venue module of this package (any module with a module-level ``SERVERS`` tuple of
-:class:`ServerSpec`) is found and registered on first use; :func:`register` adds one from
-anywhere else (a test, a plugin). A spec says everything the generic modules need to know:
+A venue module of this package (a module with a top-level ``SERVERS`` tuple of
+:class:`ServerSpec`) is found and registered on first use (only those modules are imported);
+:func:`register` adds one from anywhere else (a test, a plugin). A spec says everything the
+generic modules need to know:
 
 * ``build``: makes the venue object for one running server (:class:`ServedVenue`): its
   ``routes()`` (WS paths and REST endpoints, history endpoints included; synth generators and
@@ -24,7 +25,7 @@ declaration order in the module; registered extras come last.
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class ServerSpec:
 
 _SPECS: dict[str, ServerSpec] = {}
 _discovered = False
+_DECLARES = re.compile(r"^SERVERS\b", re.MULTILINE)  # a venue module: a top-level SERVERS
 
 
 def _discover() -> None:
@@ -115,8 +117,9 @@ def _discover() -> None:
     if _discovered:
         return
     found: list[ServerSpec] = []
-    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
-        found += getattr(importlib.import_module(f"{__package__}.{info.name}"), "SERVERS", ())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if _DECLARES.search(path.read_text(encoding="utf-8")):  # import venue modules only (not the CLI)
+            found += importlib.import_module(f"{__package__}.{path.stem}").SERVERS
     _discovered = True
     register(*found)
 
