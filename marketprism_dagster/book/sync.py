@@ -202,7 +202,9 @@ class UpdateIdSync:
         """
         last = self.update_id
         # bridged implies synced; anything but the plain chained case takes the general path
-        if not self.bridged or (prev_id != last if prev_id is not None and self.prev_id_chain else first_id != last + 1):
+        if not self.bridged or (
+            prev_id != last if prev_id is not None and self.prev_id_chain else first_id != last + 1  # type: ignore[operator]
+        ):
             if not self.synced:
                 return self._buffer(Diff(first_id, last_id, prev_id, event_ms, bids, asks))
             return self._apply(first_id, last_id, prev_id, event_ms, bids, asks, None)

@@ -309,7 +309,7 @@ class BinanceAdapter(VenueAdapter):
             return out
         sync = self.books.get(sym) or self._sync(sym)
         try:
-            st = sync.on_update_pairs(d.U, d.u, d.pu, d.E, d.b, d.a, True)
+            st = sync.on_update_pairs(d.U, d.u, d.pu, d.E, d.b, d.a, True)  # type: ignore[union-attr,arg-type]
             if st is not APPLIED or sync.ticker.ready:
                 self._depth_done(st, sync, inst, received_at, out)
         except _PARSE_ERRORS as exc:
@@ -352,7 +352,7 @@ class BinanceAdapter(VenueAdapter):
 
     def _trade(
         self, inst: Instrument, ts: int, agg_id: Any, price: str, qty: str, buyer_maker: Any, received_at: int
-    ) -> Trade:
+    ) -> Any:
         """The one ``aggTrade`` -> ``trade`` mapping (the typed fast path and ``_agg_trade`` call it)."""
         return Trade(
             exchange=self.market_id,
