@@ -20,6 +20,8 @@ Figures, over the window after a warm-up (``--warmup-s``, default 20 s):
 * RSS (MB) per process at the start, middle and end of the window, plus a timeline every
   ``--sample-s`` seconds (writer RSS at 5 and 30 minutes is what the memory target compares);
 * rows landed (the writer's committed sequences, summed over both streams) per second;
+* event time -> row visible: p50 / p99 / max bucket bounds of the writer's per-row histogram
+  (``marketprism_writer_visible_delay_seconds``) over the window (bucket upper bounds: "p99 <= X s");
 * lost and duplicated: after the collector stops and the writer drains and exits, the bench
   opens the store: messages in the streams - rows in the hot tables, and count() - uniqExact(identity).
 
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,35 @@ class Proc:
             return float("nan")
 
 
+def visible_buckets(port: int) -> dict[float, float]:
+    """Cumulative per-row counts of the writer's event -> visible histogram (all streams), by upper bound."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("marketprism_writer_visible_delay_seconds_bucket{"):
+            labels, _, value = line.rpartition(" ")
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def delay_quantiles(start: dict[float, float], end: dict[float, float]) -> dict[str, Any]:
+    """p50 / p99 / max of the window as histogram bucket upper bounds (seconds), from two cumulative snapshots."""
+    counts = sorted((b, end[b] - start.get(b, 0.0)) for b in end)
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return {"rows": 0}
+    out: dict[str, Any] = {"rows": int(total)}
+    for name, q in (("p50_le_s", 0.5), ("p99_le_s", 0.99), ("max_le_s", 1.0)):
+        out[name] = next(b for b, c in counts if c >= q * total)
+    return out
+
+
 def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -188,6 +220,7 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
             t0 = time.monotonic()
             cpu0 = {p.name: p.cpu_s() for p in procs}
             c0 = committed() or {s: 0 for s in streams}
+            v0 = visible_buckets(wport)
             rss: dict[str, dict[str, float]] = {p.name: {"start": p.rss_mb()} for p in procs}
             timeline: list[dict[str, Any]] = []
             next_sample = 0.0
@@ -211,6 +244,7 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
             dt = time.monotonic() - t0
             cpu1 = {p.name: p.cpu_s() for p in procs}
             c1 = committed() or c0
+            out["event_to_visible"] = delay_quantiles(v0, visible_buckets(wport))
             for p in procs:
                 rss[p.name]["end"] = p.rss_mb()
             cpu_pct = {n: round(100 * (cpu1[n] - cpu0[n]) / dt, 2) for n in cpu0}

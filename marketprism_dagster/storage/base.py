@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -14,6 +16,20 @@ from marketprism_dagster.storage.columns import insert_sql, to_arrow
 
 class StoreUnavailable(Exception):
     """The store cannot be reached right now (server down, embedded lock held too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArrowInsert:
+    """One step of ``Store.run_statements``: a typed Arrow table into ``database.table`` (columns by name)."""
+
+    database: str
+    table: str
+    data: pa.Table
+    dedup_token: str | None = None
+
+    def sql(self, source: str) -> str:
+        names = ", ".join(f"`{n}`" for n in self.data.column_names)
+        return f"INSERT INTO `{self.database}`.`{self.table}` ({names}) SELECT {names} FROM {source}"
 
 
 class Store(ABC):
@@ -76,11 +92,22 @@ class Store(ABC):
         """Insert an already typed Arrow table whose column names match ``database.table``."""
         if data.num_rows == 0:
             return 0
-        names = ", ".join(f"`{n}`" for n in data.column_names)
-        sql = f"INSERT INTO `{database}`.`{table}` ({names}) SELECT {names} FROM {{src}}"
+        step = ArrowInsert(database, table, data, dedup_token)
         settings: dict[str, Any] = {"insert_deduplication_token": dedup_token} if dedup_token else {}
-        self._insert_arrow(database, table, sql, data, settings)
+        self._insert_arrow(database, table, step.sql("{src}"), data, settings)
         return data.num_rows
+
+    def run_statements(self, steps: Sequence[str | ArrowInsert]) -> None:
+        """Run SQL statements and Arrow inserts in order, stopping at the first that fails (raising its error).
+
+        The embedded store runs them as one chDB call (one fixed per-call cost instead of one per statement);
+        either way each statement is its own insert, exactly as if they were run one by one.
+        """
+        for step in steps:
+            if isinstance(step, str):
+                self.execute(step)
+            else:
+                self.insert_arrow_table(step.database, step.table, step.data, step.dedup_token)
 
     def table_columns(self, database: str, table: str) -> list[tuple[str, str]]:
         rows = self.query_rows(

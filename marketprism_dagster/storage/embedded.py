@@ -21,19 +21,22 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import structlog
 
-from marketprism_dagster.storage.base import Store, StoreUnavailable
+from marketprism_dagster.storage.base import ArrowInsert, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 # chDB keeps process-global state: serialize every session of this process.
 _PROCESS_LOCK = threading.RLock()
+
+# Arrow tables one ``run_statements`` call can bind (chDB's Python() finds them among the caller's locals)
+ARROW_SLOTS = 8
 
 # a long holder (the writer) re-opens only once other processes left the store alone this long ...
 SETTLE_S = 0.3
@@ -207,6 +210,31 @@ class EmbeddedStore(Store):
             stmt += " SETTINGS " + ", ".join(f"{k} = {_sql_literal(v)}" for k, v in settings.items())
         with self.operation() as s:
             s.query(stmt)
+
+    def run_statements(self, steps: Sequence[str | ArrowInsert]) -> None:
+        """All steps in one chDB call (a multi-statement query runs in order and stops at the first error)."""
+        arrow = [s for s in steps if isinstance(s, ArrowInsert) and s.data.num_rows]
+        if len(arrow) > ARROW_SLOTS:
+            super().run_statements(steps)
+            return
+        # chDB's Python() table function resolves these names among this frame's locals
+        mp_arrow_0, mp_arrow_1, mp_arrow_2, mp_arrow_3, mp_arrow_4, mp_arrow_5, mp_arrow_6, mp_arrow_7 = (  # noqa: RUF059
+            [a.data for a in arrow] + [None] * ARROW_SLOTS)[:ARROW_SLOTS]
+        sql: list[str] = []
+        slot = 0
+        for step in steps:
+            if isinstance(step, str):
+                sql.append(step)
+            elif step.data.num_rows:
+                stmt = step.sql(f"Python(mp_arrow_{slot})")
+                if step.dedup_token:
+                    stmt += f" SETTINGS insert_deduplication_token = {_sql_literal(step.dedup_token)}"
+                sql.append(stmt)
+                slot += 1
+        if not sql:
+            return
+        with self.operation() as s:
+            s.query(";\n".join(sql))
 
 
 def _sql_literal(v: Any) -> str:

@@ -119,7 +119,6 @@ class StreamBuffer:
 
     stream: str
     watermark: int
-    forced_end: int | None = None  # a crashed range that must be re-committed exactly
     pending: dict[int, Pending] = field(default_factory=dict)
     absent: list[tuple[int, int]] = field(default_factory=list)  # ranges the stream no longer holds
     stale_ack: str | None = None  # highest delivery at or below the watermark, still to ack
@@ -160,14 +159,11 @@ class StreamBuffer:
 
     def _ready(self, limit: int, start: int | None = None) -> tuple[int, int | None]:
         """(messages ready, last sequence ready) from ``start`` (default ``expected``), at most ``limit`` messages."""
-        end = self.forced_end if start is None else None
-        if end is not None:
-            limit = max(limit, end - self.watermark)
         seq = self.expected if start is None else start
         n = 0
         last: int | None = None
         pending = self.pending
-        while n < limit and (end is None or seq <= end):
+        while n < limit:
             if seq in pending:
                 n += 1
                 last = seq
@@ -176,7 +172,7 @@ class StreamBuffer:
             hi = self._absent_until(seq)
             if hi is None:
                 break
-            last = hi if end is None else min(hi, end)
+            last = hi
             seq = last + 1
         return n, last
 
@@ -185,13 +181,9 @@ class StreamBuffer:
 
     def take(self, limit: int, start: int | None = None) -> Taken | None:
         """The next contiguous range from ``expected`` (or from ``start``, to prepare a range ahead of a commit)."""
-        if start is not None and self.forced_end is not None:
-            return None  # the crashed range comes first, whole
         n, last = self._ready(limit, start)
         if last is None:
             return None
-        if start is None and self.forced_end is not None and last < self.forced_end:
-            return None  # the in-flight range of a crashed writer is committed whole or not at all
         first = self.expected if start is None else start
         msgs: list[StreamMessage] = []
         ack: str | None = None
@@ -222,8 +214,6 @@ class StreamBuffer:
                 self.delivered -= 1
         self.watermark = taken.last_seq
         self.absent = [(lo, hi) for lo, hi in self.absent if hi > self.watermark]
-        if self.forced_end is not None and self.watermark >= self.forced_end:
-            self.forced_end = None
 
     def delivered_count(self) -> int:
         return self.delivered

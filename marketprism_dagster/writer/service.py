@@ -82,7 +82,8 @@ class StreamState:
     name: str
     reader: DurableReader
     buffer: StreamBuffer
-    recovery_end: int | None
+    recovery_end: int | None  # ranges starting at or below this are committed in recovery mode (a crash)
+    horizon: int = 0  # sequences up to this are covered by an intent already written (see ``ingest``)
     last_seq: int = 0
     first_seq: int = 0
     acked_seq: int = 0
@@ -198,9 +199,10 @@ class WriterService:
                         return
                     reader = DurableReader(js, s, name, self.nc)
                     await reader.start()
-                    buf = StreamBuffer(name, rp.watermark, forced_end=rp.intent_last_seq)
-                    self.streams[name] = StreamState(name, reader, buf, rp.intent_last_seq, epoch=switch.epoch.number,
-                                                     created=created)
+                    buf = StreamBuffer(name, rp.watermark)
+                    self.streams[name] = StreamState(name, reader, buf, rp.intent_last_seq,
+                                                     horizon=rp.intent_last_seq or rp.watermark,
+                                                     epoch=switch.epoch.number, created=created)
                     self.metrics.committed_seq.labels(name).set(rp.watermark)
                     self.metrics.epoch.labels(name).set(switch.epoch.number)
                     log.info("writer.resume", stream=name, watermark=rp.watermark, in_flight_until=rp.intent_last_seq,
@@ -304,8 +306,9 @@ class WriterService:
         reader = DurableReader(js, s, st.name, self.nc)  # type: ignore[arg-type]
         await reader.start()
         st.reader = reader
-        st.buffer = StreamBuffer(st.name, rp.watermark, forced_end=rp.intent_last_seq)
+        st.buffer = StreamBuffer(st.name, rp.watermark)
         st.recovery_end = rp.intent_last_seq
+        st.horizon = rp.intent_last_seq or rp.watermark
         st.epoch, st.created, st.reset = switch.epoch.number, created, None
         st.last_seq, st.first_seq, st.acked_seq = last, int(info.state.first_seq or 0), 0
         self.metrics.committed_seq.labels(st.name).set(rp.watermark)
@@ -446,8 +449,7 @@ class WriterService:
             self.metrics.failures.labels("expired_in_stream").inc(lost)
             buf.mark_absent(buf.expected, st.first_seq - 1)
             return
-        want = limit if buf.forced_end is None else max(limit, buf.forced_end - buf.watermark)
-        msgs = await read_range(js, st.name, buf.expected, want)
+        msgs = await read_range(js, st.name, buf.expected, limit)
         prev = buf.watermark
         for sm in msgs:
             if sm.seq > prev + 1:
@@ -471,7 +473,7 @@ class WriterService:
                                                st.epoch)
         if prepared.poison and not await self._dead_letter(st, prepared, js, stop):
             return False
-        recovery = recover or (st.recovery_end is not None and taken.last_seq == st.recovery_end)
+        recovery = recover or (st.recovery_end is not None and taken.first_seq <= st.recovery_end)
         if not await self._lease_valid(stop):
             return False
         # a batch without rows cannot be refused for its content: only the store itself is failing then;
@@ -480,12 +482,15 @@ class WriterService:
                         else 1 if recover and len(taken.messages) > 1 else REJECTED_AFTER_ERRORS)
         try:
             result: BatchResult | None = await self._store_call(
-                stop, "commit", self._commit_in_store, prepared, recovery, reject_after=reject_after)
+                stop, "commit", self._commit_in_store, st, prepared, recovery, reject_after=reject_after)
         except BatchRejected as exc:
             return await self._commit_rejected(st, taken, js, stop, exc.error)
         if result is None:
             return False
         t1 = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        for tb in prepared.tables.values():
+            self.metrics.visible_delay.observe_batch(st.name, tb.table.column("timestamp"), now_ms)
         ack = st.buffer.latest_ack(taken)
         if ack is not None:
             await st.reader.ack(ack)
@@ -494,7 +499,8 @@ class WriterService:
                   messages=len(taken.messages), prepare_ms=round((t1 - t0 - result.insert_seconds) * 1000, 1),
                   store_ms=round(result.insert_seconds * 1000, 1))
         if recovery:
-            st.recovery_end = None
+            if st.recovery_end is not None and taken.last_seq >= st.recovery_end:
+                st.recovery_end = None
             self.metrics.recovered.labels(st.name).inc()
             log.info("writer.recovered_in_flight_range", stream=st.name, first=taken.first_seq, last=taken.last_seq,
                      rows=result.rows, already_present=result.skipped_existing)
@@ -531,9 +537,15 @@ class WriterService:
         dead = PreparedBatch(st.name, taken.first_seq, taken.last_seq, len(msgs), poison=poison, epoch=st.epoch)
         return await self._commit(st, taken, js, stop, batch=dead, recover=True)
 
-    def _commit_in_store(self, prepared: PreparedBatch, recovery: bool) -> BatchResult:
+    def _commit_in_store(self, st: StreamState, prepared: PreparedBatch, recovery: bool) -> BatchResult:
+        """One range into the store; a new intent only when the range passes the declared horizon."""
         assert self.store is not None
-        result = commit_prepared(self.store, self.settings, prepared, recovery=recovery)
+        intent = prepared.last_seq > st.horizon
+        horizon = prepared.last_seq + self.settings.writer.batch_size
+        result = commit_prepared(self.store, self.settings, prepared, recovery=recovery, intent=intent,
+                                 horizon=horizon)
+        if intent:
+            st.horizon = horizon
         self._after_batch()
         return result
 

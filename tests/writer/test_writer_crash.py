@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -116,8 +117,10 @@ async def test_kill_9_at_random_moments_leaves_every_record_exactly_once(
 async def test_range_left_in_flight_by_a_crash_is_recommitted_without_duplicates(
     nc: NATS, writer_settings: Callable[..., Settings], start_writer: Callable[..., Any]
 ) -> None:
-    """The crash window between data inserts and the ledger, built with the real commit steps."""
-    settings = writer_settings()
+    """The crash window between data inserts and the ledger, built with the real commit steps. The intent
+    declares sequences up to 600 in flight; the restarted writer groups them differently (ranges of 250) and
+    commits every range that starts at or below 600 in recovery mode."""
+    settings = writer_settings(writer__batch_size=250)
     recs = generate(1500, seed=5)
     await publish(nc, recs)
     js = nc.jetstream()
@@ -142,9 +145,10 @@ async def test_range_left_in_flight_by_a_crash_is_recommitted_without_duplicates
 
     w = await start_writer(settings)
     await w.wait_committed(nc)
+    last = (await js.stream_info("MARKET_DATA")).state.last_seq
     metrics = await w.metrics()
     await w.close()
-    assert 'marketprism_writer_recovered_batches_total{stream="MARKET_DATA"} 1.0' in metrics
+    recovered = re.search(r'marketprism_writer_recovered_batches_total\{stream="MARKET_DATA"\} (\d+)', metrics)
 
     expected = expected_by_type(recs)
     store = EmbeddedStore(settings.embedded_store_path)
@@ -154,11 +158,14 @@ async def test_range_left_in_flight_by_a_crash_is_recommitted_without_duplicates
             assert sorted(got) == sorted(expected[t]), t
         first = store.query_rows(
             "SELECT first_seq, last_seq, messages FROM marketprism_meta.ingest_ledger "
-            "WHERE stream = 'MARKET_DATA' AND data_type = '*' ORDER BY first_seq LIMIT 1"
+            "WHERE stream = 'MARKET_DATA' AND data_type = '*' ORDER BY first_seq"
         )
     finally:
         store.close()
-    assert first == [(1, 600, 600)]
+    assert [r[0] for r in first] == [1] + [r[1] + 1 for r in first[:-1]] and first[-1][1] == last
+    assert all(r[1] - r[0] + 1 == r[2] <= 250 for r in first)  # regrouped: at most 250 per range, none absent
+    in_flight = [r for r in first if r[0] <= 600]  # every range starting in the declared in-flight span
+    assert len(in_flight) >= 3 and recovered is not None and int(recovered.group(1)) == len(in_flight)
 
 
 def test_writer_subprocess_exits_cleanly_on_sigterm_with_nothing_to_do(
