@@ -58,6 +58,82 @@ def _fmt_age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+# ---------------------------------------------------------------- several types in one statement
+# A checks run asks the same question of every table: one UNION ALL statement answers it for all of
+# them (the embedded store then stays a short while in the run's hands instead of one query per type).
+
+
+@dataclass(frozen=True)
+class HotFacts:
+    """What window_presence and data_lag read from one hot table."""
+
+    rows_in_window: int
+    series_in_window: int
+    newest_ms: int | None
+
+
+def hot_facts(store: Store, settings: Settings, data_types: list[str], *, now: int) -> dict[str, HotFacts]:
+    """Rows and series within each type's window (``window_rules``) and its newest event time."""
+    if not data_types:
+        return {}
+    db = settings.storage.hot_database
+    parts = []
+    for t in data_types:
+        since = now - settings.window_rules[t].window_s * 1000
+        within = f"timestamp >= fromUnixTimestamp64Milli({since}) AND timestamp <= fromUnixTimestamp64Milli({now})"
+        parts.append(
+            f"SELECT '{t}' AS t, countIf({within}) AS n, uniqExactIf(exchange, symbol, {within}) AS s, "
+            f"if(count() = 0, NULL, toUnixTimestamp64Milli(max(timestamp))) AS newest FROM `{db}`.`{t}`"
+        )
+    rows = store.query_rows(" UNION ALL ".join(parts))
+    return {str(t): HotFacts(int(n), int(s), None if newest is None else int(newest)) for t, n, s, newest in rows}
+
+
+def newest_by_type(store: Store, database: str, before_ms: dict[str, int | None]) -> dict[str, int | None]:
+    """Each type's newest event time (before ``before_ms[type]`` when that is not None)."""
+    if not before_ms:
+        return {}
+    parts = []
+    for t, before in before_ms.items():
+        where = f" WHERE timestamp < fromUnixTimestamp64Milli({before})" if before is not None else ""
+        parts.append(
+            f"SELECT '{t}' AS t, if(count() = 0, NULL, toUnixTimestamp64Milli(max(timestamp))) AS newest "
+            f"FROM `{database}`.`{t}`{where}"
+        )
+    return {str(t): None if v is None else int(v) for t, v in store.query_rows(" UNION ALL ".join(parts))}
+
+
+def duplicate_counts(store: Store, database: str, data_types: list[str], where: str = "") -> dict[str, tuple[int, int]]:
+    """(identities stored more than once, extra rows) per type, without FINAL: what is physically stored."""
+    if not data_types:
+        return {}
+    cond = f" WHERE {where}" if where else ""
+    parts = []
+    for t in data_types:
+        ident = identity_sql(RECORD_TYPES[t])
+        parts.append(
+            f"SELECT '{t}' AS t, count() AS k, sum(c - 1) AS extra FROM (SELECT {ident}, count() AS c "
+            f"FROM `{database}`.`{t}`{cond} GROUP BY {ident} HAVING c > 1)"
+        )
+    return {str(t): (int(k or 0), int(x or 0)) for t, k, x in store.query_rows(" UNION ALL ".join(parts))}
+
+
+Columns = dict[tuple[str, str], list[tuple[str, str]]]  # (database, table) -> [(name, type)]
+
+
+def columns_by_table(store: Store, databases: list[str], tables: list[str]) -> Columns:
+    """(name, type) of every column of ``databases`` x ``tables``, in order; a missing table is absent."""
+    dbs = ", ".join(f"'{d}'" for d in databases)
+    names = ", ".join(f"'{t}'" for t in tables)
+    out: Columns = {}
+    for db, table, name, typ in store.query_rows(
+        "SELECT database, table, name, type FROM system.columns "
+        f"WHERE database IN ({dbs}) AND table IN ({names}) ORDER BY database, table, position"
+    ):
+        out.setdefault((str(db), str(table)), []).append((str(name), str(typ)))
+    return out
+
+
 # ---------------------------------------------------------------- window presence and lag
 
 
@@ -68,6 +144,7 @@ def window_presence(
     *,
     now: int | None = None,
     feeds: FeedStatus | None = None,
+    facts: HotFacts | None = None,
 ) -> CheckResult:
     """Rows must exist within the type's window (trade/orderbook 5 min, liquidation 1 h, others 8 h).
 
@@ -76,13 +153,8 @@ def window_presence(
     """
     now = now_ms() if now is None else now
     rule = settings.window_rules[data_type]
-    db = settings.storage.hot_database
-    since = now - rule.window_s * 1000
-    rows, symbols = store.query_rows(
-        f"SELECT count(), uniqExact(exchange, symbol) FROM `{db}`.`{data_type}` "
-        f"WHERE timestamp >= fromUnixTimestamp64Milli({since}) AND timestamp <= fromUnixTimestamp64Milli({now})"
-    )[0]
-    rows, symbols = int(rows), int(symbols)
+    facts = facts or hot_facts(store, settings, [data_type], now=now)[data_type]
+    rows, symbols = facts.rows_in_window, facts.series_in_window
     window = _fmt_age(rule.window_s)
     meta: dict[str, Any] = {"rows_in_window": rows, "series_in_window": symbols, "window_s": rule.window_s}
     if rows > 0:
@@ -111,18 +183,16 @@ def window_presence(
 
 
 def newest_ms(store: Store, database: str, data_type: str, before_ms: int | None = None) -> int | None:
-    where = f" WHERE timestamp < fromUnixTimestamp64Milli({before_ms})" if before_ms is not None else ""
-    value = store.query_value(
-        f"SELECT if(count() = 0, NULL, toUnixTimestamp64Milli(max(timestamp))) FROM `{database}`.`{data_type}`{where}"
-    )
-    return None if value is None else int(value)
+    return newest_by_type(store, database, {data_type: before_ms})[data_type]
 
 
-def data_lag(store: Store, settings: Settings, data_type: str, *, now: int | None = None) -> CheckResult:
+def data_lag(
+    store: Store, settings: Settings, data_type: str, *, now: int | None = None, facts: HotFacts | None = None
+) -> CheckResult:
     """Newest event time vs now: WARN over ``lag_warn_s``, ERROR over ``lag_error_s``."""
     now = now_ms() if now is None else now
     rule = settings.window_rules[data_type]
-    newest = newest_ms(store, settings.storage.hot_database, data_type)
+    newest = facts.newest_ms if facts else newest_ms(store, settings.storage.hot_database, data_type)
     target = f"hot.{data_type}"
     if newest is None:
         return CheckResult("data_lag", target, False, "ERROR", f"no {data_type} rows at all", {"lag_s": None})
@@ -139,17 +209,17 @@ def data_lag(store: Store, settings: Settings, data_type: str, *, now: int | Non
 
 
 def duplicates(
-    store: Store, settings: Settings, data_type: str, *, database: str | None = None, where: str = ""
+    store: Store,
+    settings: Settings,
+    data_type: str,
+    *,
+    database: str | None = None,
+    where: str = "",
+    counts: tuple[int, int] | None = None,
 ) -> CheckResult:
     """Rows sharing an identity (without FINAL: what is physically stored). Must be 0."""
     db = database or settings.storage.hot_database
-    ident = identity_sql(RECORD_TYPES[data_type])
-    cond = f" WHERE {where}" if where else ""
-    dup_keys, dup_rows = store.query_rows(
-        f"SELECT count(), sum(c - 1) FROM (SELECT {ident}, count() AS c FROM `{db}`.`{data_type}`{cond} "
-        f"GROUP BY {ident} HAVING c > 1)"
-    )[0]
-    dup_keys, dup_rows = int(dup_keys or 0), int(dup_rows or 0)
+    dup_keys, dup_rows = counts or duplicate_counts(store, db, [data_type], where)[data_type]
     kind = "hot" if db == settings.storage.hot_database else "cold"
     meta = {
         "duplicate_identities": dup_keys,
@@ -271,13 +341,24 @@ def hot_cold_parity(
 
 
 def hot_cold_lag(
-    store: Store, settings: Settings, data_type: str, *, horizon_ms: int, cold: Store | None = None
+    store: Store,
+    settings: Settings,
+    data_type: str,
+    *,
+    horizon_ms: int,
+    cold: Store | None = None,
+    newest: tuple[int | None, int | None] | None = None,
 ) -> CheckResult:
     """How far cold trails hot, over the data that could be replicated (event time < ``horizon_ms``,
-    the end of the newest fully sealed day). WARN over 60 minutes."""
+    the end of the newest fully sealed day). WARN over 60 minutes. ``newest``: (hot newest before the
+    horizon, cold newest) when already read."""
     st = settings.storage
-    hot_newest = newest_ms(store, st.hot_database, data_type, before_ms=horizon_ms)
-    cold_newest = newest_ms(cold or store, st.cold_database, data_type)
+    if newest is None:
+        newest = (
+            newest_ms(store, st.hot_database, data_type, before_ms=horizon_ms),
+            newest_ms(cold or store, st.cold_database, data_type),
+        )
+    hot_newest, cold_newest = newest
     meta: dict[str, Any] = {"hot_newest_ms": hot_newest, "cold_newest_ms": cold_newest, "horizon_ms": horizon_ms}
     target = f"cold.{data_type}"
     if hot_newest is None:
@@ -291,11 +372,22 @@ def hot_cold_lag(
     return CheckResult("hot_cold_lag", target, True, "WARN", f"cold trails hot by {_fmt_age(lag_s)}", meta)
 
 
-def schema_parity(store: Store, settings: Settings, data_type: str, cold: Store | None = None) -> CheckResult:
-    """Hot and cold tables have identical columns (names, types, order)."""
+def schema_parity(
+    store: Store,
+    settings: Settings,
+    data_type: str,
+    cold: Store | None = None,
+    columns: Columns | None = None,
+) -> CheckResult:
+    """Hot and cold tables have identical columns (names, types, order). ``columns``: from
+    ``columns_by_table`` when already read (one store)."""
     st = settings.storage
-    hot_cols = store.table_columns(st.hot_database, data_type)
-    cold_cols = (cold or store).table_columns(st.cold_database, data_type)
+    if columns is not None:
+        hot_cols = columns.get((st.hot_database, data_type), [])
+        cold_cols = columns.get((st.cold_database, data_type), [])
+    else:
+        hot_cols = store.table_columns(st.hot_database, data_type)
+        cold_cols = (cold or store).table_columns(st.cold_database, data_type)
     diff = sorted(set(hot_cols) ^ set(cold_cols))
     meta = {"hot_columns": len(hot_cols), "cold_columns": len(cold_cols), "differences": [f"{n} {t}" for n, t in diff]}
     if not hot_cols or not cold_cols:
@@ -324,15 +416,23 @@ def run_all(
     now = now_ms() if now is None else now
     horizon = horizon_ms if horizon_ms is not None else (now // 86_400_000) * 86_400_000
     results: list[CheckResult] = []
-    for t in configured_types(settings):
+    types = configured_types(settings)
+    st = settings.storage
+    facts = hot_facts(store, settings, types, now=now)
+    dups = duplicate_counts(store, st.hot_database, types)
+    hot_newest = newest_by_type(store, st.hot_database, dict.fromkeys(types, horizon))
+    cold_newest = newest_by_type(cold or store, st.cold_database, dict.fromkeys(types))
+    columns = None if cold is not None else columns_by_table(store, [st.hot_database, st.cold_database], types)
+    for t in types:
         feeds = None
         if RECORD_TYPES[t].sparse:
             feeds = collector_feed_status(settings, t) if feed_status == "probe" else feed_status
-        results.append(window_presence(store, settings, t, now=now, feeds=feeds))  # type: ignore[arg-type]
-        results.append(data_lag(store, settings, t, now=now))
-        results.append(duplicates(store, settings, t))
-        results.append(hot_cold_lag(store, settings, t, horizon_ms=horizon, cold=cold))
-        results.append(schema_parity(store, settings, t, cold=cold))
+        results.append(window_presence(store, settings, t, now=now, feeds=feeds, facts=facts[t]))  # type: ignore[arg-type]
+        results.append(data_lag(store, settings, t, now=now, facts=facts[t]))
+        results.append(duplicates(store, settings, t, counts=dups[t]))
+        newest = (hot_newest[t], cold_newest[t])
+        results.append(hot_cold_lag(store, settings, t, horizon_ms=horizon, cold=cold, newest=newest))
+        results.append(schema_parity(store, settings, t, cold=cold, columns=columns))
     for stream in sorted({settings.stream_for(t) for t in configured_types(settings)} - {None}):
         results.append(ledger_gaps(store, settings, str(stream)))
     return results

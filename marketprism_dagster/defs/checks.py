@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 
@@ -15,6 +15,7 @@ from marketprism_dagster.storage import Store
 from resources import ClickHouseResource
 
 DAY_MS = 86_400_000
+T = TypeVar("T")
 
 
 def to_dagster(
@@ -56,7 +57,16 @@ class RuleInputs:
     store: Store
     settings: Settings
     instance: dg.DagsterInstance
+    types: dict[str, list[str]]  # "hot" / "cold" -> the data types whose checks run in this step
+    now: int = field(default_factory=integrity.now_ms)
     per_stream: dict[str, integrity.CheckResult] = field(default_factory=dict)
+    _read: dict[str, Any] = field(default_factory=dict)
+
+    def once(self, what: str, read: Callable[[], T]) -> T:
+        """``read()`` the first time ``what`` is asked in this step (one statement for every type)."""
+        if what not in self._read:
+            self._read[what] = read()
+        return self._read[what]  # type: ignore[no-any-return]
 
 
 # A check rule: (inputs, data_type) -> result. Every unpartitioned rule of every asset runs in ONE
@@ -82,8 +92,12 @@ def rules_check(table: RuleTable) -> dg.AssetChecksDefinition:
         context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
     ) -> Iterator[dg.AssetCheckResult]:
         selected = set(context.selected_asset_check_keys)
+        types: dict[str, list[str]] = {}
+        for key, (data_type, _) in table.items():
+            if any(k.asset_key == key for k in selected):
+                types.setdefault(key.path[0], []).append(data_type)
         with clickhouse.open() as store:
-            inputs = RuleInputs(store, clickhouse.load_settings(), context.instance)
+            inputs = RuleInputs(store, clickhouse.load_settings(), context.instance, types)
             for key, (data_type, rules) in table.items():
                 for name, (_, rule) in rules.items():
                     if dg.AssetCheckKey(key, name) in selected:
@@ -92,10 +106,38 @@ def rules_check(table: RuleTable) -> dg.AssetChecksDefinition:
     return check
 
 
+def _hot_facts(inputs: RuleInputs, data_type: str) -> integrity.HotFacts:
+    facts = inputs.once(
+        "hot_facts", lambda: integrity.hot_facts(inputs.store, inputs.settings, inputs.types["hot"], now=inputs.now)
+    )
+    return facts[data_type]
+
+
 def _recent_window(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
     settings = inputs.settings
     feeds = integrity.collector_feed_status(settings, data_type) if RECORD_TYPES[data_type].sparse else None
-    return integrity.window_presence(inputs.store, settings, data_type, feeds=feeds)
+    facts = _hot_facts(inputs, data_type)
+    return integrity.window_presence(inputs.store, settings, data_type, now=inputs.now, feeds=feeds, facts=facts)
+
+
+def _data_lag(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
+    facts = _hot_facts(inputs, data_type)
+    return integrity.data_lag(inputs.store, inputs.settings, data_type, now=inputs.now, facts=facts)
+
+
+def _duplicates(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
+    db = inputs.settings.storage.hot_database
+    counts = inputs.once("duplicates", lambda: integrity.duplicate_counts(inputs.store, db, inputs.types["hot"]))
+    return integrity.duplicates(inputs.store, inputs.settings, data_type, counts=counts[data_type])
+
+
+def _schema_parity(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
+    st = inputs.settings.storage
+    columns = inputs.once(
+        "columns",
+        lambda: integrity.columns_by_table(inputs.store, [st.hot_database, st.cold_database], inputs.types["cold"]),
+    )
+    return integrity.schema_parity(inputs.store, inputs.settings, data_type, columns=columns)
 
 
 def _ledger_gaps(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
@@ -105,26 +147,32 @@ def _ledger_gaps(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
     return inputs.per_stream[stream]
 
 
-def _plain(rule: Callable[[Store, Settings, str], integrity.CheckResult]) -> Rule:
-    return lambda inputs, data_type: rule(inputs.store, inputs.settings, data_type)
-
-
 HOT_RULES: dict[str, tuple[str, Rule]] = {
     "recent_window": ("rows within the type's window (window_rules)", _recent_window),
-    "data_lag": ("newest event time vs now (lag_warn_s / lag_error_s)", _plain(integrity.data_lag)),
-    "duplicates": ("rows sharing an identity: must be 0", _plain(integrity.duplicates)),
+    "data_lag": ("newest event time vs now (lag_warn_s / lag_error_s)", _data_lag),
+    "duplicates": ("rows sharing an identity: must be 0", _duplicates),
     "ledger_gaps": ("JetStream sequence ranges never committed: must be 0", _ledger_gaps),
 }
 
 
 def cold_rules(hourly: dg.TimeWindowPartitionsDefinition) -> dict[str, tuple[str, Rule]]:
+    def newest(inputs: RuleInputs) -> dict[str, tuple[int, int | None, int | None]]:
+        """Per cold type: (horizon, hot newest before it, cold newest), two statements for all types."""
+        st, types = inputs.settings.storage, inputs.types["cold"]
+        horizons = {t: sealed_horizon_ms(inputs.instance, t, hourly) for t in types}
+        hot = integrity.newest_by_type(inputs.store, st.hot_database, dict(horizons))
+        cold = integrity.newest_by_type(inputs.store, st.cold_database, dict.fromkeys(types))
+        return {t: (horizons[t], hot[t], cold[t]) for t in types}
+
     def lag(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
-        horizon = sealed_horizon_ms(inputs.instance, data_type, hourly)
-        return integrity.hot_cold_lag(inputs.store, inputs.settings, data_type, horizon_ms=horizon)
+        horizon, hot, cold = inputs.once("cold_newest", lambda: newest(inputs))[data_type]
+        return integrity.hot_cold_lag(
+            inputs.store, inputs.settings, data_type, horizon_ms=horizon, newest=(hot, cold)
+        )
 
     return {
         "hot_cold_lag": ("cold trails the replicable hot data (warn > 60 min)", lag),
-        "schema_parity": ("hot and cold tables have identical columns", _plain(integrity.schema_parity)),
+        "schema_parity": ("hot and cold tables have identical columns", _schema_parity),
     }
 
 

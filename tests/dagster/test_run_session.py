@@ -26,19 +26,34 @@ from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensur
 HOUR_MS = 3_600_000
 
 
+class ChdbUse:
+    """Every chDB session opened in this process and every statement sent (the real session, counted)."""
+
+    def __init__(self) -> None:
+        self.opens: list[str] = []
+        self.statements: list[str] = []
+
+    def clear(self) -> None:
+        self.opens.clear()
+        self.statements.clear()
+
+
 @pytest.fixture
-def chdb_opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every chDB session opened in this process (the real session, counted)."""
-    opened: list[str] = []
+def chdb_use(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChdbUse]:
+    use = ChdbUse()
     real = chdb.session.Session
 
     class Counted(real):  # type: ignore[misc, valid-type]
         def __init__(self, path: str = "", *args: Any, **kwargs: Any) -> None:
-            opened.append(path)
+            use.opens.append(path)
             super().__init__(path, *args, **kwargs)
 
+        def query(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+            use.statements.append(sql)
+            return super().query(sql, *args, **kwargs)
+
     monkeypatch.setattr(chdb.session, "Session", Counted)
-    yield opened
+    yield use
 
 
 def _step_keys(result: Any) -> set[str]:
@@ -46,7 +61,7 @@ def _step_keys(result: Any) -> set[str]:
 
 
 def test_integrity_checks_run_one_step_with_one_store_session(
-    settings_factory, dagster_instance, make_resources, chdb_opens
+    settings_factory, dagster_instance, make_resources, chdb_use
 ):
     settings = settings_factory()
     with open_store(settings) as store:
@@ -55,7 +70,7 @@ def test_integrity_checks_run_one_step_with_one_store_session(
     defs = build_definitions(settings, make_resources(settings))
     job = defs.resolve_job_def("integrity_checks")
     assert job.executor_def is dg.in_process_executor  # the daemon's runs: steps in the run's process
-    chdb_opens.clear()
+    chdb_use.clear()
 
     result = job.execute_in_process(instance=dagster_instance, raise_on_error=False)
 
@@ -63,7 +78,9 @@ def test_integrity_checks_run_one_step_with_one_store_session(
     assert len(evaluations) == 8 * 4 + 8 * 2  # every hot and cold rule evaluated
     assert {e.check_name for e in evaluations} >= {"duplicates", "ledger_gaps", "schema_parity"}
     assert _step_keys(result) == {"window_checks"}
-    assert chdb_opens == [str(settings.embedded_store_path.resolve())]
+    assert chdb_use.opens == [str(settings.embedded_store_path.resolve())]
+    # each question asked of all 16 tables at once: window + lag, duplicates, ledger, cold lag, schemas
+    assert len(chdb_use.statements) <= 8, chdb_use.statements
 
 
 async def _publish_and_commit(settings: Any, records: list[Any]) -> None:
@@ -82,7 +99,7 @@ async def _publish_and_commit(settings: Any, records: list[Any]) -> None:
 
 
 def test_sealing_an_hour_of_all_hot_assets_is_one_step_with_one_store_session(
-    nats_server, settings_factory, record_factory, dagster_instance, make_resources, chdb_opens
+    nats_server, settings_factory, record_factory, dagster_instance, make_resources, chdb_use
 ):
     settings = settings_factory(nats_url=nats_server.url)
     now = int(time.time() * 1000)
@@ -98,7 +115,7 @@ def test_sealing_an_hour_of_all_hot_assets_is_one_step_with_one_store_session(
     ]
     asyncio.run(_publish_and_commit(settings, records))
     defs = build_definitions(settings, make_resources(settings))
-    chdb_opens.clear()
+    chdb_use.clear()
 
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
@@ -114,4 +131,4 @@ def test_sealing_an_hour_of_all_hot_assets_is_one_step_with_one_store_session(
     }
     assert rows == {t: (5 if t in types else 0) for t in RECORD_TYPES}
     assert _step_keys(result) == {"hot_seal", "window_checks"}  # seal of 8 assets, then their checks
-    assert chdb_opens == [str(settings.embedded_store_path.resolve())]
+    assert chdb_use.opens == [str(settings.embedded_store_path.resolve())]
