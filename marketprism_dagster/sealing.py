@@ -203,9 +203,11 @@ def _table_stats(
 
 # A writer found behind the seal's boundary is waited for while it makes progress (the seal's own
 # store use may have held it up), re-checked every CATCH_UP_POLL_S; it is refused (and retried by
-# Dagster later) once the writer's committed sequence has not moved for CATCH_UP_STALL_S.
+# Dagster later) once the writer's committed sequence has not moved for CATCH_UP_STALL_S, or after
+# CATCH_UP_MAX_S in all (a writer that far behind is caught up by the next retry).
 CATCH_UP_POLL_S = 0.5
 CATCH_UP_STALL_S = 3.0
+CATCH_UP_MAX_S = 60.0
 
 
 @dataclass
@@ -264,8 +266,12 @@ def _committed_last(store: Store, settings: Settings, stream: str) -> int:
 async def _wait_for_writer(store: Store, settings: Settings, stream: str, upto: int, committed: int) -> int:
     """Wait while the writer commits towards ``upto`` (letting it into the store); the last committed seq."""
     yield_fn = getattr(store, "yield_to_waiters", None)  # embedded: hand the store to the waiting writer
-    moved_at = time.monotonic()
-    while committed < upto and time.monotonic() - moved_at < CATCH_UP_STALL_S:
+    moved_at = started = time.monotonic()
+    while (
+        committed < upto
+        and time.monotonic() - moved_at < CATCH_UP_STALL_S
+        and time.monotonic() - started < CATCH_UP_MAX_S
+    ):
         if yield_fn is not None:
             yield_fn()
         await asyncio.sleep(CATCH_UP_POLL_S)
