@@ -245,6 +245,9 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
             cpu1 = {p.name: p.cpu_s() for p in procs}
             c1 = committed() or c0
             out["event_to_visible"] = delay_quantiles(v0, visible_buckets(wport))
+            # messages in the streams not yet committed: a delay with no lag here was built before NATS
+            consumers = (get_health(wport) or {}).get("consumers") or {}
+            out["writer_lag_at_end"] = {s: c["lag"] for s, c in consumers.items()}
             for p in procs:
                 rss[p.name]["end"] = p.rss_mb()
             cpu_pct = {n: round(100 * (cpu1[n] - cpu0[n]) / dt, 2) for n in cpu0}
