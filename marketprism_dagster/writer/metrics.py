@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -16,8 +15,9 @@ VISIBLE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30
 
 
 class VisibleDelay(Collector):
-    """Histogram of event time -> row visible (its range committed), per row, counted a batch at a time with
-    Arrow compute (a Prometheus ``observe`` per row would cost microseconds per row at full rate)."""
+    """Histogram of event time -> row visible (its range committed), per row, counted a batch at a time: the
+    batch's event times sorted once (nearly sorted already: linear), then one bisection per bucket bound (a
+    Prometheus ``observe`` per row costs microseconds per row at full rate)."""
 
     name = "marketprism_writer_visible_delay_seconds"
 
@@ -26,17 +26,17 @@ class VisibleDelay(Collector):
         self.counts: dict[str, list[int]] = {}  # stream -> cumulative count per bucket, then +Inf
         self.sums: dict[str, float] = {}
 
-    def observe_batch(self, stream: str, timestamps: pa.ChunkedArray | pa.Array, now_ms: int) -> None:
-        """``timestamps``: the rows' event times (timestamp[ms] or int64 milliseconds)."""
-        if len(timestamps) == 0:
+    def observe_batch(self, stream: str, timestamps_ms: list[int], now_ms: int) -> None:
+        """``timestamps_ms``: the event times (epoch milliseconds) of the rows that became visible at ``now_ms``."""
+        if not timestamps_ms:
             return
-        ms = pc.cast(timestamps, pa.int64()) if not pa.types.is_integer(timestamps.type) else timestamps
-        delay = pc.divide(pc.cast(pc.subtract(pa.scalar(now_ms, pa.int64()), ms), pa.float64()), 1000.0)
+        ts = sorted(timestamps_ms)
+        n = len(ts)
         counts = self.counts.setdefault(stream, [0] * (len(self.buckets) + 1))
-        for i, le in enumerate(self.buckets):
-            counts[i] += pc.sum(pc.less_equal(delay, le)).as_py() or 0
-        counts[-1] += len(delay)
-        self.sums[stream] = self.sums.get(stream, 0.0) + (pc.sum(delay).as_py() or 0.0)
+        for i, le in enumerate(self.buckets):  # delay <= le  <=>  ts >= now - le
+            counts[i] += n - bisect.bisect_left(ts, now_ms - int(le * 1000))
+        counts[-1] += n
+        self.sums[stream] = self.sums.get(stream, 0.0) + (n * now_ms - sum(ts)) / 1000
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         fam = HistogramMetricFamily(self.name, "Event time to row visible in the hot tables, per row",

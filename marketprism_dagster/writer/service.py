@@ -488,9 +488,8 @@ class WriterService:
         if result is None:
             return False
         t1 = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        for tb in prepared.tables.values():
-            self.metrics.visible_delay.observe_batch(st.name, tb.table.column("timestamp"), now_ms)
+        self.metrics.visible_delay.observe_batch(
+            st.name, [r.timestamp for tb in prepared.tables.values() for r in tb.records], int(time.time() * 1000))
         ack = st.buffer.latest_ack(taken)
         if ack is not None:
             await st.reader.ack(ack)
