@@ -26,6 +26,10 @@ A commit of range [a, b] is, in this order:
 4. the ledger rows (``'*'`` plus one per (data_type, hour)) in one insert;
 5. the JetStream ack (AckPolicy.ALL on the highest delivered message of the range).
 
+Steps 1, 3 and 4 reach the store as one call (embedded: one chDB multi-statement query). Its
+statements still run one by one, in this order, and stop at the first that fails, so every case
+below holds as if they were separate calls.
+
 A crash can happen between any two steps, and JetStream redelivers everything not acked.
 
 * Crash before 1, or after 4: nothing of [a, b] is in the tables (before 1), or all of it
@@ -34,7 +38,7 @@ A crash can happen between any two steps, and JetStream redelivers everything no
 * Crash between 1 and 4: the tables may hold any subset of the range (a table insert is
   atomic per part, but several tables and partitions are several parts), the ledger does
   not. Ranges are committed one at a time, so only sequences in W + 1 .. h of an intent
-  with ``first_seq <= W + 1 < last_seq`` can be partly in the tables. On restart every range
+  with ``first_seq <= W + 1 <= last_seq`` can be partly in the tables. On restart every range
   that starts at or below that h is committed in *recovery* mode (however the ranges are
   grouped now: recovery mode is correct for any grouping): for each table the identities of
   the batch already present in the table (looked up in the batch's time range) are removed,
