@@ -65,3 +65,19 @@ def test_statements_of_one_call_stop_at_the_first_that_fails(store: EmbeddedStor
     assert store.query_rows("SELECT k, v FROM t.a ORDER BY k") == [(1, "x;y"), (2, "it's")]
     assert store.query_value("SELECT count() FROM t.b") == 0
     assert store.query_value("SELECT count() FROM t.c") == 0
+
+
+def test_init_schema_gives_the_writer_tables_fewer_larger_merges_once(store: EmbeddedStore, settings_factory) -> None:
+    from marketprism_dagster.storage.schema import WRITER_TABLE_SETTINGS, apply_writer_table_settings
+
+    settings = settings_factory()
+    ensure_writer_tables(store, settings)
+    wanted = [f"{k} = {v}" for k, v in WRITER_TABLE_SETTINGS.items()]
+    engines = dict(store.query_rows("SELECT concat(database, '.', name), engine_full FROM system.tables "
+                                    "WHERE database IN ('marketprism_hot', 'marketprism_meta')"))
+    for table in ("marketprism_hot.trade", "marketprism_hot.orderbook", "marketprism_meta.ingest_ledger"):
+        assert all(w in engines[table] for w in wanted), engines[table]
+    assert "min_parts_to_merge_at_once" not in engines.get("marketprism_meta.stream_epochs", "")
+    store.execute("ALTER TABLE marketprism_hot.trade RESET SETTING min_parts_to_merge_at_once")  # an older table
+    assert apply_writer_table_settings(store, settings) == ["marketprism_hot.trade"]
+    assert apply_writer_table_settings(store, settings) == []
