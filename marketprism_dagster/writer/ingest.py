@@ -453,10 +453,6 @@ def _table_step(database: str, tb: TableBatch) -> str | ArrowInsert:
     return values_insert_sql(database, tb.data_type, tb.table.column_names, rows, tb.token)
 
 
-def _insert_table(store: Store, database: str, tb: TableBatch) -> None:
-    store.run_statements([_table_step(database, tb)])
-
-
 def intent_sql(settings: Settings, stream: str, first_seq: int, last_seq: int, epoch: int = 0) -> str:
     row = (_sql_str(stream), str(first_seq), str(last_seq), _ms_literal(_now_ms()))
     return values_insert_sql(settings.storage.ledger_database, INTENT_TABLE, _INTENT_SCHEMA.names, [row],
