@@ -67,7 +67,7 @@ def test_statements_of_one_call_stop_at_the_first_that_fails(store: EmbeddedStor
     assert store.query_value("SELECT count() FROM t.c") == 0
 
 
-def test_init_schema_gives_the_writer_tables_fewer_larger_merges_once(store: EmbeddedStore, settings_factory) -> None:
+def test_init_schema_gives_the_writer_tables_their_settings_once(store: EmbeddedStore, settings_factory) -> None:
     from marketprism_dagster.storage.schema import WRITER_TABLE_SETTINGS, apply_writer_table_settings
 
     settings = settings_factory()
@@ -77,7 +77,7 @@ def test_init_schema_gives_the_writer_tables_fewer_larger_merges_once(store: Emb
                                     "WHERE database IN ('marketprism_hot', 'marketprism_meta')"))
     for table in ("marketprism_hot.trade", "marketprism_hot.orderbook", "marketprism_meta.ingest_ledger"):
         assert all(w in engines[table] for w in wanted), engines[table]
-    assert "min_parts_to_merge_at_once" not in engines.get("marketprism_meta.stream_epochs", "")
-    store.execute("ALTER TABLE marketprism_hot.trade RESET SETTING min_parts_to_merge_at_once")  # an older table
+    assert "merge_tree_clear_old_parts_interval_seconds" not in engines.get("marketprism_meta.stream_epochs", "")
+    store.execute("ALTER TABLE marketprism_hot.trade RESET SETTING merge_tree_clear_old_parts_interval_seconds")
     assert apply_writer_table_settings(store, settings) == ["marketprism_hot.trade"]
     assert apply_writer_table_settings(store, settings) == []
