@@ -61,9 +61,9 @@ def intent_ddl(database: str) -> str:
 
 # MergeTree settings of the tables the hot writer inserts into about once a second (the hot tables, the ledger
 # and the intents): old parts are cleaned every 10 s instead of every second (a background task per table).
-# Not here, measured: min_parts_to_merge_at_once = 10 halves merging in the first minutes, then makes every merge
-# rewrite the partition's big part with ten small ones (merge threads 2.3% -> 11.8% of a core after 8 minutes at
-# 50 rows/s); the default selector balances part sizes.
+# Tried and left out: min_parts_to_merge_at_once = 10 (less merging in a 90 s replay, but after 8-10 minutes at
+# 50 rows/s the writer's merge threads used 11.8% of a core with it and 12.1% without: merging grows with the
+# day's partition either way; the knob to measure next is merge_selector_base over a 30-minute soak).
 WRITER_TABLE_SETTINGS: dict[str, int] = {
     "merge_tree_clear_old_parts_interval_seconds": 10,
 }
