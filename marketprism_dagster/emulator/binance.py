@@ -157,8 +157,9 @@ class BinanceMarket:
         seed = venue.ctx.cfg.seed
         self.book = SynthBook(inst, rng_for(seed, venue.ctx.name, inst.venue_symbol, "book"),
                               levels=venue.ctx.cfg.book_levels)
-        self.last_u = 1_000_000
-        self.tape = TradeTape(rng_for(seed, venue.ctx.name, inst.venue_symbol, "trades"))
+        self.last_u = venue.ctx.clock.now_ms() * 1000  # above every id a previous run sent (see TradeTape)
+        self.tape = TradeTape.starting_at(rng_for(seed, venue.ctx.name, inst.venue_symbol, "trades"),
+                                          venue.ctx.clock.now_ms())
         self.trade_rng = self.tape.rng
         self.trades = TradeLog(venue.ctx.cfg.trade_history)  # every aggregate generated, streamed or not
         self.liq_rng = rng_for(seed, venue.ctx.name, inst.venue_symbol, "liq")

@@ -233,15 +233,15 @@ class OkxMarket:
         seed, iid = cfg.seed, inst.venue_symbol
         self.books_mode: str = cfg.options["okx_books"]
         self.book = SynthBook(inst, rng_for(seed, "okx", iid, "book"), levels=cfg.book_levels)
-        self.seq = 10_000
         self.ts = venue.ctx.clock.now_ms()
+        self.seq = self.ts * 1000  # above every seqId a previous run sent (see TradeTape)
         self.history = BookHistory(self.book, self.seq, self.ts)
         for _ in range(WARM_UP_UPDATES):  # a past to serve stale snapshots from, even before any stream
             self._step(self.ts)
         self.sent_seq = self.seq
         self.pending: list[Frame] = []
         self.stale: BookState | None = None
-        self.tape = TradeTape(rng_for(seed, "okx", iid, "trades"))
+        self.tape = TradeTape.starting_at(rng_for(seed, "okx", iid, "trades"), venue.ctx.clock.now_ms())
         self.trades = TradeLog(cfg.trade_history)  # every match generated, one row per trade id
         self.liq_rng = rng_for(seed, "okx", iid, "liq")
 

@@ -258,11 +258,21 @@ def rng_for(seed: int, *parts: str) -> random.Random:
 
 @dataclass
 class TradeTape:
-    """Trade ids and same-millisecond bursts for one symbol."""
+    """Trade ids and same-millisecond bursts for one symbol.
+
+    Ids start from the emulator clock (microseconds since the epoch; the aggregate id a tenth of that), so a
+    restarted emulator continues above every id it sent before, as a venue does: tables keyed by trade id
+    would otherwise take the new run's trades as replacements of the old run's (a demo restarted three
+    times lost 57% of its stored trades that way).
+    """
 
     rng: random.Random
-    next_id: int = 100_000_000
-    next_agg_id: int = 5_000_000
+    next_id: int
+    next_agg_id: int
+
+    @classmethod
+    def starting_at(cls, rng: random.Random, now_ms: int) -> TradeTape:
+        return cls(rng, next_id=now_ms * 1000, next_agg_id=now_ms * 100)
 
     def burst_sizes(self, n: int) -> list[int]:
         """Split n trades into groups that share one timestamp (some groups > 1)."""
