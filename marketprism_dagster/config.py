@@ -243,7 +243,7 @@ class CollectorConfig(_Model):
     recent_records: int = Field(default=100, ge=1, le=1000, description="records kept per (market, type) for the API")
     http_host: str = Field(default="127.0.0.1", description="bind address of /health, /api/v1 and /metrics")
     shards: dict[str, list[str]] = Field(
-        default_factory=lambda: {"main": []},
+        default_factory=lambda: {"main": list[str]()},
         description="shard name -> market ids it collects (empty = all enabled markets)",
     )
     allow_multiple: bool = False

@@ -626,11 +626,12 @@ class Probe(Collector):
             self.observations.venue_code(_REQUEST_URL.get(), error)
         return error
 
-    def _emit(self, market: str, recs: list[Any]) -> None:
-        """Count, never publish (the adapter wrapper has tallied them per type)."""
+    def _emit(self, market: str, recs: list[Any]) -> list[Any]:
+        """Count, never publish (the adapter wrapper has tallied them per type): no buffer rejects any."""
         remember = self.state.remember
         for r in recs:
             remember(records.data_type_of(r), market, r, r.received_at)
+        return []
 
 
 async def run_probe(settings: Settings, markets: list[str], seconds: float, *, signals: bool = False) -> ProbeResult:
@@ -638,7 +639,7 @@ async def run_probe(settings: Settings, markets: list[str], seconds: float, *, s
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     timer = loop.call_later(seconds, stop.set)
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

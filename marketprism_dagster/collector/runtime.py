@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -200,7 +201,7 @@ class Collector:
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=3.0)
             if stuck:  # e.g. nats-py swallowing a cancellation inside its reconnect loop: do not hang the exit
-                log.warning("collector.tasks_not_stopped", tasks=sorted(t.get_coro().__qualname__ for t in stuck))
+                log.warning("collector.tasks_not_stopped", tasks=sorted(t.get_name() for t in stuck))
         await self._drain_publisher()
         self._save_points()
         with contextlib.suppress(Exception):
@@ -300,7 +301,8 @@ class Collector:
         return self.state.running and all(f.connected for f in self.state.feeds.values())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+        # named after the coroutine function (a coroutine object has __qualname__; typing.Coroutine does not say so)
+        task = asyncio.get_running_loop().create_task(coro, name=getattr(coro, "__qualname__", None))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -308,7 +310,7 @@ class Collector:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("collector.task_failed", task=task.get_coro().__qualname__, error=repr(task.exception()))
+            log.error("collector.task_failed", task=task.get_name(), error=repr(task.exception()))
             self.metrics.error(ANY, "task_failed")
 
     async def _start_http(self) -> None:
@@ -363,10 +365,11 @@ class Collector:
                 await nc.connect(
                     servers=[url],
                     name=f"marketprism-collector-{self.shard}",
-                    connect_timeout=self.settings.nats.connect_timeout_s,
+                    # nats-py annotates these seconds as int but hands them to asyncio.wait_for / sleep (floats)
+                    connect_timeout=self.settings.nats.connect_timeout_s,  # type: ignore[arg-type]
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]
                     disconnected_cb=disconnected,
                     reconnected_cb=reconnected,
                     error_cb=on_error,
@@ -414,7 +417,7 @@ class Collector:
                 self._session,
                 fs,
                 self.metrics,
-                on_connect=lambda key, ts, m=market: self._on_connect(m, key, ts),
+                on_connect=functools.partial(self._on_connect, market),
                 on_message=self._message_handler(market),
                 heartbeat_s=cfg.ws_heartbeat_s,
                 backoff=Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s),
@@ -736,7 +739,7 @@ async def run_collector(
     """Run one collector shard until ``stop`` is set (or SIGTERM/SIGINT when no event is given). ``takeover``:
     a planned restart's successor, taking the shard over from the run that holds it (collector/lock.py)."""
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collector_helpers import emulator_overrides
+from collector_helpers import emulator_overrides, metric_value
 
 from marketprism_dagster.collector.health import health_path
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.points import points_path
-from marketprism_dagster.collector.probe import FeedResult, ProbeResult, run_probe, select_markets
+from marketprism_dagster.collector.probe import FeedResult, Probe, ProbeResult, run_probe, select_markets
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import free_port
@@ -276,3 +276,24 @@ def test_unknown_and_disabled_markets_are_refused_with_the_fix(settings_factory:
         select_markets(settings, ["okx_spot"])
     assert "okx_spot" not in select_markets(settings, None)
     assert select_markets(settings, ["deribit_derivatives", "binance_spot"]) == ["deribit_derivatives", "binance_spot"]
+
+
+async def test_a_polled_point_leaves_the_poll_loop_running(settings_factory: Callable[..., Settings]) -> None:
+    # the probe counts polled points instead of publishing them; the poll loop then moves the watermark over
+    # the accepted ones, which needs the (empty) list of rejected points, not None
+    cfg = EmulatorConfig(mode="synth", rate=20, seed=18, venues=("binance_derivatives",))
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(
+            **emulator_overrides(emu.urls, {"binance_derivatives": (["BTC-USDT"], ["open_interest"])})
+        )
+        probe = Probe(settings, ["binance_derivatives"])
+        stop = asyncio.Event()
+        timer = asyncio.get_running_loop().call_later(4, stop.set)
+        try:
+            await probe.run(stop)
+        finally:
+            timer.cancel()
+    assert probe.result is not None
+    assert _feed(probe.result, "binance_derivatives", "open_interest").records > 0
+    text = probe.metrics.exposition().decode()
+    assert metric_value(text, "marketprism_collector_errors_total", code="task_failed") == 0
