@@ -51,6 +51,7 @@ from marketprism_dagster.venues.common import (
     name_of,
     scale,
 )
+from marketprism_dagster.venues.history import History, Page, PageResult, Window
 
 SPOT_DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # limit upper bound -> weight
 USDM_DEPTH_WEIGHTS = ((50, 2), (100, 5), (500, 10), (1000, 20))
@@ -169,6 +170,33 @@ FEED_PATHS = {"stream": "/stream", "public": "/public/stream", "market": "/marke
 SYNC_RULES = {"spot": RANGE_RULE, "perpetual": PREV_ID_RULE}  # see book.sync.UpdateIdSync
 
 
+# ------------------------------------------------------------ history (refill; docs/venues.md "History endpoints")
+HOUR_MS = 3_600_000
+AGG_TRADES_LIMIT = 1000  # GET /api/v3/aggTrades, /fapi/v1/aggTrades: limit default 500, max 1000
+AGG_TRADES_WEIGHT = {"spot": 4, "perpetual": 20}
+FUNDING_HISTORY_LIMIT = 1000  # GET /fapi/v1/fundingRate: default 100, max 1000
+FUTURES_DATA_LIMIT = 500  # /futures/data/*: default 30, max 500
+FUTURES_DATA_PERIOD = "5m"  # open interest statistics: the finest period
+DAY_MS = 86_400_000
+BINANCE_HISTORIES = (
+    History("trade", "/aggTrades", "_history_trades_first", "_history_trades_page", ("spot", "perpetual"),
+            retention_ms=365 * DAY_MS, by_id=True,
+            note="aggregate ids: the live aggTrade identity (exchange, symbol, a)"),
+    History("funding_rate", "/fapi/v1/fundingRate", "_history_series_first", "_history_funding_page",
+            ("perpetual",), min_interval_s=0.6,  # 500 requests / 5 min / IP, shared with fundingInfo
+            note="settled rate at each funding time: next_funding_time == timestamp"),
+    History("open_interest", "/futures/data/openInterestHist", "_history_series_first", "_history_oi_page",
+            ("perpetual",), retention_ms=30 * DAY_MS, min_interval_s=0.3,  # 1000 requests / 5 min / IP
+            note="5-minute statistics at period boundaries"),
+    History("lsr_top_position", "/futures/data/topLongShortPositionRatio", "_history_series_first",
+            "_history_ratio_page", ("perpetual",), retention_ms=30 * DAY_MS, min_interval_s=0.3,
+            note="the polled series itself: live identities"),
+    History("lsr_all_account", "/futures/data/globalLongShortAccountRatio", "_history_series_first",
+            "_history_ratio_page", ("perpetual",), retention_ms=30 * DAY_MS, min_interval_s=0.3,
+            note="the polled series itself: live identities"),
+)
+
+
 class BinanceAdapter(VenueAdapter):
     venue = "binance"
     markets: ClassVar[Mapping[str, MarketSpec]] = {
@@ -206,6 +234,7 @@ class BinanceAdapter(VenueAdapter):
         Poll("lsr_all_account", "/futures/data/globalLongShortAccountRatio", "_ratios", ("perpetual",)),
     )
     weight_header = "X-MBX-USED-WEIGHT-1M"
+    histories = BINANCE_HISTORIES
     default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "binance_spot": {
             "market_type": "spot",
@@ -547,6 +576,136 @@ class BinanceAdapter(VenueAdapter):
             for r in rows
         ]
         out.records.extend(records)  # all rows or none: a bad row fails the whole answer
+
+
+    # ------------------------------------------------------------ history (refill)
+    def _history_url(self, path: str, **params: Any) -> str:
+        prefix = "" if path.startswith(("/fapi", "/futures")) else ("/api/v3" if self.spot else "/fapi/v1")
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"{self.market.rest_url.rstrip('/')}{prefix}{path}?{query}"
+
+    def _history_trades_first(self, window: Window, inst: Instrument) -> Page:
+        """By id when the gap knows its ids (``fromId``), else by time (``startTime``/``endTime``, < 1 h)."""
+        if window.by_id:
+            return self._agg_page(window, inst, int(window.first_id or 0))
+        return self._agg_time_page(window, inst, window.after_ms + 1)
+
+    def _agg_page(self, window: Window, inst: Instrument, from_id: int) -> Page:
+        url = self._history_url("/aggTrades", symbol=inst.exchange_symbol, fromId=from_id, limit=AGG_TRADES_LIMIT)
+        return Page(url, AGG_TRADES_WEIGHT[self.market_type], from_id, "id")
+
+    def _agg_time_page(self, window: Window, inst: Instrument, start: int) -> Page:
+        end = min(window.before_ms - 1, start + HOUR_MS - 1)  # "time between startTime and endTime must be < 1 hour"
+        url = self._history_url(
+            "/aggTrades", symbol=inst.exchange_symbol, startTime=start, endTime=end, limit=AGG_TRADES_LIMIT
+        )
+        return Page(url, AGG_TRADES_WEIGHT[self.market_type], end, "time")
+
+    def _history_trades_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """``[{"a","p","q","f","l","T","m"(,"M")}, ...]`` ascending -> trades (the live aggTrade mapping)."""
+        rows = orjson.loads(body)
+        if not isinstance(rows, list):
+            raise ValueError(f"aggTrades: not a list: {body[:120]!r}")
+        out = PageResult([self._trade(inst, r["T"], r["a"], r["p"], r["q"], r["m"], received_at) for r in rows])
+        if not rows:  # nothing (more) there: the window is beyond what the venue serves, or covered
+            if page.mode == "time" and page.cursor < window.before_ms - 1:
+                out.next = self._agg_time_page(window, inst, page.cursor + 1)
+            return out
+        last_id, last_t = int(rows[-1]["a"]), int(rows[-1]["T"])
+        if window.by_id:
+            if last_id < int(window.last_id or 0):
+                out.next = self._agg_page(window, inst, last_id + 1)
+        elif last_t < window.before_ms:
+            if len(rows) >= AGG_TRADES_LIMIT:  # a full page: go on by id (no ids are skipped within a millisecond)
+                out.next = self._agg_page(window, inst, last_id + 1)
+            elif page.mode == "time" and page.cursor < window.before_ms - 1:
+                out.next = self._agg_time_page(window, inst, page.cursor + 1)
+        return out
+
+    def _series_limit(self, data_type: str) -> int:
+        return FUNDING_HISTORY_LIMIT if data_type == "funding_rate" else FUTURES_DATA_LIMIT
+
+    def _history_series_first(self, window: Window, inst: Instrument) -> Page:
+        return self._series_page(window, inst, window.after_ms + 1)
+
+    def _series_page(self, window: Window, inst: Instrument, start: int) -> Page:
+        """Ascending series with inclusive ``startTime``/``endTime``: the window's inside, ``limit`` rows a page."""
+        hist = next(h for h in BINANCE_HISTORIES if h.data_type == window.data_type)
+        params: dict[str, Any] = {"symbol": inst.exchange_symbol}
+        if window.data_type == "open_interest":
+            params["period"] = FUTURES_DATA_PERIOD
+        elif window.data_type != "funding_rate":
+            params["period"] = self.market.lsr_period
+        params.update(startTime=start, endTime=window.before_ms - 1, limit=self._series_limit(window.data_type))
+        # weight 0: funding history has its own 500 / 5 min budget, /futures/data 1000 / 5 min (History.min_interval_s)
+        return Page(self._history_url(hist.path, **params), 0, start, "time")
+
+    def _series_next(self, window: Window, inst: Instrument, stamps: list[int]) -> Page | None:
+        """A full page asks for the rows after its newest; a short one was the last."""
+        if len(stamps) < self._series_limit(window.data_type) or not stamps or max(stamps) >= window.before_ms - 1:
+            return None
+        return self._series_page(window, inst, max(stamps) + 1)
+
+    def _history_funding_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """``GET /fapi/v1/fundingRate`` rows ``{"symbol","fundingRate","fundingTime","markPrice"}`` -> the SETTLED
+        rate at each funding time: ``timestamp`` = ``next_funding_time`` = ``fundingTime`` (live rows, from
+        ``markPrice@1s``, carry the predicted rate and the NEXT funding time, later than their timestamp)."""
+        rows = orjson.loads(body)
+        if not isinstance(rows, list):
+            raise ValueError(f"fundingRate: not a list: {body[:120]!r}")
+        recs = [
+            FundingRate(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=inst.exchange_symbol,
+                timestamp=int(r["fundingTime"]),
+                received_at=received_at,
+                funding_rate=r["fundingRate"],
+                next_funding_time=int(r["fundingTime"]),
+                mark_price=r.get("markPrice") or None,
+                index_price=None,
+            )
+            for r in rows
+            if r.get("symbol", inst.exchange_symbol) == inst.exchange_symbol
+        ]
+        return PageResult(recs, self._series_next(window, inst, [int(r["fundingTime"]) for r in rows]))
+
+    def _history_oi_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """``GET /futures/data/openInterestHist`` rows ``{"symbol","sumOpenInterest","sumOpenInterestValue",
+        "timestamp"}`` -> open interest at each 5-minute boundary (base units; value in USDT)."""
+        rows = orjson.loads(body)
+        if not isinstance(rows, list):
+            raise ValueError(f"openInterestHist: not a list: {body[:120]!r}")
+        recs = [
+            OpenInterest(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=inst.exchange_symbol,
+                timestamp=int(r["timestamp"]),  # an integer in the 2026 spec, a string on the older page
+                received_at=received_at,
+                open_interest=r["sumOpenInterest"],
+                open_interest_value=r.get("sumOpenInterestValue") or None,
+            )
+            for r in rows
+        ]
+        return PageResult(recs, self._series_next(window, inst, [int(r["timestamp"]) for r in rows]))
+
+    def _history_ratio_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """The long/short ratio series with a time range: the poll's own mapping (``_ratios``), live identities."""
+        poll = RestPoll(key="", data_type=window.data_type, url=page.url, period_s=0, symbol=inst.exchange_symbol)
+        out = Output()
+        self._ratios(poll, inst, body, received_at, out)
+        return PageResult(out.records, self._series_next(window, inst, [r.timestamp for r in out.records]))
 
 
 ADAPTER = BinanceAdapter

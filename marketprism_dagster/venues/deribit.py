@@ -32,11 +32,19 @@ from marketprism_dagster.venues.base import (
     WsFeed,
 )
 from marketprism_dagster.venues.common import decimal_str, loads_exact
+from marketprism_dagster.venues.history import History, Page, PageResult, Window
 
 DVOL_CHANNEL = "deribit_volatility_index"  # subscribed as deribit_volatility_index.<index name>
 CHANNEL_PREFIX = DVOL_CHANNEL + "."
 HEARTBEAT_S = 30
 BACKFILL_MINUTES = 60
+DVOL_HISTORY_PATH = "/api/v2/public/get_volatility_index_data"
+DVOL_RESOLUTION = 60  # seconds: one-minute candles (index_value = close, as the reconnect backfill)
+DERIBIT_HISTORIES = (
+    History("volatility_index", DVOL_HISTORY_PATH, "_history_dvol_first", "_history_dvol_page", ("options",),
+            min_interval_s=0.05,  # public requests are limited per IP (credits): well below them
+            note="one-minute candles at minute starts (the reconnect backfill's rows)"),
+)
 
 
 class DeribitAdapter(VenueAdapter):
@@ -46,6 +54,7 @@ class DeribitAdapter(VenueAdapter):
         "options": MarketSpec(instruments_path="/api/v2/public/get_instruments")
     }
     channels = (Channel(DVOL_CHANNEL, ("volatility_index",), "_volatility", {"options": "ws"}),)
+    histories = DERIBIT_HISTORIES
     default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "deribit_derivatives": {
             "market_type": "options",
@@ -184,6 +193,33 @@ class DeribitAdapter(VenueAdapter):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.errors.bad(out, "parse_error", "backfill", body, error=repr(exc))
         return out
+
+
+    # ------------------------------------------------------------ history (refill)
+    def _history_dvol_first(self, window: Window, inst: Instrument) -> Page:
+        return self._dvol_page(window, inst, window.before_ms - 1)
+
+    def _dvol_page(self, window: Window, inst: Instrument, end: int) -> Page:
+        """``start_timestamp``/``end_timestamp`` (ms), resolution 60; pages go backwards by ``continuation``."""
+        url = (
+            f"{self.market.rest_url.rstrip('/')}{DVOL_HISTORY_PATH}?currency={inst.symbol}"
+            f"&start_timestamp={window.after_ms + 1}&end_timestamp={end}&resolution={DVOL_RESOLUTION}"
+        )
+        return Page(url, 1, end, "time")
+
+    def _history_dvol_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """Candles through the reconnect backfill's mapping (``on_backfill``); ``result.continuation`` (the
+        next page's ``end_timestamp``, null at the end) continues the walk while it is inside the window."""
+        out = self.on_backfill(f"{self.market_id}/dvol/{inst.exchange_symbol}", body, received_at)
+        if out.events:
+            return PageResult(out.records, None, out.events)
+        continuation = loads_exact(body)["result"].get("continuation")
+        nxt = None
+        if continuation is not None and window.after_ms < int(continuation) < page.cursor:
+            nxt = self._dvol_page(window, inst, int(continuation))
+        return PageResult(out.records, nxt)
 
 
 ADAPTER = DeribitAdapter

@@ -52,6 +52,7 @@ from marketprism_dagster.venues.common import (
     name_of,
     scale,
 )
+from marketprism_dagster.venues.history import History, Page, PageResult, Window
 
 INST_TYPE = {"spot": "SPOT", "perpetual": "SWAP"}
 RUBIK = "/api/v5/rubik/stat/contracts"  # trading statistics: the long/short ratios
@@ -243,6 +244,34 @@ _BOOKS_DECODER = msgspec.json.Decoder(_BooksFrame)
 _PARSE_ERRORS = (KeyError, TypeError, ValueError, IndexError, ArithmeticError, AttributeError)
 
 
+# ------------------------------------------------------------ history (refill; docs/venues.md "History endpoints")
+HISTORY_TRADES_PATH = "/api/v5/market/history-trades"
+HISTORY_TRADES_LIMIT = 100  # maximum and default 100
+FUNDING_HISTORY_PATH = "/api/v5/public/funding-rate-history"
+FUNDING_HISTORY_LIMIT = 400  # maximum and default 400
+OI_HISTORY_PATH = f"{RUBIK}/open-interest-history"
+RUBIK_LIMIT = 100  # maximum and default 100
+OI_HISTORY_PERIOD = "5m"
+DAY_MS = 86_400_000
+OKX_HISTORIES = (
+    History("trade", HISTORY_TRADES_PATH, "_history_trades_first", "_history_trades_page", ("spot", "perpetual"),
+            retention_ms=90 * DAY_MS, min_interval_s=0.1, by_id=True,  # last 3 months; 20 requests / 2 s / IP
+            note="single matches by tradeId: only ids strictly between two live pushes"),
+    History("funding_rate", FUNDING_HISTORY_PATH, "_history_funding_first", "_history_funding_page", ("perpetual",),
+            retention_ms=90 * DAY_MS, min_interval_s=0.2,  # up to three months; 10 requests / 2 s / IP + instId
+            note="settled rate at each funding time: next_funding_time == timestamp"),
+    History("open_interest", OI_HISTORY_PATH, "_history_rubik_first", "_history_oi_page", ("perpetual",),
+            retention_ms=1440 * 300_000, min_interval_s=0.2,  # latest 1,440 rows (5 days of 5m); 10 / 2 s
+            note="5-minute statistics at period boundaries"),
+    History("lsr_top_position", f"{RUBIK}/long-short-position-ratio-contract-top-trader", "_history_rubik_first",
+            "_history_ratio_page", ("perpetual",), retention_ms=None, min_interval_s=0.4,  # 5 requests / 2 s
+            note="the polled series itself: live identities"),
+    History("lsr_all_account", f"{RUBIK}/long-short-account-ratio-contract", "_history_rubik_first",
+            "_history_ratio_page", ("perpetual",), retention_ms=None, min_interval_s=0.4,
+            note="the polled series itself: live identities"),
+)
+
+
 class OkxAdapter(VenueAdapter):
     venue = "okx"
     markets: ClassVar[Mapping[str, MarketSpec]] = {
@@ -272,6 +301,7 @@ class OkxAdapter(VenueAdapter):
         Poll("lsr_top_position", f"{RUBIK}/long-short-position-ratio-contract-top-trader", "_ratios", ("perpetual",)),
         Poll("lsr_all_account", f"{RUBIK}/long-short-account-ratio-contract", "_ratios", ("perpetual",)),
     )
+    histories = OKX_HISTORIES
     default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "okx_spot": {
             "market_type": "spot",
@@ -646,6 +676,136 @@ class OkxAdapter(VenueAdapter):
 
     def rest_body_error(self, body: bytes) -> RestBodyError | None:
         return parse_rest_error(body)
+
+
+    # ------------------------------------------------------------ history (refill)
+    def _history_url(self, path: str, **params: Any) -> str:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"{self.market.rest_url.rstrip('/')}{path}?{query}"
+
+    @staticmethod
+    def _history_data(body: bytes) -> list[Any]:
+        payload = orjson.loads(body)
+        if payload.get("code") not in ("0", 0):
+            raise ValueError(f"okx history error {payload.get('code')}: {payload.get('msg')}")
+        data = payload["data"]
+        if not isinstance(data, list):
+            raise TypeError(f"data is a {type(data).__name__}, not a list")
+        return data
+
+    def _history_trades_first(self, window: Window, inst: Instrument) -> Page:
+        """By tradeId (type 1: ``after`` = older than, ``before`` = newer than, both exclusive), newest first;
+        without ids by time (type 2: ``after`` = older than a ts), continuing by tradeId."""
+        if window.by_id:
+            return self._trades_page(inst, int(window.last_id or 0) + 1, int(window.first_id or 0) - 1)
+        url = self._history_url(
+            HISTORY_TRADES_PATH, instId=inst.exchange_symbol, type=2, after=window.before_ms, limit=HISTORY_TRADES_LIMIT
+        )
+        return Page(url, 1, window.before_ms, "time")
+
+    def _trades_page(self, inst: Instrument, after: int, before: int | None) -> Page:
+        params: dict[str, Any] = {"instId": inst.exchange_symbol, "type": 1, "after": after}
+        if before is not None and before >= 0:
+            params["before"] = before
+        params["limit"] = HISTORY_TRADES_LIMIT
+        return Page(self._history_url(HISTORY_TRADES_PATH, **params), 1, after, "id")
+
+    def _history_trades_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """Rows ``{"instId","side","sz","px","tradeId","ts"}`` (one per match, newest first) -> trades through the
+        live ``trades`` mapping (a row has the fields of a push without ``count``)."""
+        rows = self._history_data(body)
+        out = Output()
+        self._trades(self.feed_key, None, {"instId": inst.exchange_symbol}, rows, received_at, out)
+        result = PageResult(out.records, None, out.events)
+        if not rows:
+            return result
+        oldest_id = min(int(r["tradeId"]) for r in rows)
+        oldest_ts = min(int(r["ts"]) for r in rows)
+        if window.by_id:
+            if oldest_id > int(window.first_id or 0):
+                result.next = self._trades_page(inst, oldest_id, int(window.first_id or 0) - 1)
+        elif oldest_ts > window.after_ms:
+            result.next = self._trades_page(inst, oldest_id, None)
+        return result
+
+    def _history_funding_first(self, window: Window, inst: Instrument) -> Page:
+        return self._funding_page(window, inst, window.before_ms)
+
+    def _funding_page(self, window: Window, inst: Instrument, after: int) -> Page:
+        """``after`` = older than a fundingTime, ``before`` = newer than one (both exclusive): the window's inside."""
+        url = self._history_url(
+            FUNDING_HISTORY_PATH, instId=inst.exchange_symbol, after=after, before=window.after_ms,
+            limit=FUNDING_HISTORY_LIMIT,
+        )
+        return Page(url, 1, after, "time")
+
+    def _history_funding_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """Rows ``{"fundingRate","realizedRate","fundingTime","instId",...}`` newest first -> the SETTLED rate
+        (``realizedRate``, else ``fundingRate``) at each funding time: ``timestamp`` = ``next_funding_time`` =
+        ``fundingTime`` (live ``funding-rate`` pushes carry the current period's rate and its coming settlement
+        ``fundingTime``, later than their ``ts``)."""
+        rows = self._history_data(body)
+        recs = [
+            FundingRate(
+                exchange=self.market_id,
+                market_type=self.market_type,
+                symbol=inst.symbol,
+                exchange_symbol=inst.exchange_symbol,
+                timestamp=int(r["fundingTime"]),
+                received_at=received_at,
+                funding_rate=r.get("realizedRate") or r["fundingRate"],
+                next_funding_time=int(r["fundingTime"]),
+            )
+            for r in rows
+        ]
+        nxt = None
+        if len(rows) >= FUNDING_HISTORY_LIMIT:
+            nxt = self._funding_page(window, inst, min(int(r["fundingTime"]) for r in rows))
+        return PageResult(recs, nxt)
+
+    def _history_rubik_first(self, window: Window, inst: Instrument) -> Page:
+        return self._rubik_page(window, inst, window.before_ms)
+
+    def _rubik_page(self, window: Window, inst: Instrument, end: int) -> Page:
+        """Rubik statistics: ``begin`` = newer than, ``end`` = older than a ts (exclusive), newest first."""
+        hist = next(h for h in OKX_HISTORIES if h.data_type == window.data_type)
+        if window.data_type == "open_interest":
+            period = OI_HISTORY_PERIOD
+        else:
+            period = RUBIK_PERIOD.get(self.market.lsr_period, self.market.lsr_period)
+        url = self._history_url(
+            hist.path, instId=inst.exchange_symbol, period=period, begin=window.after_ms, end=end, limit=RUBIK_LIMIT
+        )
+        return Page(url, 1, end, "time")
+
+    def _rubik_next(self, window: Window, inst: Instrument, stamps: list[int]) -> Page | None:
+        if len(stamps) < RUBIK_LIMIT or min(stamps) <= window.after_ms + 1:
+            return None
+        return self._rubik_page(window, inst, min(stamps))
+
+    def _history_oi_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """Rows ``[ts, oi, oiCcy, oiUsd]`` (contracts, coin, USD) through the live ``open-interest`` mapping."""
+        rows = self._history_data(body)
+        data = [{"ts": r[0], "oi": r[1], "oiCcy": r[2], "oiUsd": r[3]} for r in rows]
+        out = Output()
+        self._open_interest(self.feed_key, None, {"instId": inst.exchange_symbol}, data, received_at, out)
+        return PageResult(out.records, self._rubik_next(window, inst, [int(r[0]) for r in rows]), out.events)
+
+    def _history_ratio_page(
+        self, window: Window, inst: Instrument, page: Page, body: bytes, received_at: int
+    ) -> PageResult:
+        """The long/short ratio series with ``begin``/``end``: the poll's own mapping (``_ratios``), live identities."""
+        poll = RestPoll(key="", data_type=window.data_type, url=page.url, period_s=0, symbol=inst.exchange_symbol)
+        out = Output()
+        self._ratios(poll, inst, body, received_at, out)
+        stamps = [int(r[0]) for r in self._history_data(body)]
+        return PageResult(out.records, self._rubik_next(window, inst, stamps) if stamps else None, out.events)
 
 
 ADAPTER = OkxAdapter
