@@ -56,9 +56,6 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 MARKETPRISM = [sys.executable, "-m", "marketprism_dagster.cli"]
-sys.path.insert(0, str(REPO / "tests" / "writer"))
-
-from writer_helpers import get_health  # noqa: E402
 
 from marketprism_dagster.config import Settings, load_config  # noqa: E402
 from marketprism_dagster.jetstream import connect, ensure_streams  # noqa: E402
@@ -70,6 +67,7 @@ from marketprism_dagster.storage.embedded import EmbeddedStore  # noqa: E402
 from marketprism_dagster.writer.consumer import read_range  # noqa: E402
 from marketprism_dagster.writer.ingest import commit_prepared, ensure_writer_tables, prepare_batch  # noqa: E402
 from marketprism_dagster.writer.pull import RawPullConsumer  # noqa: E402
+from tests.support.writer_helpers import get_health  # noqa: E402
 
 
 class _Ts(msgspec.Struct):

@@ -47,11 +47,9 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "writer"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import _cmd, _env, _stop, _wait_for  # noqa: E402
-from writer_helpers import get_health  # noqa: E402
 
 from marketprism_dagster.config import Settings, load_config  # noqa: E402
 from marketprism_dagster.jetstream import connect, ensure_streams  # noqa: E402
@@ -59,6 +57,7 @@ from marketprism_dagster.nats_server import EmbeddedNats, free_port  # noqa: E40
 from marketprism_dagster.records import RECORD_TYPES  # noqa: E402
 from marketprism_dagster.storage.columns import identity_sql  # noqa: E402
 from marketprism_dagster.storage.embedded import EmbeddedStore  # noqa: E402
+from tests.support.writer_helpers import get_health  # noqa: E402
 
 MARKETPRISM = [sys.executable, "-m", "marketprism_dagster.cli"]
 MARKETS = ("binance_spot", "binance_derivatives", "okx_spot", "okx_derivatives", "deribit_derivatives")

@@ -18,23 +18,12 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "writer"))
-
-from writer_helpers import (  # noqa: E402
-    generate,
-    get_health,
-    make_record,
-    publish,
-    recent_base_ms,
-    writer_cmd,
-)
 
 from marketprism_dagster import records  # noqa: E402
 from marketprism_dagster.config import Settings, load_config  # noqa: E402
@@ -47,6 +36,14 @@ from marketprism_dagster.writer.ingest import (  # noqa: E402
     commit_prepared,
     ensure_writer_tables,
     prepare_batch,
+)
+from tests.support.writer_helpers import (  # noqa: E402
+    generate,
+    get_health,
+    make_record,
+    publish,
+    recent_base_ms,
+    writer_cmd,
 )
 
 

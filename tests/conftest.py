@@ -13,6 +13,7 @@ from marketprism_dagster.config import Settings, load_config
 from marketprism_dagster.nats_server import EmbeddedNats, free_port
 from marketprism_dagster.storage import init_schema
 from marketprism_dagster.storage.embedded import EmbeddedStore
+from tests.support.records import make_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,56 +73,9 @@ def store(settings_factory: Callable[..., Settings]) -> Iterator[EmbeddedStore]:
         s.close()
 
 
-def make_record(data_type: str, i: int, now_ms: int, *, price: str = "100.5", quantity: str = "0.25") -> Any:
-    """A realistic record of ``data_type`` with identity determined by ``i`` (deterministic)."""
-    from marketprism_dagster.records import STRUCTS
-
-    market = {
-        "orderbook": ("binance_derivatives", "perpetual", "BTC-USDT", "BTCUSDT"),
-        "trade": ("okx_spot", "spot", "BTC-USDT", "BTC-USDT"),
-        "volatility_index": ("deribit_derivatives", "options", "BTC", "btc_usd"),
-    }.get(data_type, ("okx_derivatives", "perpetual", "ETH-USDT", "ETH-USDT-SWAP"))
-    common = dict(
-        exchange=market[0],
-        market_type=market[1],
-        symbol=market[2],
-        exchange_symbol=market[3],
-        timestamp=now_ms - 1000 + (i % 1000),
-        received_at=now_ms,
-    )
-    ts_unique = dict(common, timestamp=now_ms - 10_000_000 + i)
-    payloads: dict[str, dict[str, Any]] = {
-        "trade": dict(common, trade_id=str(10_000_000 + i), price=price, quantity=quantity, side="buy"),
-        "orderbook": dict(
-            common,
-            update_id=1_000_000 + i,
-            tick=now_ms - now_ms % 1000,
-            depth=2,
-            bids=[(price, quantity), ("100.4", "1")],
-            asks=[("100.6", quantity), ("100.7", "2")],
-        ),
-        "funding_rate": dict(
-            ts_unique, funding_rate="0.0001", next_funding_time=now_ms + 3600_000, mark_price=price, index_price=price
-        ),
-        "open_interest": dict(
-            ts_unique, open_interest=quantity, open_interest_value=price, open_interest_contracts="25"
-        ),
-        "liquidation": dict(
-            ts_unique, side="sell", price=price, quantity=quantity, quantity_contracts=None, status="FILLED"
-        ),
-        "lsr_top_position": dict(
-            ts_unique, period="5m", long_short_ratio=price, long_ratio=quantity, short_ratio="0.4444"
-        ),
-        "lsr_all_account": dict(
-            ts_unique, period="5m", long_short_ratio=price, long_ratio="0.4444", short_ratio=quantity
-        ),
-        "volatility_index": dict(ts_unique, index_value=price, open=price, high=price, low=price, close=price),
-    }
-    return STRUCTS[data_type](**payloads[data_type])
-
-
 @pytest.fixture
 def record_factory() -> Callable[..., Any]:
+    """The suite's one record factory (tests/support/records.py) as a fixture."""
     return make_record
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from collector_helpers import connect_nats
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.jetstream import ensure_streams
 from marketprism_dagster.nats_server import EmbeddedNats
+from tests.support.collector_helpers import connect_nats
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import aiohttp
 import psutil
 import pytest
 from aiohttp.test_utils import TestServer
-from collector_helpers import emulator_overrides, http_json, http_text, metric_value, running_collector, until
 
 from marketprism_dagster.collector.health import collector_feed_status, read_health
 from marketprism_dagster.collector.runtime import Collector
@@ -18,6 +17,14 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.records import DATA_TYPES
+from tests.support.collector_helpers import (
+    emulator_overrides,
+    http_json,
+    http_text,
+    metric_value,
+    running_collector,
+    until,
+)
 
 MARKETS = {
     "binance_spot": (["BTC-USDT", "ETH-USDT"], ["orderbook", "trade"]),

@@ -9,12 +9,11 @@ import signal
 import sys
 from pathlib import Path
 
-from collector_helpers import emulator_overrides, until
-
 from marketprism_dagster.collector.health import read_health
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import EmbeddedNats
+from tests.support.collector_helpers import emulator_overrides, until
 
 REPO = Path(__file__).resolve().parents[2]
 MARKETPRISM = str(Path(sys.executable).with_name("marketprism"))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from collector_helpers import (
+from marketprism_dagster import records
+from marketprism_dagster.config import Settings
+from marketprism_dagster.emulator import Emulator, EmulatorConfig
+from marketprism_dagster.nats_server import EmbeddedNats
+from tests.support.collector_helpers import (
     connect_nats,
     emulator_overrides,
     http_json,
@@ -14,11 +18,6 @@ from collector_helpers import (
     stream_messages,
     until,
 )
-
-from marketprism_dagster import records
-from marketprism_dagster.config import Settings
-from marketprism_dagster.emulator import Emulator, EmulatorConfig
-from marketprism_dagster.nats_server import EmbeddedNats
 
 BOOK_AND_TRADES = ["orderbook", "trade"]
 FAULTS = (

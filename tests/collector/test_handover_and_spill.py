@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable
 
 import pytest
-from collector_helpers import connect_nats, emulator_overrides, running_collector, stream_messages, until
 
 from marketprism_dagster import records
 from marketprism_dagster.collector.lock import AlreadyRunning, InstanceLock
@@ -17,6 +16,7 @@ from marketprism_dagster.collector.spill import read_spill, spill_path, write_sp
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import EmbeddedNats
+from tests.support.collector_helpers import connect_nats, emulator_overrides, running_collector, stream_messages, until
 
 TRADES = {"binance_spot": (["BTC-USDT"], ["trade"])}
 

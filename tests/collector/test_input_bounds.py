@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from collector_helpers import metric_value, until
 
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.metrics import CollectorMetrics
@@ -24,6 +23,7 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.normalize import read_session
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import ErrorLog, Output, WsFeed
+from tests.support.collector_helpers import metric_value, until
 
 
 def okx_frames(fixtures_dir: Path) -> list[str]:

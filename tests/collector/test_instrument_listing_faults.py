@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from collector_helpers import emulator_overrides, http_text, metric_value, running_collector, until
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.normalize import read_session
 from marketprism_dagster.venues.binance import parse_exchange_info
 from marketprism_dagster.venues.okx import parse_instruments
+from tests.support.collector_helpers import emulator_overrides, http_text, metric_value, running_collector, until
 
 
 def recorded(fixtures_dir: Path, name: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collector_helpers import emulator_overrides, metric_value
 
 from marketprism_dagster.collector.health import health_path
 from marketprism_dagster.collector.lock import InstanceLock
@@ -24,6 +23,7 @@ from marketprism_dagster.collector.probe import FeedResult, Probe, ProbeResult, 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import free_port
+from tests.support.collector_helpers import emulator_overrides, metric_value
 
 REPO = Path(__file__).resolve().parents[2]
 MARKETPRISM = str(Path(sys.executable).with_name("marketprism"))

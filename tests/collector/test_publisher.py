@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from collector_helpers import connect_nats, fixture_trades, stream_messages
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster import records
@@ -14,6 +13,7 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.jetstream import ensure_streams
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.publisher import JetStreamPublisher
+from tests.support.collector_helpers import connect_nats, fixture_trades, stream_messages
 
 
 def submit_all(pub: JetStreamPublisher, recs: list) -> int:

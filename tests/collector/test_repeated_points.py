@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from collector_helpers import emulator_overrides, http_text, metric_value, running_collector, stream_messages, until
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster import records
@@ -19,6 +18,14 @@ from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.publisher import JetStreamPublisher
 from marketprism_dagster.venues.base import Instrument, Output
+from tests.support.collector_helpers import (
+    emulator_overrides,
+    http_text,
+    metric_value,
+    running_collector,
+    stream_messages,
+    until,
+)
 
 
 def _doc_body(fixtures_dir: Path, example_id: str) -> bytes:

@@ -9,7 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from collector_helpers import (
+from marketprism_dagster import records
+from marketprism_dagster.collector.health import collector_feed_status, read_health
+from marketprism_dagster.collector.runtime import Collector
+from marketprism_dagster.config import Settings
+from marketprism_dagster.emulator import Emulator, EmulatorConfig
+from marketprism_dagster.nats_server import EmbeddedNats
+from marketprism_dagster.normalize import merge_by_time, read_session, replay
+from marketprism_dagster.venues import adapter_for
+from tests.support.collector_helpers import (
     REPLAY_MARKETS,
     connect_nats,
     emulator_overrides,
@@ -20,15 +28,6 @@ from collector_helpers import (
     stream_messages,
     until,
 )
-
-from marketprism_dagster import records
-from marketprism_dagster.collector.health import collector_feed_status, read_health
-from marketprism_dagster.collector.runtime import Collector
-from marketprism_dagster.config import Settings
-from marketprism_dagster.emulator import Emulator, EmulatorConfig
-from marketprism_dagster.nats_server import EmbeddedNats
-from marketprism_dagster.normalize import merge_by_time, read_session, replay
-from marketprism_dagster.venues import adapter_for
 
 
 def offline_records(settings: Settings, market: str, fixtures_dir: Path) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from collector_helpers import emulator_overrides, http_text, metric_value, running_collector, until
 
 from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.rest import RestClient, RestError, envelope_error
@@ -26,6 +25,7 @@ from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import RestBodyError, VenueAdapter
 from marketprism_dagster.venues.okx import REST_WINDOW_S, parse_instruments, parse_rest_error
+from tests.support.collector_helpers import emulator_overrides, http_text, metric_value, running_collector, until
 
 FIXTURES = Path(os.environ.get("MARKETPRISM_FIXTURES") or Path(__file__).resolve().parents[3] / "shared" / "fixtures")
 DOCUMENTED = FIXTURES / "documented"

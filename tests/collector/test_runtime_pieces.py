@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from collector_helpers import emulator_overrides, http_json, http_text, metric_value, running_collector, until
 
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.health import read_health
@@ -26,6 +25,14 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.venues.base import WsFeed
 from marketprism_dagster.venues.binance import BinanceAdapter
+from tests.support.collector_helpers import (
+    emulator_overrides,
+    http_json,
+    http_text,
+    metric_value,
+    running_collector,
+    until,
+)
 
 
 class FakeClock:

@@ -9,7 +9,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from collector_helpers import (
+from marketprism_dagster import records
+from marketprism_dagster.config import Settings
+from marketprism_dagster.emulator import Emulator, EmulatorConfig
+from marketprism_dagster.nats_server import EmbeddedNats
+from marketprism_dagster.venues import adapter_for
+from marketprism_dagster.venues.base import SwitchConnection
+from tests.support.collector_helpers import (
     connect_nats,
     emulator_overrides,
     http_text,
@@ -18,13 +24,6 @@ from collector_helpers import (
     stream_messages,
     until,
 )
-
-from marketprism_dagster import records
-from marketprism_dagster.config import Settings
-from marketprism_dagster.emulator import Emulator, EmulatorConfig
-from marketprism_dagster.nats_server import EmbeddedNats
-from marketprism_dagster.venues import adapter_for
-from marketprism_dagster.venues.base import SwitchConnection
 
 
 def _documented_notice(fixtures_dir: Path) -> bytes:

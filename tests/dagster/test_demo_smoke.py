@@ -20,11 +20,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from dagster_helpers import gql, wait_for
 
 from marketprism_dagster.nats_server import free_port
 from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.supervision import SERVICE_TAG
+from tests.support.dagster_helpers import gql, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

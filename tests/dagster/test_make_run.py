@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster_helpers import gql, wait_for
 
 from marketprism_dagster.nats_server import free_port
+from tests.support.dagster_helpers import gql, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MARKETS = ("binance_spot", "binance_derivatives", "okx_spot", "okx_derivatives", "deribit_derivatives")

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from okx_book_client import SUBSCRIBE, ClientBook, next_json, rest_book
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig, FaultPlan, FaultSpecError
+from tests.support.okx_book_client import SUBSCRIBE, ClientBook, next_json, rest_book
 
 
 def test_grammar_of_the_new_kinds_and_their_venues() -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from okx_book_client import SUBSCRIBE, ClientBook, next_json, rest_book
 
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.emulator.okx import okx_checksum
+from tests.support.okx_book_client import SUBSCRIBE, ClientBook, next_json, rest_book
 
 
 def _cfg(root: Path, mode: str, **kw: Any) -> EmulatorConfig:

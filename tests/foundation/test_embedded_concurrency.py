@@ -11,11 +11,12 @@ from pathlib import Path
 from marketprism_dagster.storage import init_schema
 from marketprism_dagster.storage.embedded import EmbeddedStore
 
+REPO = Path(__file__).resolve().parents[2]
+
 WRITER = textwrap.dedent(
     """
     import sys, time
-    sys.path.insert(0, {tests!r})
-    from conftest import make_record
+    from tests.support.records import make_record
     from marketprism_dagster import records
     from marketprism_dagster.storage.embedded import EmbeddedStore
 
@@ -24,7 +25,7 @@ WRITER = textwrap.dedent(
     now = int(time.time() * 1000)
     for b in range(batches):
         recs = [make_record("trade", worker * 1_000_000 + b * size + i, now) for i in range(size)]
-        store.insert("marketprism_hot", "trade", records.to_columns("trade", recs), dedup_token=f"w{{worker}}-b{{b}}")
+        store.insert("marketprism_hot", "trade", records.to_columns("trade", recs), dedup_token=f"w{worker}-b{b}")
     store.close()
     print("done", worker)
     """
@@ -51,15 +52,14 @@ def test_two_writer_processes_and_a_reader_share_one_store_without_loss(tmp_path
     init_schema(store, settings)
     store.close()
 
-    tests_dir = str(Path(__file__).resolve().parents[1])
-    writer = tmp_path / "writer.py"
-    writer.write_text(WRITER.format(tests=tests_dir))
     reader = tmp_path / "reader.py"
     reader.write_text(READER)
     batches, size = 15, 200
     procs = [
         subprocess.Popen(
-            [sys.executable, str(writer), str(path), str(w), str(batches), str(size)],
+            # run from the repository root, where `python -c` finds the tests package
+            [sys.executable, "-c", WRITER, str(path), str(w), str(batches), str(size)],
+            cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -6,12 +6,12 @@ import time
 
 import polars as pl
 import pytest
-from support.schema_contract import assert_hot_and_cold_columns_match_records, assert_replacing_merge_trees
 
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
 from marketprism_dagster.storage.columns import ch_type, records_to_arrow
 from marketprism_dagster.storage.schema import data_tables
+from tests.support.schema_contract import assert_hot_and_cold_columns_match_records, assert_replacing_merge_trees
 
 TINY = "0.000000000000000001"
 HUGE = "123456789012.123456789012345678"

@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.chdb_http import ChdbHttpServer
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.storage import init_schema, open_store
 from marketprism_dagster.storage.server import ServerStore
+from tests.support.chdb_http import ChdbHttpServer
 
 _DB_SEQ = itertools.count()
 

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
-from support.schema_contract import assert_hot_and_cold_columns_match_records, assert_replacing_merge_trees
 
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
@@ -21,6 +20,7 @@ from marketprism_dagster.storage import StoreUnavailable, init_schema, open_stor
 from marketprism_dagster.storage.columns import ch_type, records_to_arrow
 from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, data_tables
 from marketprism_dagster.storage.server import ServerStore
+from tests.support.schema_contract import assert_hot_and_cold_columns_match_records, assert_replacing_merge_trees
 
 TINY = "0.000000000000000001"
 HUGE = "123456789012.123456789012345678"

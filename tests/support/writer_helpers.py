@@ -28,6 +28,7 @@ from marketprism_dagster.publisher import JetStreamPublisher
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.columns import identity_sql
+from tests.support.records import make_record
 
 REPO = Path(__file__).resolve().parents[2]
 PERP = ("binance_derivatives", "okx_derivatives")
@@ -75,8 +76,9 @@ def _levels(rng: random.Random, mid: float, depth: int, side: int) -> list[tuple
     return out
 
 
-def make_record(data_type: str, i: int, base_ms: int, rng: random.Random, depth: int = 20) -> Any:
-    """The i-th record of a type: identity unique per (type, i)."""
+def mix_record(data_type: str, i: int, base_ms: int, rng: random.Random, depth: int = 20) -> Any:
+    """The i-th record of a type in the generated mix (identity unique per (type, i)): the suite's record
+    factory with every field drawn here."""
     if data_type == "volatility_index":
         exchange = "deribit_derivatives"
         symbol = ("BTC", "ETH")[i % 2]
@@ -96,45 +98,44 @@ def make_record(data_type: str, i: int, base_ms: int, rng: random.Random, depth:
     if data_type == "trade":
         qty = rng.uniform(0.0001, 2.0)
         okx_swap = exchange == "okx_derivatives"
-        return records.Trade(
-            **common, trade_id=str(4_000_000_000 + i), price=_dec(mid, 2), quantity=_dec(qty, 6),
+        return make_record(
+            "trade", i, base_ms, **common, trade_id=str(4_000_000_000 + i), price=_dec(mid, 2), quantity=_dec(qty, 6),
             quantity_contracts=_dec(qty * 100, 2) if okx_swap else None, side=rng.choice(("buy", "sell")),
         )
     if data_type == "orderbook":
-        return records.OrderBook(
-            **common, update_id=70_000_000_000 + i, tick=ts // 1000 * 1000, depth=depth,
+        return make_record(
+            "orderbook", i, base_ms, **common, update_id=70_000_000_000 + i, tick=ts // 1000 * 1000, depth=depth,
             bids=_levels(rng, mid, depth, -1), asks=_levels(rng, mid, depth, 1),
         )
     if data_type == "funding_rate":
-        return records.FundingRate(
-            **common, funding_rate=_dec(rng.uniform(-0.0005, 0.0005), 8),
+        return make_record(
+            "funding_rate", i, base_ms, **common, funding_rate=_dec(rng.uniform(-0.0005, 0.0005), 8),
             next_funding_time=(ts // 28_800_000 + 1) * 28_800_000, mark_price=_dec(mid, 2),
             index_price=_dec(mid * 0.9999, 2),
         )
     if data_type == "open_interest":
         oi = rng.uniform(50_000, 90_000)
-        return records.OpenInterest(
-            **common, open_interest=_dec(oi, 3), open_interest_value=_dec(oi * mid, 2),
+        return make_record(
+            "open_interest", i, base_ms, **common, open_interest=_dec(oi, 3), open_interest_value=_dec(oi * mid, 2),
             open_interest_contracts=_dec(oi * 100, 0) if exchange == "okx_derivatives" else None,
         )
     if data_type == "liquidation":
         qty = rng.uniform(0.001, 5.0)
-        return records.Liquidation(
-            **common, side=rng.choice(("buy", "sell")), price=_dec(mid, 2), quantity=_dec(qty, 3),
-            quantity_contracts=None, status="filled",
+        return make_record(
+            "liquidation", i, base_ms, **common, side=rng.choice(("buy", "sell")), price=_dec(mid, 2),
+            quantity=_dec(qty, 3), quantity_contracts=None, status="filled",
         )
     if data_type in ("lsr_top_position", "lsr_all_account"):
         long_r = rng.uniform(0.4, 0.7)
-        struct = records.LsrTopPosition if data_type == "lsr_top_position" else records.LsrAllAccount
-        return struct(
-            **common, period="5m", long_short_ratio=_dec(long_r / (1 - long_r), 4), long_ratio=_dec(long_r, 4),
-            short_ratio=_dec(1 - long_r, 4),
+        return make_record(
+            data_type, i, base_ms, **common, period="5m", long_short_ratio=_dec(long_r / (1 - long_r), 4),
+            long_ratio=_dec(long_r, 4), short_ratio=_dec(1 - long_r, 4),
         )
     if data_type == "volatility_index":
         v = mid
-        return records.VolatilityIndex(
-            **common, index_value=_dec(v, 2), open=_dec(v * 0.99, 2), high=_dec(v * 1.01, 2), low=_dec(v * 0.98, 2),
-            close=_dec(v, 2),
+        return make_record(
+            "volatility_index", i, base_ms, **common, index_value=_dec(v, 2), open=_dec(v * 0.99, 2),
+            high=_dec(v * 1.01, 2), low=_dec(v * 0.98, 2), close=_dec(v, 2),
         )
     raise ValueError(data_type)
 
@@ -154,7 +155,7 @@ def generate(n: int, base_ms: int | None = None, seed: int = 7, depth: int = 20,
     seen: Counter[str] = Counter({t: first_index for t in counts})
     out = []
     for t in order:
-        out.append(make_record(t, seen[t], base, rng, depth))
+        out.append(mix_record(t, seen[t], base, rng, depth))
         seen[t] += 1
     return out
 

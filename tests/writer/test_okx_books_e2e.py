@@ -9,9 +9,7 @@ subscribe request per connection and never an unsubscribe.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,14 +18,11 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collector"))
-
 collector_runtime = pytest.importorskip("marketprism_dagster.collector.runtime")
 emulator = pytest.importorskip("marketprism_dagster.emulator")
 
-from collector_helpers import emulator_overrides, http_text, metric_value, until  # noqa: E402
-
 from marketprism_dagster.jetstream import connect  # noqa: E402
+from tests.support.collector_helpers import emulator_overrides, http_text, metric_value, until  # noqa: E402
 
 MARKETS = {m: (["BTC-USDT"], ["orderbook", "trade"]) for m in ("okx_spot", "okx_derivatives")}
 EVENTS = "marketprism_collector_adapter_events_total"

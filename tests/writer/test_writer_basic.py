@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from writer_helpers import duplicate_count, expected_by_type, generate, publish, table_identities
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.storage.embedded import EmbeddedStore
+from tests.support.writer_helpers import duplicate_count, expected_by_type, generate, publish, table_identities
 
 
 async def test_every_published_record_lands_once_with_a_contiguous_ledger(

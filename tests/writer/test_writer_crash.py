@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from writer_helpers import (
+
+from marketprism_dagster.config import Settings
+from marketprism_dagster.nats_server import free_port
+from marketprism_dagster.records import DATA_TYPES
+from marketprism_dagster.storage.embedded import EmbeddedStore
+from marketprism_dagster.writer.consumer import read_range
+from marketprism_dagster.writer.ingest import ensure_writer_tables, prepare_batch, resume_point, write_intent
+from tests.support.writer_helpers import (
     REPO,
     duplicate_count,
     expected_by_type,
@@ -24,13 +31,6 @@ from writer_helpers import (
     table_identities,
     writer_cmd,
 )
-
-from marketprism_dagster.config import Settings
-from marketprism_dagster.nats_server import free_port
-from marketprism_dagster.records import DATA_TYPES
-from marketprism_dagster.storage.embedded import EmbeddedStore
-from marketprism_dagster.writer.consumer import read_range
-from marketprism_dagster.writer.ingest import ensure_writer_tables, prepare_batch, resume_point, write_intent
 
 
 async def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 30) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
-from writer_helpers import expected_by_type, generate, publish, table_identities
 
 from marketprism_dagster import records
 from marketprism_dagster.config import Settings
@@ -17,6 +16,7 @@ from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer import deadletter
 from marketprism_dagster.writer.consumer import ConsumerConflict, durable_name, ensure_durable, read_range
 from marketprism_dagster.writer.ingest import StreamMessage, classify
+from tests.support.writer_helpers import expected_by_type, generate, publish, table_identities
 
 
 def poison_from(good: list[Any]) -> list[tuple[str, bytes, str]]:

@@ -6,7 +6,6 @@ The rows in the hot tables must equal the records the collector published, table
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -22,15 +21,12 @@ from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
 from marketprism_dagster.storage.columns import records_to_arrow
 from marketprism_dagster.storage.embedded import EmbeddedStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collector"))
-
 collector_runtime = pytest.importorskip("marketprism_dagster.collector.runtime")
 emulator = pytest.importorskip("marketprism_dagster.emulator")
 
-from collector_helpers import REPLAY_MARKETS, emulator_overrides, stream_messages, until  # noqa: E402
-from writer_helpers import duplicate_count  # noqa: E402
-
 from marketprism_dagster.jetstream import connect  # noqa: E402
+from tests.support.collector_helpers import REPLAY_MARKETS, emulator_overrides, stream_messages, until  # noqa: E402
+from tests.support.writer_helpers import duplicate_count  # noqa: E402
 
 
 def rows_of(table: pa.Table, data_type: str) -> list[tuple[Any, ...]]:

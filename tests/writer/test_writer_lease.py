@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
-from writer_helpers import generate, publish
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.writer.lease import WriterLocked
+from tests.support.writer_helpers import generate, publish
 
 
 async def test_a_second_writer_on_the_same_durable_consumers_stops_naming_the_running_one(

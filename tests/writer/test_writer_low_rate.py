@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from writer_helpers import generate, publish
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.storage.embedded import EmbeddedStore
+from tests.support.writer_helpers import generate, publish
 
 
 async def test_a_trickle_of_trades_commits_as_one_range_within_linger_max(

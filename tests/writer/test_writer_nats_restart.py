@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from writer_helpers import expected_by_type, generate, publish, table_identities
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.jetstream import connect
@@ -20,6 +19,7 @@ from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.consumer import durable_name
+from tests.support.writer_helpers import expected_by_type, generate, publish, table_identities
 
 
 async def test_after_nats_server_is_killed_and_restarted_the_writer_pulls_and_acks_its_durable_again(

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from writer_helpers import duplicate_count, expected_by_type, generate, publish, table_identities
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.storage.embedded import EmbeddedStore
+from tests.support.writer_helpers import duplicate_count, expected_by_type, generate, publish, table_identities
 
 # The issue asks for 30 s; MARKETPRISM_TEST_OUTAGE_S shortens it for quick local runs.
 OUTAGE_S = float(os.environ.get("MARKETPRISM_TEST_OUTAGE_S", "30"))

@@ -7,12 +7,12 @@ import contextlib
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
-from writer_helpers import generate, publish
 
 from marketprism_dagster import records
 from marketprism_dagster.config import Settings
 from marketprism_dagster.writer.consumer import durable_name, ensure_durable
 from marketprism_dagster.writer.pull import Delivery, RawPullConsumer, parse_headers, reply_sequence, status_of
+from tests.support.writer_helpers import generate, publish
 
 
 async def _collect(c: RawPullConsumer, n: int, timeout: float = 20) -> list[Delivery]:

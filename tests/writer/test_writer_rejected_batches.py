@@ -10,7 +10,6 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
-from writer_helpers import expected_by_type, generate, publish, table_identities
 
 from marketprism_dagster import records
 from marketprism_dagster.config import Settings
@@ -19,6 +18,7 @@ from marketprism_dagster.storage import init_schema
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.consumer import durable_name, read_range
 from marketprism_dagster.writer.service import WriterFailure
+from tests.support.writer_helpers import expected_by_type, generate, publish, table_identities
 
 
 async def test_a_row_the_store_refuses_is_dead_lettered_with_the_store_error_and_the_rest_of_its_batch_lands(

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from writer_helpers import expected_by_type, generate, publish, table_identities
 
 from marketprism_dagster import records
 from marketprism_dagster.config import Settings
@@ -15,6 +14,7 @@ from marketprism_dagster.jetstream import ensure_streams
 from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.epoch import current_epoch
+from tests.support.writer_helpers import expected_by_type, generate, publish, table_identities
 
 
 def market_data(recs: list[Any]) -> list[Any]:
