@@ -55,6 +55,7 @@ import msgspec
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the repository root holds the tests package
 MARKETPRISM = [sys.executable, "-m", "marketprism_dagster.cli"]
 
 from marketprism_dagster.config import Settings, load_config  # noqa: E402

@@ -47,6 +47,7 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import _cmd, _env, _stop, _wait_for  # noqa: E402

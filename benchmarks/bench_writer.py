@@ -18,12 +18,14 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the repository root holds the tests package
 
 from marketprism_dagster import records  # noqa: E402
 from marketprism_dagster.config import Settings, load_config  # noqa: E402
@@ -40,7 +42,7 @@ from marketprism_dagster.writer.ingest import (  # noqa: E402
 from tests.support.writer_helpers import (  # noqa: E402
     generate,
     get_health,
-    make_record,
+    mix_record,
     publish,
     recent_base_ms,
     writer_cmd,
@@ -67,8 +69,8 @@ def bench_store(tmp: Path, n_trades: int, n_books: int) -> dict[str, Any]:
     import random
 
     rng = random.Random(1)
-    trades = [make_record("trade", i, base, rng) for i in range(n_trades)]
-    books = [make_record("orderbook", i, base, rng, depth=400) for i in range(n_books)]
+    trades = [mix_record("trade", i, base, rng) for i in range(n_trades)]
+    books = [mix_record("orderbook", i, base, rng, depth=400) for i in range(n_books)]
     out: dict[str, Any] = {}
     store = EmbeddedStore(settings.embedded_store_path)
     with store.hold():
