@@ -1,4 +1,4 @@
-"""ClickHouse (embedded chDB or a server) as a Dagster resource, configured from the YAML.
+"""ClickHouse (embedded chDB or a server) as a Dagster resource, configured by the nested settings resource.
 
 Inside a run the resource keeps ONE store session for the whole run (``setup_for_execution`` /
 ``teardown_after_execution``): the runs of this code location execute their steps in one process
@@ -27,8 +27,10 @@ log = structlog.get_logger(__name__)
 STEP_TENURE_S = 0.5
 
 
-class ClickHouseResource(SettingsResource):
+class ClickHouseResource(dg.ConfigurableResource):
     """Opens the configured store (storage.backend: embedded | clickhouse) once per run."""
+
+    settings: SettingsResource
 
     _in_run: bool = PrivateAttr(default=False)
     _store: Store | None = PrivateAttr(default=None)
@@ -64,7 +66,7 @@ class ClickHouseResource(SettingsResource):
 
     def _run_store(self) -> Store:
         if self._store is None:
-            store = open_store(self.load_settings())
+            store = open_store(self.settings.load_settings())
             stack = contextlib.ExitStack()
             hold = getattr(store, "hold", None)  # embedded: one lock + session across the run's steps
             if hold is not None:
@@ -76,7 +78,7 @@ class ClickHouseResource(SettingsResource):
     def open(self) -> Iterator[Store]:
         """The store for one step: the run's shared session inside a run, a fresh one otherwise."""
         if not self._in_run:
-            with _standalone(self) as store:
+            with _standalone(self.settings) as store:
                 yield store
             return
         store = self._run_store()

@@ -22,9 +22,8 @@ from typing import Any
 
 import dagster as dg
 import structlog
-from dagster._core.events import DagsterEventType
 
-from marketprism_dagster.config import settings_from_env
+from resources.settings import SettingsResource
 from sensors.webhook import alert_payload, log_alert, post_alert, send_alert
 
 log = structlog.get_logger(__name__)
@@ -88,8 +87,8 @@ def pending_alerts(instance: dg.DagsterInstance, after: int, limit: int = BATCH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # get_event_records is deprecated for materializations only
         for event_type, build in (
-            (DagsterEventType.ASSET_CHECK_EVALUATION, _check_alert),
-            (DagsterEventType.FRESHNESS_STATE_CHANGE, _freshness_alert),
+            (dg.DagsterEventType.ASSET_CHECK_EVALUATION, _check_alert),
+            (dg.DagsterEventType.FRESHNESS_STATE_CHANGE, _freshness_alert),
         ):
             records = instance.get_event_records(
                 dg.EventRecordsFilter(event_type=event_type, after_cursor=after), limit=limit, ascending=True
@@ -236,8 +235,8 @@ def process_alerts(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="failed checks and freshness changes -> one webhook POST each (alerts.webhook_url) + log line",
 )
-def integrity_alerts(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    webhook = settings_from_env().alerts.webhook_url
+def integrity_alerts(context: dg.SensorEvaluationContext, settings: SettingsResource) -> dg.SkipReason:
+    webhook = settings.load_settings().alerts.webhook_url
     cursor = AlertCursor.parse(context.cursor)
     report = process_alerts(
         context.instance, cursor, webhook, on_alert=lambda payload: context.log.warning(payload["text"])
@@ -256,7 +255,7 @@ def integrity_alerts(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="every failed run (seal refused, replication mismatch, collector crash) -> webhook + log",
 )
-def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
+def run_failure_alerts(context: dg.RunFailureSensorContext, settings: SettingsResource) -> None:
     run = context.dagster_run
     payload = alert_payload(
         "run_failed",
@@ -265,4 +264,4 @@ def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
         run_id=run.run_id,
         tags=dict(run.tags),
     )
-    send_alert(settings_from_env().alerts.webhook_url, payload)
+    send_alert(settings.load_settings().alerts.webhook_url, payload)

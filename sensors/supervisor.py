@@ -20,7 +20,8 @@ import psutil
 import structlog
 
 from marketprism_dagster import supervision as sv
-from marketprism_dagster.config import Settings, settings_from_env
+from marketprism_dagster.config import Settings
+from resources.settings import SettingsResource
 
 log = structlog.get_logger(__name__)
 
@@ -149,7 +150,7 @@ def build_supervisor(jobs: list[dg.JobDefinition]) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="one live run per collector shard and one hot writer; reaps dead runs and relaunches them",
     )
-    def service_supervisor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        return supervise(context, settings_from_env())
+    def service_supervisor(context: dg.SensorEvaluationContext, settings: SettingsResource) -> dg.SensorResult:
+        return supervise(context, settings.load_settings())
 
     return service_supervisor

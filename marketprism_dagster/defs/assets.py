@@ -22,7 +22,7 @@ from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.replication import ReplicationFailed, replicate_day
 from marketprism_dagster.sealing import DAY_MS, HOUR_MS, TTL_MARGIN_MS, SealRefused, SealReport, seal_hours
 from marketprism_dagster.storage.base import Store
-from resources import ClickHouseResource, NatsResource
+from resources import ClickHouseResource, NatsResource, SettingsResource
 
 log = structlog.get_logger(__name__)
 
@@ -138,9 +138,12 @@ def build_hot_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
         retry_policy=dg.RetryPolicy(max_retries=settings.seal.retries, delay=settings.seal.retry_delay_s),
     )
     def _hot(
-        context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, nats: NatsResource
+        context: dg.AssetExecutionContext,
+        settings: SettingsResource,
+        clickhouse: ClickHouseResource,
+        nats: NatsResource,
     ) -> Iterator[dg.MaterializeResult]:
-        settings_now = clickhouse.load_settings()
+        settings_now = settings.load_settings()
         hour = context.partition_time_window.start
         types = [t for t in RECORD_TYPES if hot_key(t) in context.selected_asset_keys]
         with clickhouse.open() as store:
@@ -191,9 +194,12 @@ def build_cold_asset(
         metadata={"table": f"{settings.storage.cold_database}.{data_type}"},
     )
     def _cold(
-        context: dg.AssetExecutionContext, config: ColdReplicationConfig, clickhouse: ClickHouseResource
+        context: dg.AssetExecutionContext,
+        config: ColdReplicationConfig,
+        settings: SettingsResource,
+        clickhouse: ClickHouseResource,
     ) -> dg.MaterializeResult:
-        settings_now = clickhouse.load_settings()
+        settings_now = settings.load_settings()
         window = context.partition_time_window
         hours = hourly.get_partition_keys_in_time_window(dg.TimeWindow(window.start, window.end))
         missing = unsealed_hours(context.instance, data_type, hours)

@@ -12,7 +12,7 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage import Store
-from resources import ClickHouseResource
+from resources import ClickHouseResource, SettingsResource
 
 DAY_MS = 86_400_000
 T = TypeVar("T")
@@ -89,7 +89,7 @@ def rules_check(table: RuleTable) -> dg.AssetChecksDefinition:
 
     @dg.multi_asset_check(name=WINDOW_CHECKS, specs=specs, can_subset=True)
     def check(
-        context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
+        context: dg.AssetCheckExecutionContext, settings: SettingsResource, clickhouse: ClickHouseResource
     ) -> Iterator[dg.AssetCheckResult]:
         selected = set(context.selected_asset_check_keys)
         types: dict[str, list[str]] = {}
@@ -97,7 +97,7 @@ def rules_check(table: RuleTable) -> dg.AssetChecksDefinition:
             if any(k.asset_key == key for k in selected):
                 types.setdefault(key.path[0], []).append(data_type)
         with clickhouse.open() as store:
-            inputs = RuleInputs(store, clickhouse.load_settings(), context.instance, types)
+            inputs = RuleInputs(store, settings.load_settings(), context.instance, types)
             for key, (data_type, rules) in table.items():
                 for name, (_, rule) in rules.items():
                     if dg.AssetCheckKey(key, name) in selected:
@@ -184,11 +184,14 @@ def parity_check(data_type: str, daily: dg.PartitionsDefinition) -> dg.AssetChec
         blocking=True,
         description="the day's hot and cold rows match in count and content checksum",
     )
-    def parity(context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource) -> dg.AssetCheckResult:
-        settings = clickhouse.load_settings()
+    def parity(
+        context: dg.AssetCheckExecutionContext, settings: SettingsResource, clickhouse: ClickHouseResource
+    ) -> dg.AssetCheckResult:
         day = datetime.strptime(context.partition_key, "%Y-%m-%d").replace(tzinfo=UTC)
         with clickhouse.open() as store:
-            return to_dagster(integrity.hot_cold_parity(store, settings, data_type, int(day.timestamp() * 1000)))
+            return to_dagster(
+                integrity.hot_cold_parity(store, settings.load_settings(), data_type, int(day.timestamp() * 1000))
+            )
 
     return parity
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import dagster as dg
 
-from marketprism_dagster.config import Settings, settings_from_env
 from marketprism_dagster.defs import partitions
 from marketprism_dagster.defs.assets import build_assets
 from marketprism_dagster.defs.checks import build_checks, window_check_keys
-from resources import ClickHouseResource, NatsResource
+from resources import SettingsResource, resources_of
 from sensors.alerts import integrity_alerts, run_failure_alerts
 
 CHECKS_EVERY = "*/5 * * * *"
 
 
-def build_definitions(settings: Settings, resources: dict[str, object] | None = None) -> dg.Definitions:
+def build_definitions(settings_resource: SettingsResource) -> dg.Definitions:
+    """The batch location's definitions; ``settings_resource`` shapes them (partitions, automation) and is the
+    ``settings`` resource every asset, check and sensor reads, nested into ``clickhouse`` and ``nats``."""
+    settings = settings_resource.load_settings()
     hourly, daily = partitions.hourly(settings), partitions.daily(settings)
     assets = build_assets(settings, hourly, daily)
     checks = build_checks(settings, hourly, daily)
@@ -50,11 +52,11 @@ def build_definitions(settings: Settings, resources: dict[str, object] | None = 
             integrity_alerts,
             run_failure_alerts,
         ],
-        resources=resources or {"clickhouse": ClickHouseResource(), "nats": NatsResource()},
+        resources=resources_of(settings_resource),
         # one process per run: the embedded store admits one chDB session per process, and a
         # subprocess per step would cost more than the step itself
         executor=dg.in_process_executor,
     )
 
 
-defs = build_definitions(settings_from_env())
+defs = build_definitions(SettingsResource())

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 
 import dagster as dg
 import psutil
-from dagster._core.errors import DagsterExecutionInterruptedError
 
 from marketprism_dagster import supervision as sv
 from marketprism_dagster.config import Settings
@@ -113,12 +112,12 @@ def run_until_terminated(
     beat()
     try:
         loop.run_until_complete(task)
-    except DagsterExecutionInterruptedError:
+    except dg.DagsterExecutionInterruptedError:
         log.info("termination requested: stopping the service and draining NATS")
         loop.call_soon_threadsafe(stop.set)
         try:
             loop.run_until_complete(asyncio.wait_for(asyncio.shield(task), DRAIN_S))
-        except (TimeoutError, DagsterExecutionInterruptedError):
+        except (TimeoutError, dg.DagsterExecutionInterruptedError):
             task.cancel()
             with contextlib.suppress(BaseException):  # cancelled or interrupted again
                 loop.run_until_complete(task)

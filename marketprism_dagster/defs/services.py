@@ -4,8 +4,8 @@ never touches the collectors."""
 
 import dagster as dg
 
-from marketprism_dagster.config import settings_from_env
 from marketprism_dagster.defs.runner import RunHeartbeat, collector_program, run_until_terminated, writer_program
+from resources import SettingsResource
 from sensors.supervisor import build_supervisor
 
 
@@ -16,18 +16,18 @@ class ServiceConfig(dg.Config):
 
 
 @dg.op(description="runs the service's asyncio program until the run is terminated")
-def run_service(context: dg.OpExecutionContext, config: ServiceConfig) -> None:
-    settings = settings_from_env()
-    beat = RunHeartbeat(context.instance, context.run_id, cpu_window_s=settings.supervisor.mon_interval_s)
+def run_service(context: dg.OpExecutionContext, config: ServiceConfig, settings: SettingsResource) -> None:
+    settings_now = settings.load_settings()
+    beat = RunHeartbeat(context.instance, context.run_id, cpu_window_s=settings_now.supervisor.mon_interval_s)
     if config.kind == "collector":
-        shard = config.shard or next(iter(settings.collector.shards))
+        shard = config.shard or next(iter(settings_now.collector.shards))
 
         def program(stop, hb):  # type: ignore[no-untyped-def]
-            return collector_program(settings, shard, stop, hb, takeover=config.takeover)
+            return collector_program(settings_now, shard, stop, hb, takeover=config.takeover)
     else:
 
         def program(stop, hb):  # type: ignore[no-untyped-def]
-            return writer_program(settings, stop, hb)
+            return writer_program(settings_now, stop, hb)
 
     run_until_terminated(context.log, beat, program)
 
@@ -50,4 +50,8 @@ def writer_job() -> None:
     run_service()
 
 
-defs = dg.Definitions(jobs=[collector_job, writer_job], sensors=[build_supervisor([collector_job, writer_job])])
+defs = dg.Definitions(
+    jobs=[collector_job, writer_job],
+    sensors=[build_supervisor([collector_job, writer_job])],
+    resources={"settings": SettingsResource()},
+)

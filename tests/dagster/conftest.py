@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from resources import ClickHouseResource, NatsResource
+from resources import SettingsResource, resources_of
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "config" / "marketprism.yaml")
@@ -31,22 +32,26 @@ def dagster_instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def resources_for(settings: Any) -> dict[str, Any]:
-    """Resources reading the repo YAML, pointed at the test's store and NATS."""
+def settings_resource_for(settings: Any) -> SettingsResource:
+    """The settings resource reading the repo YAML, pointed at the test's store and NATS, with the test's
+    seal and supervisor settings."""
     overrides = {
         "data_dir": str(settings.data_dir),
         "storage.path": str(settings.embedded_store_path),
         "nats.url": settings.nats.url,
         "nats.embedded": "false",
         "environment": "test",
-        "seal.grace_s": str(settings.seal.grace_s),
-        "seal.writer_slack_s": str(settings.seal.writer_slack_s),
         "collector.health_port": str(settings.collector.health_port),
     }
-    return {
-        "clickhouse": ClickHouseResource(config_path=CONFIG, overrides=overrides),
-        "nats": NatsResource(config_path=CONFIG, overrides=overrides),
-    }
+    for section in ("seal", "supervisor"):
+        for key, value in getattr(settings, section).model_dump(mode="json").items():
+            overrides[f"{section}.{key}"] = json.dumps(value)  # JSON is YAML: None stays None
+    return SettingsResource(config_path=CONFIG, overrides=overrides)
+
+
+def resources_for(settings: Any) -> dict[str, Any]:
+    """Every resource of the batch location, configured like ``settings_resource_for``."""
+    return resources_of(settings_resource_for(settings))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 import structlog
 from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
 
+from resources import SettingsResource
 from sensors import alerts
 from sensors.alerts import AlertCursor, integrity_alerts
 
@@ -110,7 +111,7 @@ def alert_ids(instance: dg.DagsterInstance) -> list[int]:
 
 
 def tick(instance: dg.DagsterInstance, cursor: str | None) -> tuple[str | None, str]:
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"settings": SettingsResource()})
     result = integrity_alerts(ctx)
     return ctx.cursor, str(result.skip_message)
 

@@ -51,21 +51,22 @@ def test_alert_sensor_posts_each_failed_check_once(
     settings = settings_factory()
     with open_store(settings) as store:
         init_schema(store, settings)  # empty tables: every window rule fails
-    defs = build_definitions(settings, make_resources(settings))
+    defs = build_definitions(make_resources(settings)["settings"])
     result = defs.resolve_job_def("integrity_checks").execute_in_process(instance=dagster_instance)
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     assert {(e.asset_key.to_user_string(), e.check_name) for e in failed} >= {
         ("hot/trade", "recent_window"),
         ("hot/orderbook", "data_lag"),
     }
-    ctx = dg.build_sensor_context(instance=dagster_instance, cursor=None)
+    only_settings = {"settings": make_resources(settings)["settings"]}
+    ctx = dg.build_sensor_context(instance=dagster_instance, cursor=None, resources=only_settings)
     integrity_alerts(ctx)
     assert len(got) == len(failed)
     posted = {(p["marketprism"]["asset"], p["marketprism"]["check"]) for p in got}
     assert posted == {(e.asset_key.to_user_string(), e.check_name) for e in failed}
     assert all(p["text"].startswith("[MarketPrism]") for p in got)  # Slack-compatible
     # next tick with the saved cursor: nothing is sent twice
-    ctx2 = dg.build_sensor_context(instance=dagster_instance, cursor=ctx.cursor)
+    ctx2 = dg.build_sensor_context(instance=dagster_instance, cursor=ctx.cursor, resources=only_settings)
     integrity_alerts(ctx2)
     assert len(got) == len(failed)
 
@@ -92,7 +93,7 @@ def test_cold_replication_matches_hot_and_refuses_an_unsealed_day(
     with open_store(settings) as store:
         init_schema(store, settings)
         store.insert(settings.storage.hot_database, "open_interest", records_to_arrow("open_interest", rows))
-    defs = build_definitions(settings, make_resources(settings))
+    defs = build_definitions(make_resources(settings)["settings"])
     key = time.strftime("%Y-%m-%d", time.gmtime(day / 1000))
     everything = [*defs.assets, *defs.asset_checks]
 
@@ -129,7 +130,7 @@ def test_one_check_selected_alone_runs_alone(settings_factory, dagster_instance,
     settings = settings_factory()
     with open_store(settings) as store:
         init_schema(store, settings)
-    defs = build_definitions(settings, make_resources(settings))
+    defs = build_definitions(make_resources(settings)["settings"])
     one = dg.AssetCheckKey(hot_key("trade"), "duplicates")
     job = dg.define_asset_job("one_check", selection=dg.AssetSelection.checks(one))
     result = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("one_check").execute_in_process(

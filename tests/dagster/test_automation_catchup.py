@@ -111,7 +111,7 @@ def test_daemon_down_three_hours_across_midnight_then_every_missed_hour_is_seale
             dagster_instance.report_runless_asset_event(
                 dg.AssetMaterialization(hot_key(t), partition=_key(day + h * HOUR))
             )
-    defs = build_definitions(settings, make_resources(settings))
+    defs = build_definitions(make_resources(settings)["settings"])
     resources = make_resources(settings)
 
     def tick(at: datetime, cursor=None) -> dg.EvaluateAutomationConditionsResult:

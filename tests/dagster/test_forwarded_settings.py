@@ -61,8 +61,10 @@ def test_dev_set_data_dir_reaches_the_supervisor_and_the_services(tmp_path, monk
 
     from marketprism_dagster.defs.services import defs as services_defs
 
-    sensor = services_defs.get_sensor_def("service_supervisor")
-    result = sensor(dg.build_sensor_context(instance=dagster_instance, definitions=services_defs))
+    sensor = services_defs.resolve_sensor_def("service_supervisor")
+    resources = services_defs.resources  # the location's own settings resource
+    ctx = dg.build_sensor_context(instance=dagster_instance, definitions=services_defs, resources=resources)
+    result = sensor(ctx)
     assert result.skip_reason is None, result.skip_reason  # not paused by the stale marker of the default dir
     assert sorted(r.tags[SERVICE_TAG] for r in result.run_requests) == ["collector:a", "collector:b", "writer"]
     assert stale.exists()

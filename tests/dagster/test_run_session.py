@@ -67,7 +67,7 @@ def test_integrity_checks_run_one_step_with_one_store_session(
     with open_store(settings) as store:
         init_schema(store, settings)
         ensure_writer_tables(store, settings)
-    defs = build_definitions(settings, make_resources(settings))
+    defs = build_definitions(make_resources(settings)["settings"])
     job = defs.resolve_job_def("integrity_checks")
     assert job.executor_def is dg.in_process_executor  # the daemon's runs: steps in the run's process
     chdb_use.clear()
@@ -114,7 +114,7 @@ def test_sealing_an_hour_of_all_hot_assets_is_one_step_with_one_store_session(
         for i in range(5)
     ]
     asyncio.run(_publish_and_commit(settings, records))
-    defs = build_definitions(settings, make_resources(settings))
+    defs = build_definitions(make_resources(settings)["settings"])
     chdb_use.clear()
 
     result = dg.materialize(

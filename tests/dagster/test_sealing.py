@@ -65,7 +65,7 @@ def _prepare(settings, record_factory, hour_ms, n, commit_ranges):
 
 
 def _seal(settings, instance, hour_ms, resources_for, raise_on_error=True):
-    defs = build_definitions(settings, resources_for(settings))
+    defs = build_definitions(resources_for(settings)["settings"])
     key = time.strftime("%Y-%m-%d-%H:00", time.gmtime(hour_ms / 1000))
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
@@ -160,7 +160,7 @@ def test_cold_partition_never_shrinks_cold_unless_the_run_config_forces_it(
                 hot_key("trade"), partition=time.strftime("%Y-%m-%d-%H:00", time.gmtime(day / 1000 + h * 3600))
             )
         )
-    defs = build_definitions(settings, make_resources(settings))
+    defs = build_definitions(make_resources(settings)["settings"])
 
     def replicate(run_config=None):
         return dg.materialize(
