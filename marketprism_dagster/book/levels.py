@@ -321,10 +321,10 @@ class Book:
         return len(self._ak) - 1
 
     def best_bid(self) -> Level | None:
-        return self._bv[-2] if len(self._bv) > 1 else None  # type: ignore[no-any-return]
+        return self._bv[-2] if len(self._bv) > 1 else None
 
     def best_ask(self) -> Level | None:
-        return self._av[-2] if len(self._av) > 1 else None  # type: ignore[no-any-return]
+        return self._av[-2] if len(self._av) > 1 else None
 
     def as_dicts(self) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
         """Exact numeric view (for tests and checks)."""

@@ -154,7 +154,8 @@ def write_health_file(path: Path, body: dict[str, Any]) -> None:
 def read_health(data_dir: str | Path, shard: str = "main") -> dict[str, Any] | None:
     """The collector's last health report, or None when it never wrote one (or the file is unreadable)."""
     try:
-        return json.loads(health_path(data_dir, shard).read_text())
+        report: dict[str, Any] = json.loads(health_path(data_dir, shard).read_text())
+        return report
     except (OSError, ValueError):
         return None
 

@@ -96,7 +96,7 @@ class Instrument:
         return fmt_fixed(value // 10 ** (dec - out), out)
 
     def price_units(self, price: float) -> int:
-        raw = round(price * 10**self.price_dec)
+        raw: int = round(price * 10**self.price_dec)
         return max(self.tick, raw - raw % self.tick)
 
 
@@ -182,7 +182,8 @@ class SynthBook:
         return [(p, self.asks[p]) for p in keys]
 
     def mid(self) -> float:
-        return (self.best_bid + self.best_ask) / 2 / 10**self.inst.price_dec
+        scale: int = 10**self.inst.price_dec
+        return (self.best_bid + self.best_ask) / 2 / scale
 
 
 Changes = list[tuple[int, int]]

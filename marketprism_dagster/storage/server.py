@@ -8,12 +8,15 @@ same session"; the server answers SESSION_IS_LOCKED), which the embedded store a
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from marketprism_dagster.logs import mask_url, redact, register_secrets
 from marketprism_dagster.storage.base import Store, StoreUnavailable
+
+_T = TypeVar("_T")
 
 
 class ServerStore(Store):
@@ -35,7 +38,7 @@ class ServerStore(Store):
                 "storage.url / CLICKHOUSE_URL"
             ) from exc
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         from clickhouse_connect.driver.exceptions import OperationalError
 
         try:

@@ -267,7 +267,8 @@ class DurableReader:
         return self.raw.forget_requests()
 
     async def info(self) -> js_api.ConsumerInfo:
-        return await self.js.consumer_info(self.stream, self.name)
+        info: js_api.ConsumerInfo = await self.js.consumer_info(self.stream, self.name)
+        return info
 
     async def stop(self) -> None:
         await self.raw.stop()
