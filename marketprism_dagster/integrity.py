@@ -157,7 +157,7 @@ def window_presence(
     rows, symbols = facts.rows_in_window, facts.series_in_window
     window = _fmt_age(rule.window_s)
     meta: dict[str, Any] = {"rows_in_window": rows, "series_in_window": symbols, "window_s": rule.window_s}
-    if rows > 0:
+    if rows > 0 or not RECORD_TYPES[data_type].venue_type:  # source_gap: rows are exceptions, none is good
         return CheckResult(
             "recent_window", f"hot.{data_type}", True, "ERROR", f"{rows} rows in the last {window}", meta
         )
@@ -194,6 +194,8 @@ def data_lag(
     rule = settings.window_rules[data_type]
     newest = facts.newest_ms if facts else newest_ms(store, settings.storage.hot_database, data_type)
     target = f"hot.{data_type}"
+    if not RECORD_TYPES[data_type].venue_type:  # source_gap: an old newest row means no gap since
+        return CheckResult("data_lag", target, True, "ERROR", f"{data_type}: rows only where gaps were", {"lag_s": None})
     if newest is None:
         return CheckResult("data_lag", target, False, "ERROR", f"no {data_type} rows at all", {"lag_s": None})
     lag_s = max(0.0, (now - newest) / 1000)

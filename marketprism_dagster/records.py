@@ -1,4 +1,4 @@
-"""The data model: the 8 record types, each declared ONCE with its columns and its policy.
+"""The data model: the record types (8 venue types + ``source_gap``), each declared ONCE with its columns and policy.
 
 ``RECORD_TYPES`` is the one list of data types. Everything else is derived from it: the
 msgspec structs that travel on the wire, JSON encode/decode, the NATS subject and stream, the
@@ -12,7 +12,17 @@ Per-type policy lives on the record type, never as ``if data_type == ...`` elsew
 * ``window_s`` / ``health_s``: default integrity window and collector coverage threshold;
 * ``sparse``: events are rare, so an empty window proves nothing: the type is judged by its
   feeds being connected (collector health, the integrity window, the probe);
-* ``is_book`` (derived: it has level columns): a synchronized order book snapshot.
+* ``is_book`` (derived: it has level columns): a synchronized order book snapshot;
+* ``venue_type``: False for a type the collector produces about the others (``source_gap``): no
+  venue offers it, no market configures it, every collector publishes it; its rows are exceptions,
+  so an empty window or an old newest row is the good case (integrity never requires its rows).
+
+``source_gap`` (DESIGN 6b) says where the collector was blind to a venue: one row per gap per
+(market, symbol, data type), with the ``cause`` (``GAP_CAUSES``), the window ``timestamp`` (last
+data seen before the gap) .. ``end_time`` (first data after it), the exact missing ids where the
+venue numbers its data (trade ids), and the ``state`` (``GAP_STATES``). The state is part of the
+identity: a later ``repaired`` row stands beside the ``open`` one, never replaces it. The data type
+the gap is in travels as ``gap_data_type`` (``data_type`` is the wire tag of every record).
 
 Wire conventions
 ----------------
@@ -98,6 +108,7 @@ class RecordType:
     window_s: int = 8 * HOUR_S  # default integrity window: rows must exist within it (window_rules)
     health_s: int = 8 * HOUR_S  # default collector coverage threshold (window_rules)
     sparse: bool = False  # rare events: judged by connected feeds, not by the age of the newest row
+    venue_type: bool = True  # False: produced by the collector about the other types (never configured)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -125,6 +136,9 @@ _RATIO_PAYLOAD = (
     Column("long_ratio", Wire.OPT_DECIMAL, doc="share of longs (0..1) where the venue gives it"),
     Column("short_ratio", Wire.OPT_DECIMAL, doc="share of shorts (0..1) where the venue gives it"),
 )
+
+GAP_CAUSES: Final = ("trade_id_jump", "disconnect", "book_unsynced", "poll_failed", "downtime")
+GAP_STATES: Final = ("open", "repaired", "unrecoverable")
 
 RECORD_TYPES: Final[dict[str, RecordType]] = {
     rt.name: rt
@@ -205,10 +219,27 @@ RECORD_TYPES: Final[dict[str, RecordType]] = {
                 Column("close", Wire.OPT_DECIMAL),
             ),
         ),
+        RecordType(
+            "source_gap",
+            (
+                *_common(timestamp_identity=True),  # timestamp: the last data seen before the gap (its start)
+                Column("gap_data_type", Wire.LOWCARD, identity=True, doc="the data type the gap is in"),
+                Column("cause", Wire.LOWCARD, identity=True, doc=" | ".join(GAP_CAUSES)),
+                Column("end_time", Wire.TIME_MS, doc="the first data seen after the gap, ms UTC"),
+                Column("first_missing_id", Wire.STR, identity=True, doc="first missing venue id ('' when none)"),
+                Column("last_missing_id", Wire.STR, doc="last missing venue id ('' when none)"),
+                Column("state", Wire.LOWCARD, identity=True, doc=" | ".join(GAP_STATES)),
+                Column("recovered", Wire.UINT, doc="records a refill recovered (0 until repaired)"),
+                Column("detail", Wire.STR, doc="what was seen, for a reader"),
+            ),
+            "a window in which the collector missed (or may have missed) a venue's data",
+            venue_type=False,
+        ),
     )
 }
 
 DATA_TYPES: Final[tuple[str, ...]] = tuple(RECORD_TYPES)
+VENUE_TYPES: Final[tuple[str, ...]] = tuple(t for t, rt in RECORD_TYPES.items() if rt.venue_type)
 SPARSE_TYPES: Final[frozenset[str]] = frozenset(t for t, rt in RECORD_TYPES.items() if rt.sparse)
 BOOK_TYPES: Final[frozenset[str]] = frozenset(t for t, rt in RECORD_TYPES.items() if rt.is_book)
 
@@ -247,6 +278,7 @@ Liquidation = STRUCTS["liquidation"]
 LsrTopPosition = STRUCTS["lsr_top_position"]
 LsrAllAccount = STRUCTS["lsr_all_account"]
 VolatilityIndex = STRUCTS["volatility_index"]
+SourceGap = STRUCTS["source_gap"]
 
 _IDENTITY: Final[dict[str, tuple[str, ...]]] = {name: rt.identity for name, rt in RECORD_TYPES.items()}
 _astuple = msgspec.structs.astuple

@@ -18,6 +18,7 @@ Rules
   upper bound (longs / shorts), while ``long_ratio`` and ``short_ratio`` are SHARES (the long
   and short fractions of accounts or positions) in 0..1; a funding rate
   is signed with ``|rate| <= 1``;
+* a ``source_gap`` names a declared data type, one of ``records.GAP_CAUSES`` and ``GAP_STATES``;
 * ``side`` is ``buy`` or ``sell``; ``trade_id``, ``exchange``, ``market_type``, ``symbol``,
   ``exchange_symbol`` and ``period`` are non-empty;
 * times are integer milliseconds in [2000-01-01, 2200-01-01); ``update_id`` and ``depth`` fit
@@ -42,7 +43,7 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import astuple
 
-from marketprism_dagster.records import BOOK_TYPES, RECORD_TYPES, Wire, data_type_of
+from marketprism_dagster.records import BOOK_TYPES, GAP_CAUSES, GAP_STATES, RECORD_TYPES, Wire, data_type_of
 
 # Event and receive times outside [2000-01-01, 2200-01-01) are invalid.
 MIN_TIME_MS: Final = 946_684_800_000
@@ -152,6 +153,16 @@ RULES: Final[dict[str, dict[str, tuple[str, Callable[[Any], bool]]]]] = {
         "high": _NON_NEGATIVE_RULE,
         "low": _NON_NEGATIVE_RULE,
         "close": _NON_NEGATIVE_RULE,
+    },
+    "source_gap": {
+        "gap_data_type": ("record_type", lambda v: v in RECORD_TYPES),
+        "cause": ("gap_cause", frozenset(GAP_CAUSES).__contains__),
+        "end_time": ("time_range", _time),
+        "first_missing_id": ("text", lambda v: type(v) is str),
+        "last_missing_id": ("text", lambda v: type(v) is str),
+        "state": ("gap_state", frozenset(GAP_STATES).__contains__),
+        "recovered": ("uint64", _uint),
+        "detail": ("text", lambda v: type(v) is str),
     },
 }
 

@@ -195,9 +195,9 @@ def services_fill_every_type_then_a_seal_passes_its_checks(demo: Demo) -> None:
 
     def check_results() -> dict[tuple[str, str], str | None]:
         nodes = gql(demo.port, CHECKS)["assetNodes"]
-        assert len(nodes) == 16
+        assert len(nodes) == 2 * len(DATA_TYPES)
         hot = {"/".join(n["assetKey"]["path"]): n for n in nodes if n["assetKey"]["path"][0] == "hot"}
-        assert len(hot) == 8
+        assert len(hot) == len(DATA_TYPES)
         return {
             (key, c["name"]): (c["executionForLatestMaterialization"] or {}).get("status")
             for key, n in hot.items()

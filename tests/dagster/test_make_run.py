@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from marketprism_dagster.nats_server import free_port
+from marketprism_dagster.records import DATA_TYPES
 from tests.support.dagster_helpers import gql, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +75,7 @@ def test_make_run_creates_streams_and_tables_exits_0_and_a_second_run_changes_no
     created = [line.split()[-1] for line in first if line.startswith("created")]
     assert {"MARKET_DATA", "ORDERBOOK_SNAP"} <= set(created)
     tables = [c for c in created if c.startswith(("marketprism_hot.", "marketprism_cold."))]
-    assert len(tables) == 16, first
+    assert len(tables) == 2 * len(DATA_TYPES), first
 
     code, second, _ = run_dev_until_ui(tmp_path, 2, env)
     assert code == 0, (tmp_path / "dev-2.log").read_text()[-3000:]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from marketprism_dagster.nats_server import free_port
+from marketprism_dagster.records import DATA_TYPES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def test_init_creates_streams_and_16_tables_then_changes_nothing(tmp_path):
         for line in created
         if line.startswith("created  table marketprism_hot.") or line.startswith("created  table marketprism_cold.")
     ]
-    assert len(tables) == 16
+    assert len(tables) == 2 * len(DATA_TYPES)
 
     second = _run(["init"], tmp_path, env)
     assert second.returncode == 0, second.stderr
@@ -66,8 +67,8 @@ def test_init_creates_streams_and_16_tables_then_changes_nothing(tmp_path):
     assert q.returncode == 0, q.stderr
     rows = [json.loads(line) for line in q.stdout.splitlines()]
     assert rows == [
-        {"database": "marketprism_cold", "n": 8},
-        {"database": "marketprism_hot", "n": 8},
+        {"database": "marketprism_cold", "n": len(DATA_TYPES)},
+        {"database": "marketprism_hot", "n": len(DATA_TYPES)},
         {"database": "marketprism_meta", "n": 2},
     ]
     # the embedded data lives under data_dir

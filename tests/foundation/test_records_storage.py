@@ -21,7 +21,8 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-@pytest.mark.parametrize("data_type", DATA_TYPES)
+# types carrying decimals (source_gap carries none: tests/collector/test_source_gap_record.py)
+@pytest.mark.parametrize("data_type", [t for t in DATA_TYPES if t != "source_gap"])
 def test_record_round_trips_json_insert_select_with_exact_decimals(store, record_factory, data_type):
     now = _now()
     original = [
@@ -96,7 +97,7 @@ def test_polars_and_arrow_batches_are_accepted(store, record_factory):
 def test_hot_and_cold_tables_have_identical_columns(store, settings_factory):
     settings = settings_factory()
     tables = data_tables(settings)
-    assert len(tables) == 16
+    assert len(tables) == 2 * len(DATA_TYPES)
     assert_hot_and_cold_columns_match_records(store, settings.storage.hot_database, settings.storage.cold_database)
 
 
