@@ -1,0 +1,164 @@
+"""Refill over real sockets: the emulator drops 500 trades from its streams (drop_trades), the collector's
+refiller fetches them from the emulator's history endpoints through the collector's own REST client and
+publisher, and the hot trade table (real writer, real chDB) then holds every id exactly once; a 429 on the
+history endpoint is waited out (Retry-After), never turned into a ban."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from marketprism_dagster import records
+from marketprism_dagster.collector.refill import Refiller
+from marketprism_dagster.collector.runtime import Collector
+from marketprism_dagster.collector.state import now_ms
+from marketprism_dagster.config import Settings
+from marketprism_dagster.emulator import Emulator, EmulatorConfig
+from marketprism_dagster.jetstream import connect
+from marketprism_dagster.nats_server import EmbeddedNats
+from marketprism_dagster.storage.embedded import EmbeddedStore
+from marketprism_dagster.writer.service import WriterService, run_writer
+from tests.support.collector_helpers import emulator_overrides, until
+
+MARKETS = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
+EXCHANGE_SYMBOL = {"binance_derivatives": "BTCUSDT", "okx_derivatives": "BTC-USDT-SWAP"}
+VENUE_OF = {"binance_derivatives": "binance_derivatives", "okx_derivatives": "okx"}
+
+
+@contextlib.asynccontextmanager
+async def writer_running(settings: Settings) -> AsyncIterator[WriterService]:
+    stop = asyncio.Event()
+    started: asyncio.Future[WriterService] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_writer(settings, stop=stop, on_started=started.set_result))
+    try:
+        yield await asyncio.wait_for(started, 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def committed(nc: NATS, writer: WriterService, streams: list[str]) -> bool:
+    js = nc.jetstream()
+    for s in streams:
+        if writer.streams[s].buffer.watermark < (await js.stream_info(s)).state.last_seq:
+            return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def collecting(settings: Settings) -> AsyncIterator[Collector]:
+    collector = Collector(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        await asyncio.wait_for(collector.ready.wait(), 10)
+        await until(lambda: collector.collecting and collector.publisher.started, 20)
+        yield collector
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+def gap_for(market: str, first: int, last: int) -> Any:
+    now = now_ms()
+    return records.SourceGap(
+        exchange=market, market_type="perpetual", symbol="BTC-USDT", exchange_symbol=EXCHANGE_SYMBOL[market],
+        timestamp=now - 60_000, received_at=now, gap_data_type="trade", cause="trade_id_jump", end_time=now,
+        first_missing_id=str(first), last_missing_id=str(last), state="open", recovered=0, detail="test",
+    )
+
+
+def stored_ids(settings: Settings, market: str) -> list[int]:
+    store = EmbeddedStore(settings.embedded_store_path)
+    try:
+        rows = store.query_rows(
+            f"SELECT trade_id FROM marketprism_hot.trade WHERE exchange = '{market}' AND symbol = 'BTC-USDT'"
+        )
+    finally:
+        store.close()
+    return sorted(int(r[0]) for r in rows)
+
+
+async def test_dropped_trades_are_refilled_exactly_once_into_the_hot_table(
+    nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
+) -> None:
+    faults = ("drop_trades@binance_derivatives:at=300:count=500:topic=btcusdt,"
+              "drop_trades@okx:at=300:count=500:topic=BTC-USDT-SWAP")
+    cfg = EmulatorConfig(venues=("binance_derivatives", "okx"), rate=100, seed=5, faults=faults,
+                         okx_trade_count_max=3)  # OKX aggregates up to 3 matches a push
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(
+            nats_url=nats_server.url, **emulator_overrides(emu.urls, MARKETS),
+            **{"writer.health_port": 0, "writer.monitor_interval_s": 0.5, "log_level": "WARNING"},
+        )
+        nc = await connect(nats_server.url)
+        try:
+            async with writer_running(settings) as writer:
+                async with collecting(settings) as collector:
+                    await until(lambda: len(emu.dropped_trades) == 2 and all(d.done for d in emu.dropped_trades), 60)
+                    dropped = {d.venue: d for d in emu.dropped_trades}
+                    await asyncio.sleep(1.0)  # trades after the hole reach the collector
+                    assert collector._rest is not None
+                    refiller = Refiller(collector._rest, collector.adapters, collector._emit)
+                    gaps = {m: gap_for(m, dropped[VENUE_OF[m]].first_id, dropped[VENUE_OF[m]].last_id) for m in MARKETS}
+                    outcomes = {m: await refiller.repair(m, gap) for m, gap in gaps.items()}
+                    again = await refiller.repair("binance_derivatives", gaps["binance_derivatives"])
+                # the collector stopped (its publisher flushed): the writer commits everything it published
+                await until(lambda: committed(nc, writer, ["MARKET_DATA"]), 60, interval=0.2)
+        finally:
+            await nc.close()
+
+    assert dropped["binance_derivatives"].last_id - dropped["binance_derivatives"].first_id + 1 == 500
+    for market, outcome in outcomes.items():
+        d = dropped[VENUE_OF[market]]
+        assert (outcome.state, outcome.recovered) == ("repaired", d.last_id - d.first_id + 1), (market, outcome)
+    assert again.recovered == 500  # published again: JetStream's duplicate window (same Nats-Msg-Id) drops it
+
+    binance = stored_ids(settings, "binance_derivatives")
+    assert len(binance) == len(set(binance)) and binance == list(range(binance[0], binance[-1] + 1))  # every id once
+    d = dropped["binance_derivatives"]
+    assert binance[0] < d.first_id and d.last_id < binance[-1]
+
+    okx = stored_ids(settings, "okx_derivatives")
+    d = dropped["okx"]
+    assert len(okx) == len(set(okx))  # nothing stored twice
+    assert [i for i in okx if d.first_id <= i <= d.last_id] == list(range(d.first_id, d.last_id + 1))  # each match
+    assert okx[0] < d.first_id and d.last_id < okx[-1]
+
+    store = EmbeddedStore(settings.embedded_store_path)
+    try:
+        stored = store.query_rows("SELECT exchange, state, recovered FROM marketprism_hot.source_gap ORDER BY exchange")
+    finally:
+        store.close()
+    okx_matches = dropped["okx"].last_id - dropped["okx"].first_id + 1
+    # the gap again, repaired, once (the second repair's row has the same identity)
+    assert [tuple(g) for g in stored] == [("binance_derivatives", "repaired", 500),
+                                        ("okx_derivatives", "repaired", okx_matches)]
+
+
+async def test_a_429_on_the_history_endpoint_is_waited_out_never_banned(
+    nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
+) -> None:
+    faults = ("drop_trades@binance_derivatives:at=100:count=500:topic=btcusdt,"
+              "rest_429@binance_derivatives:path=/fapi/v1/aggTrades:count=3")
+    cfg = EmulatorConfig(venues=("binance_derivatives",), rate=100, seed=6, faults=faults)
+    markets = {"binance_derivatives": MARKETS["binance_derivatives"]}
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
+        async with collecting(settings) as collector:
+            await until(lambda: emu.dropped_trades and emu.dropped_trades[0].done, 60)
+            d = emu.dropped_trades[0]
+            assert collector._rest is not None
+            refiller = Refiller(collector._rest, collector.adapters, collector._emit)
+            outcome = await refiller.repair("binance_derivatives", gap_for("binance_derivatives", d.first_id,
+                                                                           d.last_id))
+            limiter = next(iter(collector._rest.limiters.values()))
+        fired = emu.faults_fired
+    assert (outcome.state, outcome.recovered) == ("repaired", 500)
+    assert fired["rest_429"]["binance_derivatives"] == 3
+    assert limiter.rate_limited == 3 and limiter.banned == 0  # three Retry-After waits, no 418
+    assert collector.metrics.rate_limited.labels("binance_derivatives", "418")._value.get() == 0
