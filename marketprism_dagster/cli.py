@@ -120,6 +120,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "marketprism_dagster.writer.cli",
     "marketprism_dagster.collector.cli",
     "marketprism_dagster.collector.probe",
+    "marketprism_dagster.collector.backfill",
     "marketprism_dagster.defs.cli",  # dev, demo, integrity, repair
 )
 
