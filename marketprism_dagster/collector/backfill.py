@@ -199,7 +199,7 @@ async def _publish(settings: Settings, recs: list[Any]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def backfill(
-        market: Annotated[str, typer.Option("--market", "-m", help="market id, e.g. binance_derivatives")],
+        market: Annotated[str, typer.Option("--market", "-m", help="market id (markets.<id> in the config)")],
         data_type: Annotated[str, typer.Option("--type", "-t", help="data type with a venue history, e.g. trade")],
         from_: Annotated[str, typer.Option("--from", help="start (inclusive): epoch ms or ISO 8601, UTC")],
         to: Annotated[str, typer.Option("--to", help="end (inclusive): epoch ms or ISO 8601, UTC")],
