@@ -32,6 +32,7 @@ from marketprism_dagster.collector.health import bound_ports, health_path, healt
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
 from marketprism_dagster.collector.points import PublishedPoints, points_path
+from marketprism_dagster.collector.refill import Refiller
 from marketprism_dagster.collector.rest import RestClient, RestError
 from marketprism_dagster.collector.spill import read_spill, spill_path, write_spill
 from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState, now_ms
@@ -58,6 +59,7 @@ log = structlog.get_logger(__name__)
 AdapterFactory = Callable[[str, MarketConfig, OrderBookConfig], VenueAdapter]
 
 TIMER_S = 0.1
+GAP_TYPE = "source_gap"  # gap records are offered to the refiller as they are published
 HOUSEKEEPING_S = 2.0
 # adapter events that are not errors (informational state changes); all others count as errors by code
 INFO_EVENTS = frozenset(
@@ -135,6 +137,7 @@ class Collector:
         self._logged: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._rest: RestClient | None = None
+        self.refiller: Refiller | None = None  # refills open source gaps from venue history (collector/refill.py)
         self.points = PublishedPoints(points_path(settings.data_dir, shard))
         self.spill_file = spill_path(settings.data_dir, shard)
         self._spill_loaded = False
@@ -168,6 +171,10 @@ class Collector:
                     body_error=lambda market, body: self.adapters[market].rest_body_error(body),
                     max_body_bytes=self.settings.collector.rest_max_body_bytes,
                 )
+                events = self.metrics.adapter_events
+                self.refiller = Refiller(
+                    self._rest, self.adapters, self._emit, on_event=lambda m, e, n: events.labels(m, e).inc(n)
+                )
                 log.info(
                     "collector.start",
                     shard=self.shard,
@@ -182,6 +189,7 @@ class Collector:
                     self._spawn(self._market_main(market))
                 self._spawn(self._timer_loop())
                 self._spawn(self._housekeeping(heartbeat))
+                self._spawn(self.refiller.run())
                 await stop.wait()
                 await self._shutdown()
         finally:
@@ -514,6 +522,7 @@ class Collector:
         submit = self.publisher.submit
         remember = self.state.remember
         rejected: list[Any] = []
+        gaps: list[Any] = []
         fault = validation.fault
         for r in recs:
             broken = fault(r, book_levels=False)  # the books enforce the level rules themselves
@@ -525,6 +534,10 @@ class Collector:
                 self._count_drop(market, data_type, r.symbol)
                 rejected.append(r)
             remember(data_type, market, r, r.received_at)
+            if data_type == GAP_TYPE:
+                gaps.append(r)
+        if gaps and self.refiller is not None:
+            self.refiller.offer(market, gaps)  # open, refillable gaps are refilled from venue history
         return rejected
 
     def _handle_points(self, market: str, key: str, out: Output) -> None:

@@ -22,7 +22,7 @@ from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.service import WriterService, run_writer
-from tests.support.collector_helpers import emulator_overrides, until
+from tests.support.collector_helpers import emulator_overrides, stream_messages, until
 
 MARKETS = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
 EXCHANGE_SYMBOL = {"binance_derivatives": "BTCUSDT", "okx_derivatives": "BTC-USDT-SWAP"}
@@ -162,3 +162,33 @@ async def test_a_429_on_the_history_endpoint_is_waited_out_never_banned(
     assert fired["rest_429"]["binance_derivatives"] == 3
     assert limiter.rate_limited == 3 and limiter.banned == 0  # three Retry-After waits, no 418
     assert collector.metrics.rate_limited.labels("binance_derivatives", "418")._value.get() == 0
+
+
+async def test_the_collector_refills_an_open_gap_it_publishes(
+    nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
+) -> None:
+    """Automatic path: a ``source_gap`` the collector publishes (state open, cause trade_id_jump) is queued and
+    refilled by the collector's own refiller; the stream then holds each missing id once and the repaired gap."""
+    cfg = EmulatorConfig(venues=("binance_derivatives",), rate=100, seed=9,
+                         faults="drop_trades@binance_derivatives:at=100:count=500:topic=btcusdt")
+    markets = {"binance_derivatives": MARKETS["binance_derivatives"]}
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
+        nc = await connect(nats_server.url)
+        try:
+            async with collecting(settings) as collector:
+                await until(lambda: emu.dropped_trades and emu.dropped_trades[0].done, 60)
+                d = emu.dropped_trades[0]
+                assert collector.refiller is not None
+                collector.refiller.delay_s = 0.1
+                collector._emit("binance_derivatives", [gap_for("binance_derivatives", d.first_id, d.last_id)])
+                await until(lambda: collector.refiller is not None and len(collector.refiller.done) == 1, 30)
+            msgs = await stream_messages(nc, "MARKET_DATA")
+        finally:
+            await nc.close()
+    decoded = [records.decode(m.data) for m in msgs]
+    ids = [int(r.trade_id) for r in decoded if records.data_type_of(r) == "trade"]
+    assert sorted(i for i in ids if d.first_id <= i <= d.last_id) == list(range(d.first_id, d.last_id + 1))
+    assert len(ids) == len(set(ids))
+    gaps = sorted((g.state, g.recovered) for g in decoded if records.data_type_of(g) == "source_gap")
+    assert gaps == [("open", 0), ("repaired", 500)]
