@@ -7,7 +7,6 @@ time) and returned as int ms UTC so both backends give the same answers.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,10 +14,11 @@ from typing import Any, Literal
 
 from marketprism_dagster.collector.health import FeedStatus, collector_feed_status
 from marketprism_dagster.config import Settings
+from marketprism_dagster.ledger.queries import committed_ranges
+from marketprism_dagster.ledger.ranges import gaps_between
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.columns import identity_sql
-from marketprism_dagster.storage.schema import LEDGER_TABLE
 
 Severity = Literal["ERROR", "WARN"]
 HOT_COLD_LAG_WARN_S = 3600
@@ -238,46 +238,6 @@ def duplicates(
             meta,
         )
     return CheckResult("duplicates", f"{kind}.{data_type}", True, "ERROR", "0 duplicates by identity", meta)
-
-
-@dataclass(frozen=True)
-class SeqRange:
-    first: int
-    last: int
-
-    @property
-    def count(self) -> int:
-        return self.last - self.first + 1
-
-
-def committed_ranges(store: Store, settings: Settings, stream: str) -> list[SeqRange]:
-    """The writer's committed batches of ``stream``, merged into maximal contiguous ranges."""
-    rows = store.query_rows(
-        f"SELECT first_seq, max(last_seq) FROM `{settings.storage.ledger_database}`.`{LEDGER_TABLE}` "
-        f"WHERE stream = '{stream}' AND data_type = '*' GROUP BY first_seq ORDER BY first_seq"
-    )
-    return merge_ranges(SeqRange(int(a), int(b)) for a, b in rows)
-
-
-def merge_ranges(ranges: Iterable[SeqRange]) -> list[SeqRange]:
-    out: list[SeqRange] = []
-    for r in sorted(ranges, key=lambda r: r.first):
-        if out and r.first <= out[-1].last + 1:
-            if r.last > out[-1].last:
-                out[-1] = SeqRange(out[-1].first, r.last)
-        else:
-            out.append(r)
-    return out
-
-
-def gaps_between(ranges: list[SeqRange], upto: int | None = None) -> list[SeqRange]:
-    """Missing sequence numbers between committed ranges (and up to ``upto`` if given)."""
-    gaps = [SeqRange(a.last + 1, b.first - 1) for a, b in itertools.pairwise(ranges)]
-    if upto is not None:
-        gaps = [SeqRange(g.first, min(g.last, upto)) for g in gaps if g.first <= upto]
-        if ranges and ranges[-1].last < upto:
-            gaps.append(SeqRange(ranges[-1].last + 1, upto))
-    return gaps
 
 
 def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:

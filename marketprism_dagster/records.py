@@ -54,6 +54,7 @@ class Wire(StrEnum):
     OPT_DECIMAL = "opt_decimal"
     TIME_MS = "time_ms"
     OPT_TIME_MS = "opt_time_ms"
+    TIME_S = "time_s"  # whole seconds (the ingest ledger's hour)
     UINT = "uint"
     LEVELS = "levels"
 
@@ -65,6 +66,7 @@ _PY_TYPE: Final[dict[Wire, Any]] = {
     Wire.OPT_DECIMAL: str | None,
     Wire.TIME_MS: int,
     Wire.OPT_TIME_MS: int | None,
+    Wire.TIME_S: int,
     Wire.UINT: int,
     Wire.LEVELS: list[tuple[str, str]],
 }

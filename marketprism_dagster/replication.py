@@ -27,6 +27,7 @@ from marketprism_dagster.integrity import content_digest, day_where, now_ms
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.sealing import oldest_sealable_ms
 from marketprism_dagster.storage.base import Store
+from marketprism_dagster.storage.sql import column_list, insert_sql
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +90,8 @@ def _refuse_shrink(data_type: str, day_ms: int, staged: int, archived: int) -> R
 
 def _copy_once(hot: Store, cold: Store, settings: Settings, data_type: str, day_ms: int, force: bool = False) -> str:
     st = settings.storage
-    cols = ", ".join(f"`{c}`" for c in RECORD_TYPES[data_type].column_names)
+    names = RECORD_TYPES[data_type].column_names
+    cols = column_list(names)
     staging = f"{STAGING_PREFIX}{data_type}_{partition_id(day_ms)}"
     target = f"`{st.cold_database}`.`{data_type}`"
     stage = f"`{st.cold_database}`.`{staging}`"
@@ -99,9 +101,8 @@ def _copy_once(hot: Store, cold: Store, settings: Settings, data_type: str, day_
     try:
         if hot is cold:
             mode = "insert-select"
-            cold.execute(
-                f"INSERT INTO {stage} ({cols}) SELECT {cols} FROM `{st.hot_database}`.`{data_type}` FINAL WHERE {where}"
-            )
+            cold.execute(insert_sql(st.cold_database, staging, names,
+                                    select=f"SELECT {cols} FROM `{st.hot_database}`.`{data_type}` FINAL WHERE {where}"))
         else:
             mode = "client-stream"
             data = hot.query_arrow(f"SELECT {cols} FROM `{st.hot_database}`.`{data_type}` FINAL WHERE {where}")

@@ -1,6 +1,11 @@
 """Seal a closed hour of one data type: prove from the writer's ledger that every JetStream
 message of the hour is in the hot table, repairing interior gaps from JetStream first.
 
+A seal is four steps, each a small function: ``prove`` (read the ledger and JetStream),
+``repair`` (write the gaps the proof found), ``count`` (read the ledger's and the table's rows
+for the hour), ``verdict`` (decide). The decisions (``hour_verdict``, ``proof_verdict``,
+``repair_verdict``, ``verdict``) are pure functions of what the I/O steps measured.
+
 The proof, for stream S of the type and hour H (event time):
 
 0. the hour is still inside the hot TTL with an hour to spare: hot rows expire
@@ -11,10 +16,12 @@ The proof, for stream S of the type and hour H (event time):
    (binary search over the stream by stored time). A message of H published within the grace,
    or late but before that horizon, has seq < B;
 3. the ledger's committed ranges of S reach B - 1 and have no gaps. An interior gap
-   (the writer moved past it without committing) is fetched from JetStream
-   and committed through the writer's own ``commit_batch`` (same dedup tokens, same ledger
-   rows), so a repeated repair inserts nothing twice. An uncommitted tail means the writer is
-   still behind: refuse and retry later (committing it here would race the writer);
+   (the writer moved past it without committing) is fetched from JetStream and committed
+   through the writer's own ``commit_batch`` in recovery mode (an identity already in the
+   table is never inserted again), so a repeated repair inserts nothing twice; the report says
+   what the repair wrote (``repaired_ranges``, ``repaired_messages``, ``repaired_rows``). An
+   uncommitted tail means the writer is still behind: refuse and retry later (committing it
+   here would race the writer);
 4. the rows the ledger says were inserted for (type, H) are in the table.
 
 Without a JetStream connection step 2 is skipped and the proof rests on the ledger alone
@@ -30,11 +37,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from nats.js.errors import NotFoundError
 
 from marketprism_dagster.config import Settings
-from marketprism_dagster.integrity import SeqRange, committed_ranges, gaps_between, now_ms, time_where
+from marketprism_dagster.integrity import now_ms, time_where
+from marketprism_dagster.ledger.messages import StreamMessage
+from marketprism_dagster.ledger.queries import committed_ranges, hour_rows, last_commit_ms, watermark
+from marketprism_dagster.ledger.ranges import SeqRange, gaps_between
 from marketprism_dagster.storage.base import Store
-from marketprism_dagster.storage.schema import LEDGER_TABLE
+from marketprism_dagster.writer.ingest import commit_batch
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +89,7 @@ class SealReport:
     committed_through: int | None = None
     repaired_ranges: list[str] = field(default_factory=list)
     repaired_messages: int = 0
+    repaired_rows: int = 0  # rows of this type the repair wrote into the hot table
     proof: str = "ledger+jetstream"
 
     @property
@@ -97,6 +109,7 @@ class SealReport:
             "boundary_seq": self.boundary_seq,
             "committed_through": self.committed_through,
             "repaired_messages": self.repaired_messages,
+            "repaired_rows": self.repaired_rows,
             "repaired_ranges": ", ".join(self.repaired_ranges),
             "proof": self.proof,
         }
@@ -119,8 +132,6 @@ async def boundary_seq(js: Any, stream: str, cutoff_ms: int) -> tuple[int, int, 
         return last + 1, first, last
 
     async def stored_ms(seq: int) -> tuple[int, int] | None:
-        from nats.js.errors import NotFoundError
-
         try:
             msg = await js.get_msg(stream, seq=seq, next=True)
         except NotFoundError:
@@ -143,12 +154,8 @@ async def boundary_seq(js: Any, stream: str, cutoff_ms: int) -> tuple[int, int, 
     return lo, first, last
 
 
-async def fetch_range(js: Any, stream: str, gap: SeqRange) -> list[Any]:
-    """The messages gap.first..gap.last as the writer's StreamMessage; raises SealRefused if any is gone."""
-    from nats.js.errors import NotFoundError
-
-    from marketprism_dagster.writer.ingest import StreamMessage
-
+async def fetch_range(js: Any, stream: str, gap: SeqRange) -> list[StreamMessage]:
+    """The messages gap.first..gap.last as StreamMessages; raises SealRefused if any is gone."""
     out = []
     for seq in range(gap.first, gap.last + 1):
         try:
@@ -162,45 +169,6 @@ async def fetch_range(js: Any, stream: str, gap: SeqRange) -> list[Any]:
     return out
 
 
-async def repair_gaps(js: Any, store: Store, settings: Settings, stream: str, gaps: list[SeqRange]) -> int:
-    """Fetch and commit the missing ranges through the writer's commit path; returns messages committed."""
-    from marketprism_dagster.writer.ingest import commit_batch
-
-    done = 0
-    step = settings.writer.batch_size
-    for gap in gaps:
-        for start in range(gap.first, gap.last + 1, step):
-            part = SeqRange(start, min(gap.last, start + step - 1))
-            messages = await fetch_range(js, stream, part)
-            commit_batch(store, settings, stream, messages)
-            done += len(messages)
-            log.info("seal.repaired", stream=stream, first_seq=part.first, last_seq=part.last)
-    return done
-
-
-def _ledger_rows(store: Store, settings: Settings, data_type: str, hour_ms: int) -> int:
-    value = store.query_value(
-        f"SELECT sum(rows) FROM `{settings.storage.ledger_database}`.`{LEDGER_TABLE}` FINAL "
-        f"WHERE data_type = '{data_type}' AND hour = toDateTime({hour_ms // 1000}, 'UTC')"
-    )
-    return int(value or 0)
-
-
-def _table_stats(
-    store: Store, settings: Settings, data_type: str, hour_ms: int
-) -> tuple[int, int, list[str], Any, Any]:
-    db = settings.storage.hot_database
-    where = time_where(hour_ms, hour_ms + HOUR_MS)
-    raw = int(store.query_value(f"SELECT count() FROM `{db}`.`{data_type}` WHERE {where}") or 0)
-    final, symbols, lo, hi = store.query_rows(
-        "SELECT count(), arraySort(groupUniqArray(concat(exchange, ':', symbol))), "
-        "if(count() = 0, NULL, toUnixTimestamp64Milli(min(timestamp))), "
-        "if(count() = 0, NULL, toUnixTimestamp64Milli(max(timestamp))) "
-        f"FROM `{db}`.`{data_type}` FINAL WHERE {where}"
-    )[0]
-    return raw, int(final), [str(s) for s in symbols or []], lo, hi
-
-
 # A writer found behind the seal's boundary is waited for while it makes progress (the seal's own
 # store use may have held it up), re-checked every CATCH_UP_POLL_S; it is refused (and retried by
 # Dagster later) once the writer's committed sequence has not moved for CATCH_UP_STALL_S, or after
@@ -210,31 +178,56 @@ CATCH_UP_STALL_S = 3.0
 CATCH_UP_MAX_S = 60.0
 
 
+# ---------------------------------------------------------------------------- what each step found
+
+
 @dataclass
 class StreamProof:
-    """What the seal proved for one stream at one moment; shared by every data type of the stream."""
+    """Steps 2-3 for one stream at one moment (shared by every data type of the stream), before repair."""
 
     stream: str
-    boundary_seq: int | None = None
-    committed_through: int | None = None
-    repaired_ranges: list[str] = field(default_factory=list)
-    repaired_messages: int = 0
+    cutoff_ms: int
     proof: str = "ledger+jetstream"
+    horizon_ms: int | None = None  # JetStream: messages stored before it must be committed
+    boundary_seq: int | None = None  # the first message stored at or after the horizon
+    committed_last: int = 0  # the last committed sequence (after waiting for the writer); 0: none
+    committed_through: int | None = None  # the same, None when the ledger holds no range of the stream
+    gaps: list[SeqRange] = field(default_factory=list)  # between committed ranges
+    last_commit_ms: int | None = None  # ledger only: the writer's newest commit of the stream
 
-    def apply(self, report: SealReport) -> SealReport:
-        report.boundary_seq, report.committed_through = self.boundary_seq, self.committed_through
-        report.repaired_ranges, report.repaired_messages = list(self.repaired_ranges), self.repaired_messages
-        report.proof = self.proof
-        return report
+
+@dataclass
+class Repair:
+    """What the repair wrote: the gaps it filled from JetStream, and the rows it inserted per data type."""
+
+    ranges: list[SeqRange] = field(default_factory=list)
+    messages: int = 0
+    rows_by_type: dict[str, int] = field(default_factory=dict)
+    gaps_left: list[SeqRange] = field(default_factory=list)
+    committed_through: int | None = None
 
 
-def _hour_open(settings: Settings, data_type: str, h: int, now: int) -> SealRefused | None:
-    """Why hour ``h`` of ``data_type`` cannot be sealed at ``now`` (beyond the hot TTL, not closed yet)."""
+@dataclass(frozen=True)
+class HourCounts:
+    """Step 4's measurements for (type, hour): the ledger's rows and the table's."""
+
+    ledger_rows: int
+    rows_raw: int  # rows physically stored (before ReplacingMergeTree merges duplicates)
+    rows: int  # distinct rows (FINAL)
+    symbols: list[str] = field(default_factory=list)
+    min_ts_ms: int | None = None
+    max_ts_ms: int | None = None
+
+
+# ---------------------------------------------------------------------------- verdicts (pure)
+
+
+def hour_verdict(settings: Settings, data_type: str, h: int, now: int) -> SealRefused | None:
+    """Steps 0-1: why hour ``h`` of ``data_type`` cannot be sealed at ``now`` (beyond the hot TTL, not closed)."""
     stream = settings.stream_for(data_type) or ""
     report = SealReport(data_type=data_type, stream=stream, hour_ms=h)
     oldest = oldest_sealable_ms(settings, now)
     if h < oldest:
-        log.warning("seal.beyond_hot_ttl", data_type=data_type, hour=_iso(h), oldest_sealable=_iso(oldest))
         ttl_days = settings.storage.hot_ttl_days
         first_ok = -(-oldest // HOUR_MS) * HOUR_MS
         return SealRefused(
@@ -255,12 +248,67 @@ def _hour_open(settings: Settings, data_type: str, h: int, now: int) -> SealRefu
     return None
 
 
-def _committed_last(store: Store, settings: Settings, stream: str) -> int:
-    value = store.query_value(
-        f"SELECT max(last_seq) FROM `{settings.storage.ledger_database}`.`{LEDGER_TABLE}` "
-        f"WHERE stream = '{stream}' AND data_type = '*'"
-    )
-    return int(value or 0)
+def proof_verdict(p: StreamProof) -> str | None:
+    """Why the stream's proof fails, or None (interior gaps with JetStream are left to the repair)."""
+    if p.boundary_seq is not None:
+        if p.committed_last < p.boundary_seq - 1:
+            return (
+                f"the hot writer has committed {p.stream} through seq {p.committed_last} but messages up to "
+                f"seq {p.boundary_seq - 1} were stored before {_iso(p.horizon_ms)}; the writer is behind (or "
+                "stopped): retry when it catches up (check the writer run in the Dagster UI)"
+            )
+        return None
+    if p.gaps:
+        return (
+            f"{p.stream} has {len(p.gaps)} ledger gaps ({p.gaps[0].first}-{p.gaps[0].last}, ...) and no JetStream "
+            "connection to repair them; check nats.url and retry"
+        )
+    if p.last_commit_ms is None or p.last_commit_ms < p.cutoff_ms:
+        return (
+            f"the hot writer has committed nothing for {p.stream} since {_iso(p.cutoff_ms)}; without JetStream "
+            "the hour cannot be proven complete: retry with NATS reachable"
+        )
+    return None
+
+
+def repair_verdict(stream: str, r: Repair) -> str | None:
+    return f"{stream} still has gaps after repair: {r.gaps_left}" if r.gaps_left else None
+
+
+def verdict(data_type: str, h: int, c: HourCounts) -> str | None:
+    """Step 4's verdict: None when the table holds every row the ledger committed for the hour, else why not.
+
+    More rows than the ledger: rows came from outside the writer. Fewer: missing, unless the table's
+    distinct rows equal what it stores (the writer counted a duplicate the table merged away)."""
+    if c.rows_raw > c.ledger_rows:
+        return (
+            f"{data_type} hour {_iso(h)} holds {c.rows_raw} rows but the ledger accounts for {c.ledger_rows}: rows "
+            "were inserted outside the writer; inspect them before sealing"
+        )
+    if c.rows_raw < c.ledger_rows and c.rows_raw != c.rows:
+        return (
+            f"{data_type} hour {_iso(h)}: the ledger committed {c.ledger_rows} rows, the table holds {c.rows_raw} "
+            f"({c.rows} distinct): {c.ledger_rows - c.rows_raw} rows are missing"
+        )
+    return None
+
+
+def fill_report(report: SealReport, p: StreamProof, r: Repair | None, c: HourCounts | None) -> SealReport:
+    """The report of one type's seal: the stream's proof and repair, the type's counts."""
+    report.boundary_seq, report.proof = p.boundary_seq, p.proof
+    report.committed_through = r.committed_through if r is not None else p.committed_through
+    if r is not None:
+        report.repaired_ranges = [f"{g.first}-{g.last}" for g in r.ranges]
+        report.repaired_messages = r.messages
+        report.repaired_rows = r.rows_by_type.get(report.data_type, 0)
+    if c is not None:
+        report.ledger_rows, report.rows_raw, report.rows = c.ledger_rows, c.rows_raw, c.rows
+        report.symbols, report.min_ts_ms, report.max_ts_ms = c.symbols, c.min_ts_ms, c.max_ts_ms
+        report.dedup_count = max(0, c.ledger_rows - c.rows)
+    return report
+
+
+# ---------------------------------------------------------------------------- prove, repair, count (I/O)
 
 
 async def _wait_for_writer(store: Store, settings: Settings, stream: str, upto: int, committed: int) -> int:
@@ -275,93 +323,113 @@ async def _wait_for_writer(store: Store, settings: Settings, stream: str, upto: 
         if yield_fn is not None:
             yield_fn()
         await asyncio.sleep(CATCH_UP_POLL_S)
-        now_committed = _committed_last(store, settings, stream)
+        now_committed = watermark(store, settings, stream)
         if now_committed > committed:
             committed, moved_at = now_committed, time.monotonic()
     return committed
 
 
-async def prove_stream(store: Store, settings: Settings, stream: str, h: int, js: Any, now: int) -> StreamProof:
-    """Steps 2-3 of the proof for ``stream`` (the hour ``h`` is closed); raises SealRefused (report None)."""
-    proof = StreamProof(stream)
+async def prove(store: Store, settings: Settings, stream: str, h: int, js: Any, now: int) -> StreamProof:
+    """Steps 2-3 for ``stream`` (the hour ``h`` is closed): what the ledger and JetStream say; no verdict."""
     cutoff = h + HOUR_MS + settings.seal.grace_s * 1000
+    p = StreamProof(stream, cutoff)
     ranges = committed_ranges(store, settings, stream)
     if js is not None:
         # Every message stored before max(cutoff, now - writer_slack_s) must be committed: that
         # covers the hour's messages within the grace and the late ones stored since.
-        horizon = max(cutoff, now - settings.seal.writer_slack_s * 1000)
-        b, js_first, _ = await boundary_seq(js, stream, horizon)
-        proof.boundary_seq = b
+        p.horizon_ms = max(cutoff, now - settings.seal.writer_slack_s * 1000)
+        b, js_first, _ = await boundary_seq(js, stream, p.horizon_ms)
+        p.boundary_seq = b
         # an empty stream reports first_seq 0: nothing before seq 1 is owed
         committed_last = ranges[-1].last if ranges else max(js_first, 1) - 1
         if committed_last < b - 1 and await _wait_for_writer(store, settings, stream, b - 1, committed_last) >= b - 1:
             ranges = committed_ranges(store, settings, stream)
             committed_last = ranges[-1].last if ranges else committed_last
-        if committed_last < b - 1:
-            raise SealRefused(
-                f"the hot writer has committed {stream} through seq {committed_last} but messages up to "
-                f"seq {b - 1} were stored before {_iso(horizon)}; the writer is behind (or stopped): "
-                "retry when it catches up (check the writer run in the Dagster UI)"
-            )
-        # Interior gaps (anywhere: late messages of the hour may sit past the boundary) are safe to
-        # repair: the writer has moved past them and will never commit them itself.
-        interior = gaps_between(ranges)
-        if interior:
-            proof.repaired_ranges = [f"{g.first}-{g.last}" for g in interior]
-            proof.repaired_messages = await repair_gaps(js, store, settings, stream, interior)
-            ranges = committed_ranges(store, settings, stream)
-            left = gaps_between(ranges)
-            if left:
-                raise SealRefused(f"{stream} still has gaps after repair: {left}")
+        p.committed_last = committed_last
     else:
-        proof.proof = "ledger"
-        gaps = gaps_between(ranges)
-        if gaps:
-            raise SealRefused(
-                f"{stream} has {len(gaps)} ledger gaps ({gaps[0].first}-{gaps[0].last}, ...) and no JetStream "
-                "connection to repair them; check nats.url and retry"
-            )
-        last_commit = store.query_value(
-            f"SELECT toUnixTimestamp64Milli(max(committed_at)) FROM `{settings.storage.ledger_database}`."
-            f"`{LEDGER_TABLE}` WHERE stream = '{stream}'"
-        )
-        if not last_commit or int(last_commit) < cutoff:
-            raise SealRefused(
-                f"the hot writer has committed nothing for {stream} since {_iso(cutoff)}; without JetStream "
-                "the hour cannot be proven complete: retry with NATS reachable"
-            )
-    proof.committed_through = ranges[-1].last if ranges else None
-    return proof
+        p.proof = "ledger"
+        p.committed_last = ranges[-1].last if ranges else 0
+        p.last_commit_ms = last_commit_ms(store, settings, stream)
+    # Interior gaps (anywhere: late messages of the hour may sit past the boundary) are safe to
+    # repair: the writer has moved past them and will never commit them itself.
+    p.gaps = gaps_between(ranges)
+    p.committed_through = ranges[-1].last if ranges else None
+    return p
 
 
-def count_hour(store: Store, settings: Settings, report: SealReport) -> SealReport:
-    """Step 4: the rows the ledger says were inserted for (type, hour) are in the table."""
-    data_type, h = report.data_type, report.hour_ms
+async def repair(js: Any, store: Store, settings: Settings, p: StreamProof) -> Repair:
+    """Fetch the proof's gaps from JetStream and commit them through the writer's commit path (recovery
+    mode: an identity already in the table is not written again), then re-read the ledger."""
+    r = Repair(ranges=list(p.gaps))
+    step = settings.writer.batch_size
+    for gap in p.gaps:
+        for start in range(gap.first, gap.last + 1, step):
+            part = SeqRange(start, min(gap.last, start + step - 1))
+            messages = await fetch_range(js, p.stream, part)
+            result = commit_batch(store, settings, p.stream, messages)
+            r.messages += len(messages)
+            for data_type, n in result.inserted_by_table.items():
+                r.rows_by_type[data_type] = r.rows_by_type.get(data_type, 0) + n
+            log.info("seal.repaired", stream=p.stream, first_seq=part.first, last_seq=part.last,
+                     rows=sum(result.inserted_by_table.values()))
+    ranges = committed_ranges(store, settings, p.stream)
+    r.gaps_left = gaps_between(ranges)
+    r.committed_through = ranges[-1].last if ranges else None
+    return r
+
+
+def _table_stats(
+    store: Store, settings: Settings, data_type: str, hour_ms: int
+) -> tuple[int, int, list[str], Any, Any]:
+    db = settings.storage.hot_database
+    where = time_where(hour_ms, hour_ms + HOUR_MS)
+    raw = int(store.query_value(f"SELECT count() FROM `{db}`.`{data_type}` WHERE {where}") or 0)
+    final, symbols, lo, hi = store.query_rows(
+        "SELECT count(), arraySort(groupUniqArray(concat(exchange, ':', symbol))), "
+        "if(count() = 0, NULL, toUnixTimestamp64Milli(min(timestamp))), "
+        "if(count() = 0, NULL, toUnixTimestamp64Milli(max(timestamp))) "
+        f"FROM `{db}`.`{data_type}` FINAL WHERE {where}"
+    )[0]
+    return raw, int(final), [str(s) for s in symbols or []], lo, hi
+
+
+def count(store: Store, settings: Settings, data_type: str, h: int) -> HourCounts:
+    """Step 4's measurements: the ledger's rows for (type, hour) and the table's, read consistently."""
     with store.session():  # embedded: the writer cannot commit between the ledger and the table counts
         for _attempt in range(3):
-            ledger_before = _ledger_rows(store, settings, data_type, h)
+            ledger_before = hour_rows(store, settings, data_type, h)
             raw, final, symbols, lo, hi = _table_stats(store, settings, data_type, h)
-            ledger_after = _ledger_rows(store, settings, data_type, h)
+            ledger_after = hour_rows(store, settings, data_type, h)
             if ledger_before == ledger_after:
                 break
             time.sleep(0.2)  # a server store: the writer committed a late row meanwhile; measure again
-    report.ledger_rows, report.rows_raw, report.rows = ledger_after, raw, final
-    report.symbols, report.min_ts_ms, report.max_ts_ms = symbols, lo, hi
-    report.dedup_count = max(0, ledger_after - final)
-    if raw > ledger_after:
-        raise SealRefused(
-            f"{data_type} hour {_iso(h)} holds {raw} rows but the ledger accounts for {ledger_after}: rows were "
-            "inserted outside the writer; inspect them before sealing",
-            report,
-        )
-    if raw < ledger_after and raw != final:
-        raise SealRefused(
-            f"{data_type} hour {_iso(h)}: the ledger committed {ledger_after} rows, the table holds {raw} "
-            f"({final} distinct): {ledger_after - raw} rows are missing",
-            report,
-        )
-    log.info("seal.sealed", data_type=data_type, hour=_iso(h), rows=final, repaired=report.repaired_messages)
-    return report
+    return HourCounts(ledger_after, raw, final, symbols, lo, hi)
+
+
+# ---------------------------------------------------------------------------- prove -> repair -> count -> verdict
+
+
+@dataclass
+class _StreamSeal:
+    proof: StreamProof
+    repair: Repair | None = None
+    refused: SealRefused | None = None
+
+
+async def _seal_stream(store: Store, settings: Settings, stream: str, h: int, js: Any, now: int) -> _StreamSeal:
+    """Prove the stream, then repair its gaps from JetStream when the proof asks for it."""
+    done = _StreamSeal(await prove(store, settings, stream, h, js, now))
+    reason = proof_verdict(done.proof)
+    if reason is None and done.proof.gaps:
+        try:
+            done.repair = await repair(js, store, settings, done.proof)
+        except SealRefused as exc:
+            done.refused = exc
+            return done
+        reason = repair_verdict(stream, done.repair)
+    if reason is not None:
+        done.refused = SealRefused(reason)
+    return done
 
 
 async def seal_hours(
@@ -373,33 +441,38 @@ async def seal_hours(
     *,
     now: int | None = None,
 ) -> dict[str, SealReport | SealRefused]:
-    """Seal ``hour`` of several data types at once: each stream is proven once for all its types (one
-    ledger read, one boundary search, one repair). Returns each type's report or its refusal."""
+    """Seal ``hour`` of several data types at once: each stream is proven (and repaired) once for all its
+    types (one ledger read, one boundary search, one repair). Returns each type's report or its refusal."""
     now = now_ms() if now is None else now
     h = hour_start_ms(hour)
     out: dict[str, SealReport | SealRefused] = {}
-    proofs: dict[str, StreamProof | SealRefused] = {}
+    streams: dict[str, _StreamSeal] = {}
     for data_type in data_types:
-        refused = _hour_open(settings, data_type, h, now)
+        refused = hour_verdict(settings, data_type, h, now)
         if refused is not None:
+            if not refused.retryable:
+                log.warning("seal.beyond_hot_ttl", data_type=data_type, hour=_iso(h),
+                            oldest_sealable=_iso(oldest_sealable_ms(settings, now)))
             out[data_type] = refused
             continue
         stream = settings.stream_for(data_type)
         assert stream is not None  # Settings validation guarantees a stream per type
+        if stream not in streams:
+            streams[stream] = await _seal_stream(store, settings, stream, h, js, now)
+        sealed = streams[stream]
         report = SealReport(data_type=data_type, stream=stream, hour_ms=h)
-        if stream not in proofs:
-            try:
-                proofs[stream] = await prove_stream(store, settings, stream, h, js, now)
-            except SealRefused as exc:
-                proofs[stream] = exc
-        proof = proofs[stream]
-        if isinstance(proof, SealRefused):
-            out[data_type] = SealRefused(str(proof), report, retryable=proof.retryable)
+        if sealed.refused is not None:
+            out[data_type] = SealRefused(str(sealed.refused), report, retryable=sealed.refused.retryable)
             continue
-        try:
-            out[data_type] = count_hour(store, settings, proof.apply(report))
-        except SealRefused as exc:
-            out[data_type] = exc
+        counts = count(store, settings, data_type, h)
+        fill_report(report, sealed.proof, sealed.repair, counts)
+        reason = verdict(data_type, h, counts)
+        if reason is not None:
+            out[data_type] = SealRefused(reason, report)
+            continue
+        log.info("seal.sealed", data_type=data_type, hour=_iso(h), rows=report.rows,
+                 repaired=report.repaired_messages, repaired_rows=report.repaired_rows)
+        out[data_type] = report
     return out
 
 

@@ -27,6 +27,7 @@ import typer
 
 from marketprism_dagster.cli import ConfigOpt, SetOpt, fail, load, render_table
 from marketprism_dagster.config import LoadedConfig, Settings
+from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.supervision import pause_marker
 
 log = structlog.get_logger(__name__)
@@ -147,7 +148,6 @@ def start_dagster_dev(settings: Settings, env: dict[str, str], port: int) -> sub
 
 def hot_row_counts(settings: Settings) -> dict[str, int]:
     """Rows per hot table (one short store operation; the writer hands the embedded store over)."""
-    from marketprism_dagster.records import DATA_TYPES
     from marketprism_dagster.storage import open_store
 
     db = settings.storage.hot_database

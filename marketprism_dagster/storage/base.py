@@ -11,7 +11,8 @@ from typing import Any
 import pyarrow as pa
 
 from marketprism_dagster.records import RECORD_TYPES
-from marketprism_dagster.storage.columns import insert_sql, to_arrow
+from marketprism_dagster.storage.columns import to_arrow
+from marketprism_dagster.storage.sql import insert_sql
 
 
 class StoreUnavailable(Exception):
@@ -28,8 +29,8 @@ class ArrowInsert:
     dedup_token: str | None = None
 
     def sql(self, source: str) -> str:
-        names = ", ".join(f"`{n}`" for n in self.data.column_names)
-        return f"INSERT INTO `{self.database}`.`{self.table}` ({names}) SELECT {names} FROM {source}"
+        """The INSERT reading ``source`` (the store's name for ``data``); the token is the store's to add."""
+        return insert_sql(self.database, self.table, self.data.column_names, select_from=source)
 
 
 class Store(ABC):
@@ -84,7 +85,7 @@ class Store(ABC):
         if dedup_token:
             settings["insert_deduplication_token"] = dedup_token
             settings["insert_deduplicate"] = 1
-        sql = insert_sql(RECORD_TYPES[data_type], database, "{src}")
+        sql = insert_sql(database, data_type, RECORD_TYPES[data_type].column_names, select_from="{src}")
         self._insert_arrow(database, data_type, sql, data, settings)
         return data.num_rows
 

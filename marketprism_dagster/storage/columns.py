@@ -1,15 +1,15 @@
 """Columns in ClickHouse and Arrow: the DDL, INSERT and Arrow conversion derived from ``records``.
 
-The record types (``marketprism_dagster.records``) declare each column once with its wire
-form; this module maps a wire form to its ClickHouse type and its Arrow type, and builds the
-hot/cold table DDL, the typed-Arrow INSERT and the Arrow tables the writer inserts. It is the
-only place that knows both, and the only record module that imports pyarrow (the collector,
-which never inserts, does not load it).
+The record types (``marketprism_dagster.records``) and the ingest ledger's tables
+(``marketprism_dagster.ledger.tables``) declare each column once with its wire form; this module
+maps a wire form to its ClickHouse type, its Arrow type and its SQL literal, and builds the table
+DDL and the Arrow tables the writer inserts. It is the only place that knows both, and the only
+record module that imports pyarrow (the collector, which never inserts, does not load it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Final
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketprism_dagster.records import RECORD_TYPES, Column, RecordType, Wire, to_columns
+from marketprism_dagster.storage.sql import sql_str, time_ms, time_s
 
 DECIMAL_TYPE: Final = "Decimal(38, 18)"
 TIME_TYPE: Final = "DateTime64(3, 'UTC')"
@@ -30,6 +31,7 @@ CH_TYPE: Final[dict[Wire, str]] = {
     Wire.OPT_DECIMAL: f"Nullable({DECIMAL_TYPE})",
     Wire.TIME_MS: TIME_TYPE,
     Wire.OPT_TIME_MS: f"Nullable({TIME_TYPE})",
+    Wire.TIME_S: "DateTime('UTC')",
     Wire.UINT: "UInt64",
     Wire.LEVELS: f"Array(Tuple(price {DECIMAL_TYPE}, quantity {DECIMAL_TYPE}))",
 }
@@ -45,6 +47,7 @@ ARROW_TYPE: Final[dict[Wire, pa.DataType]] = {
     Wire.OPT_DECIMAL: ARROW_DECIMAL,
     Wire.TIME_MS: ARROW_TIME,
     Wire.OPT_TIME_MS: ARROW_TIME,
+    Wire.TIME_S: pa.timestamp("s", tz="UTC"),
     Wire.UINT: pa.uint64(),
     Wire.LEVELS: ARROW_LEVELS,
 }
@@ -85,10 +88,18 @@ def create_table_sql(rt: RecordType, database: str, settings: TableSettings) -> 
     )
 
 
-def insert_sql(rt: RecordType, database: str, source: str) -> str:
-    """``INSERT INTO db.table (cols) SELECT * FROM <source>`` for a typed Arrow source."""
-    names = ", ".join(f"`{c.name}`" for c in rt.columns)
-    return f"INSERT INTO `{database}`.`{rt.name}` ({names}) SELECT {names} FROM {source}"
+def table_ddl(database: str, table: str, columns: Sequence[Column], *, order_by: Sequence[str],
+              ttl: str | None = None, settings: str | None = None) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` of a ReplacingMergeTree with these columns (the ledger's tables)."""
+    cols = ",\n  ".join(f"`{c.name}` {ch_type(c)}" for c in columns)
+    order = ", ".join(f"`{n}`" for n in order_by)
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n  {cols}\n)\n"
+        "ENGINE = ReplacingMergeTree\n"
+        f"ORDER BY ({order})"
+        + (f"\nTTL {ttl}" if ttl else "")
+        + (f"\nSETTINGS {settings}" if settings else "")
+    )
 
 
 def identity_sql(rt: RecordType) -> str:
@@ -99,11 +110,11 @@ def identity_sql(rt: RecordType) -> str:
 # ---------------------------------------------------------------- Arrow
 
 
-def arrow_schema(rt: RecordType) -> pa.Schema:
-    return pa.schema([pa.field(c.name, arrow_type(c)) for c in rt.columns])
+def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, arrow_type(c)) for c in columns])
 
 
-_SCHEMAS: Final[dict[str, pa.Schema]] = {name: arrow_schema(rt) for name, rt in RECORD_TYPES.items()}
+_SCHEMAS: Final[dict[str, pa.Schema]] = {name: arrow_schema(rt.columns) for name, rt in RECORD_TYPES.items()}
 
 
 def _typed(column: Column, values: pa.Array | pa.ChunkedArray | list[Any]) -> pa.Array | pa.ChunkedArray:
@@ -154,3 +165,41 @@ def to_arrow(data_type: str, batch: Any) -> pa.Table:
 
 def records_to_arrow(data_type: str, records: Iterable[msgspec.Struct]) -> pa.Table:
     return to_arrow(data_type, to_columns(data_type, records))
+
+
+# ---------------------------------------------------------------- SQL literals
+
+
+def _uint_literal(v: Any) -> str:
+    return str(int(v))
+
+
+def _str_literal(v: Any) -> str:
+    return "NULL" if v is None else sql_str(v)
+
+
+def _decimal_literal(v: Any) -> str:
+    return "NULL" if v is None else str(v)
+
+
+def _no_literal(v: Any) -> str:
+    raise TypeError("order book levels are inserted through Arrow, never as SQL literals")
+
+
+SQL_LITERAL: Final[dict[Wire, Any]] = {
+    Wire.STR: _str_literal,
+    Wire.LOWCARD: _str_literal,
+    Wire.DECIMAL: _decimal_literal,
+    Wire.OPT_DECIMAL: _decimal_literal,
+    Wire.TIME_MS: time_ms,
+    Wire.OPT_TIME_MS: time_ms,
+    Wire.TIME_S: time_s,
+    Wire.UINT: _uint_literal,
+    Wire.LEVELS: _no_literal,
+}
+assert set(SQL_LITERAL) == set(Wire)
+
+
+def sql_row(columns: Sequence[Column], row: Sequence[Any]) -> list[str]:
+    """A row of wire values (times as int ms, or int s for ``TIME_S``) as SQL literals, column by column."""
+    return [SQL_LITERAL[c.wire](v) for c, v in zip(columns, row, strict=True)]

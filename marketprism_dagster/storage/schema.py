@@ -1,4 +1,4 @@
-"""DDL for hot, cold and meta databases, derived from the record column tables."""
+"""DDL for hot, cold and meta databases, derived from the column declarations (records, ledger tables)."""
 
 from __future__ import annotations
 
@@ -7,56 +7,17 @@ from dataclasses import dataclass, field
 import structlog
 
 from marketprism_dagster.config import Settings
+from marketprism_dagster.ledger.tables import WRITER_META_TABLES, MetaTable
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
-from marketprism_dagster.storage.columns import TableSettings, create_table_sql
+from marketprism_dagster.storage.columns import TableSettings, create_table_sql, table_ddl
 
 log = structlog.get_logger(__name__)
 
-# The writer's ledger of committed JetStream sequence ranges. For every committed batch
-# (a contiguous range first_seq..last_seq of one stream) the writer inserts one row with
-# data_type '*' (messages = last_seq - first_seq + 1, dead_letters counted) and one row per
-# (data_type, hour of event time) with the rows it inserted. A restart resumes from it; the
-# seal and integrity checks prove contiguity and per-hour counts from it.
-LEDGER_TABLE = "ingest_ledger"
-
-
-def ledger_ddl(database: str) -> str:
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{LEDGER_TABLE}` (\n"
-        "  `stream` LowCardinality(String),\n"
-        "  `first_seq` UInt64,\n"
-        "  `last_seq` UInt64,\n"
-        "  `data_type` LowCardinality(String),\n"
-        "  `hour` DateTime('UTC'),\n"
-        "  `messages` UInt64,\n"
-        "  `rows` UInt64,\n"
-        "  `dead_letters` UInt64,\n"
-        "  `min_ts` Nullable(DateTime64(3, 'UTC')),\n"
-        "  `max_ts` Nullable(DateTime64(3, 'UTC')),\n"
-        "  `token` String,\n"
-        "  `committed_at` DateTime64(3, 'UTC')\n"
-        ")\nENGINE = ReplacingMergeTree\n"
-        "ORDER BY (`stream`, `first_seq`, `data_type`, `hour`)\n"
-        "SETTINGS non_replicated_deduplication_window = 10000"
-    )
-
-
-# The writer's in-flight ranges (see marketprism_dagster/writer/ingest.py): a few bytes per batch.
-INTENT_TABLE = "ingest_intent"
-
-
-def intent_ddl(database: str) -> str:
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{INTENT_TABLE}` (\n"
-        "  `stream` LowCardinality(String),\n"
-        "  `first_seq` UInt64,\n"
-        "  `last_seq` UInt64,\n"
-        "  `created_at` DateTime64(3, 'UTC')\n"
-        ")\nENGINE = ReplacingMergeTree\n"
-        "ORDER BY (`stream`, `first_seq`, `last_seq`)\n"
-        "TTL toDateTime(created_at) + INTERVAL 30 DAY DELETE"
-    )
+def meta_ddl(database: str, table: MetaTable) -> str:
+    """The DDL of one of the ingest ledger's tables (``ledger.tables``), derived from its columns."""
+    return table_ddl(database, table.name, table.columns, order_by=table.order_by, ttl=table.ttl,
+                     settings=table.settings)
 
 
 # MergeTree settings of the tables the hot writer inserts into about once a second (the hot tables, the ledger
@@ -73,7 +34,7 @@ def writer_tables(settings: Settings) -> list[tuple[str, str]]:
     """(database, table) of every table the hot writer inserts into."""
     st = settings.storage
     return [(st.hot_database, name) for name in RECORD_TYPES] + [
-        (st.ledger_database, LEDGER_TABLE), (st.ledger_database, INTENT_TABLE)]
+        (st.ledger_database, t.name) for t in WRITER_META_TABLES]
 
 
 def apply_writer_table_settings(store: Store, settings: Settings) -> list[str]:
@@ -85,7 +46,7 @@ def apply_writer_table_settings(store: Store, settings: Settings) -> list[str]:
     dbs = ", ".join(f"'{d}'" for d in sorted({d for d, _ in tables}))
     current = {(str(d), str(t)): str(e) for d, t, e in store.query_rows(
         f"SELECT database, name, engine_full FROM system.tables WHERE database IN ({dbs})")}
-    changed = []
+    changed: list[str] = []
     for db, table in tables:
         engine = current.get((db, table))
         if engine is None or all(f"{k} = {v}" in engine for k, v in WRITER_TABLE_SETTINGS.items()):
@@ -145,9 +106,9 @@ def _init_schema(store: Store, settings: Settings) -> SchemaReport:
         full = f"{db}.{table}"
         (report.verified if full in existing else report.created).append(f"table {full}")
         store.execute(create_table_sql(RECORD_TYPES[table], db, ts))
-    for table, ddl in ((LEDGER_TABLE, ledger_ddl), (INTENT_TABLE, intent_ddl)):
-        full = f"{st.ledger_database}.{table}"
+    for meta in WRITER_META_TABLES:
+        full = f"{st.ledger_database}.{meta.name}"
         (report.verified if full in existing else report.created).append(f"table {full}")
-        store.execute(ddl(st.ledger_database))
+        store.execute(meta_ddl(st.ledger_database, meta))
     apply_writer_table_settings(store, settings)
     return report

@@ -21,29 +21,20 @@ deduplication log never mistakes the new stream's range 1..k for the old one's.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from marketprism_dagster.config import Settings
+from marketprism_dagster.ledger.queries import (
+    archive_stream,
+    epoch_rows,
+    forget_stream,
+    record_epoch_sql,
+    watermark,
+)
 from marketprism_dagster.storage.base import Store
-from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE
-
-EPOCH_TABLE = "stream_epochs"
-
-
-def epoch_ddl(database: str) -> str:
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{EPOCH_TABLE}` (\n"
-        "  `stream` LowCardinality(String),\n"
-        "  `epoch` UInt32,\n"
-        "  `created` String,\n"
-        "  `previous_watermark` UInt64,\n"
-        "  `reason` String,\n"
-        "  `recorded_at` DateTime64(3, 'UTC')\n"
-        ")\nENGINE = ReplacingMergeTree\n"
-        "ORDER BY (`stream`, `epoch`)"
-    )
 
 
 def token_stream(stream: str, epoch: int) -> str:
@@ -64,10 +55,6 @@ def created_of(info: Any) -> str:
     return str(created or "")
 
 
-def _sql_str(v: str) -> str:
-    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 @dataclass(frozen=True, slots=True)
 class Epoch:
     stream: str
@@ -86,74 +73,41 @@ class EpochSwitch:
 
 
 def current_epoch(store: Store, settings: Settings, stream: str) -> Epoch | None:
-    meta = settings.storage.ledger_database
-    rows = store.query_rows(
-        f"SELECT epoch, argMax(created, recorded_at) FROM `{meta}`.`{EPOCH_TABLE}` "
-        f"WHERE stream = {_sql_str(stream)} GROUP BY epoch ORDER BY epoch DESC LIMIT 1"
-    )
+    rows = epoch_rows(store, settings, stream)
     if not rows:
         return None
     return Epoch(stream, int(rows[0][0]), str(rows[0][1]))
 
 
 def _record(store: Store, settings: Settings, epoch: Epoch, previous_watermark: int, reason: str) -> None:
-    meta = settings.storage.ledger_database
-    now = datetime.now(UTC)
-    store.execute(
-        f"INSERT INTO `{meta}`.`{EPOCH_TABLE}` (stream, epoch, created, previous_watermark, reason, recorded_at) "
-        f"VALUES ({_sql_str(epoch.stream)}, {epoch.number}, {_sql_str(epoch.created)}, {previous_watermark}, "
-        f"{_sql_str(reason)}, '{now:%Y-%m-%d %H:%M:%S}.{now.microsecond // 1000:03d}')"
-    )
-
-
-def _watermark(store: Store, settings: Settings, stream: str) -> int:
-    meta = settings.storage.ledger_database
-    value = store.query_value(
-        f"SELECT max(last_seq) FROM `{meta}`.`{LEDGER_TABLE}` WHERE stream = {_sql_str(stream)} AND data_type = '*'"
-    )
-    return int(value or 0)
-
-
-def ensure_epoch_table(store: Store, settings: Settings) -> None:
-    store.execute(epoch_ddl(settings.storage.ledger_database))
+    store.execute(record_epoch_sql(settings, epoch.stream, epoch.number, epoch.created, previous_watermark, reason,
+                                   int(time.time() * 1000)))
 
 
 def check_epoch(store: Store, settings: Settings, stream: str, created: str, last_seq: int) -> EpochSwitch:
     """Compare the server's stream (``created``, ``last_seq``) with the ledger's; start a new epoch on a reset."""
     cur = current_epoch(store, settings, stream)
-    watermark = _watermark(store, settings, stream)
+    committed = watermark(store, settings, stream)
     if cur is None:
-        if watermark > last_seq:
+        if committed > last_seq:
             # no identity recorded yet (a ledger older than epochs): sequences never go back in one stream.
             # The old epoch is recorded first, so a crash during the switch repeats it (never reuses epoch 0)
             old = Epoch(stream, 0, "")
             _record(store, settings, old, 0, "recorded at a reset")
-            reason = f"the stream holds {last_seq} messages but the ledger committed through {watermark}"
-            return _switch(store, settings, old, created, watermark, reason)
+            reason = f"the stream holds {last_seq} messages but the ledger committed through {committed}"
+            return _switch(store, settings, old, created, committed, reason)
         epoch = Epoch(stream, 0, created)
         _record(store, settings, epoch, 0, "first seen")
         return EpochSwitch(epoch)
     if cur.created == created:
         return EpochSwitch(cur)
     reason = f"the stream was created at {created}, the ledger's epoch {cur.number} at {cur.created}"
-    return _switch(store, settings, cur, created, watermark, reason)
+    return _switch(store, settings, cur, created, committed, reason)
 
 
-def _switch(store: Store, settings: Settings, old: Epoch, created: str, watermark: int, reason: str) -> EpochSwitch:
-    meta = settings.storage.ledger_database
-    s = _sql_str(old.stream)
-    archived = _sql_str(archived_name(old.stream, old.number))
-    cols = ("first_seq", "last_seq", "data_type", "hour", "messages", "rows", "dead_letters", "min_ts", "max_ts",
-            "token", "committed_at")
-    names = ", ".join(cols)
-    # the copy's token is fixed: a repeated switch after a crash inserts it once
-    store.execute(
-        f"INSERT INTO `{meta}`.`{LEDGER_TABLE}` (stream, {names}) "
-        f"SETTINGS insert_deduplicate = 1, insert_deduplication_token = {_sql_str('epoch-archive:' + archived)} "
-        f"SELECT {archived}, {names} FROM `{meta}`.`{LEDGER_TABLE}` WHERE stream = {s}"
-    )
-    for table in (LEDGER_TABLE, INTENT_TABLE):
-        store.execute(f"ALTER TABLE `{meta}`.`{table}` DELETE WHERE stream = {s} SETTINGS mutations_sync = 2")
+def _switch(store: Store, settings: Settings, old: Epoch, created: str, committed: int, reason: str) -> EpochSwitch:
+    archive_stream(store, settings, old.stream, archived_name(old.stream, old.number))
+    forget_stream(store, settings, old.stream)
     new = Epoch(old.stream, old.number + 1, created)
-    _record(store, settings, new, watermark, reason)
-    return EpochSwitch(new, reset=reason, previous=old, previous_watermark=watermark)
+    _record(store, settings, new, committed, reason)
+    return EpochSwitch(new, reset=reason, previous=old, previous_watermark=committed)

@@ -9,7 +9,7 @@ them); the seal/repair path calls it with messages it re-read from JetStream.
 Exactly once, the argument
 --------------------------
 Definitions: per stream, the *watermark* W is the highest ``last_seq`` of the stream's
-``'*'`` rows in ``marketprism_meta.ingest_ledger``. The writer commits ranges strictly in
+``'*'`` rows in ``marketprism_meta.ingest_ledger`` (``ledger.queries.watermark``). The writer commits ranges strictly in
 order: the next range always starts at W + 1 and contains every message of the stream
 between its first and last sequence (sequences the stream no longer holds are recorded
 as absent: ``messages`` < ``last_seq - first_seq + 1``). So ledger ranges tile 1..W with no gap
@@ -17,13 +17,13 @@ and no overlap, and the ledger alone says which sequences are in the tables.
 
 A commit of range [a, b] is, in this order:
 
-1. an *intent* row (a, h) in ``marketprism_meta.ingest_intent`` (``INTENT_TABLE``), h >= b: "sequences up to
+1. an *intent* row (a, h) in ``marketprism_meta.ingest_intent`` (``ledger.tables.INTENT``), h >= b: "sequences up to
    h may be in flight". The hot writer declares a *horizon* h = b + ``writer.batch_size`` and writes the
    next intent only when a range passes it, so at low rates one intent covers minutes of ranges instead
    of costing an insert (a part to write and merge) per range;
 2. dead letters published to JetStream and acknowledged by the server (writer only);
 3. one insert per table, token ``f"{stream}:{a}-{b}:{data_type}"``;
-4. the ledger rows (``'*'`` plus one per (data_type, hour)) in one insert;
+4. the ledger rows (``'*'`` plus one per (data_type, hour): ``ledger.rows``) in one insert;
 5. the JetStream ack (AckPolicy.ALL on the highest delivered message of the range).
 
 Steps 1, 3 and 4 reach the store as one call (embedded: one chDB multi-statement query). Its
@@ -64,7 +64,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -73,72 +72,26 @@ import pyarrow as pa
 import structlog
 
 from marketprism_dagster.config import Settings
+from marketprism_dagster.ledger.messages import StreamMessage
+from marketprism_dagster.ledger.queries import ensure_tables, intent_sql, ledger_sql
+from marketprism_dagster.ledger.rows import TypeRows, ledger_rows
 from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, decode, subject, to_columns
 from marketprism_dagster.storage.base import ArrowInsert, Store
 from marketprism_dagster.storage.columns import to_arrow
-from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, intent_ddl, ledger_ddl
+from marketprism_dagster.storage.sql import insert_sql, sql_str, values_rows
 from marketprism_dagster.validation import fault
-from marketprism_dagster.writer.epoch import ensure_epoch_table, token_stream
+from marketprism_dagster.writer.epoch import token_stream
 
 log = structlog.get_logger(__name__)
 
-ALL_TYPES = "*"  # the ledger's per-batch row
-
-
-_LEDGER_SCHEMA = pa.schema(
-    [
-        ("stream", pa.string()),
-        ("first_seq", pa.uint64()),
-        ("last_seq", pa.uint64()),
-        ("data_type", pa.string()),
-        ("hour", pa.timestamp("s", tz="UTC")),
-        ("messages", pa.uint64()),
-        ("rows", pa.uint64()),
-        ("dead_letters", pa.uint64()),
-        ("min_ts", pa.timestamp("ms", tz="UTC")),
-        ("max_ts", pa.timestamp("ms", tz="UTC")),
-        ("token", pa.string()),
-        ("committed_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
-_INTENT_SCHEMA = pa.schema(
-    [
-        ("stream", pa.string()),
-        ("first_seq", pa.uint64()),
-        ("last_seq", pa.uint64()),
-        ("created_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
 
 
 def ensure_writer_tables(store: Store, settings: Settings) -> None:
-    """The ledger and intent tables (also created by ``init_schema``; idempotent)."""
-    db = settings.storage.ledger_database
-    store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
-    store.execute(ledger_ddl(db))
-    store.execute(intent_ddl(db))
-    ensure_epoch_table(store, settings)
+    """The writer's meta tables (ledger, intent, epochs; also created by ``init_schema``; idempotent)."""
+    ensure_tables(store, settings)
 
 
 # ---------------------------------------------------------------------------- data shapes
-
-
-@dataclass(frozen=True, slots=True)
-class StreamMessage:
-    """One JetStream message as the writer sees it, whatever delivered it."""
-
-    seq: int
-    subject: str
-    data: bytes
-    headers: dict[str, str] | None = None
-    raw_headers: bytes | None = None  # as received (raw pull consumer); parsed only when needed
-
-    def header_map(self) -> dict[str, str] | None:
-        if self.headers is not None or not self.raw_headers:
-            return self.headers
-        from marketprism_dagster.writer.pull import parse_headers
-
-        return parse_headers(self.raw_headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +143,7 @@ class BatchResult:
     recovered: bool = False  # committed in recovery mode
     skipped_existing: int = 0  # recovery mode: rows already present, not reinserted
     insert_seconds: float = 0.0
+    inserted_by_table: dict[str, int] = field(default_factory=dict)  # rows sent (recovery: only the missing)
 
     @property
     def rows(self) -> int:
@@ -289,55 +243,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _ledger_rows(batch: PreparedBatch) -> pa.Table:
-    now = _now_ms()
-    cols: dict[str, list[Any]] = {name: [] for name in _LEDGER_SCHEMA.names}
-
-    def add(data_type: str, hour_s: int, messages: int, rows: int, dead: int, lo: int | None, hi: int | None,
-            token: str) -> None:
-        for k, v in (
-            ("stream", batch.stream),
-            ("first_seq", batch.first_seq),
-            ("last_seq", batch.last_seq),
-            ("data_type", data_type),
-            ("hour", hour_s),
-            ("messages", messages),
-            ("rows", rows),
-            ("dead_letters", dead),
-            ("min_ts", lo),
-            ("max_ts", hi),
-            ("token", token),
-            ("committed_at", now),
-        ):
-            cols[k].append(v)
-
-    all_lo: int | None = None
-    all_hi: int | None = None
-    per_hour: list[tuple[str, int, int, int, int, str]] = []
-    for data_type, tb in sorted(batch.tables.items()):
-        groups: dict[int, list[int]] = {}
-        for rec in tb.records:
-            ts = rec.timestamp
-            hour = ts // 3_600_000 * 3600
-            g = groups.get(hour)
-            if g is None:
-                groups[hour] = [1, ts, ts]
-            else:
-                g[0] += 1
-                if ts < g[1]:
-                    g[1] = ts
-                if ts > g[2]:
-                    g[2] = ts
-        for hour, (n, lo, hi) in sorted(groups.items()):
-            per_hour.append((data_type, hour, n, lo, hi, tb.token))
-            all_lo = lo if all_lo is None else min(all_lo, lo)
-            all_hi = hi if all_hi is None else max(all_hi, hi)
-    star_hour = (all_lo // 3_600_000 * 3600) if all_lo is not None else 0
-    add(ALL_TYPES, star_hour, batch.messages, batch.rows, len(batch.poison), all_lo, all_hi,
-        f"{batch.range_token}:{ALL_TYPES}")
-    for data_type, hour, n, lo, hi, token in per_hour:
-        add(data_type, hour, 0, n, 0, lo, hi, token)
-    return pa.table(cols, schema=_LEDGER_SCHEMA)
+def _ledger_sql(settings: Settings, batch: PreparedBatch, token: str) -> str:
+    types = [TypeRows(data_type, tb.token, (r.timestamp for r in tb.records)) for data_type, tb in batch.tables.items()]
+    rows = ledger_rows(batch.stream, batch.first_seq, batch.last_seq, batch.messages, len(batch.poison),
+                       batch.range_token, types, _now_ms())
+    return ledger_sql(settings, rows, token)
 
 
 def _identity_select(rt: RecordType) -> str:
@@ -366,10 +276,6 @@ def identity_key(rt: RecordType, record: Any) -> tuple[Any, ...]:
     return tuple(_key_value(rt.column(n).wire, getattr(record, n)) for n in rt.identity)
 
 
-def _sql_str(v: str) -> str:
-    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def existing_identities(store: Store, database: str, data_type: str, records: Iterable[Any]) -> set[tuple[Any, ...]]:
     """Identities among ``records`` already present in ``database.data_type`` (no FINAL needed)."""
     rt = RECORD_TYPES[data_type]
@@ -383,8 +289,8 @@ def existing_identities(store: Store, database: str, data_type: str, records: It
     sql = (
         f"SELECT {_identity_select(rt)} FROM `{database}`.`{data_type}` "
         f"WHERE `timestamp` BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi}) "
-        f"AND `exchange` IN ({', '.join(_sql_str(e) for e in exchanges)}) "
-        f"AND `symbol` IN ({', '.join(_sql_str(s) for s in symbols)})"
+        f"AND `exchange` IN ({', '.join(sql_str(e) for e in exchanges)}) "
+        f"AND `symbol` IN ({', '.join(sql_str(s) for s in symbols)})"
     )
     wires = [rt.column(n).wire for n in rt.identity]
     wanted = {identity_key(rt, r) for r in recs}
@@ -396,90 +302,27 @@ def existing_identities(store: Store, database: str, data_type: str, records: It
     return found
 
 
-def _ms_literal(ms: int | None) -> str:
-    if ms is None:
-        return "NULL"
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return f"'{dt:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}'"
-
-
-def values_insert_sql(database: str, table: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
-                      token: str) -> str:
-    """``INSERT ... VALUES`` with a deduplication token: ~3 ms in chDB against ~9 ms through an Arrow scan."""
-    cols = ", ".join(f"`{c}`" for c in columns)
-    values = ", ".join("(" + ", ".join(r) + ")" for r in rows)
-    return (f"INSERT INTO `{database}`.`{table}` ({cols}) "
-            f"SETTINGS insert_deduplicate = 1, insert_deduplication_token = {_sql_str(token)} VALUES {values}")
-
-
 # A small range lands through INSERT ... VALUES: about 3.7 ms of chDB CPU per statement against 12 ms
 # through an Arrow scan (5 trade rows, measured). Large ranges, where the Arrow scan's ~1M rows/s wins,
 # and order books (800 levels a row) go through Arrow.
 VALUES_MAX_ROWS = 256
 
 
-def _column_literals(col: pa.ChunkedArray) -> list[str] | None:
-    """SQL literals of a typed Arrow column (values already checked by Arrow); None for a type
-    this path does not write (lists: the order book levels)."""
-    t = col.type
-    if pa.types.is_dictionary(t):
-        col, t = col.cast(t.value_type), t.value_type
-    if pa.types.is_timestamp(t):
-        return [_ms_literal(v) for v in col.cast(pa.int64()).to_pylist()]
-    if pa.types.is_decimal(t):
-        return ["NULL" if v is None else format(v, "f") for v in col.to_pylist()]
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return ["NULL" if v is None else _sql_str(v) for v in col.to_pylist()]
-    if pa.types.is_integer(t):
-        return ["NULL" if v is None else str(v) for v in col.to_pylist()]
-    return None
-
-
-def values_rows(table: pa.Table) -> list[list[str]] | None:
-    """The rows of ``table`` as SQL literals, or None when a column cannot be written that way."""
-    columns = []
-    for col in table.columns:
-        literals = _column_literals(col)
-        if literals is None:
-            return None
-        columns.append(literals)
-    return [list(row) for row in zip(*columns, strict=True)]
-
-
 def _table_step(database: str, tb: TableBatch) -> str | ArrowInsert:
     rows = values_rows(tb.table) if tb.table.num_rows <= VALUES_MAX_ROWS else None
     if rows is None:
         return ArrowInsert(database, tb.data_type, tb.table, tb.token)
-    return values_insert_sql(database, tb.data_type, tb.table.column_names, rows, tb.token)
+    return insert_sql(database, tb.data_type, tb.table.column_names, values=rows, token=tb.token)
 
 
-def intent_sql(settings: Settings, stream: str, first_seq: int, last_seq: int, epoch: int = 0) -> str:
-    row = (_sql_str(stream), str(first_seq), str(last_seq), _ms_literal(_now_ms()))
-    return values_insert_sql(settings.storage.ledger_database, INTENT_TABLE, _INTENT_SCHEMA.names, [row],
-                             f"intent:{token_stream(stream, epoch)}:{first_seq}-{last_seq}")
+def _intent_sql(settings: Settings, stream: str, first_seq: int, last_seq: int, epoch: int = 0) -> str:
+    token = f"intent:{token_stream(stream, epoch)}:{first_seq}-{last_seq}"
+    return intent_sql(settings, stream, first_seq, last_seq, token, _now_ms())
 
 
 def write_intent(store: Store, settings: Settings, stream: str, first_seq: int, last_seq: int,
                  epoch: int = 0) -> None:
-    store.execute(intent_sql(settings, stream, first_seq, last_seq, epoch))
-
-
-def _ledger_values(table: pa.Table) -> list[list[str]]:
-    out = []
-    for row in table.to_pylist():
-        vals = []
-        for name in _LEDGER_SCHEMA.names:
-            v = row[name]
-            if name in ("stream", "data_type", "token"):
-                vals.append(_sql_str(v))
-            elif name == "hour":
-                vals.append(f"'{v:%Y-%m-%d %H:%M:%S}'")
-            elif name in ("min_ts", "max_ts", "committed_at"):
-                vals.append("NULL" if v is None else _ms_literal(int(v.timestamp() * 1000)))
-            else:
-                vals.append(str(int(v)))
-        out.append(vals)
-    return out
+    store.execute(_intent_sql(settings, stream, first_seq, last_seq, epoch))
 
 
 def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, recovery: bool = False,
@@ -504,30 +347,30 @@ def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, r
         # saved is the fixed cost of a call per statement.
         steps: list[str | ArrowInsert] = []
         if intent:
-            steps.append(intent_sql(settings, batch.stream, batch.first_seq, max(batch.last_seq, horizon or 0),
-                                    batch.epoch))
+            steps.append(_intent_sql(settings, batch.stream, batch.first_seq, max(batch.last_seq, horizon or 0),
+                                     batch.epoch))
         steps.extend(_table_step(hot, tb) for _, tb in sorted(batch.tables.items()))
-        steps.append(values_insert_sql(settings.storage.ledger_database, LEDGER_TABLE, _LEDGER_SCHEMA.names,
-                                       _ledger_values(_ledger_rows(batch)), ledger_token))
+        steps.append(_ledger_sql(settings, batch, ledger_token))
         store.run_statements(steps)
         return BatchResult(stream=batch.stream, first_seq=batch.first_seq, last_seq=batch.last_seq,
                            messages=batch.messages, rows_by_table=rows_by_table, poison=list(batch.poison),
-                           insert_seconds=time.perf_counter() - started)
+                           insert_seconds=time.perf_counter() - started, inserted_by_table=dict(rows_by_table))
     if intent:
         write_intent(store, settings, batch.stream, batch.first_seq, max(batch.last_seq, horizon or 0), batch.epoch)
     skipped = 0
+    inserted: dict[str, int] = {}
     for data_type, tb in sorted(batch.tables.items()):  # recovery mode: only the identities not yet present
         rt = RECORD_TYPES[data_type]
         present = existing_identities(store, hot, data_type, tb.records)
         missing = [r for r in tb.records if identity_key(rt, r) not in present]
         skipped += len(tb.records) - len(missing)
+        inserted[data_type] = len(missing)
         if missing:
             # a fresh token: the crashed attempt's token may sit in the dedup log without its part
             store.insert(hot, data_type, to_columns(data_type, missing),
                          dedup_token=f"{tb.token}:recover:{uuid.uuid4().hex}")
     ledger_token += f":recover:{uuid.uuid4().hex}"
-    store.execute(values_insert_sql(settings.storage.ledger_database, LEDGER_TABLE, _LEDGER_SCHEMA.names,
-                                    _ledger_values(_ledger_rows(batch)), ledger_token))
+    store.execute(_ledger_sql(settings, batch, ledger_token))
     return BatchResult(
         stream=batch.stream,
         first_seq=batch.first_seq,
@@ -538,6 +381,7 @@ def commit_prepared(store: Store, settings: Settings, batch: PreparedBatch, *, r
         recovered=recovery,
         skipped_existing=skipped,
         insert_seconds=time.perf_counter() - started,
+        inserted_by_table=inserted,
     )
 
 
@@ -566,28 +410,3 @@ def commit_batch(
     if batch.poison and on_poison is not None:
         on_poison(batch.poison)
     return commit_prepared(store, settings, batch, recovery=recovery)
-
-
-# ---------------------------------------------------------------------------- resuming
-
-
-@dataclass(frozen=True, slots=True)
-class ResumePoint:
-    stream: str
-    watermark: int  # highest committed last_seq (0 = nothing yet)
-    intent_last_seq: int | None  # sequences watermark + 1 .. this may be partly in the tables (a crash)
-
-
-def resume_point(store: Store, settings: Settings, stream: str) -> ResumePoint:
-    meta = settings.storage.ledger_database
-    s = _sql_str(stream)
-    watermark = store.query_value(
-        f"SELECT max(last_seq) FROM `{meta}`.`{LEDGER_TABLE}` WHERE stream = {s} AND data_type = '{ALL_TYPES}'"
-    )
-    w = int(watermark or 0)
-    pending = store.query_value(  # an intent declares a horizon: it covers every range it was written before
-        f"SELECT max(last_seq) FROM `{meta}`.`{INTENT_TABLE}` WHERE stream = {s} AND first_seq <= {w + 1} "
-        f"AND last_seq > {w}"
-    )
-    p = int(pending) if pending else None
-    return ResumePoint(stream, w, p if p and p > w else None)

@@ -41,7 +41,7 @@ import orjson
 import structlog
 from nats.aio.client import Client as NATS
 
-from marketprism_dagster.writer.ingest import StreamMessage
+from marketprism_dagster.ledger.messages import StreamMessage
 
 log = structlog.get_logger(__name__)
 
@@ -73,20 +73,6 @@ def status_of(headers: bytes | None) -> tuple[str, str] | None:
     line = headers.split(b"\r\n", 1)[0][9:].decode(errors="replace")
     code, _, desc = line.partition(" ")
     return code, desc.strip()
-
-
-def parse_headers(raw: bytes | None) -> dict[str, str] | None:
-    """``NATS/1.0\\r\\nK: V\\r\\n...`` -> {K: V} (last value wins), None when empty."""
-    if not raw:
-        return None
-    out: dict[str, str] = {}
-    for line in raw.split(b"\r\n")[1:]:
-        if not line:
-            continue
-        k, sep, v = line.partition(b":")
-        if sep:
-            out[k.decode(errors="replace").strip()] = v.decode(errors="replace").strip()
-    return out or None
 
 
 RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]

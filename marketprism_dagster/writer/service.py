@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.jetstream import connect, ensure_stream, ensure_streams
+from marketprism_dagster.ledger.queries import resume_point
 from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.writer.consumer import (
@@ -46,7 +47,6 @@ from marketprism_dagster.writer.ingest import (
     commit_prepared,
     ensure_writer_tables,
     prepare_batch,
-    resume_point,
 )
 from marketprism_dagster.writer.lease import WriterLease
 from marketprism_dagster.writer.metrics import WriterMetrics

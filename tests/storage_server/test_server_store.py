@@ -15,10 +15,11 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from marketprism_dagster import records
+from marketprism_dagster.ledger.tables import INTENT_TABLE, LEDGER_TABLE
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
 from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
 from marketprism_dagster.storage.columns import ch_type, records_to_arrow
-from marketprism_dagster.storage.schema import INTENT_TABLE, LEDGER_TABLE, data_tables
+from marketprism_dagster.storage.schema import data_tables
 from marketprism_dagster.storage.server import ServerStore
 from tests.support.schema_contract import assert_hot_and_cold_columns_match_records, assert_replacing_merge_trees
 

@@ -16,11 +16,12 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster.config import Settings
+from marketprism_dagster.ledger.queries import resume_point
 from marketprism_dagster.nats_server import free_port
 from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.consumer import read_range
-from marketprism_dagster.writer.ingest import ensure_writer_tables, prepare_batch, resume_point, write_intent
+from marketprism_dagster.writer.ingest import ensure_writer_tables, prepare_batch, write_intent
 from tests.support.writer_helpers import (
     REPO,
     duplicate_count,

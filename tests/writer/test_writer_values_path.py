@@ -8,13 +8,13 @@ import pytest
 
 from marketprism_dagster import records
 from marketprism_dagster.records import DATA_TYPES, RECORD_TYPES
+from marketprism_dagster.storage.sql import values_rows
 from marketprism_dagster.writer.ingest import (
     VALUES_MAX_ROWS,
     StreamMessage,
     commit_prepared,
     ensure_writer_tables,
     prepare_batch,
-    values_rows,
 )
 
 PRICES = ("0.000000000000000001", "123456789012.123456789012345678", "-5", "100.5")

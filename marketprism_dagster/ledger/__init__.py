@@ -1,0 +1,16 @@
+"""The ingest ledger: which JetStream sequences are in the hot tables, and how many rows each hour holds.
+
+One home for everything the writer, the seal and the integrity checks know about it:
+
+* ``tables``: the ledger, intent and stream-epoch tables, declared once with the record types'
+  column mechanism (DDL, Arrow schema and SQL literals are derived in ``storage.columns``);
+* ``messages``: the stream message every reader produces (``StreamMessage``) and header parsing;
+* ``rows``: a committed range's ledger rows (pure);
+* ``ranges``: sequence-range maths (merge, gaps; pure);
+* ``queries``: every statement that reads or writes the ledger tables (commit, resume, committed
+  ranges, row counts, epoch archive).
+
+This package's ``__init__`` imports nothing: ``storage.schema`` imports ``ledger.tables`` (pure
+declarations) while ``ledger.queries`` imports ``storage``, and neither may load the other's
+package through here.
+"""

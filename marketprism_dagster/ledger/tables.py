@@ -1,0 +1,93 @@
+"""The ledger's tables, each column declared once (``records.Column``/``Wire``, as the record types).
+
+``ingest_ledger``: for every committed range (a contiguous ``first_seq..last_seq`` of one stream)
+one row with data_type ``'*'`` (``messages`` the stream held in the range, ``dead_letters``) and
+one row per (data_type, hour of event time) with the rows inserted. A restart resumes from it;
+the seal and the integrity checks prove contiguity and per-hour counts from it.
+
+``ingest_intent``: the writer's in-flight ranges (see ``writer/ingest.py``): a few bytes per intent.
+
+``stream_epochs``: one row per epoch of a stream (see ``writer/epoch.py``).
+
+Pure declarations: this module imports no storage code, so ``storage.schema`` can create the tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from marketprism_dagster.records import Column, Wire
+
+ALL_TYPES: Final = "*"  # the data_type of the ledger's per-range row
+
+
+@dataclass(frozen=True, slots=True)
+class MetaTable:
+    """A table of the meta database: its columns and its ReplacingMergeTree clauses."""
+
+    name: str
+    columns: tuple[Column, ...]
+    order_by: tuple[str, ...]
+    ttl: str | None = None
+    settings: str | None = None
+    doc: str = ""
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+LEDGER: Final = MetaTable(
+    "ingest_ledger",
+    (
+        Column("stream", Wire.LOWCARD, doc="the JetStream stream (``<stream>@<epoch>`` for an archived epoch)"),
+        Column("first_seq", Wire.UINT),
+        Column("last_seq", Wire.UINT),
+        Column("data_type", Wire.LOWCARD, doc="'*' for the range's row, else the data type of the hour's row"),
+        Column("hour", Wire.TIME_S, doc="hour of event time ('*': the hour of the earliest row, 0 if none)"),
+        Column("messages", Wire.UINT, doc="'*': messages the stream held in the range"),
+        Column("rows", Wire.UINT, doc="rows inserted"),
+        Column("dead_letters", Wire.UINT),
+        Column("min_ts", Wire.OPT_TIME_MS),
+        Column("max_ts", Wire.OPT_TIME_MS),
+        Column("token", Wire.STR, doc="the insert deduplication token of the rows"),
+        Column("committed_at", Wire.TIME_MS),
+    ),
+    order_by=("stream", "first_seq", "data_type", "hour"),
+    settings="non_replicated_deduplication_window = 10000",
+    doc="committed JetStream sequence ranges",
+)
+
+INTENT: Final = MetaTable(
+    "ingest_intent",
+    (
+        Column("stream", Wire.LOWCARD),
+        Column("first_seq", Wire.UINT),
+        Column("last_seq", Wire.UINT, doc="the horizon: sequences up to it may be in flight"),
+        Column("created_at", Wire.TIME_MS),
+    ),
+    order_by=("stream", "first_seq", "last_seq"),
+    ttl="toDateTime(created_at) + INTERVAL 30 DAY DELETE",
+    doc="in-flight ranges",
+)
+
+EPOCHS: Final = MetaTable(
+    "stream_epochs",
+    (
+        Column("stream", Wire.LOWCARD),
+        Column("epoch", Wire.UINT),
+        Column("created", Wire.STR, doc="the stream's creation time as JetStream reports it"),
+        Column("previous_watermark", Wire.UINT),
+        Column("reason", Wire.STR),
+        Column("recorded_at", Wire.TIME_MS),
+    ),
+    order_by=("stream", "epoch"),
+    doc="stream epochs",
+)
+
+META_TABLES: Final = (LEDGER, INTENT, EPOCHS)
+LEDGER_TABLE: Final = LEDGER.name
+INTENT_TABLE: Final = INTENT.name
+EPOCH_TABLE: Final = EPOCHS.name
+WRITER_META_TABLES: Final = (LEDGER, INTENT)  # written by every commit (``storage.schema.writer_tables``)
