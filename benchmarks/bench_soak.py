@@ -1,7 +1,7 @@
 """Soak: the embedded default at the rates people run, per-process CPU and memory over minutes.
 
 Usage: .venv/bin/python benchmarks/bench_soak.py [--rate 50,5000] [--minutes 1] [--sample-s 30] [--json FILE]
-       [--set key=value ...]
+       [--set key=value ...] [--table-setting key=value ...]
 
 Per rate (a fresh nats-server, store and emulator each time), four separate processes:
 
@@ -16,14 +16,21 @@ Per rate (a fresh nats-server, store and emulator each time), four separate proc
 Figures, over the window after a warm-up (``--warmup-s``, default 20 s):
 
 * CPU % of one core per process over the whole window (psutil user + system seconds / wall
-  seconds), and collector + NATS + writer together;
+  seconds), and collector + NATS + writer together; the writer's CPU by thread name (from
+  /proc/<pid>/task: ``python`` is the interpreter and the chDB statements it runs, ``MergeMutate``
+  chDB's background merges, ``ThreadPool`` its query pipelines; threads that ended during the
+  window are not counted there); commits per second (the writer's batches);
 * RSS (MB) per process at the start, middle and end of the window, plus a timeline every
   ``--sample-s`` seconds (writer RSS at 5 and 30 minutes is what the memory target compares);
 * rows landed (the writer's committed sequences, summed over both streams) per second;
 * event time -> row visible: p50 / p99 / max bucket bounds of the writer's per-row histogram
   (``marketprism_writer_visible_delay_seconds``) over the window (bucket upper bounds: "p99 <= X s");
 * lost and duplicated: after the collector stops and the writer drains and exits, the bench
-  opens the store: messages in the streams - rows in the hot tables, and count() - uniqExact(identity).
+  opens the store: messages in the streams - rows in the hot tables, and count() - uniqExact(identity);
+  then the active parts of the writer's tables (count and highest merge level per table).
+
+``--table-setting k=v`` gives the writer's tables a MergeTree setting (ALTER ... MODIFY SETTING before the
+writer starts), to measure one against the configured DDL.
 
 The machine's load average at start and end is printed beside the figures: a shared machine
 makes every CPU figure an upper bound.
@@ -58,6 +65,7 @@ from marketprism_dagster.nats_server import EmbeddedNats, free_port  # noqa: E40
 from marketprism_dagster.records import RECORD_TYPES  # noqa: E402
 from marketprism_dagster.storage.columns import identity_sql  # noqa: E402
 from marketprism_dagster.storage.embedded import EmbeddedStore  # noqa: E402
+from marketprism_dagster.storage.schema import init_schema, writer_tables  # noqa: E402
 from tests.support.writer_helpers import get_health  # noqa: E402
 
 MARKETPRISM = [sys.executable, "-m", "marketprism_dagster.cli"]
@@ -135,6 +143,45 @@ def visible_buckets(port: int) -> dict[float, float]:
     return out
 
 
+def thread_cpu_s(pid: int) -> dict[str, tuple[str, float]]:
+    """CPU seconds (user + system) of each thread of ``pid``: thread id -> (thread name, seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[tid] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def thread_cpu_pct(start: dict[str, tuple[str, float]], end: dict[str, tuple[str, float]], dt: float
+                   ) -> dict[str, float]:
+    """CPU % of one core by thread name between two ``thread_cpu_s`` snapshots (threads alive at the end)."""
+    by_name: dict[str, float] = {}
+    for tid, (name, cpu) in end.items():
+        by_name[name] = by_name.get(name, 0.0) + cpu - start.get(tid, (name, 0.0))[1]
+    return {n: round(100 * c / dt, 2) for n, c in sorted(by_name.items(), key=lambda kv: -kv[1]) if c > 0}
+
+
+def batches_committed(port: int) -> float:
+    """The writer's committed batches so far (all streams), from /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("marketprism_writer_batches_total{"))
+
+
 def delay_quantiles(start: dict[float, float], end: dict[float, float]) -> dict[str, Any]:
     """p50 / p99 / max of the window as histogram bucket upper bounds (seconds), from two cumulative snapshots."""
     counts = sorted((b, end[b] - start.get(b, 0.0)) for b in end)
@@ -170,7 +217,8 @@ class Foreign:
 
 
 async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s: float, extra: dict[str, Any],
-                    tmp: Path, foreign_every_s: float = 0.0, foreign_burst: int = 1) -> dict[str, Any]:
+                    tmp: Path, foreign_every_s: float = 0.0, foreign_burst: int = 1,
+                    table_settings: dict[str, str] | None = None) -> dict[str, Any]:
     rate = emulator_rate(rows_per_s)
     out: dict[str, Any] = {"target_rows_per_s": rows_per_s, "emulator_rate_per_stream": round(rate, 2),
                            "minutes": minutes, "settings": extra or "configured defaults",
@@ -180,6 +228,9 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
         nc = await connect(srv.url)
         js = nc.jetstream()
         await ensure_streams(js, settings)
+        if table_settings:
+            out["table_settings"] = table_settings
+            _apply_table_settings(settings, table_settings)
         emu, urls = _start_emulator(rate, tmp / "emulator.log")
         wport = free_port()
         common = {"data_dir": str(tmp / "data"), "nats.url": srv.url, "nats.embedded": False, "log_format": "json",
@@ -221,6 +272,8 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
             cpu0 = {p.name: p.cpu_s() for p in procs}
             c0 = committed() or {s: 0 for s in streams}
             v0 = visible_buckets(wport)
+            b0 = batches_committed(wport)
+            th0 = thread_cpu_s(writer.pid)
             rss: dict[str, dict[str, float]] = {p.name: {"start": p.rss_mb()} for p in procs}
             timeline: list[dict[str, Any]] = []
             next_sample = 0.0
@@ -243,6 +296,8 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
                 await asyncio.sleep(min(1.0, window_s - el))
             dt = time.monotonic() - t0
             cpu1 = {p.name: p.cpu_s() for p in procs}
+            out["writer_threads_cpu_pct"] = thread_cpu_pct(th0, thread_cpu_s(writer.pid), dt)
+            out["commits_per_s"] = round((batches_committed(wport) - b0) / dt, 2)
             c1 = committed() or c0
             out["event_to_visible"] = delay_quantiles(v0, visible_buckets(wport))
             # messages in the streams not yet committed: a delay with no lag here was built before NATS
@@ -282,11 +337,30 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
             if n:
                 rows[t] = n
                 dups += n - int(store.query_value(f"SELECT uniqExact({identity_sql(rt)}) FROM marketprism_hot.{t}"))
+        pairs = ", ".join(f"('{d}', '{t}')" for d, t in writer_tables(settings))
+        parts = store.query_rows(
+            "SELECT database || '.' || table, count(), max(level) FROM system.parts WHERE active AND "
+            f"(database, table) IN ({pairs}) GROUP BY 1 ORDER BY 1")
     store.close()
+    out["active_parts_and_max_level"] = {str(t): [int(n), int(lv)] for t, n, lv in parts}
     out["rows"] = rows
     out["lost"] = sum(out["stream_messages"].values()) - sum(rows.values())
     out["duplicated"] = dups
     return out
+
+
+def _apply_table_settings(settings: Settings, table_settings: dict[str, str]) -> None:
+    """Create the schema and give the writer's tables ``table_settings`` (before the writer opens the store)."""
+    store = EmbeddedStore(settings.embedded_store_path)
+    with store.hold():
+        init_schema(store, settings)
+        wanted = ", ".join(f"{k} = {v}" for k, v in table_settings.items())
+        for db, table in writer_tables(settings):
+            try:
+                store.execute(f"ALTER TABLE `{db}`.`{table}` MODIFY SETTING {wanted}")
+            except Exception as exc:  # a table the writer creates itself later: it keeps the DDL's settings
+                print(f"  table setting not applied to {db}.{table}: {str(exc)[:120]}", flush=True)
+    store.close()
 
 
 def main() -> None:
@@ -299,12 +373,15 @@ def main() -> None:
     ap.add_argument("--foreign-every-s", type=float, default=0.0,
                     help="another process opens the store every N s, as Dagster steps and checks do (0 = never)")
     ap.add_argument("--foreign-burst", type=int, default=1, help="queries per foreign use, each opening the store")
+    ap.add_argument("--table-setting", dest="table_settings", action="append", default=[],
+                    help="MergeTree setting key=value given to the writer's tables before the writer starts")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = ap.parse_args()
     extra: dict[str, Any] = {}
     for item in args.sets:
         k, _, v = item.partition("=")
         extra[k] = v
+    table_settings = dict(item.partition("=")[::2] for item in args.table_settings)
     results = []
     for rate in (float(r) for r in args.rate.split(",")):
         print(f"--- {rate:g} rows/s for {args.minutes:g} min", flush=True)
@@ -312,11 +389,11 @@ def main() -> None:
             d = tempfile.mkdtemp(prefix="bench_soak_")
             print(f"phase dir: {d}", flush=True)
             res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d),
-                                        args.foreign_every_s, args.foreign_burst))
+                                        args.foreign_every_s, args.foreign_burst, table_settings))
         else:
             with tempfile.TemporaryDirectory(prefix="bench_soak_") as d:
                 res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d),
-                                        args.foreign_every_s, args.foreign_burst))
+                                        args.foreign_every_s, args.foreign_burst, table_settings))
         results.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "rss_timeline_mb"}, indent=2), flush=True)
         if args.json:
