@@ -21,12 +21,21 @@ def meta_ddl(database: str, table: MetaTable) -> str:
 
 
 # MergeTree settings of the tables the hot writer inserts into about once a second (the hot tables, the ledger
-# and the intents): old parts are cleaned every 10 s instead of every second (a background task per table).
-# Tried and left out: min_parts_to_merge_at_once = 10 (less merging in a 90 s replay, but after 8-10 minutes at
-# 50 rows/s the writer's merge threads used 11.8% of a core with it and 12.1% without: merging grows with the
-# day's partition either way; the knob to measure next is merge_selector_base over a 30-minute soak).
-WRITER_TABLE_SETTINGS: dict[str, int] = {
-    "merge_tree_clear_old_parts_interval_seconds": 10,
+# and the intents), as SQL literals:
+# * old parts are cleaned every 10 s instead of every second (a background task per table);
+# * merges are chosen by level (merge_selector_algorithm 'Trivial': ten adjacent parts whose levels do not
+#   decrease merge into one of the next level), so a part is rewritten once per level, log10 of the inserts. The
+#   default selector adds a fixed 5 MB to every part's size, so one small insert after another looks as large as
+#   a partition's big part, and it rewrote that part with a few small ones every few seconds until the part
+#   passed ~6 MB (the day's order book: ~200 MB uncompressed) and kept doing so for the next tier: merge threads
+#   grew with the day's partition (7-12% of a core). 8 minutes at 50 rows/s, three runs side by side: merge
+#   threads 1.46% of a core with the default selector, 0.46% with 'Trivial', at most ~45 parts per partition.
+#   merge_selector_base = 100 (0.29% in the same run) was left out: past ~50 parts the base falls to 2 whatever
+#   its value and the big part is rewritten with every ~40 small ones until it reaches 48 x 5 MB.
+# Tried and left out: min_parts_to_merge_at_once = 10 (every merge rewrote the big part with ten small ones).
+WRITER_TABLE_SETTINGS: dict[str, str] = {
+    "merge_tree_clear_old_parts_interval_seconds": "10",
+    "merge_selector_algorithm": "'Trivial'",
 }
 
 
