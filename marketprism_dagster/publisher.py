@@ -33,11 +33,14 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from marketprism_dagster.collector.backoff import Backoff
+
 log = structlog.get_logger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
-# publish latency (submit -> PubAck) histogram bucket upper bounds, seconds
+RETRY_INITIAL_S = 0.05  # a message's first retry; doubling up to retry_backoff_max_s
 BATCH = 256  # messages per write to the connection's buffer
+# publish latency (submit -> PubAck) histogram bucket upper bounds, seconds
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -105,6 +108,7 @@ class JetStreamPublisher:
         self.ack_timeout_s = ack_timeout_s
         self.retry_for_s = retry_for_s  # error replies are retried this long before a message is given up on
         self.retry_backoff_max_s = retry_backoff_max_s
+        self._retry_delays = Backoff(RETRY_INITIAL_S, retry_backoff_max_s, jitter=0)  # per message: its attempts
         self.on_failed = on_failed  # (subject, reason) for a message given up on
         self.stats = PublishStats()
         self._buffer: deque[_Item] = deque()
@@ -351,7 +355,7 @@ class JetStreamPublisher:
             self._check_idle()
             return
         self.stats.retries += 1
-        item.not_before = now + min(0.05 * 2 ** min(item.attempts - 1, 16), self.retry_backoff_max_s)
+        item.not_before = now + self._retry_delays.delay(item.attempts - 1)
         self._retry.append(item)
         self._wake.set()
 

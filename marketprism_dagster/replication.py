@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.config import Settings
 from marketprism_dagster.integrity import content_digest, day_where, now_ms
 from marketprism_dagster.records import RECORD_TYPES
@@ -149,7 +150,7 @@ def replicate_day(
         )
     cold_store = cold or hot
     st = settings.storage
-    delay = backoff_s
+    retry = Backoff(backoff_s, backoff_s * 2**tries, jitter=0)
     last_error = ""
     for attempt in range(1, tries + 1):
         try:
@@ -166,8 +167,7 @@ def replicate_day(
             last_error = f"{type(exc).__name__}: {exc}"
         log.warning("replicate.retry", data_type=data_type, day=partition_id(d), attempt=attempt, error=last_error)
         if attempt < tries:
-            sleep(delay)
-            delay *= 2
+            sleep(retry.next())
     raise ReplicationFailed(
         f"{data_type} {partition_id(d)}: cold does not match hot after {tries} tries ({last_error})"
     )
