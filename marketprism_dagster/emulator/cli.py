@@ -8,13 +8,13 @@ them with the venue names.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from pathlib import Path
 from typing import Annotated, Any
 
 import structlog
 import typer
+
+from marketprism_dagster.serving import stop_on_signals
 
 from . import registry
 from .config import EmulatorConfig
@@ -48,15 +48,12 @@ def run_emulator(
 
     async def serve() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        async with Emulator(cfg) as emu:
-            for market, url in emu.urls.items():
-                typer.echo(f"{market}: rest={url['rest']} ws={url['ws']}")
-            await stop.wait()
-            log.info("emulator.summary", faults_fired=emu.faults_fired, stats=emu.stats)
+        with stop_on_signals(stop):
+            async with Emulator(cfg) as emu:
+                for market, url in emu.urls.items():
+                    typer.echo(f"{market}: rest={url['rest']} ws={url['ws']}")
+                await stop.wait()
+                log.info("emulator.summary", faults_fired=emu.faults_fired, stats=emu.stats)
 
     asyncio.run(serve())
 

@@ -12,6 +12,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from marketprism_dagster.serving import serve_app
+
 from . import registry
 from .config import EmulatorConfig
 from .connection import VenueStats
@@ -54,15 +56,8 @@ class Emulator:
             ctx = VenueContext(name=name, cfg=cfg, root=root, faults=faults, stats=VenueStats(),
                                hub=StreamHub(name, cfg.rate))
             app = venue_app(spec, ctx)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-            await runner.setup()
             port = 0 if cfg.port == 0 else cfg.port + order.index(name)
-            site = web.TCPSite(runner, cfg.host, port, reuse_address=True)
-            await site.start()
-            server = site._server
-            assert server is not None
-            sockets = getattr(server, "sockets", None) or []
-            self.ports[name] = sockets[0].getsockname()[1] if sockets else port
+            runner, self.ports[name] = await serve_app(app, cfg.host, port, shutdown_timeout=0.5, reuse_address=True)
             self.contexts[name] = ctx
             self._runners.append(runner)
         log.info("emulator.started", mode=cfg.mode, ports=self.ports, faults=[r.text for r in plan.rules])

@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from marketprism_dagster.serving import serve_app
+
 
 class WriterHttp:
     def __init__(self, health: Callable[[], tuple[dict[str, Any], bool]], metrics: Callable[[], bytes]) -> None:
@@ -32,13 +34,7 @@ class WriterHttp:
         return resp
 
     async def start(self, host: str, port: int) -> int:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        self._runner, self.port = await serve_app(self.app(), host, port)
         return self.port
 
     async def stop(self) -> None:

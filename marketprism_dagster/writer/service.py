@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +25,11 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.config import Settings
 from marketprism_dagster.jetstream import connect, ensure_stream, ensure_streams
 from marketprism_dagster.ledger.queries import resume_point
+from marketprism_dagster.serving import stop_on_signals
 from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.writer.consumer import (
@@ -128,6 +129,10 @@ class WriterService:
         if yield_fn is not None:
             yield_fn()
 
+    def _backoff(self) -> Backoff:
+        """The writer's retry delays: 0.25 s doubling to writer.max_backoff_s, without jitter (one writer)."""
+        return Backoff(MIN_BACKOFF_S, self.settings.writer.max_backoff_s, jitter=0)
+
     async def _store_call(self, stop: asyncio.Event, what: str, fn: Callable[..., T], *args: Any,
                           reject_after: int | None = None, **kwargs: Any) -> T | None:
         """Run a store operation, retrying with capped backoff while the store is unavailable.
@@ -135,9 +140,10 @@ class WriterService:
         Returns None only when ``stop`` was set while waiting (the caller then gives up the batch).
         With ``reject_after``, that many errors other than StoreUnavailable raise BatchRejected.
         """
-        backoff = MIN_BACKOFF_S
+        retry = self._backoff()
         errors = 0
         while True:
+            backoff = retry.next()
             try:
                 out = await self._in_store(fn, *args, **kwargs)
             except StoreUnavailable as exc:
@@ -158,7 +164,6 @@ class WriterService:
                 await asyncio.wait_for(stop.wait(), backoff)
             if stop.is_set():
                 return None
-            backoff = min(backoff * 2, self.settings.writer.max_backoff_s)
 
     def _store_down(self, reason: str, what: str, exc: BaseException, backoff: float) -> None:
         self.metrics.failures.labels(reason).inc()
@@ -551,7 +556,7 @@ class WriterService:
     async def _dead_letter(self, st: StreamState, prepared: PreparedBatch, js: Any, stop: asyncio.Event) -> bool:
         """Publish the batch's dead letters; bounded: a dead-letter stream that keeps refusing stops the writer
         (WriterFailure) with the batch unacknowledged, instead of blocking the stream without end."""
-        backoff = MIN_BACKOFF_S
+        retry = self._backoff()
         attempts = 0
         dl = self.settings.writer.dead_letter_stream
         while not stop.is_set():
@@ -574,12 +579,12 @@ class WriterService:
                         f"the stream {dl} (nats stream info {dl}: it must exist, take 'deadletter.>' and have room; "
                         f"no other stream may take those subjects), then start the writer again (it re-creates {dl})"
                     ) from exc
+                backoff = retry.next()
                 log.warning("writer.dead_letter_publish_failed", stream=st.name, error=error, retry_in_s=backoff)
                 with contextlib.suppress(Exception):  # the stream may have been deleted: create it as at start
                     await ensure_dead_letter_stream(js, self.settings)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, self.settings.writer.max_backoff_s)
         else:
             return False
         if self.dead_letter_error is not None:
@@ -709,26 +714,17 @@ async def run_writer(
     (a store outage is backpressure, not death: the writer keeps its messages unacked and
     waits). ``on_started`` receives the service once /health answers (``.http_port``).
     """
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    signals = contextlib.ExitStack()
     if stop is None:
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
-    service = WriterService(settings, heartbeat=heartbeat)
-    runner = asyncio.create_task(service.run(stop))
-    if on_started is not None:
-        started = asyncio.create_task(service.started.wait())
-        await asyncio.wait({runner, started}, return_when=asyncio.FIRST_COMPLETED)
-        if service.started.is_set():
-            on_started(service)
-        started.cancel()
-    try:
+        signals.enter_context(stop_on_signals(stop))
+    with signals:
+        service = WriterService(settings, heartbeat=heartbeat)
+        runner = asyncio.create_task(service.run(stop))
+        if on_started is not None:
+            started = asyncio.create_task(service.started.wait())
+            await asyncio.wait({runner, started}, return_when=asyncio.FIRST_COMPLETED)
+            if service.started.is_set():
+                on_started(service)
+            started.cancel()
         await runner
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
