@@ -56,7 +56,7 @@ async def test_series_refill_inside_the_window_with_live_identities(settings_fac
     async with Emulator(EmulatorConfig(venues=("binance_derivatives", "okx", "deribit"), rate=5, seed=3)) as emu:
         settings = settings_factory(**emulator_overrides(emu.urls, MARKETS))
         async with refill_kit(settings) as (rest, adapters, published):
-            refiller = Refiller(rest, adapters, lambda m, recs: published.extend(recs) or [])
+            refiller = Refiller(rest, adapters, collector_into(published))
             now = now_ms()
             got: dict[tuple[str, str], list[Any]] = {}
             for market in ("binance_derivatives", "okx_derivatives"):
@@ -97,6 +97,16 @@ async def test_series_refill_inside_the_window_with_live_identities(settings_fac
     assert all(r.timestamp % 60_000 == 0 and r.close == r.index_value for r in dvol)
 
 
+def collector_into(published: list[Any]) -> Callable[[str, list[Any]], list[Any]]:
+    """A publish callback keeping what a refill publishes (nothing rejected)."""
+
+    def publish(market: str, recs: list[Any]) -> list[Any]:
+        published.extend(recs)
+        return []
+
+    return publish
+
+
 def _body(record: Any) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(records.encode(record))
     body.pop("received_at")
@@ -109,7 +119,7 @@ async def test_a_window_beyond_retention_is_unrecoverable_without_a_request(
     async with Emulator(EmulatorConfig(venues=("binance_derivatives", "okx", "deribit"), rate=5, seed=3)) as emu:
         settings = settings_factory(**emulator_overrides(emu.urls, MARKETS))
         async with refill_kit(settings) as (rest, adapters, published):
-            refiller = Refiller(rest, adapters, lambda m, recs: published.extend(recs) or [])
+            refiller = Refiller(rest, adapters, collector_into(published))
             before = rest.state.rest_requests
             now = now_ms()
             old = Window("open_interest", "BTCUSDT", now - 40 * 24 * HOUR, now - 31 * 24 * HOUR)
