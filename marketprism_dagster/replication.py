@@ -24,15 +24,15 @@ import structlog
 
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.config import Settings
-from marketprism_dagster.integrity import content_digest, day_where, now_ms
+from marketprism_dagster.integrity import content_digest, day_where
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.sealing import oldest_sealable_ms
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.sql import column_list, insert_sql
+from marketprism_dagster.timeutil import DAY_MS, now_ms
 
 log = structlog.get_logger(__name__)
 
-DAY_MS = 86_400_000
 STAGING_PREFIX = "_staging_"
 
 

@@ -21,10 +21,11 @@ from aiohttp import web
 
 from marketprism_dagster.collector.health import health_report
 from marketprism_dagster.collector.metrics import CollectorMetrics
-from marketprism_dagster.collector.state import CollectorState, now_ms
+from marketprism_dagster.collector.state import CollectorState
 from marketprism_dagster.config import Settings
 from marketprism_dagster.publisher import PublishStats
 from marketprism_dagster.records import BOOK_TYPES, DATA_TYPES
+from marketprism_dagster.timeutil import now_ms
 
 log = structlog.get_logger(__name__)
 

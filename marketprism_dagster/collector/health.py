@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from marketprism_dagster.collector.state import CollectorState, now_ms
+from marketprism_dagster.collector.state import CollectorState
 from marketprism_dagster.config import Settings
 from marketprism_dagster.records import RECORD_TYPES
+from marketprism_dagster.timeutil import now_ms
 
 OK, STALE, MISSING, WAITING = "ok", "stale", "missing", "waiting"
 HEALTHY_FEED_STATES = frozenset({"healthy", "ok", "connected", "idle"})

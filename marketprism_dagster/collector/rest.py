@@ -27,7 +27,8 @@ import structlog
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.ratelimit import RateLimiter
-from marketprism_dagster.collector.state import CollectorState, MarketState, now_ms
+from marketprism_dagster.collector.state import CollectorState, MarketState
+from marketprism_dagster.timeutil import now_ms
 from marketprism_dagster.venues import registry
 from marketprism_dagster.venues.base import RestBodyError
 

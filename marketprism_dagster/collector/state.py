@@ -7,9 +7,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from marketprism_dagster.timeutil import now_ms
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+__all__ = ["CollectorState", "FeedState", "MarketState", "now_ms"]  # now_ms: for the modules importing it here
 
 
 @dataclass

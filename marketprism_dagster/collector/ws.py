@@ -26,7 +26,8 @@ import structlog
 
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.metrics import CollectorMetrics
-from marketprism_dagster.collector.state import FeedState, now_ms
+from marketprism_dagster.collector.state import FeedState
+from marketprism_dagster.timeutil import now_ms
 from marketprism_dagster.venues.base import WsFeed
 
 log = structlog.get_logger(__name__)

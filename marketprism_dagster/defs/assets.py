@@ -20,8 +20,9 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.logs import mask_url
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.replication import ReplicationFailed, replicate_day
-from marketprism_dagster.sealing import DAY_MS, HOUR_MS, TTL_MARGIN_MS, SealRefused, SealReport, seal_hours
+from marketprism_dagster.sealing import TTL_MARGIN_MS, SealRefused, SealReport, seal_hours
 from marketprism_dagster.storage.base import Store
+from marketprism_dagster.timeutil import DAY_MS, HOUR_MS
 from resources import ClickHouseResource, NatsResource, SettingsResource
 
 log = structlog.get_logger(__name__)

@@ -12,9 +12,9 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage import Store
+from marketprism_dagster.timeutil import DAY_MS, now_ms
 from resources import ClickHouseResource, SettingsResource
 
-DAY_MS = 86_400_000
 T = TypeVar("T")
 
 
@@ -58,7 +58,7 @@ class RuleInputs:
     settings: Settings
     instance: dg.DagsterInstance
     types: dict[str, list[str]]  # "hot" / "cold" -> the data types whose checks run in this step
-    now: int = field(default_factory=integrity.now_ms)
+    now: int = field(default_factory=now_ms)
     per_stream: dict[str, integrity.CheckResult] = field(default_factory=dict)
     _read: dict[str, Any] = field(default_factory=dict)
 

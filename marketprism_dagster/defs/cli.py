@@ -29,12 +29,11 @@ from marketprism_dagster.cli import ConfigOpt, SetOpt, fail, load, render_table
 from marketprism_dagster.config import LoadedConfig, Settings
 from marketprism_dagster.records import DATA_TYPES
 from marketprism_dagster.supervision import pause_marker
+from marketprism_dagster.timeutil import DAY_MS, HOUR_MS
 
 log = structlog.get_logger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 
 
 # ---------------------------------------------------------------- process management
