@@ -19,6 +19,8 @@ automatic worker tries it again later.
 ``Refiller.offer`` / ``Refiller.run`` are the automatic path: the collector offers every ``source_gap`` it
 publishes; open gaps of the refillable causes (``AUTO_CAUSES``) are queued (bounded; overflow counted and
 logged) and refilled one at a time after ``delay_s`` (the venue's history may lag its stream a little).
+A stopping collector ``save``s the gaps it has not refilled (``pending_path``); the next start queues them
+again (a planned restart's successor reads the file at its own next start).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -53,6 +58,11 @@ MAX_PAGES = 100_000  # a walk that does not end (a venue ignoring its cursor) st
 QUEUE_SIZE = 10_000
 
 Publish = Callable[[str, list[Any]], list[Any]]  # (market, records) -> the records the publisher rejected (full)
+
+
+def pending_path(data_dir: str | Path, shard: str) -> Path:
+    """Where a stopping collector leaves the gaps it had not refilled yet (read back at its next start)."""
+    return Path(data_dir) / "collector" / f"refill-pending-{shard}.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,7 @@ class Refiller:
         gap_attempts: int = 3,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         on_event: Callable[[str, str, int], None] | None = None,
+        path: Path | None = None,
     ) -> None:
         self.rest = rest
         self.adapters = adapters
@@ -111,6 +122,8 @@ class Refiller:
         self.dropped = 0  # gaps offered while the queue was full
         self.done: list[tuple[str, Any, Outcome]] = []  # the latest outcomes (bounded), for tests and the API
         self.busy = False
+        self.path = path  # the pending gaps across restarts (None: not kept)
+        self._current: tuple[str, Any] | None = None  # the gap being refilled
 
     # ------------------------------------------------------------ one window
     async def fill(self, market: str, window: Window) -> Outcome:
@@ -121,6 +134,8 @@ class Refiller:
         hist = history_for(adapter, window.data_type)
         if hist is None:
             return Outcome(UNRECOVERABLE, 0, f"{adapter.venue} keeps no history of {window.data_type}")
+        if not adapter.instruments:
+            return Outcome(OPEN, 0, f"the instruments of {market} are not loaded yet")
         inst = adapter.instruments.get(window.symbol)
         if inst is None:
             return Outcome(UNRECOVERABLE, 0, f"{window.symbol} is not an instrument of {market}")
@@ -272,8 +287,66 @@ class Refiller:
     def pending(self) -> int:
         return len(self._queue) + (1 if self.busy else 0)
 
+    def save(self) -> int:
+        """Write the gaps not refilled yet (queued, or interrupted mid-refill) for the next start; returns how many.
+        A failed write is logged: those gaps stay open in the store (the source_gap check reports them)."""
+        if self.path is None:
+            return 0
+        items = sorted(self._queue)
+        pending = [(m, g) for _, _, _, m, g in items]
+        if self._current is not None:
+            pending.insert(0, self._current)
+        try:
+            if not pending:
+                self.path.unlink(missing_ok=True)
+                return 0
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            lines = [json.dumps({"market": m, "gap": records.encode(g).decode()}) for m, g in pending]
+            tmp.write_text("\n".join(lines) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("collector.refill_save_failed", path=str(self.path), count=len(pending), error=repr(exc))
+            return 0
+        log.info("collector.refill_pending_saved", path=str(self.path), count=len(pending))
+        return len(pending)
+
+    def restore(self) -> int:
+        """Queue the gaps a previous run left (its ``save``) and remove the file; unreadable lines are counted."""
+        if self.path is None:
+            return 0
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning("collector.refill_restore_failed", path=str(self.path), error=repr(exc))
+            return 0
+        n = bad = 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                gap = records.decode(item["gap"], "source_gap")
+                market = str(item["market"])
+            except (ValueError, KeyError, TypeError, msgspec.DecodeError):
+                bad += 1
+                continue
+            self._push(time.monotonic() + self.delay_s, 1, market, gap)
+            n += 1
+        if bad:
+            self._event("", "refill_pending_unreadable", bad)
+            log.warning("collector.refill_pending_unreadable", path=str(self.path), lines=bad)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        log.info("collector.refill_pending_restored", path=str(self.path), count=n)
+        return n
+
     async def run(self) -> None:
-        """Refill queued gaps one at a time, each once it is due; an open outcome is tried again later."""
+        """Refill queued gaps one at a time, each once it is due; an open outcome is tried again later. Gaps a
+        previous run left are queued first (``restore``)."""
+        self.restore()
         while True:
             if not self._queue:
                 self._wake.clear()
@@ -288,6 +361,7 @@ class Refiller:
                 continue
             heapq.heappop(self._queue)
             self.busy = True
+            self._current = (market, gap)
             try:
                 outcome = await self.repair(market, gap)
             except Exception as exc:  # a bug must not end the worker: the gap stays open, counted and logged
@@ -296,5 +370,6 @@ class Refiller:
                 outcome = Outcome(OPEN, 0, repr(exc))
             finally:
                 self.busy = False
+                self._current = None
             if outcome.state == OPEN and attempt < self.gap_attempts:
                 self._push(time.monotonic() + self.retry_s * attempt, attempt + 1, market, gap)

@@ -32,7 +32,7 @@ from marketprism_dagster.collector.health import bound_ports, health_path, healt
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
 from marketprism_dagster.collector.points import PublishedPoints, points_path
-from marketprism_dagster.collector.refill import Refiller
+from marketprism_dagster.collector.refill import Refiller, pending_path
 from marketprism_dagster.collector.rest import RestClient, RestError
 from marketprism_dagster.collector.spill import read_spill, spill_path, write_spill
 from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState, now_ms
@@ -173,7 +173,11 @@ class Collector:
                 )
                 events = self.metrics.adapter_events
                 self.refiller = Refiller(
-                    self._rest, self.adapters, self._emit, on_event=lambda m, e, n: events.labels(m, e).inc(n)
+                    self._rest,
+                    self.adapters,
+                    self._emit,
+                    on_event=lambda m, e, n: events.labels(m, e).inc(n),
+                    path=pending_path(self.settings.data_dir, self.shard),
                 )
                 log.info(
                     "collector.start",
@@ -210,6 +214,8 @@ class Collector:
             _, stuck = await asyncio.wait(tasks, timeout=3.0)
             if stuck:  # e.g. nats-py swallowing a cancellation inside its reconnect loop: do not hang the exit
                 log.warning("collector.tasks_not_stopped", tasks=sorted(t.get_name() for t in stuck))
+        if self.refiller is not None:
+            self.refiller.save()  # gaps not refilled yet: queued again at the next start
         await self._drain_publisher()
         self._save_points()
         with contextlib.suppress(Exception):
