@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, ClassVar, Protocol
@@ -21,11 +21,12 @@ from aiohttp import web
 
 from marketprism_dagster.collector.health import health_report
 from marketprism_dagster.collector.metrics import CollectorMetrics
-from marketprism_dagster.collector.state import CollectorState
+from marketprism_dagster.collector.state import CollectorState, MarketState
 from marketprism_dagster.config import Settings
 from marketprism_dagster.publisher import PublishStats
 from marketprism_dagster.records import BOOK_TYPES, DATA_TYPES
 from marketprism_dagster.timeutil import now_ms
+from marketprism_dagster.venues import registry
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +41,15 @@ ERROR_STATUS = {
     "INTERNAL_ERROR": 500,
 }
 DATA_LIMIT_DEFAULT, DATA_LIMIT_MAX = 10, 100
+
+
+def polled_types(markets: Iterable[MarketState]) -> set[str]:
+    """The configured data types some market collects by polling REST: those its venue declares as polls."""
+    out: set[str] = set()
+    for m in markets:
+        polls = registry.adapter_class(m.venue).polls
+        out.update(p.data_type for p in polls if m.market_type in p.market_types and p.data_type in m.data_types)
+    return out
 
 
 class CollectorView(Protocol):
@@ -272,9 +282,7 @@ class CollectorApi:
                 "shard": st.shard,
                 "features": {
                     "websocket": True,
-                    "rest_polling": any(
-                        d in data_types for d in ("open_interest", "lsr_top_position", "lsr_all_account")
-                    ),
+                    "rest_polling": bool(polled_types(st.markets.values())),
                     "orderbook": not BOOK_TYPES.isdisjoint(data_types),
                     "jetstream": True,
                     "health_file": True,

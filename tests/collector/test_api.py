@@ -11,8 +11,10 @@ import psutil
 import pytest
 from aiohttp.test_utils import TestServer
 
+from marketprism_dagster.collector.api import polled_types
 from marketprism_dagster.collector.health import collector_feed_status, read_health
 from marketprism_dagster.collector.runtime import Collector
+from marketprism_dagster.collector.state import MarketState
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.nats_server import EmbeddedNats
@@ -95,6 +97,7 @@ async def test_status(running: Running) -> None:
     assert data["version"] == "0.1.0"
     assert data["supported_exchanges"] == list(MARKETS)
     assert data["features"]["orderbook"] is True
+    assert data["features"]["rest_polling"] is False  # no configured type here is polled
     assert data["collection_stats"]["websocket_connections"] == len(running.collector.state.feeds)
 
 
@@ -216,6 +219,20 @@ async def test_metrics_exposition_has_the_seeds_names(running: Running) -> None:
     assert round(probe * 1000) == 1_764_000_000_123 and probe == 1_764_000_000.123
     assert metric_value(text, "marketprism_publish_acked_total") > 0
     assert metric_value(text, "marketprism_publish_latency_seconds_count") > 0
+
+
+def test_rest_polled_types_come_from_the_venues_declared_polls() -> None:
+    def market(venue: str, market_type: str, *types: str) -> MarketState:
+        return MarketState(venue, market_type, types, ("BTC-USDT",))
+
+    assert polled_types([market("binance", "perpetual", "trade", "open_interest", "lsr_all_account")]) == {
+        "open_interest",
+        "lsr_all_account",
+    }
+    assert polled_types([market("okx", "perpetual", "funding_rate", "lsr_top_position")]) == {"lsr_top_position"}
+    # a type another venue polls, on a venue or market type that streams it (or does not offer it): not polled
+    assert polled_types([market("okx", "perpetual", "open_interest"), market("binance", "spot", "trade")]) == set()
+    assert polled_types([market("deribit", "options", "volatility_index")]) == set()
 
 
 async def test_api_answers_service_unavailable_while_stopping(running: Running) -> None:
