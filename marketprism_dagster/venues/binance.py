@@ -12,6 +12,11 @@ REST: depth snapshots ``/api/v3/depth`` / ``/fapi/v1/depth`` (requested through
 (``/futures/data/topLongShortPositionRatio`` = lsr_top_position,
 ``/futures/data/globalLongShortAccountRatio`` = lsr_all_account).
 
+History (refill, ``histories``; docs/venues.md "History endpoints"): ``/api/v3/aggTrades`` /
+``/fapi/v1/aggTrades`` (by ``fromId``, or by time in slices under an hour), ``/fapi/v1/fundingRate`` (the
+settled rates), ``/futures/data/openInterestHist`` (5m) and the two ratio endpoints with ``startTime`` /
+``endTime``; the pages go through the live mappings (same identities).
+
 Messages are routed by content (``e``), not by feed key, so one combined recorded stream
 (the 2021 sessions) replays through the same code as the split 2026 routes.
 """

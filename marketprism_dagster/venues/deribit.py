@@ -7,6 +7,9 @@ On every (re)connect a ``Backfill`` of ``public/get_volatility_index_data`` (res
 the last ``BACKFILL_MINUTES``) fills any gap; candles map to ``volatility_index`` records
 with index_value = close and open/high/low/close set.
 
+History (refill, ``histories``): the same ``get_volatility_index_data`` (resolution 60) over a gap,
+walked backwards by ``result.continuation``.
+
 Deribit sends JSON numbers: they are parsed with their decimal text kept (never float).
 Config symbols are currencies (BTC, ETH); the index name is ``<ccy>_usd``.
 """

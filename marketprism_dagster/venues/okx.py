@@ -9,6 +9,10 @@ pushed snapshot with ``checksum: 0`` (OKX since 2026-06-23), or from the REST sn
 ``GET /api/v5/market/books`` bridged by sequence ids when the stream pushes none. A gap or a
 checksum mismatch recovers through the REST snapshot, never through a resubscribe.
 
+History (refill, ``histories``; docs/venues.md "History endpoints"): ``/api/v5/market/history-trades``
+(single matches by tradeId; only ids strictly between two pushes), ``/api/v5/public/funding-rate-history``
+(settled rates), rubik ``open-interest-history`` (5m) and the two ratio endpoints with ``begin`` / ``end``.
+
 Swap sizes are contracts: base quantity = contracts x ``ctVal`` (exact Decimal), the raw
 count kept in ``quantity_contracts`` / ``open_interest_contracts``. Symbols come from the
 instruments endpoint (spot baseCcy-quoteCcy; linear swaps ctValCcy-settleCcy).
