@@ -197,3 +197,26 @@ async def test_the_collector_refills_an_open_gap_it_publishes(
     gaps = sorted((g.state, g.recovered) for g in decoded
                   if records.data_type_of(g) == "source_gap" and g.timestamp == gap.timestamp)
     assert gaps == [("open", 0), ("repaired", 500)]  # the test's gap (the collector may record the hole too)
+
+
+async def test_okx_rate_limit_codes_on_the_history_endpoint_are_waited_out(
+    nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
+) -> None:
+    """OKX answers a rate limit as HTTP 200 with code 50011: the host waits its 2 s window and the walk completes."""
+    faults = ("drop_trades@okx:at=100:count=300:topic=BTC-USDT-SWAP,"
+              "rest_code_200@okx:path=/api/v5/market/history-trades:count=2")
+    cfg = EmulatorConfig(venues=("okx",), rate=100, seed=7, faults=faults)
+    markets = {"okx_derivatives": MARKETS["okx_derivatives"]}
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
+        async with collecting(settings) as collector:
+            await until(lambda: emu.dropped_trades and emu.dropped_trades[0].done, 60)
+            d = emu.dropped_trades[0]
+            assert collector._rest is not None
+            refiller = Refiller(collector._rest, collector.adapters, collector._emit)
+            outcome = await refiller.repair("okx_derivatives", gap_for("okx_derivatives", d.first_id, d.last_id))
+            codes = collector.metrics.rate_limited.labels("okx_derivatives", "50011")._value.get()
+        fired = emu.faults_fired
+    assert (outcome.state, outcome.recovered) == ("repaired", d.last_id - d.first_id + 1)
+    assert outcome.pages == 3  # 300 matches, 100 a page
+    assert fired["rest_code_200"]["okx"] == 2 and codes == 2
