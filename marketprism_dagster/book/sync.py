@@ -14,6 +14,10 @@ Two generic rules; a venue module picks one and passes its parameters:
 Any gap or mismatch drops the book to unsynchronized; nothing is published until a fresh snapshot
 synchronizes it again.
 
+Windows without a valid book (``SyncWindows``, on both syncs as ``windows``): from the event time of the
+last update applied to a valid book when it is dropped (gap, mismatch, bad level, reconnect) to the event
+time of the first valid book again; the collector drains them as ``book_unsynced`` source gaps.
+
 Publishing (``Ticker``): the snapshot for tick T is the book after every update whose
 exchange event time is < T; it is taken when the first update with event time >= T arrives,
 before that update is applied. Its fields are tick=T, timestamp=event time of the last
@@ -59,6 +63,33 @@ _FAULT_STATUSES = frozenset(_FAULT_STATUS.values())
 BOOK_FAULT_EVENTS = {status: event for event, status in _FAULT_STATUS.items()}  # metric event of each status
 RANGE_RULE = "range"  # UpdateIdSync: each diff must reach the local id + 1 (overlaps valid)
 PREV_ID_RULE = "prev_id"  # UpdateIdSync: each diff names the last id of the one before it
+
+
+class SyncWindows:
+    """Windows without a valid book, in exchange event ms. ``lost`` when a valid book is dropped (its last
+    applied event time; the last valid time when it has none), ``back`` when a book is valid again; closed
+    windows wait in ``closed`` until the caller drains them. The book's first synchronization opens none."""
+
+    __slots__ = ("closed", "lost_ms", "valid_ms")
+
+    def __init__(self) -> None:
+        self.lost_ms: int | None = None  # an open window's start
+        self.valid_ms: int | None = None  # the last time the book became valid
+        self.closed: list[tuple[int, int]] = []
+
+    def lost(self, last_ms: int | None) -> None:
+        if self.lost_ms is None:
+            self.lost_ms = last_ms if last_ms is not None else self.valid_ms
+
+    def back(self, ms: int) -> None:
+        self.valid_ms = ms
+        if self.lost_ms is not None:
+            self.closed.append((self.lost_ms, max(ms, self.lost_ms)))
+            self.lost_ms = None
+
+    def drain(self) -> list[tuple[int, int]]:
+        out, self.closed = self.closed, []
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +173,12 @@ class UpdateIdSync:
         self.need_snapshot = False
         self.snapshot_inflight = False
         self.buffer_drops = 0
+        self.windows = SyncWindows()
 
     def reset(self) -> None:
         """Forget everything (e.g. the feed reconnected)."""
+        if self.synced:
+            self.windows.lost(self.timestamp)
         self.book.clear()
         self.buffer.clear()
         self.ticker.reset()
@@ -157,6 +191,8 @@ class UpdateIdSync:
         self.snapshot_inflight = True
 
     def _desync(self) -> None:
+        if self.synced:
+            self.windows.lost(self.timestamp)
         self.book.clear()
         self.buffer.clear()
         self.ticker.reset()
@@ -241,6 +277,7 @@ class UpdateIdSync:
     ) -> Status:
         last = self.update_id
         assert last is not None
+        bridging = False
         if self.bridged:
             if self.prev_id_chain and prev_id is not None:
                 ok = prev_id == last
@@ -260,7 +297,7 @@ class UpdateIdSync:
                     return Status.STALE
                 ok = first_id <= last + 1 <= last_id
             if ok:
-                self.bridged = True
+                self.bridged = bridging = True
         if not ok:
             self._desync()
             self._buffer(d or Diff(first_id, last_id, prev_id, event_ms, bids, asks))
@@ -281,6 +318,8 @@ class UpdateIdSync:
             return self._drop_faulty(fault, d or Diff(first_id, last_id, prev_id, event_ms, bids, asks))
         self.update_id = last_id
         self.timestamp = event_ms
+        if bridging:  # the first valid book since the snapshot
+            self.windows.back(event_ms)
         if c <= 0:
             ticker.publish(book, event_ms, event_ms, last_id)
         ticker.last_event_ms = event_ms
@@ -379,6 +418,7 @@ class SeqIdSync:
         self.need_snapshot = False
         self.snapshot_inflight = False
         self.buffer_drops = 0
+        self.windows = SyncWindows()
 
     def reset(self) -> None:
         """Forget everything (e.g. the feed reconnected)."""
@@ -387,6 +427,8 @@ class SeqIdSync:
         self.need_snapshot = self.snapshot_inflight = False
 
     def _drop(self) -> None:
+        if self.synced:
+            self.windows.lost(self.timestamp)
         self.book.clear()
         self.ticker.reset()
         self.synced = False
@@ -431,6 +473,7 @@ class SeqIdSync:
         self.seq_id = seq_id
         self.timestamp = ts
         self.ticker.last_event_ms = ts
+        self.windows.back(ts)
 
     def on_snapshot(
         self,

@@ -5,11 +5,10 @@ what it returns like any other record; ``collector/gapfile.py`` keeps its state 
 
 Causes (``records.GAP_CAUSES``) and what bounds each window:
 
-* ``trade_id_jump``: per (market, symbol, data type) the venue numbers its data consecutively (Binance
-  aggregate ids ``a``; OKX ``tradeId``, an aggregate of ``count`` matches covering
-  ``tradeId - count + 1 .. tradeId``). A hole is the exact missing ids ``first_missing_id`` ..
-  ``last_missing_id``; the window runs from the event time of the last id before it to the event time
-  of the first id after it (exchange times).
+* ``trade_id_jump``: per (market, symbol, data type) the venue numbers its data consecutively (the
+  adapter's ``id_types``; each message covers ids ``first..last``, see docs/venues.md). A hole is the
+  exact missing ids ``first_missing_id`` .. ``last_missing_id``; the window runs from the event time of
+  the last id before it to the event time of the first id after it (exchange times).
 * ``disconnect`` / ``downtime`` on an id series: the same row, but the hole is the first one found after
   a reconnect (``expect_jump``) or a restart (``restore``): the cause says why ids are missing. A
   reconnect or restart after which the ids continue leaves no row: nothing was missed.

@@ -147,6 +147,12 @@ class CollectorMetrics:
             ["exchange"],
             registry=r,
         )
+        self.source_gaps = Counter(
+            "marketprism_source_gaps_total",
+            "source gaps detected (source_gap records published, collector/gaps.py)",
+            ["exchange", "data_type", "cause"],
+            registry=r,
+        )
         self.rest_requests = Counter(
             "marketprism_collector_rest_requests_total", "REST requests by outcome", ["exchange", "status"], registry=r
         )

@@ -28,6 +28,8 @@ from nats.aio.client import Client as NATS
 from marketprism_dagster import records, validation
 from marketprism_dagster.collector.api import CollectorApi
 from marketprism_dagster.collector.backoff import Backoff
+from marketprism_dagster.collector.gapfile import gaps_path, read_gap_state, write_gap_state
+from marketprism_dagster.collector.gaps import DISCONNECT, GapTracker, Series
 from marketprism_dagster.collector.health import bound_ports, health_path, health_report, write_health_file
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
@@ -139,6 +141,13 @@ class Collector:
         self._rest: RestClient | None = None
         self.refiller: Refiller | None = None  # refills open source gaps from venue history (collector/refill.py)
         self.points = PublishedPoints(points_path(settings.data_dir, shard))
+        # source gaps (collector/gaps.py): the tracker, its file, the previous run's state (restored per market
+        # once its instruments are loaded), each market's series by normalized symbol
+        self.gaps = GapTracker()
+        self.gap_file = gaps_path(settings.data_dir, shard)
+        self._gap_saved: dict[str, Any] = {}
+        self._gap_saving = False  # this run owns the shard (a takeover successor: after the handover)
+        self._gap_series: dict[str, dict[str, Series]] = {}
         self.spill_file = spill_path(settings.data_dir, shard)
         self._spill_loaded = False
         self._spill_mark: float | None = None  # monotonic time the spill was queued; None: nothing replaying
@@ -158,6 +167,7 @@ class Collector:
         try:
             if lock is None or lock.holding:
                 self._replay_spill()
+                self._load_gap_state()
                 await self._start_http()
                 self.ready.set()
             timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.collector.rest_timeout_s)
@@ -214,10 +224,12 @@ class Collector:
             _, stuck = await asyncio.wait(tasks, timeout=3.0)
             if stuck:  # e.g. nats-py swallowing a cancellation inside its reconnect loop: do not hang the exit
                 log.warning("collector.tasks_not_stopped", tasks=sorted(t.get_name() for t in stuck))
+        self._publish_gaps(self.gaps.flush(now_ms()))  # holes still waiting for late ids: the ids did not come
         if self.refiller is not None:
             self.refiller.save()  # gaps not refilled yet: queued again at the next start
         await self._drain_publisher()
         self._save_points()
+        self._save_gap_state()
         with contextlib.suppress(Exception):
             await self.nc.close()
         self.state.nats_connected = False
@@ -305,6 +317,7 @@ class Collector:
         """A successor: once the previous run released the shard lock, own the shard (spill, HTTP ports)."""
         await lock.wait_handover()
         self._replay_spill()
+        self._gap_saving = True  # no downtime to restore: the previous run collected until the handover
         await self._start_http()
         self.ready.set()
         log.info("collector.took_over", shard=self.shard, health_port=self.health_port)
@@ -422,6 +435,7 @@ class Collector:
         while not await self._load_instruments(market):
             await asyncio.sleep(backoff.next())
         ms.instruments_loaded = True
+        self._gap_market_ready(market)
         assert self._session is not None
         for feed in adapter.ws_feeds():
             fs = self.state.feeds[feed.key] = FeedState(market, data_types=feed.data_types)
@@ -485,7 +499,11 @@ class Collector:
         adapter = self.adapters[market]
         handle = self._handle
 
+        waiting = self.gaps.waiting_feeds  # feeds whose first message after a reconnect closes disconnect gaps
+
         def on_message(feed_key: str, raw: str | bytes, received_at: int) -> None:
+            if feed_key in waiting:
+                self._publish_gaps(self.gaps.feed_message(feed_key, received_at))
             try:
                 out = adapter.on_message(feed_key, raw, received_at)
             except Exception as exc:  # a parser bug must not take the feed down: count, log once, skip
@@ -496,6 +514,9 @@ class Collector:
         return on_message
 
     def _on_connect(self, market: str, feed_key: str, ts: int) -> None:
+        fs = self.state.feeds.get(feed_key)
+        if fs is not None and fs.connects > 1 and fs.last_message_ts is not None:
+            self._connection_lost(market, fs.data_types, feed_key, fs.last_message_ts)
         try:
             out = self.adapters[market].on_connect(feed_key, ts)
         except Exception as exc:
@@ -518,6 +539,8 @@ class Collector:
     def _handle(self, market: str, out: Output) -> None:
         if out.records:
             self._emit(market, out.records)
+        if out.ids:
+            self._track_ids(market, out.ids)
         if out.events:
             self._count_events(market, out.events)
         for action in out.actions:
@@ -529,6 +552,7 @@ class Collector:
         remember = self.state.remember
         rejected: list[Any] = []
         gaps: list[Any] = []
+        downtime: list[Any] | None = [] if self.gaps.downtime_open else None
         fault = validation.fault
         for r in recs:
             broken = fault(r, book_levels=False)  # the books enforce the level rules themselves
@@ -542,8 +566,12 @@ class Collector:
             remember(data_type, market, r, r.received_at)
             if data_type == GAP_TYPE:
                 gaps.append(r)
+            if downtime is not None and records.RECORD_TYPES[data_type].venue_type:
+                downtime += self.gaps.first_record(market, r.symbol, data_type, r.received_at)
         if gaps and self.refiller is not None:
             self.refiller.offer(market, gaps)  # open, refillable gaps are refilled from venue history
+        if downtime:
+            self._publish_gaps(downtime)
         return rejected
 
     def _handle_points(self, market: str, key: str, out: Output) -> None:
@@ -686,6 +714,7 @@ class Collector:
         assert self._rest is not None
         adapter = self.adapters[market]
         while True:
+            ok = False
             try:
                 body, ts = await self._rest.get(market, poll.url, poll.weight)
             except RestError as exc:
@@ -697,6 +726,8 @@ class Collector:
                     self._adapter_failed(market, "on_rest", exc, body)
                 else:
                     self._handle_points(market, poll.key, out)
+                    ok = True
+            self._poll_done(market, poll, ok)
             now = time.time()
             await asyncio.sleep(next_poll_time(now, poll.period_s, poll.offset_s) - now)
 
@@ -714,6 +745,109 @@ class Collector:
                     self._adapter_failed(market, "on_timer", exc)
                     continue
                 self._handle(market, out)
+            self._gap_timer(now)
+
+    # ------------------------------------------------------------------ source gaps (collector/gaps.py)
+
+    def _load_gap_state(self) -> None:
+        """The previous run's gap state (its last sign of life, its id marks); this run owns the file now."""
+        saved, readable = read_gap_state(self.gap_file)
+        if not readable:
+            self.metrics.error(ANY, "gap_state_unreadable")
+        self._gap_saved = saved
+        self._gap_saving = True
+
+    def _gap_market_ready(self, market: str) -> None:
+        """The market's instruments are loaded: its series, and the previous run's downtime for them."""
+        adapter, mc = self.adapters[market], self.markets[market]
+        series = {
+            i.symbol: Series(market, mc.market_type, i.symbol, i.exchange_symbol) for i in adapter.instruments.values()
+        }
+        self._gap_series[market] = series
+        if self._gap_saved:
+            types = [t for t in mc.data_types if t in records.RECORD_TYPES]
+            configured = [(s, t, records.RECORD_TYPES[t].sparse) for s in series.values() for t in types]
+            self.gaps.restore(self._gap_saved, configured)
+
+    def _save_gap_state(self) -> None:
+        """Save once every market has taken the previous run's state (until then the old file stands)."""
+        if self._gap_saving and len(self._gap_series) == len(self.markets):
+            write_gap_state(self.gap_file, self.gaps.state(now_ms()))
+
+    def _publish_gaps(self, gaps: list[Any]) -> None:
+        """Publish ``source_gap`` records like any other record: counted, one log line each."""
+        if not gaps:
+            return
+        by_market: dict[str, list[Any]] = {}
+        for g in gaps:
+            self.metrics.source_gaps.labels(g.exchange, g.gap_data_type, g.cause).inc()
+            log.warning(
+                "collector.source_gap",
+                market=g.exchange,
+                symbol=g.symbol,
+                data_type=g.gap_data_type,
+                cause=g.cause,
+                start_ms=g.timestamp,
+                end_ms=g.end_time,
+                first_missing_id=g.first_missing_id or None,
+                last_missing_id=g.last_missing_id or None,
+                state=g.state,
+                detail=g.detail,
+            )
+            by_market.setdefault(g.exchange, []).append(g)
+        for market, group in by_market.items():
+            self._emit(market, group)
+
+    def _track_ids(self, market: str, ids: list[Any]) -> None:
+        series = self._gap_series.get(market)
+        if series is None:
+            return
+        now = now_ms()
+        track = self.gaps.ids
+        found: list[Any] = []
+        for data_type, symbol, first, last, ts in ids:
+            s = series.get(symbol)
+            if s is not None:
+                found += track(s, data_type, first, last, ts, now)
+        if found:
+            self._publish_gaps(found)
+
+    def _connection_lost(self, market: str, data_types: tuple[str, ...], feed_key: str, last_ms: int) -> None:
+        """A feed reconnected after a loss: its id series name the cause of their next hole; its other series
+        (not books: their windows are book_unsynced) get a disconnect row at the feed's next message."""
+        id_types = self.adapters[market].id_types
+        series = self._gap_series.get(market, {})
+        targets = []
+        for s in series.values():
+            for t in data_types:
+                if t in id_types:
+                    self.gaps.expect_jump(market, s.symbol, t, DISCONNECT)
+                elif t in records.RECORD_TYPES and not records.RECORD_TYPES[t].is_book:
+                    targets.append((s, t))
+        self.gaps.connection_lost(feed_key, targets, last_ms)
+
+    def _poll_done(self, market: str, poll: RestPoll, ok: bool) -> None:
+        now = now_ms()
+        if ok:
+            self._publish_gaps(self.gaps.poll_ok(poll.key, now))
+            return
+        inst = self.adapters[market].instruments.get(poll.symbol)
+        s = self._gap_series.get(market, {}).get(inst.symbol) if inst is not None else None
+        if s is not None:
+            self.gaps.poll_failed(poll.key, s, poll.data_type, now)
+
+    def _gap_timer(self, now: int) -> None:
+        """Holes past the reorder window, and the books' closed windows without a valid state."""
+        found = self.gaps.settle(now)
+        for market, adapter in self.adapters.items():
+            series = self._gap_series.get(market)
+            if series is None:
+                continue
+            for data_type, inst, lost, back in adapter.book_windows():
+                s = series.get(inst.symbol)
+                if s is not None:
+                    found.append(self.gaps.book_unsynced(s, data_type, lost, back, now))
+        self._publish_gaps(found)
 
     def _save_points(self) -> None:
         """Persist the published-point watermarks that JetStream has acknowledged (see collector/points.py)."""
@@ -724,6 +858,7 @@ class Collector:
         while True:
             self.api.rate.sample(sum(self.state.records.values()))
             self._save_points()
+            self._save_gap_state()
             self._spill_delivered()
             if self.on_ready is not None and self.collecting:
                 on_ready, self.on_ready = self.on_ready, None

@@ -236,12 +236,18 @@ class RestBodyError:
     retry_after_s: float = 0.0  # the venue's rate-limit window
 
 
+IdSpan = tuple[str, str, int, int, int]  # data type, normalized symbol, first id, last id, event time ms
+
+
 @dataclass(slots=True)
 class Output:
     records: list[Any] = field(default_factory=list)  # record structs from marketprism_dagster.records
     actions: list[Action] = field(default_factory=list)
     # counters for /metrics, e.g. {"resync": 1, "checksum_failure": 1, "parse_error": 1}
     events: dict[str, int] = field(default_factory=dict)
+    # the venue ids the messages carried, for source-gap detection (collector/gaps.py): one
+    # ``(data_type, symbol, first id, last id, event ms)`` per message of a type in ``id_types``
+    ids: list[IdSpan] | None = None
 
     def count(self, event: str, n: int = 1) -> None:
         self.events[event] = self.events.get(event, 0) + n
@@ -249,6 +255,8 @@ class Output:
     def extend(self, other: Output) -> None:
         self.records.extend(other.records)
         self.actions.extend(other.actions)
+        if other.ids:
+            self.ids = (self.ids or []) + other.ids
         for k, v in other.events.items():
             self.count(k, v)
 
@@ -336,6 +344,9 @@ class VenueAdapter(ABC):
     channels: ClassVar[tuple[Channel, ...]] = ()
     polls: ClassVar[tuple[Poll, ...]] = ()
     weight_header: ClassVar[str | None] = None  # response header carrying the REST weight used this minute
+    # data types whose messages carry ids the venue numbers consecutively per symbol: the adapter reports
+    # them in ``Output.ids`` and the collector turns holes into ``source_gap`` records (collector/gaps.py)
+    id_types: ClassVar[tuple[str, ...]] = ()
     # market id -> its default config entry (``market_type``, ``symbols``, ``rest_url``, ``ws_url``;
     # ``data_types`` defaults to everything the market type offers)
     default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
@@ -466,6 +477,19 @@ class VenueAdapter(ABC):
         depth = self.orderbook.depth
         for snap in snaps:
             out.records.append(book_record(self.market_id, self.market_type, inst, snap, received_at, depth))
+
+    def book_windows(self) -> list[tuple[str, Instrument, int, int]]:
+        """Closed windows without a valid book since the last call: (data type, instrument, lost ms, back ms),
+        exchange event times (``book.sync.SyncWindows``); none for inverse contracts (not stored)."""
+        out: list[tuple[str, Instrument, int, int]] = []
+        for sym, sync in self.books.items():
+            if not sync.windows.closed:
+                continue
+            windows = sync.windows.drain()
+            inst = self.instruments.get(sym)
+            if inst is not None and not inst.inverse:
+                out += [("orderbook", inst, lost, back) for lost, back in windows]
+        return out
 
     def feed_ready(self, feed_key: str) -> bool:
         """During a ``SwitchConnection``: may the old connection close now? A feed carrying books once

@@ -234,6 +234,7 @@ class BinanceAdapter(VenueAdapter):
         Channel("forceOrder", ("liquidation",), "_force_order", {"perpetual": "market"}),
     )
     polls = (
+    id_types = ("trade",)  # aggregate trade ids ``a``, consecutive per symbol (the refill's ``fromId``)
         Poll("open_interest", "/fapi/v1/openInterest", "_open_interest", ("perpetual",)),
         Poll("lsr_top_position", "/futures/data/topLongShortPositionRatio", "_ratios", ("perpetual",)),
         Poll("lsr_all_account", "/futures/data/globalLongShortAccountRatio", "_ratios", ("perpetual",)),
@@ -335,7 +336,8 @@ class BinanceAdapter(VenueAdapter):
                 self._instrument(d.s, out)
                 return out
             # every field is typed by the decoder: nothing below can raise
-            return Output([self._trade(inst, d.T, d.a, d.p, d.q, d.m, received_at)], [], {})
+            trade = self._trade(inst, d.T, d.a, d.p, d.q, d.m, received_at)
+            return Output([trade], [], {}, [("trade", inst.symbol, d.a, d.a, d.T)])
         out = Output([], [], {})
         sym = d.s
         inst = self.instruments.get(sym) or self._instrument(sym, out)
@@ -402,6 +404,10 @@ class BinanceAdapter(VenueAdapter):
         )
 
     def _agg_trade(self, d: dict[str, Any], received_at: int, out: Output) -> None:
+        agg_id = d["a"]
+        if type(agg_id) is int:
+            out.ids = out.ids or []
+            out.ids.append(("trade", inst.symbol, agg_id, agg_id, d["T"]))
         sym = d["s"]
         inst = self.instruments.get(sym) or self._instrument(sym, out)
         if inst is None:
