@@ -335,3 +335,70 @@ def test_binance_walk_covers_the_window_once(
     expect = [i for i in ids if before < i < after] if by_id else [
         i for i in ids if times[before] < times[i] < times[after]]
     assert sorted(got) == sorted(set(got)) == expect
+
+
+def _okx_trades_answer(ids: list[int], url: str) -> dict[str, Any]:
+    """GET history-trades type 1 as documented: ``after`` older than, ``before`` newer than (exclusive), newest
+    first, at most ``limit`` (100)."""
+    q = query(url)
+    rows = [i for i in ids if ("after" not in q or i < int(q["after"])) and ("before" not in q or i > int(q["before"]))]
+    rows = sorted(rows, reverse=True)[: int(q["limit"])]
+    data = [dict(OKX_HISTORY_TRADES_DOC["data"][0], instId="BTC-USDT", tradeId=str(i), ts=str(NOW + i)) for i in rows]
+    return {"code": "0", "msg": "", "data": data}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(3, 1500), gap=st.data())
+def test_okx_walk_by_id_covers_the_window_once(make_adapter: Any, n: int, gap: st.DataObject) -> None:
+    adapter = make_adapter("okx_spot", all_symbols=False)
+    ids = list(range(5_000, 5_000 + n))
+    lo = gap.draw(st.integers(1, n - 2))
+    hi = gap.draw(st.integers(lo, n - 2))
+    window = Window("trade", "BTC-USDT", 0, 2**62, ids[lo], ids[hi])
+    page: Page | None = first(adapter, window)
+    got: list[int] = []
+    pages = 0
+    while page is not None:
+        result = answer(adapter, window, page, _okx_trades_answer(ids, page.url))
+        got += [int(r.trade_id) for r in result.records if window.wants(r)]
+        page, pages = result.next, pages + 1
+        assert pages <= (hi - lo) // 100 + 2
+    assert sorted(got) == sorted(set(got)) == ids[lo:hi + 1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(points=st.integers(1, 1500), span=st.data())
+def test_series_walks_cover_the_window_once(make_adapter: Any, points: int, span: st.DataObject) -> None:
+    """Binance /futures/data (ascending, startTime paging, 500 a page) and OKX rubik (newest first, ``end`` paging,
+    100 a page): every 5-minute point strictly inside the window, once."""
+    step = 300_000
+    stamps = [NOW + i * step for i in range(points)]
+    a = span.draw(st.integers(-1, points))
+    b = span.draw(st.integers(a, points + 1))
+    after, before = NOW + a * step + span.draw(st.sampled_from([0, 1])), NOW + b * step
+    inside = [t for t in stamps if after < t < before]
+    binance = make_adapter("binance_derivatives", all_symbols=False)
+    window = Window("open_interest", "BTCUSDT", after, before)
+    page: Page | None = first(binance, window)
+    got: list[int] = []
+    while page is not None:
+        q = query(page.url)
+        rows = [t for t in stamps if int(q["startTime"]) <= t <= int(q["endTime"])][: int(q["limit"])]
+        body = [{"symbol": "BTCUSDT", "sumOpenInterest": "1.5", "sumOpenInterestValue": "2.5", "timestamp": t}
+                for t in rows]
+        result = answer(binance, window, page, body)
+        got += [r.timestamp for r in result.records if window.wants(r)]
+        page = result.next
+    assert got == inside
+    okx = make_adapter("okx_derivatives", all_symbols=False)
+    window = Window("open_interest", "BTC-USDT-SWAP", after, before)
+    page = first(okx, window)
+    got = []
+    while page is not None:
+        q = query(page.url)
+        rows = sorted((t for t in stamps if int(q["begin"]) < t < int(q["end"])), reverse=True)[: int(q["limit"])]
+        body = {"code": "0", "msg": "", "data": [[str(t), "10", "0.1", "3000"] for t in rows]}
+        result = answer(okx, window, page, body)
+        got += [r.timestamp for r in result.records if window.wants(r)]
+        page = result.next
+    assert sorted(got) == sorted(set(got)) == inside
