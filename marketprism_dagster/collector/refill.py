@@ -256,14 +256,13 @@ class Refiller:
 
     # ------------------------------------------------------------ automatic
     def wants(self, market: str, record: Any) -> bool:
-        """An open gap of a refillable cause, in a data type the market's venue keeps history of."""
+        """An open gap of a refillable cause in a market collected here. A type the venue keeps no history of
+        (liquidations) is taken too: its refill publishes it ``unrecoverable`` with that reason, so no gap of a
+        missed feed stays open (book gaps are unrecoverable from the start)."""
         if type(record) is not records.SourceGap:
             return False
         gap: Any = record
-        if gap.state != OPEN or gap.cause not in AUTO_CAUSES:
-            return False
-        adapter = self.adapters.get(market)
-        return adapter is not None and history_for(adapter, gap.gap_data_type) is not None
+        return gap.state == OPEN and gap.cause in AUTO_CAUSES and market in self.adapters
 
     def offer(self, market: str, recs: list[Any]) -> None:
         """Queue the open, refillable gaps among ``recs`` (the records a collector just published)."""

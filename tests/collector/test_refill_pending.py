@@ -35,13 +35,14 @@ def test_pending_gaps_are_saved_and_restored(tmp_path: Path) -> None:
     path = pending_path(tmp_path, "main")
     first = refiller(path)
     first.offer(MARKET, [gap(), gap("repaired"), gap(cause="book_unsynced"), gap(data_type="liquidation")])
-    assert first.pending == 1  # only the open trade gap: a repaired row, a book cause, a type without history are not
-    assert first.save() == 1 and path.exists()
+    first.offer("elsewhere", [gap()])
+    assert first.pending == 2  # the open trade and liquidation gaps; not a repaired row, a book cause, another market
+    assert first.save() == 2 and path.exists()
     path.write_text(path.read_text() + "not json\n")
     second = refiller(path)
-    assert second.restore() == 1 and not path.exists()
-    assert [g for _, _, _, _, g in second._queue] == [gap()]
-    assert second.save() == 1 and refiller(path).restore() == 1
+    assert second.restore() == 2 and not path.exists()
+    assert [g for _, _, _, _, g in sorted(second._queue)] == [gap(), gap(data_type="liquidation")]
+    assert second.save() == 2 and refiller(path).restore() == 2
     empty = refiller(path)
     assert empty.save() == 0 and not path.exists()
 
@@ -50,3 +51,19 @@ async def test_a_market_without_instruments_leaves_the_gap_open() -> None:
     r = refiller(None)
     outcome = await r.fill(MARKET, Window("trade", "BTCUSDT", 0, 1_700_000_000_000, 10, 19))
     assert outcome.state == "open" and "not loaded" in outcome.detail
+
+
+async def test_a_gap_without_venue_history_is_published_unrecoverable() -> None:
+    published: list[Any] = []
+
+    def publish(market: str, recs: list[Any]) -> list[Any]:
+        published.extend(recs)
+        return []
+
+    r = refiller(None)
+    r.publish = publish
+    outcome = await r.repair(MARKET, gap(data_type="liquidation", cause="disconnect"))
+    (row,) = published
+    assert outcome.state == row.state == "unrecoverable" and row.recovered == 0
+    assert "no history of liquidation" in row.detail
+    assert (row.cause, row.gap_data_type, row.timestamp) == ("disconnect", "liquidation", 1_700_000_000_000)
