@@ -11,6 +11,10 @@ long holder therefore reopens as rarely as it can: after handing over, it stays 
 other processes have left the store alone for ``SETTLE_S`` (their releases stamp
 ``<path>.recent``), at most ``SETTLE_MAX_S``, so a burst of short operations from a Dagster
 step costs the writer one reopen, not one per operation.
+
+Engine settings (``SESSION_SETTINGS``, startup arguments of the session) keep chDB's own upkeep
+small; a long holder's session (the writer: small INSERTs back to back) also runs each statement
+on one thread (``LONG_HOLDER_SETTINGS``), where a short session keeps two for scans.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ _PROCESS_LOCK = threading.RLock()
 
 # Arrow tables one ``run_statements`` call can bind (chDB's Python() finds them among the caller's locals)
 ARROW_SLOTS = 8
+
+# every session: the engine's memory worker (RSS -> memory tracker) polls once a second instead of ten times
+# (0.12-0.15% of a core in an idle writer)
+SESSION_SETTINGS: dict[str, str] = {"memory_worker_period_ms": "1000"}
+# a long holder's session: one thread per statement. A 40-row INSERT ... VALUES costs ~13% less CPU on one
+# thread than on two (300 of each, interleaved in one process: 8.43 vs 9.73 ms, 12.83 vs 14.77 ms on a loaded
+# machine); the writer's statements are small, and its large Arrow inserts at high rates read one table each
+LONG_HOLDER_SETTINGS: dict[str, str] = {"max_threads": "1", "max_insert_threads": "1"}
 
 # a long holder (the writer) re-opens only once other processes left the store alone this long ...
 SETTLE_S = 0.3
@@ -117,11 +129,15 @@ class EmbeddedStore(Store):
         try:
             from chdb import session as chdb_session
 
-            self._session = chdb_session.Session(str(self.path))
+            self._session = chdb_session.Session(self._connection_string())
             self.opens += 1
         except Exception:
             self._release()
             raise
+
+    def _connection_string(self) -> str:
+        params = {**SESSION_SETTINGS, **(LONG_HOLDER_SETTINGS if self._long_holder() else {})}
+        return f"{self.path}?" + "&".join(f"{k}={v}" for k, v in params.items())
 
     def _release(self) -> None:
         if self._session is not None:
