@@ -257,9 +257,9 @@ class WriterConfig(_Model):
         default=200, ge=0, le=10_000, description="a range not yet full waits this long for more messages"
     )
     linger_max_ms: int = Field(
-        default=800, ge=0, le=10_000,
+        default=1000, ge=0, le=10_000,
         description="a range under linger_min_messages after linger_ms keeps waiting up to this long (low rates: "
-        "fewer, larger statements; bounds the added delay)",
+        "a commit a second per stream, each a statement per data type; bounds the added delay)",
     )
     linger_min_messages: int = Field(
         default=500, ge=0, description="a range this large is committed once linger_ms has passed"
@@ -269,7 +269,8 @@ class WriterConfig(_Model):
     durable_prefix: str = "marketprism_hot_writer"
     health_host: str = Field(default="127.0.0.1", description="bind address of /health and /metrics")
     batch_max_bytes: int = Field(default=64 * 1024**2, gt=0, description="fetch no more payload bytes per batch")
-    monitor_interval_s: float = Field(default=2.0, gt=0, description="lag refresh and heartbeat period")
+    monitor_interval_s: float = Field(
+        default=5.0, gt=0, description="lag refresh and heartbeat period (4 JetStream API requests each)")
 
 
 class SupervisorConfig(_Model):
