@@ -195,7 +195,8 @@ def data_lag(
     newest = facts.newest_ms if facts else newest_ms(store, settings.storage.hot_database, data_type)
     target = f"hot.{data_type}"
     if not RECORD_TYPES[data_type].venue_type:  # source_gap: an old newest row means no gap since
-        return CheckResult("data_lag", target, True, "ERROR", f"{data_type}: rows only where gaps were", {"lag_s": None})
+        return CheckResult("data_lag", target, True, "ERROR", f"{data_type}: rows only where gaps were",
+                           {"lag_s": None})
     if newest is None:
         return CheckResult("data_lag", target, False, "ERROR", f"no {data_type} rows at all", {"lag_s": None})
     lag_s = max(0.0, (now - newest) / 1000)
@@ -350,14 +351,14 @@ def schema_parity(
     else:
         hot_cols = store.table_columns(st.hot_database, data_type)
         cold_cols = (cold or store).table_columns(st.cold_database, data_type)
-    diff = sorted(set(hot_cols) ^ set(cold_cols))
-    meta = {"hot_columns": len(hot_cols), "cold_columns": len(cold_cols), "differences": [f"{n} {t}" for n, t in diff]}
+    differences = [f"{n} {t}" for n, t in sorted(set(hot_cols) ^ set(cold_cols))]
+    meta = {"hot_columns": len(hot_cols), "cold_columns": len(cold_cols), "differences": differences}
     if not hot_cols or not cold_cols:
         return CheckResult(
             "schema_parity", f"cold.{data_type}", False, "ERROR", "table missing; run `marketprism init`", meta
         )
     if hot_cols != cold_cols:
-        what = ", ".join(meta["differences"]) or "column order differs"
+        what = ", ".join(differences) or "column order differs"
         return CheckResult("schema_parity", f"cold.{data_type}", False, "ERROR", f"schemas differ: {what}", meta)
     return CheckResult("schema_parity", f"cold.{data_type}", True, "ERROR", f"{len(hot_cols)} columns identical", meta)
 
@@ -389,14 +390,14 @@ def run_all(
         feeds = None
         if RECORD_TYPES[t].sparse:
             feeds = collector_feed_status(settings, t) if feed_status == "probe" else feed_status
-        results.append(window_presence(store, settings, t, now=now, feeds=feeds, facts=facts[t]))  # type: ignore[arg-type]
+        results.append(window_presence(store, settings, t, now=now, feeds=feeds, facts=facts[t]))
         results.append(data_lag(store, settings, t, now=now, facts=facts[t]))
         results.append(duplicates(store, settings, t, counts=dups[t]))
         newest = (hot_newest[t], cold_newest[t])
         results.append(hot_cold_lag(store, settings, t, horizon_ms=horizon, cold=cold, newest=newest))
         results.append(schema_parity(store, settings, t, cold=cold, columns=columns))
-    for stream in sorted({settings.stream_for(t) for t in configured_types(settings)} - {None}):
-        results.append(ledger_gaps(store, settings, str(stream)))
+    for stream in sorted({s for t in configured_types(settings) if (s := settings.stream_for(t)) is not None}):
+        results.append(ledger_gaps(store, settings, stream))
     return results
 
 

@@ -123,7 +123,8 @@ def _typed(column: Column, values: pa.Array | pa.ChunkedArray | list[Any]) -> pa
             return _levels_array(values)
         values = pa.array(values, type=pa.int64() if column.wire in _TIME_WIRES else None)
     if column.wire is Wire.LEVELS:
-        if pa.types.is_struct(values.type.value_type):
+        typ = values.type
+        if isinstance(typ, pa.ListType | pa.LargeListType) and pa.types.is_struct(typ.value_type):
             return pc.cast(values, ARROW_LEVELS)
         return _levels_array(values.to_pylist())
     if column.wire in _TIME_WIRES and pa.types.is_integer(values.type):
