@@ -9,7 +9,12 @@ Per rate (a fresh nats-server, store and emulator each time), four separate proc
   its ``--rate`` (messages/s per high-frequency stream) is derived from the requested rows/s:
   the default markets land one trade row per message on 8 trade streams plus one order book
   row per second for each of 8 books, so emulator rate = (rows/s - 8) / 8 (at least 0.2);
-* collector: ``marketprism collect`` (every default market, pointed at the emulator);
+* collector: ``marketprism collect`` (every default market, pointed at the emulator). From
+  ``--trades-only-from`` rows/s on (default 1000) it collects trades only and the emulator rate is
+  rows/s / 8: the emulator's rate drives its depth streams too, so a phase with books at 5k rows/s
+  also sends ~5k depth updates a second that land no rows (a book lands one row a second) but
+  that the emulator builds and the collector keeps its books from (in a 2-minute run both were
+  busy the whole window: 1753 rows/s landed, p50 delay 60 s, the writer 16% of a core);
 * writer: ``marketprism write``;
 * nats-server: EmbeddedNats.
 
@@ -74,8 +79,8 @@ BOOKS = 8  # order books in the default markets, one row a second each
 TRADE_STREAMS = 8
 
 
-def emulator_rate(rows_per_s: float) -> float:
-    return max(0.2, (rows_per_s - BOOKS) / TRADE_STREAMS)
+def emulator_rate(rows_per_s: float, trades_only: bool = False) -> float:
+    return max(0.2, (rows_per_s - (0 if trades_only else BOOKS)) / TRADE_STREAMS)
 
 
 def _start_emulator(rate: float, log: Path) -> tuple[subprocess.Popen[bytes], dict[str, dict[str, str]]]:
@@ -218,9 +223,10 @@ class Foreign:
 
 async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s: float, extra: dict[str, Any],
                     tmp: Path, foreign_every_s: float = 0.0, foreign_burst: int = 1,
-                    table_settings: dict[str, str] | None = None) -> dict[str, Any]:
-    rate = emulator_rate(rows_per_s)
+                    table_settings: dict[str, str] | None = None, trades_only: bool = False) -> dict[str, Any]:
+    rate = emulator_rate(rows_per_s, trades_only)
     out: dict[str, Any] = {"target_rows_per_s": rows_per_s, "emulator_rate_per_stream": round(rate, 2),
+                           "collected": "trades only" if trades_only else "every default data type",
                            "minutes": minutes, "settings": extra or "configured defaults",
                            "loadavg_start": _loadavg()}
     with EmbeddedNats(tmp / "nats", port=free_port()) as srv:
@@ -255,6 +261,11 @@ async def run_phase(rows_per_s: float, minutes: float, warmup_s: float, sample_s
             for m in MARKETS:
                 csets[f"markets.{m}.rest_url"] = urls[m]["rest"]
                 csets[f"markets.{m}.ws_url"] = urls[m]["ws"]
+                if trades_only:
+                    if "trade" in settings.markets[m].data_types:
+                        csets[f"markets.{m}.data_types"] = ["trade"]
+                    else:
+                        csets[f"markets.{m}.enabled"] = False
             collector = subprocess.Popen(_cmd("collect", csets), stdout=open(tmp / "collector.log", "wb"),  # noqa: SIM115
                                          stderr=subprocess.STDOUT, cwd=REPO, env=_env())
             procs = [Proc("collector", collector.pid), Proc("nats_server", srv.proc.pid if srv.proc else 0),
@@ -373,6 +384,8 @@ def main() -> None:
     ap.add_argument("--foreign-every-s", type=float, default=0.0,
                     help="another process opens the store every N s, as Dagster steps and checks do (0 = never)")
     ap.add_argument("--foreign-burst", type=int, default=1, help="queries per foreign use, each opening the store")
+    ap.add_argument("--trades-only-from", type=float, default=1000.0,
+                    help="phases at this many rows/s or more collect trades only (books off)")
     ap.add_argument("--table-setting", dest="table_settings", action="append", default=[],
                     help="MergeTree setting key=value given to the writer's tables before the writer starts")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
@@ -389,11 +402,13 @@ def main() -> None:
             d = tempfile.mkdtemp(prefix="bench_soak_")
             print(f"phase dir: {d}", flush=True)
             res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d),
-                                        args.foreign_every_s, args.foreign_burst, table_settings))
+                                        args.foreign_every_s, args.foreign_burst, table_settings,
+                                        rate >= args.trades_only_from))
         else:
             with tempfile.TemporaryDirectory(prefix="bench_soak_") as d:
                 res = asyncio.run(run_phase(rate, args.minutes, args.warmup_s, args.sample_s, extra, Path(d),
-                                        args.foreign_every_s, args.foreign_burst, table_settings))
+                                        args.foreign_every_s, args.foreign_burst, table_settings,
+                                        rate >= args.trades_only_from))
         results.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "rss_timeline_mb"}, indent=2), flush=True)
         if args.json:
