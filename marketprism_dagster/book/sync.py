@@ -118,12 +118,15 @@ class Ticker:
         self.last_event_ms = None
 
     def before(self, book: Book, event_ms: int, update_id: int | None) -> None:
+        """Before an update with event time ``event_ms`` is applied: publish the tick it crosses into (the book
+        of every earlier update; ``update_id`` the last applied id, None: nothing applied yet)."""
         c = self.cadence_ms
         last = self.last_event_ms
         if c > 0 and last is not None and update_id is not None and event_ms // c > last // c:
             self.publish(book, event_ms - event_ms % c, last, update_id)
 
     def after(self, book: Book, event_ms: int, update_id: int) -> None:
+        """After the update (now id ``update_id``) is applied: with cadence 0 publish it, and remember its time."""
         if self.cadence_ms <= 0:
             self.publish(book, event_ms, event_ms, update_id)
         self.last_event_ms = event_ms
@@ -246,11 +249,8 @@ class UpdateIdSync:
             return self._apply(first_id, last_id, prev_id, event_ms, bids, asks, None)
         book = self.book
         ticker = self.ticker
-        c = ticker.cadence_ms
-        prev_ms = ticker.last_event_ms
         try:
-            if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
-                ticker.publish(book, event_ms - event_ms % c, prev_ms, last)  # type: ignore[arg-type]
+            ticker.before(book, event_ms, last)
             book.apply_pairs(bids, asks, short_prices)
         except Exception:
             self._desync()  # a level the book could not take (bad price): never keep a half-applied book
@@ -260,9 +260,7 @@ class UpdateIdSync:
             return self._drop_faulty(fault, Diff(first_id, last_id, prev_id, event_ms, bids, asks))
         self.update_id = last_id
         self.timestamp = event_ms
-        if c <= 0:
-            ticker.publish(book, event_ms, event_ms, last_id)
-        ticker.last_event_ms = event_ms
+        ticker.after(book, event_ms, last_id)
         return APPLIED
 
     def _apply(
@@ -304,11 +302,8 @@ class UpdateIdSync:
             return Status.GAP
         book = self.book
         ticker = self.ticker
-        c = ticker.cadence_ms
-        prev_ms = ticker.last_event_ms
         try:
-            if c > 0 and prev_ms is not None and event_ms // c > prev_ms // c:
-                ticker.publish(book, event_ms - event_ms % c, prev_ms, last)
+            ticker.before(book, event_ms, last)
             book.apply(bids, asks)
         except Exception:
             self._desync()  # a level the book could not take (bad price): never keep a half-applied book
@@ -320,9 +315,7 @@ class UpdateIdSync:
         self.timestamp = event_ms
         if bridging:  # the first valid book since the snapshot
             self.windows.back(event_ms)
-        if c <= 0:
-            ticker.publish(book, event_ms, event_ms, last_id)
-        ticker.last_event_ms = event_ms
+        ticker.after(book, event_ms, last_id)
         return APPLIED
 
     def final_snapshot(self, depth: int) -> BookSnapshot | None:
@@ -598,13 +591,8 @@ class SeqIdSync:
             self.bridged = True  # no sequence ids to bridge with (see the class docstring)
         book = self.book
         ticker = self.ticker
-        c = ticker.cadence_ms
-        prev_ms = ticker.last_event_ms
         try:
-            if c > 0 and prev_ms is not None and ts // c > prev_ms // c:
-                uid = cur if cur is not None else self.timestamp
-                if uid is not None:
-                    ticker.publish(book, ts - ts % c, prev_ms, uid)
+            ticker.before(book, ts, cur if cur is not None else self.timestamp)
             if quads:
                 touched = book.apply_quads(bids, asks, self.checksum_levels, short_prices)
             else:
@@ -625,7 +613,5 @@ class SeqIdSync:
             return _FAULT_STATUS[fault]
         self.seq_id = seq_id
         self.timestamp = ts
-        if c <= 0:
-            ticker.publish(book, ts, ts, seq_id if seq_id is not None else ts)
-        ticker.last_event_ms = ts
+        ticker.after(book, ts, seq_id if seq_id is not None else ts)
         return APPLIED
