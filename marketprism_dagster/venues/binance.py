@@ -234,12 +234,12 @@ class BinanceAdapter(VenueAdapter):
         Channel("forceOrder", ("liquidation",), "_force_order", {"perpetual": "market"}),
     )
     polls = (
-    id_types = ("trade",)  # aggregate trade ids ``a``, consecutive per symbol (the refill's ``fromId``)
         Poll("open_interest", "/fapi/v1/openInterest", "_open_interest", ("perpetual",)),
         Poll("lsr_top_position", "/futures/data/topLongShortPositionRatio", "_ratios", ("perpetual",)),
         Poll("lsr_all_account", "/futures/data/globalLongShortAccountRatio", "_ratios", ("perpetual",)),
     )
     weight_header = "X-MBX-USED-WEIGHT-1M"
+    id_types = ("trade",)  # aggregate trade ids ``a``, consecutive per symbol (the refill's ``fromId``)
     histories = BINANCE_HISTORIES
     default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "binance_spot": {
@@ -404,15 +404,15 @@ class BinanceAdapter(VenueAdapter):
         )
 
     def _agg_trade(self, d: dict[str, Any], received_at: int, out: Output) -> None:
-        agg_id = d["a"]
-        if type(agg_id) is int:
-            out.ids = out.ids or []
-            out.ids.append(("trade", inst.symbol, agg_id, agg_id, d["T"]))
         sym = d["s"]
         inst = self.instruments.get(sym) or self._instrument(sym, out)
         if inst is None:
             return
         out.records.append(self._trade(inst, d["T"], d["a"], d["p"], d["q"], d["m"], received_at))
+        agg_id = d["a"]
+        if type(agg_id) is int:
+            out.ids = out.ids or []
+            out.ids.append(("trade", inst.symbol, agg_id, agg_id, d["T"]))
 
     def _sync(self, sym: str) -> UpdateIdSync:
         sync = self.books.get(sym)

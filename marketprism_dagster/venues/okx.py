@@ -161,6 +161,10 @@ def parse_rest_error(body: bytes | str) -> RestBodyError | None:
         return None
     msg = str(payload.get("msg") or "")
     if code in REST_RATE_LIMIT_CODES:
+        return RestBodyError(code, msg, rate_limited=True, retry_after_s=REST_WINDOW_S)
+    return RestBodyError(code, msg, transient=code in REST_TRANSIENT_CODES)
+
+
 def trade_id_span(t: Mapping[str, Any]) -> tuple[int, int] | None:
     """The match ids a ``trades`` push covers: ``tradeId - count + 1 .. tradeId`` (``count`` absent before
     the aggregated channel, i.e. one match); None when the ids are not decimal numbers."""
@@ -169,10 +173,6 @@ def trade_id_span(t: Mapping[str, Any]) -> tuple[int, int] | None:
         return None
     n = int(count)
     return (int(last) - n + 1, int(last)) if n >= 1 else None
-
-
-        return RestBodyError(code, msg, rate_limited=True, retry_after_s=REST_WINDOW_S)
-    return RestBodyError(code, msg, transient=code in REST_TRANSIENT_CODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,13 +312,13 @@ class OkxAdapter(VenueAdapter):
         Channel("liquidation-orders", ("liquidation",), "_liquidations", {"perpetual": "public"}),
     )
     polls = (
-    # ``tradeId`` = the LAST match id of an aggregate of ``count`` matches: ids tradeId - count + 1 .. tradeId
-    # (docs/venues.md settled point 6); consecutive per instrument across pushes (open point 6)
-    id_types = ("trade",)
         Poll("lsr_top_position", f"{RUBIK}/long-short-position-ratio-contract-top-trader", "_ratios", ("perpetual",)),
         Poll("lsr_all_account", f"{RUBIK}/long-short-account-ratio-contract", "_ratios", ("perpetual",)),
     )
     histories = OKX_HISTORIES
+    # ``tradeId`` = the LAST match id of an aggregate of ``count`` matches: ids tradeId - count + 1 .. tradeId
+    # (docs/venues.md settled point 6); consecutive per instrument across pushes (open point 6)
+    id_types = ("trade",)
     default_markets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "okx_spot": {
             "market_type": "spot",
@@ -485,16 +485,16 @@ class OkxAdapter(VenueAdapter):
 
     def _trades(self, fk: str, msg: Any, arg: Any, data: list[Any], received_at: int, out: Output) -> None:
         inst_id = arg["instId"]
-        ids = out.ids = out.ids or []
         inst = self.instruments.get(inst_id) or self._instrument(inst_id, out)
         if inst is None or not self._linear(inst, out):
+            return
+        cv = inst.contract_value
+        ids = out.ids = out.ids or []
+        for t in data:
+            sz = t["sz"]
             span = trade_id_span(t)
             if span is not None:
                 ids.append(("trade", inst.symbol, span[0], span[1], int(t["ts"])))
-            return
-        cv = inst.contract_value
-        for t in data:
-            sz = t["sz"]
             out.records.append(
                 Trade(
                     exchange=self.market_id,
