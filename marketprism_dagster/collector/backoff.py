@@ -30,7 +30,7 @@ class Backoff:
 
     def base(self, attempt: int) -> float:
         """The delay of the ``attempt``-th retry (0-based) before jitter."""
-        return min(self.cap, self.initial * 2 ** min(attempt, self._capped_at))
+        return min(self.cap, self.initial * 2.0 ** min(attempt, self._capped_at))
 
     def delay(self, attempt: int) -> float:
         """The delay of the ``attempt``-th retry (0-based), jitter applied."""

@@ -22,7 +22,6 @@ import contextvars
 import errno
 import json
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +40,7 @@ from marketprism_dagster.collector.points import PublishedPoints
 from marketprism_dagster.collector.rest import RestClient
 from marketprism_dagster.collector.runtime import INFO_EVENTS, Collector
 from marketprism_dagster.config import MarketConfig, OrderBookConfig, Settings
+from marketprism_dagster.serving import stop_on_signals
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import (
     Backfill,
@@ -639,19 +639,12 @@ async def run_probe(settings: Settings, markets: list[str], seconds: float, *, s
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     timer = loop.call_later(seconds, stop.set)
-    installed: list[signal.Signals] = []
-    if signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
     probe = Probe(settings, markets)
     try:
-        await probe.run(stop)
+        with stop_on_signals(stop) if signals else contextlib.nullcontext():
+            await probe.run(stop)
     finally:
         timer.cancel()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
     assert probe.result is not None
     return probe.result
 

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import math
-import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -44,6 +43,7 @@ from marketprism_dagster.jetstream import ensure_streams
 from marketprism_dagster.logs import mask_url
 from marketprism_dagster.nats_server import host_port
 from marketprism_dagster.publisher import JetStreamPublisher, PublishStats
+from marketprism_dagster.serving import serve_app, stop_on_signals
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import (
     Backfill,
@@ -349,14 +349,9 @@ class Collector:
             apps.append((self.api.metrics_app(), metrics_port))
         ports: list[int] = []
         for app, port in apps:
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, cfg.http_host, port)
-            await site.start()
+            runner, bound = await serve_app(app, cfg.http_host, port)
             self._runners.append(runner)
-            server = site._server
-            assert server is not None and server.sockets  # type: ignore[attr-defined]
-            ports.append(int(server.sockets[0].getsockname()[1]))  # type: ignore[attr-defined]
+            ports.append(bound)
         self.health_port = ports[0]
         self.metrics_port = ports[0] if same else ports[1]
 
@@ -892,21 +887,14 @@ async def run_collector(
 ) -> None:
     """Run one collector shard until ``stop`` is set (or SIGTERM/SIGINT when no event is given). ``takeover``:
     a planned restart's successor, taking the shard over from the run that holds it (collector/lock.py)."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
+    signals = contextlib.ExitStack()
     if stop is None:
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-    try:
+        signals.enter_context(stop_on_signals(stop))
+    with signals:
         await Collector(settings, shard, adapter_factory=adapter_factory, takeover=takeover, on_ready=on_ready).run(
             stop, heartbeat
         )
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def _count_by_type(entries: list[tuple[str, bytes, str]]) -> dict[str, int]:

@@ -8,7 +8,7 @@ refetched) and the hot TTL (hot no longer holds the hour).
 """
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -172,7 +172,7 @@ def build_hot_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
     return _hot
 
 
-def unsealed_hours(instance: dg.DagsterInstance, data_type: str, hour_keys: list[str]) -> list[str]:
+def unsealed_hours(instance: dg.DagsterInstance, data_type: str, hour_keys: Sequence[str]) -> list[str]:
     done = instance.get_materialized_partitions(hot_key(data_type))
     return [k for k in hour_keys if k not in done]
 
