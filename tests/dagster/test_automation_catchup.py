@@ -7,22 +7,17 @@ against a real nats-server and chDB, then the day's replication)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
-import msgspec
 
 from marketprism_dagster import integrity
 from marketprism_dagster.defs import partitions
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.defs.definitions import build_definitions
-from marketprism_dagster.jetstream import connect, ensure_streams
-from marketprism_dagster.records import encode, msg_id, subject
-from marketprism_dagster.storage import init_schema, open_store
-from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
+from marketprism_dagster.storage import open_store
+from tests.support.hour_setup import prepare_store, publish_and_commit, records_in_hour
 
 HOUR = timedelta(hours=1)
 # one type per stream (MARKET_DATA, ORDERBOOK_SNAP) keeps the real seals few; the conditions are
@@ -41,34 +36,14 @@ def _key(t: datetime) -> str:
     return t.strftime("%Y-%m-%d-%H:00")
 
 
-def _publish_and_commit(settings, record_factory, hours: list[datetime], per_hour: int) -> int:
-    now_ms = int(time.time() * 1000)
+def _publish_and_commit(settings, hours: list[datetime], per_hour: int) -> int:
     records = [
-        msgspec.structs.replace(
-            record_factory("trade", i * 100 + j, now_ms), timestamp=int(h.timestamp() * 1000) + 60_000 * j + 7
-        )
+        r
         for i, h in enumerate(hours)
-        for j in range(per_hour)
+        for r in records_in_hour("trade", int(h.timestamp() * 1000), per_hour, first_id=i * 100)
     ]
-
-    async def run() -> list[StreamMessage]:
-        nc = await connect(settings.nats.url)
-        js = nc.jetstream()
-        await ensure_streams(js, settings)
-        for r in records:
-            await js.publish(subject(r), encode(r), headers={"Nats-Msg-Id": msg_id(r)})
-        out = []
-        for seq in range(1, len(records) + 1):
-            m = await js.get_msg("MARKET_DATA", seq=seq)
-            out.append(StreamMessage(seq=m.seq, subject=m.subject, data=m.data, headers=m.headers))
-        await nc.drain()
-        return out
-
-    messages = asyncio.run(run())
-    with open_store(settings) as store:
-        init_schema(store, settings)
-        ensure_writer_tables(store, settings)
-        commit_batch(store, settings, "MARKET_DATA", messages)
+    prepare_store(settings)
+    publish_and_commit(settings, records)
     return len(records)
 
 
@@ -95,7 +70,7 @@ def _execute(defs: dg.Definitions, requested: dict[str, set[str]], key_of, resou
 
 
 def test_daemon_down_three_hours_across_midnight_then_every_missed_hour_is_sealed_and_the_day_replicated(
-    nats_server, settings_factory, record_factory, dagster_instance, make_resources
+    nats_server, settings_factory, dagster_instance, make_resources
 ):
     day = _outage_day()
     settings = settings_factory(nats_url=nats_server.url, seal__start_date=day.date().isoformat())
@@ -104,7 +79,7 @@ def test_daemon_down_three_hours_across_midnight_then_every_missed_hour_is_seale
     selection = dg.AssetSelection.assets(*hot_keys, *cold_keys)
     # trades in an early hour, in the two hours the daemon misses before midnight and in the one after
     traffic = [day + 10 * HOUR, day + 22 * HOUR, day + 23 * HOUR, day + 24 * HOUR]
-    published = _publish_and_commit(settings, record_factory, traffic, per_hour=4)
+    published = _publish_and_commit(settings, traffic, per_hour=4)
     # the daemon sealed hours 00..21 of the day while it ran
     for t in TYPES:
         for h in range(22):

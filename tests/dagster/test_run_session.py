@@ -6,24 +6,20 @@ and makes the writer wait: a checks run or an hour's seal of all 8 hot assets op
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import chdb.session
 import dagster as dg
-import msgspec
 import pytest
 
 from marketprism_dagster.defs.assets import hot_key
 from marketprism_dagster.defs.definitions import build_definitions
-from marketprism_dagster.jetstream import connect, ensure_streams
-from marketprism_dagster.records import RECORD_TYPES, encode, msg_id, subject
+from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage import init_schema, open_store
-from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
-
-HOUR_MS = 3_600_000
+from marketprism_dagster.writer.ingest import ensure_writer_tables
+from tests.support.hour_setup import hour_start_ms, prepare_store, publish_and_commit, records_in_hour
 
 
 class ChdbUse:
@@ -83,37 +79,14 @@ def test_integrity_checks_run_one_step_with_one_store_session(
     assert len(chdb_use.statements) <= 8, chdb_use.statements
 
 
-async def _publish_and_commit(settings: Any, records: list[Any]) -> None:
-    nc = await connect(settings.nats.url)
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
-    for r in records:
-        await js.publish(subject(r), encode(r), headers={"Nats-Msg-Id": msg_id(r)})
-    messages = []
-    for seq in range(1, len(records) + 1):
-        m = await js.get_msg("MARKET_DATA", seq=seq)
-        messages.append(StreamMessage(seq=m.seq, subject=m.subject, data=m.data, headers=m.headers))
-    await nc.drain()
-    with open_store(settings) as store:
-        commit_batch(store, settings, "MARKET_DATA", messages)
-
-
 def test_sealing_an_hour_of_all_hot_assets_is_one_step_with_one_store_session(
-    nats_server, settings_factory, record_factory, dagster_instance, make_resources, chdb_use
+    nats_server, settings_factory, dagster_instance, make_resources, chdb_use
 ):
     settings = settings_factory(nats_url=nats_server.url)
-    now = int(time.time() * 1000)
-    hour = now - now % HOUR_MS - 2 * HOUR_MS
-    with open_store(settings) as store:
-        init_schema(store, settings)
-        ensure_writer_tables(store, settings)
+    hour = hour_start_ms(2)
+    prepare_store(settings)
     types = ["trade", "funding_rate", "open_interest"]
-    records = [
-        msgspec.structs.replace(record_factory(t, i, now), timestamp=hour + 60_000 * i + 7)
-        for t in types
-        for i in range(5)
-    ]
-    asyncio.run(_publish_and_commit(settings, records))
+    publish_and_commit(settings, [r for t in types for r in records_in_hour(t, hour, 5)])
     defs = build_definitions(make_resources(settings)["settings"])
     chdb_use.clear()
 
