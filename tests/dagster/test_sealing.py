@@ -6,62 +6,24 @@ import asyncio
 import time
 
 import dagster as dg
-import msgspec
 import pytest
 
 from marketprism_dagster import integrity
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.defs.definitions import build_definitions
-from marketprism_dagster.jetstream import connect, ensure_streams
-from marketprism_dagster.records import encode, msg_id, subject
 from marketprism_dagster.sealing import SealRefused, seal_hour
 from marketprism_dagster.storage import init_schema, open_store
 from marketprism_dagster.storage.columns import records_to_arrow
-from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
-
-HOUR_MS = 3_600_000
-
-
-def _hour_ago(n: int) -> int:
-    now = int(time.time() * 1000)
-    return now - now % HOUR_MS - n * HOUR_MS
+from marketprism_dagster.writer.ingest import commit_batch
+from tests.support.hour_setup import HOUR_MS, hour_start_ms, prepare_store, publish_and_read, records_in_hour
 
 
-async def _publish(settings, records) -> None:
-    nc = await connect(settings.nats.url)
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
-    for r in records:
-        await js.publish(subject(r), encode(r), headers={"Nats-Msg-Id": msg_id(r)})
-    await nc.drain()
-
-
-async def _read(settings, stream: str, first: int, last: int) -> list[StreamMessage]:
-    nc = await connect(settings.nats.url)
-    js = nc.jetstream()
-    out = []
-    for seq in range(first, last + 1):
-        m = await js.get_msg(stream, seq=seq)
-        out.append(StreamMessage(seq=m.seq, subject=m.subject, data=m.data, headers=m.headers))
-    await nc.drain()
-    return out
-
-
-def _trades(record_factory, hour_ms: int, n: int):
-    now = int(time.time() * 1000)
-    return [
-        msgspec.structs.replace(record_factory("trade", i, now), timestamp=hour_ms + 60_000 * i + 7) for i in range(n)
-    ]
-
-
-def _prepare(settings, record_factory, hour_ms, n, commit_ranges):
-    with open_store(settings) as store:
-        init_schema(store, settings)
-        ensure_writer_tables(store, settings)
-    asyncio.run(_publish(settings, _trades(record_factory, hour_ms, n)))
+def _prepare(settings, hour_ms, n, commit_ranges):
+    prepare_store(settings)
+    messages = asyncio.run(publish_and_read(settings, records_in_hour("trade", hour_ms, n)))
     with open_store(settings) as store:
         for first, last in commit_ranges:
-            commit_batch(store, settings, "MARKET_DATA", asyncio.run(_read(settings, "MARKET_DATA", first, last)))
+            commit_batch(store, settings, "MARKET_DATA", messages[first - 1 : last])
 
 
 def _seal(settings, instance, hour_ms, resources_for, raise_on_error=True):
@@ -83,11 +45,11 @@ def _hot_mats(result, data_type: str) -> list[dg.AssetMaterialization]:
 
 
 def test_sealing_a_complete_hour_records_its_metadata(
-    nats_server, settings_factory, record_factory, dagster_instance, make_resources
+    nats_server, settings_factory, dagster_instance, make_resources
 ):
     settings = settings_factory(nats_url=nats_server.url)
-    hour = _hour_ago(3)
-    _prepare(settings, record_factory, hour, 20, [(1, 12), (13, 20)])
+    hour = hour_start_ms(3)
+    _prepare(settings, hour, 20, [(1, 12), (13, 20)])
     result = _seal(settings, dagster_instance, hour, make_resources)
     mats = _hot_mats(result, "trade")
     meta = {k: v.value for k, v in mats[0].metadata.items()}
@@ -102,11 +64,11 @@ def test_sealing_a_complete_hour_records_its_metadata(
 
 
 def test_sealing_an_hour_with_a_gap_fetches_it_from_jetstream_then_passes(
-    nats_server, settings_factory, record_factory, dagster_instance, make_resources
+    nats_server, settings_factory, dagster_instance, make_resources
 ):
     settings = settings_factory(nats_url=nats_server.url)
-    hour = _hour_ago(2)
-    _prepare(settings, record_factory, hour, 30, [(1, 10), (16, 30)])
+    hour = hour_start_ms(2)
+    _prepare(settings, hour, 30, [(1, 10), (16, 30)])
     with open_store(settings) as store:
         before = integrity.ledger_gaps(store, settings, "MARKET_DATA")
         assert not before.passed and before.metadata["gap_ranges"] == ["11-15"]
@@ -124,11 +86,11 @@ def test_sealing_an_hour_with_a_gap_fetches_it_from_jetstream_then_passes(
 
 
 def test_seal_refuses_while_the_writer_is_behind(
-    nats_server, settings_factory, record_factory, dagster_instance, make_resources
+    nats_server, settings_factory, dagster_instance, make_resources
 ):
     settings = settings_factory(nats_url=nats_server.url, seal__writer_slack_s=0, seal__retries=0)
-    hour = _hour_ago(2)
-    _prepare(settings, record_factory, hour, 10, [(1, 4)])
+    hour = hour_start_ms(2)
+    _prepare(settings, hour, 10, [(1, 4)])
     result = _seal(settings, dagster_instance, hour, make_resources, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -137,13 +99,13 @@ def test_seal_refuses_while_the_writer_is_behind(
 
 def test_seal_refuses_an_hour_before_its_grace_has_passed(store, settings_factory):
     settings = settings_factory()
-    hour = _hour_ago(0)
+    hour = hour_start_ms(0)
     with pytest.raises(SealRefused, match="closes at"):
         asyncio.run(seal_hour(store, settings, "trade", hour, None, now=hour + HOUR_MS + 10_000))
 
 
 def test_cold_partition_never_shrinks_cold_unless_the_run_config_forces_it(
-    settings_factory, dagster_instance, make_resources, record_factory
+    settings_factory, dagster_instance, make_resources
 ):
     settings = settings_factory()
     now = int(time.time() * 1000)
@@ -151,7 +113,7 @@ def test_cold_partition_never_shrinks_cold_unless_the_run_config_forces_it(
     key = time.strftime("%Y-%m-%d", time.gmtime(day / 1000))
     with open_store(settings) as store:
         init_schema(store, settings)
-        rows = _trades(record_factory, day, 10)
+        rows = records_in_hour("trade", day, 10)
         store.insert(settings.storage.cold_database, "trade", records_to_arrow("trade", rows))
         store.insert(settings.storage.hot_database, "trade", records_to_arrow("trade", rows[:4]))  # hot lost 6
     for h in range(24):
