@@ -179,9 +179,8 @@ class Refiller:
 
     @staticmethod
     def _judge(window: Window, recovered: int, pages: int) -> Outcome:
-        if window.by_id and window.data_type == "trade":
-            assert window.first_id is not None and window.last_id is not None
-            wanted = window.last_id - window.first_id + 1
+        wanted = window.missing_ids
+        if wanted is not None:
             if recovered < wanted:
                 return Outcome(
                     UNRECOVERABLE, recovered, f"the venue served {recovered} of the {wanted} missing ids", pages

@@ -61,7 +61,6 @@ log = structlog.get_logger(__name__)
 AdapterFactory = Callable[[str, MarketConfig, OrderBookConfig], VenueAdapter]
 
 TIMER_S = 0.1
-GAP_TYPE = "source_gap"  # gap records are offered to the refiller as they are published
 HOUSEKEEPING_S = 2.0
 # adapter events that are not errors (informational state changes); all others count as errors by code
 INFO_EVENTS = frozenset(
@@ -546,7 +545,8 @@ class Collector:
         submit = self.publisher.submit
         remember = self.state.remember
         rejected: list[Any] = []
-        gaps: list[Any] = []
+        gaps: list[Any] = []  # source_gap records: offered to the refiller
+        source_gap = records.SourceGap
         downtime: list[Any] | None = [] if self.gaps.downtime_open else None
         fault = validation.fault
         for r in recs:
@@ -559,7 +559,7 @@ class Collector:
                 self._count_drop(market, data_type, r.symbol)
                 rejected.append(r)
             remember(data_type, market, r, r.received_at)
-            if data_type == GAP_TYPE:
+            if type(r) is source_gap:
                 gaps.append(r)
             if downtime is not None and records.RECORD_TYPES[data_type].venue_type:
                 downtime += self.gaps.first_record(market, r.symbol, data_type, r.received_at)

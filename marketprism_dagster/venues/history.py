@@ -45,6 +45,14 @@ class Window:
     def by_id(self) -> bool:
         return self.first_id is not None and self.last_id is not None
 
+    @property
+    def missing_ids(self) -> int | None:
+        """How many venue ids the window misses (None: the window is not counted by id)."""
+        if self.by_id and self.data_type == TRADE:
+            assert self.first_id is not None and self.last_id is not None
+            return self.last_id - self.first_id + 1
+        return None
+
     def wants(self, record: Any) -> bool:
         """Does ``record`` fill this window (and stand beside no live row)?"""
         if self.by_id and self.data_type == TRADE:
