@@ -33,7 +33,7 @@ than ``max_pending`` id ranges wait above holes. A hole filled within the window
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -48,6 +48,7 @@ DISCONNECT: Final = "disconnect"
 BOOK_UNSYNCED: Final = "book_unsynced"
 POLL_FAILED: Final = "poll_failed"
 DOWNTIME: Final = "downtime"
+_NONE: Final[tuple[Any, ...]] = ()  # no gap (the common answer, shared)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +132,32 @@ class GapTracker:
 
     # ------------------------------------------------------------ id series
 
-    def ids(self, series: Series, data_type: str, first: int, last: int, ts: int, now: int) -> list[Any]:
+    def ids(self, series: Series, data_type: str, first: int, last: int, ts: int, now: int) -> Sequence[Any]:
         """Ids ``first..last`` of ``series`` (event time ``ts``) arrived at ``now``: the gaps they prove."""
         key = (series.exchange, series.symbol, data_type)
         st = self._ids.get(key)
+        if st is not None and first == st.next and not st.pending:  # the common case: the next ids in order
+            st.next = last + 1
+            st.last_ts = ts
+            st.cause = ID_JUMP
+            return _NONE
+        return self._ids_other(key, st, series, data_type, first, last, ts, now)
+
+    def _ids_other(
+        self,
+        key: tuple[str, str, str],
+        st: _Ids | None,
+        series: Series,
+        data_type: str,
+        first: int,
+        last: int,
+        ts: int,
+        now: int,
+    ) -> list[Any]:
         if st is None:
             self._ids[key] = _Ids(series, last + 1, ts)
             return []
         nxt = st.next
-        if first == nxt and not st.pending:  # the common case: the next ids in order
-            st.next = last + 1
-            st.last_ts = ts
-            st.cause = ID_JUMP
-            return []
         if last < nxt:
             self.duplicates += 1
             return []

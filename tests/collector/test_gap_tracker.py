@@ -79,8 +79,8 @@ def test_aggregates_of_several_ids_leave_holes_only_where_whole_aggregates_are_m
 
 def test_a_hole_is_declared_once_the_window_has_passed_with_its_bounding_times():
     tracker = GapTracker(reorder_ms=1000)
-    assert tracker.ids(BTC, "trade", 10, 10, T0, now=T0) == []
-    assert tracker.ids(BTC, "trade", 15, 15, T0 + 40, now=T0 + 5) == []  # 11..14 may still come
+    assert not tracker.ids(BTC, "trade", 10, 10, T0, now=T0)
+    assert not tracker.ids(BTC, "trade", 15, 15, T0 + 40, now=T0 + 5)  # 11..14 may still come
     assert tracker.settle(T0 + 500) == []
     [gap] = tracker.settle(T0 + 1005)
     assert (gap.first_missing_id, gap.last_missing_id, gap.timestamp, gap.end_time) == ("11", "14", T0, T0 + 40)
@@ -90,7 +90,7 @@ def test_a_hole_is_declared_once_the_window_has_passed_with_its_bounding_times()
         "trade",
         "BTCUSDT",
     )
-    assert tracker.ids(BTC, "trade", 12, 12, T0 + 1, now=T0 + 1100) == []  # too late: a duplicate now
+    assert not tracker.ids(BTC, "trade", 12, 12, T0 + 1, now=T0 + 1100)  # too late: a duplicate now
     assert tracker.settle(T0 + 5000) == []
 
 
@@ -104,7 +104,7 @@ def test_the_first_hole_after_a_reconnect_or_restart_names_that_cause():
     assert later.cause == "trade_id_jump"
     # a reconnect after which the ids continue leaves nothing, and the next hole is an id jump again
     tracker.expect_jump("binance_derivatives", "BTC-USDT", "trade", "disconnect")
-    assert tracker.ids(BTC, "trade", 10, 10, T0 + 11, now=T0 + 11) == []
+    assert not tracker.ids(BTC, "trade", 10, 10, T0 + 11, now=T0 + 11)
     [jump] = tracker.ids(BTC, "trade", 12, 12, T0 + 12, now=T0 + 12)
     assert jump.cause == "trade_id_jump"
 
