@@ -203,3 +203,41 @@ async def test_a_restart_records_its_downtime_with_the_missed_trade_ids_and_the_
     assert len(missing) > 50  # ~2 s at 100 trades/s
     assert sorted(stored + missing) == list(range(stored[0], stored[-1] + 1)) and not set(stored) & set(missing)
     assert set(missing) <= set(seen)  # every id the gap names, the venue did send
+
+
+async def test_a_disconnect_and_a_failed_poll_record_their_windows_for_the_series_without_ids(
+    nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
+) -> None:
+    """USD-M ``/market`` feed cut once (funding: a disconnect window) and one open-interest poll failing all five
+    attempts (HTTP 5xx: a poll_failed window from the last good poll to the next)."""
+    markets = {"binance_derivatives": (["BTC-USDT"], ["trade", "funding_rate", "open_interest"])}
+    faults = (
+        "disconnect@binance_derivatives:at=150,rest_5xx@binance_derivatives:path=/fapi/v1/openInterest:at=4:count=5"
+    )
+    cfg = EmulatorConfig(mode="synth", rate=100, seed=8, faults=faults, venues=("binance_derivatives",))
+    async with Emulator(cfg) as emu:
+        overrides = emulator_overrides(emu.urls, markets) | {"markets.binance_derivatives.poll_interval_s": 1.0}
+        settings = settings_factory(nats_url=nats_server.url, **overrides)
+        nc = await connect(nats_server.url)
+        try:
+            async with running_collector(settings) as (collector, task):
+                counter = collector.metrics.source_gaps
+                await until(
+                    lambda: counter.labels("binance_derivatives", "funding_rate", "disconnect")._value.get(), 30
+                )
+                await until(
+                    lambda: counter.labels("binance_derivatives", "open_interest", "poll_failed")._value.get(), 60
+                )
+                assert not task.done()
+            fired = emu.faults_fired
+            msgs = await stream_messages(nc, "MARKET_DATA")
+        finally:
+            await nc.close()
+    assert fired["disconnect"] == {"binance_derivatives": 1} and fired["rest_5xx"] == {"binance_derivatives": 5}
+    gaps = [r for r in (records.decode(m.data) for m in msgs) if records.data_type_of(r) == "source_gap"]
+    by = {(g.gap_data_type, g.cause): g for g in gaps if g.state == "open"}  # as detected (a refill adds rows)
+    assert set(by) - {("trade", "disconnect")} == {("funding_rate", "disconnect"), ("open_interest", "poll_failed")}
+    funding, poll = by["funding_rate", "disconnect"], by["open_interest", "poll_failed"]
+    assert funding.timestamp < funding.end_time and (funding.first_missing_id, funding.state) == ("", "open")
+    assert poll.end_time - poll.timestamp >= 1000  # at least the one period whose poll failed
+    assert all(g.exchange_symbol == "BTCUSDT" for g in gaps)
