@@ -220,3 +220,66 @@ async def test_okx_rate_limit_codes_on_the_history_endpoint_are_waited_out(
     assert (outcome.state, outcome.recovered) == ("repaired", d.last_id - d.first_id + 1)
     assert outcome.pages == 3  # 300 matches, 100 a page
     assert fired["rest_code_200"]["okx"] == 2 and codes == 2
+
+
+async def test_detected_holes_and_a_disconnect_are_refilled_automatically_every_id_once(
+    nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
+) -> None:
+    """Issue 11, first "done when" (without the seal): 500 trades dropped on Binance USD-M and on OKX swaps plus a
+    forced disconnect; the collector records each hole with its exact ids, refills it by itself, and the hot trade
+    table holds every id the emulator generated over the run exactly once. (The emulator generates no trades for a
+    stream nobody is subscribed to, so the ids continue after the reconnect and the disconnect leaves no trade gap.)"""
+    faults = ("drop_trades@binance_derivatives:at=200:count=500:topic=btcusdt,"
+              "drop_trades@okx:at=200:count=500:topic=BTC-USDT-SWAP,"
+              "disconnect@binance_derivatives:at=1000")
+    cfg = EmulatorConfig(venues=("binance_derivatives", "okx"), rate=100, seed=12, faults=faults,
+                         okx_trade_count_max=3)
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(
+            nats_url=nats_server.url, **emulator_overrides(emu.urls, MARKETS),
+            **{"writer.health_port": 0, "writer.monitor_interval_s": 0.5},
+        )
+        nc = await connect(nats_server.url)
+        try:
+            async with writer_running(settings) as writer:
+                async with collecting(settings) as collector:
+                    await until(lambda: len(emu.dropped_trades) == 2 and all(d.done for d in emu.dropped_trades), 60)
+                    await until(lambda: emu.faults_fired.get("disconnect"), 60)
+
+                    def repaired() -> int:
+                        done = collector.refiller.done if collector.refiller is not None else []
+                        return sum(1 for _, _, o in done if o.state == "repaired")
+
+                    await until(lambda: repaired() >= 2 and collector.refiller is not None
+                                and collector.refiller.pending == 0, 60)
+                    dropped = {d.venue: d for d in emu.dropped_trades}
+                await until(lambda: committed(nc, writer, ["MARKET_DATA"]), 60, interval=0.2)
+        finally:
+            await nc.close()
+    binance = stored_ids(settings, "binance_derivatives")
+    assert len(binance) == len(set(binance)) and binance == list(range(binance[0], binance[-1] + 1))
+    d = dropped["binance_derivatives"]
+    assert binance[0] < d.first_id and d.last_id < binance[-1]
+    okx = stored_ids(settings, "okx_derivatives")
+    d = dropped["okx"]
+    assert len(okx) == len(set(okx))
+    assert [i for i in okx if d.first_id <= i <= d.last_id] == list(range(d.first_id, d.last_id + 1))
+    store = EmbeddedStore(settings.embedded_store_path)
+    try:
+        gaps = store.query_rows(
+            "SELECT exchange, cause, first_missing_id, last_missing_id, state, recovered "
+            "FROM marketprism_hot.source_gap FINAL WHERE gap_data_type = 'trade' ORDER BY exchange, state"
+        )
+    finally:
+        store.close()
+    for market, venue in VENUE_OF.items():
+        d = dropped[venue]
+        ids = (str(d.first_id), str(d.last_id))
+        mine = [g for g in gaps if g[0] == market and (g[2], g[3]) == ids]
+        assert [(g[1], g[4], g[5]) for g in mine] == [
+            ("trade_id_jump", "open", 0), ("trade_id_jump", "repaired", d.last_id - d.first_id + 1)
+        ], gaps
+        # any other trade gap (the disconnect's, when trades went by while reconnecting) is repaired too
+        for g in gaps:
+            if g[0] == market and g[4] == "open":
+                assert any(h[:4] == g[:4] and h[4] == "repaired" for h in gaps), gaps
