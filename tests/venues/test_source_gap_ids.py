@@ -61,3 +61,25 @@ def test_the_documented_okx_aggregate_covers_trade_id_minus_count_plus_one_to_tr
     out = make_adapter("okx_spot").on_message("okx_spot/public", push, 1_630_048_898_000)
     assert out.ids == [("trade", "BTC-USDT", 130639472, 130639474, 1630048897897)]
     assert [r.trade_id for r in out.records] == ["130639474"]
+
+
+def test_a_book_reset_after_a_reconnect_is_one_window_without_a_valid_book(
+    fixtures_dir: Path, make_adapter: Any
+) -> None:
+    """The recorded OKX books, then a reconnect (every book reset) and the recorded snapshot pushed again: the
+    linear book reports one window from its last applied update; the inverse books (not stored) report none."""
+    adapter = make_adapter("okx_spot")
+    recs = list(merge_by_time([read_session(fixtures_dir / "sessions" / "okx.ws.jsonl")]))
+    for rec in recs:
+        if rec.get("kind") == "recv":
+            adapter.on_message("okx_spot/public", payload_text(rec), round(rec["t"] * 1000))
+    assert adapter.book_windows() == []  # the first synchronization opens no window
+    last_applied = adapter.books["BTC-USDT"].timestamp
+    adapter.on_connect("okx_spot/public", 0)
+    snapshots = [r for r in recs if r.get("kind") == "recv" and r["data"].get("action") == "snapshot"]
+    for rec in snapshots:
+        adapter.on_message("okx_spot/public", payload_text(rec), round(rec["t"] * 1000))
+    assert all(s.synced for s in adapter.books.values())
+    [(data_type, inst, lost, back)] = adapter.book_windows()
+    assert (data_type, inst.exchange_symbol, lost) == ("orderbook", "BTC-USDT", last_applied)
+    assert back >= lost and adapter.book_windows() == []  # drained once
