@@ -41,7 +41,7 @@ def chdb_use(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChdbUse]:
 
     class Counted(real):  # type: ignore[misc, valid-type]
         def __init__(self, path: str = "", *args: Any, **kwargs: Any) -> None:
-            use.opens.append(path)
+            use.opens.append(path.partition("?")[0])  # the store's directory, without its session settings
             super().__init__(path, *args, **kwargs)
 
         def query(self, sql: str, *args: Any, **kwargs: Any) -> Any:
