@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import aiohttp
+import structlog
 import typer
 
-from marketprism_dagster import records
+from marketprism_dagster import records, validation
 from marketprism_dagster.cli import ConfigOpt, NatsOpt, SetOpt, fail, load, render_table
 from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.refill import REPAIRED, Refiller
@@ -39,6 +40,7 @@ from marketprism_dagster.venues.base import VenueAdapter
 from marketprism_dagster.venues.history import Window, history_for
 
 SHARD = "backfill"
+log = structlog.get_logger(__name__)
 
 
 class BackfillError(Exception):
@@ -51,6 +53,7 @@ class SymbolReport:
     fetched: int = 0  # records the venue's history has in the range
     stored: int = 0  # of those, already in the hot table
     published: int = 0  # published now (the writer inserts them)
+    invalid: int = 0  # fetched records that break a validation rule: never published (logged once per rule)
     state: str = ""  # the walk's outcome: repaired (complete), unrecoverable, open (venue unreachable)
     detail: str = ""
     new_ids: list[str] = field(default_factory=list)  # identities of the published records
@@ -164,8 +167,11 @@ async def run_backfill(
 
             refiller = Refiller(rest, {market: adapter}, collect)
             outcome = await refiller.fill(market, Window(data_type, inst.exchange_symbol, from_ms - 1, to_ms + 1))
-            fetched[sym] = got
-            reports.append(SymbolReport(sym, len(got), state=outcome.state, detail=outcome.detail))
+            valid = _valid(market, got)
+            fetched[sym] = valid
+            reports.append(
+                SymbolReport(sym, len(got), state=outcome.state, detail=outcome.detail, invalid=len(got) - len(valid))
+            )
     with open_store(settings) as store:
         for rep in reports:
             have = stored_identities(store, settings.storage.hot_database, fetched[rep.symbol])
@@ -178,6 +184,20 @@ async def run_backfill(
         for rep in reports:
             rep.published = len(rep.new_ids)
     return reports
+
+
+def _valid(market: str, recs: list[Any]) -> list[Any]:
+    """The records that pass their type's validation; the others are counted by the caller, logged once per rule."""
+    kept: list[Any] = []
+    logged: set[str] = set()
+    for r in recs:
+        broken = validation.fault(r)
+        if broken is None:
+            kept.append(r)
+        elif broken not in logged:
+            logged.add(broken)
+            log.warning("backfill.invalid_record", market=market, rule=broken, sample=repr(r)[:300])
+    return kept
 
 
 async def _publish(settings: Settings, recs: list[Any]) -> None:
@@ -225,8 +245,9 @@ def register(app: typer.Typer) -> None:
                 body.pop("new_ids")
                 typer.echo(json.dumps(body))
         else:
-            rows = [(r.symbol, r.fetched, r.stored, r.published, r.state, r.detail) for r in reports]
-            typer.echo(render_table(["symbol", "fetched", "already_stored", "published", "walk", "detail"], rows))
-        incomplete = [r for r in reports if r.state != REPAIRED]
+            rows = [(r.symbol, r.fetched, r.stored, r.published, r.invalid, r.state, r.detail) for r in reports]
+            header = ["symbol", "fetched", "already_stored", "published", "invalid", "walk", "detail"]
+            typer.echo(render_table(header, rows))
+        incomplete = [r for r in reports if r.state != REPAIRED or r.invalid]
         if incomplete:
             raise typer.Exit(1)

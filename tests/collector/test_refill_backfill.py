@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typer.testing import CliRunner
 
 from marketprism_dagster.cli import _register_all, app
-from marketprism_dagster.collector.backfill import parse_time, run_backfill
+from marketprism_dagster.collector.backfill import _valid, parse_time, run_backfill
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
@@ -18,6 +18,7 @@ from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from tests.collector.test_refill_e2e import collecting, committed, writer_running
 from tests.support.collector_helpers import emulator_overrides, until
+from tests.support.records import make_record
 
 MARKET = "binance_derivatives"
 MARKETS = {MARKET: (["BTC-USDT"], ["trade"])}
@@ -92,3 +93,9 @@ def test_backfill_times_are_epoch_ms_or_iso_utc() -> None:
     assert parse_time("2023-11-14T22:13:20Z") == 1_700_000_000_000
     assert parse_time("2023-11-14T22:13:20") == 1_700_000_000_000
     assert parse_time("2023-11-15T00:13:20+02:00") == 1_700_000_000_000
+
+
+def test_backfill_never_publishes_a_record_that_breaks_validation() -> None:
+    good = make_record("trade", 1, 1_700_000_000_000)
+    bad = make_record("trade", 2, 1_700_000_000_000, price="-1")
+    assert _valid(MARKET, [good, bad]) == [good]
