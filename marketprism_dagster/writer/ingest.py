@@ -85,7 +85,6 @@ from marketprism_dagster.writer.epoch import token_stream
 log = structlog.get_logger(__name__)
 
 
-
 def ensure_writer_tables(store: Store, settings: Settings) -> None:
     """The writer's meta tables (ledger, intent, epochs; also created by ``init_schema``; idempotent)."""
     ensure_tables(store, settings)
