@@ -29,7 +29,7 @@ BINANCE_AGG_TRADES_DOC = [
 # GET /api/v5/market/history-trades "Response Example" (https://www.okx.com/docs-v5/en/#order-book-trading-market-
 # data-get-trades-history; copy wcttmf/okx-api-docs@e82f90ec docs/03-order-book-trading/126-market-data-get-trades-
 # history.html)
-OKX_HISTORY_TRADES_DOC = {
+OKX_HISTORY_TRADES_DOC: dict[str, Any] = {
     "code": "0",
     "msg": "",
     "data": [
@@ -384,9 +384,9 @@ def test_series_walks_cover_the_window_once(make_adapter: Any, points: int, span
     while page is not None:
         q = query(page.url)
         rows = [t for t in stamps if int(q["startTime"]) <= t <= int(q["endTime"])][: int(q["limit"])]
-        body = [{"symbol": "BTCUSDT", "sumOpenInterest": "1.5", "sumOpenInterestValue": "2.5", "timestamp": t}
-                for t in rows]
-        result = answer(binance, window, page, body)
+        rows_body = [{"symbol": "BTCUSDT", "sumOpenInterest": "1.5", "sumOpenInterestValue": "2.5", "timestamp": t}
+                     for t in rows]
+        result = answer(binance, window, page, rows_body)
         got += [r.timestamp for r in result.records if window.wants(r)]
         page = result.next
     assert got == inside
