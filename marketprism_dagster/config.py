@@ -302,6 +302,12 @@ class SealConfig(_Model):
     )
     retries: int = Field(default=3, ge=0, description="Dagster retries of a refused seal (writer behind)")
     retry_delay_s: int = Field(default=120, ge=0)
+    source_gap_grace_s: int = Field(
+        default=600,
+        ge=0,
+        description="the source_gaps check fails (ERROR) for a refillable source gap still open this long after "
+        "the collector detected it (the automatic refill normally repairs it within seconds)",
+    )
     start_date: date | None = Field(
         default=None,
         description="first day of the hot (hourly) and cold (daily) partitions; unset: the hour this deployment "

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from marketprism_dagster import source_gaps as sg
 from marketprism_dagster.collector.health import FeedStatus, collector_feed_status
 from marketprism_dagster.config import Settings
 from marketprism_dagster.ledger.queries import committed_ranges
@@ -22,6 +23,7 @@ from marketprism_dagster.storage.columns import identity_sql
 
 Severity = Literal["ERROR", "WARN"]
 HOT_COLD_LAG_WARN_S = 3600
+SOURCE_GAP_WINDOW_MS = 86_400_000  # the source_gaps rule looks at the gaps of the last day
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,24 @@ def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:
     return CheckResult("ledger_gaps", stream, True, "ERROR", desc, meta)
 
 
+def recent_source_gaps(store: Store, settings: Settings, *, now: int) -> list[sg.Gap]:
+    """The source gaps touching the last day (``SOURCE_GAP_WINDOW_MS``), every type in one statement."""
+    return sg.read_gaps(store, settings, now - SOURCE_GAP_WINDOW_MS, now)
+
+
+def source_gaps(
+    store: Store, settings: Settings, data_type: str, *, now: int, gaps: list[sg.Gap] | None = None
+) -> CheckResult:
+    """Source gaps of the last day: ERROR for a refillable gap still open ``seal.source_gap_grace_s`` after it
+    was detected, WARN for unrecoverable ones (docs/source_gaps.md). ``gaps``: ``recent_source_gaps`` when
+    already read."""
+    if gaps is None:
+        gaps = recent_source_gaps(store, settings, now=now)
+    v = sg.check(gaps, data_type, now=now, grace_s=settings.seal.source_gap_grace_s)
+    severity: Severity = "WARN" if v.severity == "WARN" else "ERROR"
+    return CheckResult("source_gaps", f"hot.{data_type}", v.passed, severity, v.description, v.metadata)
+
+
 # ---------------------------------------------------------------- hot / cold
 
 
@@ -398,6 +418,8 @@ def run_all(
         results.append(schema_parity(store, settings, t, cold=cold, columns=columns))
     for stream in sorted({s for t in configured_types(settings) if (s := settings.stream_for(t)) is not None}):
         results.append(ledger_gaps(store, settings, stream))
+    gaps = recent_source_gaps(store, settings, now=now)
+    results.extend(source_gaps(store, settings, t, now=now, gaps=gaps) for t in types if RECORD_TYPES[t].venue_type)
     return results
 
 

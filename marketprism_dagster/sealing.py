@@ -44,6 +44,8 @@ from marketprism_dagster.integrity import now_ms, time_where
 from marketprism_dagster.ledger.messages import StreamMessage
 from marketprism_dagster.ledger.queries import committed_ranges, hour_rows, last_commit_ms, watermark
 from marketprism_dagster.ledger.ranges import SeqRange, gaps_between
+from marketprism_dagster.records import RECORD_TYPES
+from marketprism_dagster.source_gaps import HourSource, hour_summary, read_gaps
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.writer.ingest import commit_batch
 
@@ -91,6 +93,7 @@ class SealReport:
     repaired_messages: int = 0
     repaired_rows: int = 0  # rows of this type the repair wrote into the hot table
     proof: str = "ledger+jetstream"
+    source: HourSource | None = None  # what the stored source_gap rows say of the hour (venue types only)
 
     @property
     def hour(self) -> datetime:
@@ -112,6 +115,7 @@ class SealReport:
             "repaired_rows": self.repaired_rows,
             "repaired_ranges": ", ".join(self.repaired_ranges),
             "proof": self.proof,
+            **(self.source.metadata() if self.source is not None else {}),
         }
 
 
@@ -470,10 +474,25 @@ async def seal_hours(
         if reason is not None:
             out[data_type] = SealRefused(reason, report)
             continue
-        log.info("seal.sealed", data_type=data_type, hour=_iso(h), rows=report.rows,
-                 repaired=report.repaired_messages, repaired_rows=report.repaired_rows)
         out[data_type] = report
+    add_source(store, settings, h, [r for r in out.values() if isinstance(r, SealReport)])
+    for r in out.values():
+        if isinstance(r, SealReport):
+            log.info("seal.sealed", data_type=r.data_type, hour=_iso(h), rows=r.rows, repaired=r.repaired_messages,
+                     repaired_rows=r.repaired_rows, source=r.source.verdict if r.source else None)
     return out
+
+
+def add_source(store: Store, settings: Settings, h: int, reports: list[SealReport]) -> None:
+    """Each venue type's source verdict for the hour, from one read of the source_gap rows touching it."""
+    venue = [r for r in reports if RECORD_TYPES[r.data_type].venue_type]
+    if not venue:
+        return
+    gaps = read_gaps(store, settings, h, h + HOUR_MS, [r.data_type for r in venue])
+    for r in venue:
+        rt = RECORD_TYPES[r.data_type]
+        has_ids = any(c.name == "trade_id" for c in rt.columns)
+        r.source = hour_summary(gaps, r.data_type, h, h + HOUR_MS, r.symbols, is_book=rt.is_book, has_ids=has_ids)
 
 
 async def seal_hour(

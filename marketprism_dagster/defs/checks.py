@@ -147,11 +147,23 @@ def _ledger_gaps(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
     return inputs.per_stream[stream]
 
 
+def _source_gaps(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
+    gaps = inputs.once(
+        "source_gaps", lambda: integrity.recent_source_gaps(inputs.store, inputs.settings, now=inputs.now)
+    )
+    return integrity.source_gaps(inputs.store, inputs.settings, data_type, now=inputs.now, gaps=gaps)
+
+
 HOT_RULES: dict[str, tuple[str, Rule]] = {
     "recent_window": ("rows within the type's window (window_rules)", _recent_window),
     "data_lag": ("newest event time vs now (lag_warn_s / lag_error_s)", _data_lag),
     "duplicates": ("rows sharing an identity: must be 0", _duplicates),
     "ledger_gaps": ("JetStream sequence ranges never committed: must be 0", _ledger_gaps),
+    "source_gaps": (
+        "venue data the collector missed (last day): ERROR for a refillable gap open past seal.source_gap_grace_s, "
+        "WARN for unrecoverable ones",
+        _source_gaps,
+    ),
 }
 
 

@@ -1,0 +1,143 @@
+"""Source gaps in a sealed hour's metadata and in the ``source_gaps`` check: gap rows published to a real
+JetStream and committed to real chDB as the writer commits them, sealed through Dagster's materialize."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import dagster as dg
+import msgspec
+
+from marketprism_dagster import integrity, records, source_gaps
+from marketprism_dagster.defs.assets import hot_key
+from marketprism_dagster.defs.definitions import build_definitions
+from marketprism_dagster.jetstream import connect
+from marketprism_dagster.ledger.messages import StreamMessage
+from marketprism_dagster.storage import init_schema, open_store
+from marketprism_dagster.storage.columns import records_to_arrow
+from marketprism_dagster.writer.ingest import commit_batch
+from tests.support.hour_setup import hour_start_ms, prepare_store, publish_and_read, records_in_hour
+
+
+def gap(hour: int, start_min: float, end_min: float, **fields: Any) -> Any:
+    base: dict[str, Any] = dict(
+        exchange="okx_spot", market_type="spot", symbol="BTC-USDT", exchange_symbol="BTC-USDT",
+        timestamp=hour + int(start_min * 60_000), received_at=hour + int(end_min * 60_000) + 5_000,
+        gap_data_type="trade", cause="trade_id_jump", end_time=hour + int(end_min * 60_000),
+        first_missing_id="", last_missing_id="", state="open", recovered=0, detail="test",
+    )
+    base.update(fields)
+    return records.SourceGap(**base)
+
+
+def _store_hour(settings: Any, hour: int, extra: list[Any]) -> None:
+    prepare_store(settings)
+    messages = asyncio.run(publish_and_read(settings, [*records_in_hour("trade", hour, 20), *extra]))
+    with open_store(settings) as store:
+        commit_batch(store, settings, "MARKET_DATA", messages)
+
+
+def _seal_trade(settings: Any, instance: dg.DagsterInstance, hour: int, resources_for: Any) -> dict[str, Any]:
+    defs = build_definitions(resources_for(settings)["settings"])
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
+        selection=[hot_key("trade")],
+        partition_key=time.strftime("%Y-%m-%d-%H:00", time.gmtime(hour / 1000)),
+        resources=resources_for(settings),
+        instance=instance,
+    )
+    mats = [m for m in result.asset_materializations_for_node("hot_seal") if m.asset_key == hot_key("trade")]
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    return {"meta": {k: v.value for k, v in mats[0].metadata.items()}, "evals": evals}
+
+
+def test_a_repaired_trade_gap_seals_as_gaps_repaired_with_continuous_ids(
+    nats_server, settings_factory, dagster_instance, make_resources
+):
+    settings = settings_factory(nats_url=nats_server.url)
+    hour = hour_start_ms(3)
+    ids = dict(first_missing_id="100", last_missing_id="199")
+    open_gap = gap(hour, 10, 11, **ids)
+    repaired = msgspec.structs.replace(open_gap, state="repaired", recovered=100, detail="ids 100..199 refilled")
+    _store_hour(settings, hour, [open_gap, repaired])
+    done = _seal_trade(settings, dagster_instance, hour, make_resources)
+    meta = done["meta"]
+    assert meta["source"] == "gaps_repaired" and meta["trade_ids_continuous"] is True
+    assert meta["source_gaps_repaired"] == 1 and meta["source_gaps_open"] == 0
+    assert meta["source_unrecoverable"] == ""
+    assert meta["source_by_symbol"] == {
+        "okx_spot:BTC-USDT": {"trade_ids_continuous": True, "repaired": 1, "recovered": 100, "open": 0,
+                              "unrecoverable": []}
+    }
+    assert done["evals"]["source_gaps"].passed
+
+
+def test_an_hour_without_gaps_is_complete_and_an_open_gap_makes_it_incomplete(
+    nats_server, settings_factory, dagster_instance, make_resources
+):
+    settings = settings_factory(nats_url=nats_server.url)
+    hour = hour_start_ms(3)
+    other_hour = gap(hour - 7_200_000, 1, 2, first_missing_id="5", last_missing_id="6")  # touches no sealed hour
+    _store_hour(settings, hour, [other_hour])
+    meta = _seal_trade(settings, dagster_instance, hour, make_resources)["meta"]
+    assert meta["source"] == "complete" and meta["trade_ids_continuous"] is True
+    assert meta["source_by_symbol"]["okx_spot:BTC-USDT"]["repaired"] == 0
+
+    # an open gap whose window ends inside the hour (it started in the previous one), detected long ago
+    late = gap(hour, -1, 0.5, first_missing_id="300", last_missing_id="309", cause="disconnect")
+    asyncio.run(publish_and_read_more(settings, [late]))
+    done = _seal_trade(settings, dagster_instance, hour, make_resources)
+    assert done["meta"]["source"] == "incomplete" and done["meta"]["trade_ids_continuous"] is False
+    check = done["evals"]["source_gaps"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert "still open" in (check.description or "")
+
+
+async def publish_and_read_more(settings: Any, recs: list[Any]) -> None:
+    """Publish ``recs`` after what the stream holds and commit them as the writer would."""
+    nc = await connect(settings.nats.url)
+    try:
+        js = nc.jetstream()
+        first = (await js.stream_info("MARKET_DATA")).state.last_seq + 1
+        for r in recs:
+            await js.publish(records.subject(r), records.encode(r), headers={"Nats-Msg-Id": records.msg_id(r)})
+        out = []
+        for seq in range(first, first + len(recs)):
+            m = await js.get_msg("MARKET_DATA", seq=seq)
+            out.append(records_message(m))
+    finally:
+        await nc.drain()
+    with open_store(settings) as store:
+        commit_batch(store, settings, "MARKET_DATA", out)
+
+
+def records_message(m: Any) -> Any:
+    return StreamMessage(seq=m.seq, subject=m.subject, data=m.data, headers=m.headers)
+
+
+def test_book_unsynced_seconds_are_clipped_to_the_hour_and_unrecoverable_gaps_warn(store, settings_factory):
+    """Pure summaries over rows read back from real chDB: a book window from 10 s before the hour to 30 s into
+    it counts 30 s; a second one of 1.5 s inside it adds 1.5 s; both unrecoverable: WARN, never ERROR."""
+    settings = settings_factory()
+    hour = hour_start_ms(3)
+    init_schema(store, settings)
+    book = dict(gap_data_type="orderbook", cause="book_unsynced", state="unrecoverable")
+    rows = [
+        gap(hour, -10 / 60, 0.5, detail="40.000 s without a valid book", **book),
+        gap(hour, 20, 20 + 1.5 / 60, detail="1.500 s without a valid book", **book),
+        gap(hour, 70, 71, **book),  # the next hour
+    ]
+    store.insert(settings.storage.hot_database, "source_gap", records_to_arrow("source_gap", rows))
+    gaps = source_gaps.read_gaps(store, settings, hour, hour + 3_600_000)
+    assert len(gaps) == 2
+    s = source_gaps.hour_summary(gaps, "orderbook", hour, hour + 3_600_000, ["okx_spot:BTC-USDT"], is_book=True)
+    assert s.verdict == "incomplete"
+    assert s.metadata()["book_unsynced_s"] == 31.5
+    assert s.by_symbol["okx_spot:BTC-USDT"].unrecoverable == [
+        "book_unsynced: 40.000 s without a valid book", "book_unsynced: 1.500 s without a valid book"
+    ]
+    result = integrity.source_gaps(store, settings, "orderbook", now=hour + 3_600_000)
+    assert (result.passed, result.severity) == (False, "WARN")
+    assert integrity.source_gaps(store, settings, "trade", now=hour + 3_600_000).passed
