@@ -322,15 +322,30 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         set_: SetOpt = None,
         fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+        gaps_from: Annotated[
+            str, typer.Option("--from", help="list source gaps from this ISO time (UTC if no zone); default 24 h ago")
+        ] = "",
+        gaps_to: Annotated[str, typer.Option("--to", help="source gaps listed up to this ISO time; default: now")] = "",
     ) -> None:
-        """Run the integrity rules; exit 0 only if every rule passes (warnings are printed, not fatal)."""
+        """Run the integrity rules, then list the source gaps of the window (per market, symbol and type: open,
+        repaired with the count recovered, unrecoverable with the reason). Exit 0 only if every rule passes
+        (warnings are printed, not fatal)."""
         from marketprism_dagster import integrity as rules
+        from marketprism_dagster import source_gaps
         from marketprism_dagster.storage import open_store
 
         loaded = load(config, set_)
         try:
+            end = _parse_time(gaps_to) if gaps_to else datetime.now(UTC)
+            start = _parse_time(gaps_from) if gaps_from else end - timedelta(days=1)
+        except ValueError as exc:
+            raise fail(f"--from/--to must be ISO times like 2025-01-31T00:00: {exc}") from None
+        try:
             with open_store(loaded.settings) as store:
                 results = rules.run_all(store, loaded.settings)
+                gaps = source_gaps.read_gaps(
+                    store, loaded.settings, int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+                )
         except Exception as exc:
             raise fail(f"integrity checks could not run: {exc} (did you run `marketprism init`?)") from None
         typer.echo(
@@ -340,6 +355,10 @@ def register(app: typer.Typer) -> None:
                 fmt,
             )
         )
+        if fmt == "table":
+            typer.echo(f"\nsource gaps {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC: {len(gaps)}")
+        if gaps:
+            typer.echo(render_table(source_gaps.LIST_HEADER, source_gaps.rows(gaps), fmt))
         raise typer.Exit(0 if rules.all_passed(results) else 1)
 
     @app.command()

@@ -4,13 +4,16 @@ JetStream and committed to real chDB as the writer commits them, sealed through 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import dagster as dg
 import msgspec
+from typer.testing import CliRunner
 
 from marketprism_dagster import integrity, records, source_gaps
+from marketprism_dagster.cli import _register_all, app
 from marketprism_dagster.defs.assets import hot_key
 from marketprism_dagster.defs.definitions import build_definitions
 from marketprism_dagster.jetstream import connect
@@ -141,3 +144,43 @@ def test_book_unsynced_seconds_are_clipped_to_the_hour_and_unrecoverable_gaps_wa
     result = integrity.source_gaps(store, settings, "orderbook", now=hour + 3_600_000)
     assert (result.passed, result.severity) == (False, "WARN")
     assert integrity.source_gaps(store, settings, "trade", now=hour + 3_600_000).passed
+
+
+def test_marketprism_integrity_lists_the_source_gaps_of_the_window_with_their_state(settings_factory):
+    settings = settings_factory()
+    hour = hour_start_ms(3)
+    ids = dict(first_missing_id="100", last_missing_id="199")
+    trade = gap(hour, 10, 11, **ids)
+    rows = [
+        trade,
+        msgspec.structs.replace(trade, state="repaired", recovered=100, detail="ids 100..199 refilled"),
+        gap(hour, 20, 20.5, gap_data_type="orderbook", cause="book_unsynced", state="unrecoverable",
+            detail="30.000 s without a valid book"),
+        gap(hour, 30, 32, gap_data_type="open_interest", cause="poll_failed", detail="2 polls failed"),
+        gap(hour - 3 * 3_600_000, 30, 32, gap_data_type="funding_rate", cause="disconnect"),  # before the window
+    ]
+    with open_store(settings) as store:
+        init_schema(store, settings)
+        store.insert(settings.storage.hot_database, "source_gap", records_to_arrow("source_gap", rows))
+    _register_all()
+    start = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(hour / 1000))
+    end = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(hour / 1000 + 3600))
+    result = CliRunner().invoke(app, [
+        "integrity", "--format", "json", "--from", start, "--to", end,
+        "--set", f"data_dir={settings.data_dir}", "--set", f"storage.path={settings.embedded_store_path}",
+        "--set", "nats.embedded=false",
+    ])
+    lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
+    listed = [(g["market"], g["symbol"], g["type"], g["cause"], g["ids"], g["state"], g["recovered"], g["detail"])
+              for g in lines if "cause" in g]
+    assert listed == [
+        ("okx_spot", "BTC-USDT", "open_interest", "poll_failed", "", "open", 0, "2 polls failed"),
+        ("okx_spot", "BTC-USDT", "orderbook", "book_unsynced", "", "unrecoverable", 0,
+         "30.000 s without a valid book"),
+        ("okx_spot", "BTC-USDT", "trade", "trade_id_jump", "100..199", "repaired", 100, "ids 100..199 refilled"),
+    ], result.output
+    # the rules ran too: the open poll gap is past the grace (ERROR), so the command fails
+    checks = {(r["check"], r["target"]): r["status"] for r in lines if "check" in r}
+    assert checks[("source_gaps", "hot.open_interest")] == "FAIL"
+    assert checks[("source_gaps", "hot.orderbook")] == "WARN" and checks[("source_gaps", "hot.trade")] == "PASS"
+    assert result.exit_code == 1
