@@ -23,6 +23,7 @@ from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.service import WriterService, run_writer
 from tests.support.collector_helpers import emulator_overrides, stream_messages, until
+from tests.support.seal_helpers import event_hours, seal_closed
 
 MARKETS = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
 EXCHANGE_SYMBOL = {"binance_derivatives": "BTCUSDT", "okx_derivatives": "BTC-USDT-SWAP"}
@@ -225,7 +226,7 @@ async def test_okx_rate_limit_codes_on_the_history_endpoint_are_waited_out(
 async def test_detected_holes_and_a_disconnect_are_refilled_automatically_every_id_once(
     nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
 ) -> None:
-    """Issue 11, first "done when" (without the seal): 500 trades dropped on Binance USD-M and on OKX swaps plus a
+    """Issue 11, first "done when" (with the seal): 500 trades dropped on Binance USD-M and on OKX swaps plus a
     forced disconnect; the collector records each hole with its exact ids, refills it by itself, and the hot trade
     table holds every id the emulator generated over the run exactly once. (The emulator generates no trades for a
     stream nobody is subscribed to, so the ids continue after the reconnect and the disconnect leaves no trade gap.)"""
@@ -283,3 +284,8 @@ async def test_detected_holes_and_a_disconnect_are_refilled_automatically_every_
         for g in gaps:
             if g[0] == market and g[4] == "open":
                 assert any(h[:4] == g[:4] and h[4] == "repaired" for h in gaps), gaps
+    # the seal of every hour the run touched (as if closed): ids continuous, each gap repaired (docs/source_gaps.md)
+    reports = [(await seal_closed(settings, ["trade"], h))["trade"] for h in event_hours(settings, "trade")]
+    assert all(r.source is not None and r.source.verdict in ("complete", "gaps_repaired") for r in reports)
+    assert all(r.metadata()["trade_ids_continuous"] is True for r in reports)
+    assert sum(r.metadata()["source_gaps_repaired"] for r in reports) >= 2  # one per venue (twice if across an hour)
