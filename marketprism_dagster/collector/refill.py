@@ -43,7 +43,7 @@ import structlog
 from marketprism_dagster import records
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.rest import RestClient, RestError
-from marketprism_dagster.collector.state import now_ms
+from marketprism_dagster.timeutil import DAY_MS, now_ms
 from marketprism_dagster.venues.base import VenueAdapter
 from marketprism_dagster.venues.history import History, Page, PageResult, Window, history_for
 
@@ -141,7 +141,7 @@ class Refiller:
             return Outcome(UNRECOVERABLE, 0, f"{window.symbol} is not an instrument of {market}")
         now = self.clock()
         if hist.retention_ms is not None and window.before_ms <= now - hist.retention_ms:
-            days = hist.retention_ms / 86_400_000
+            days = hist.retention_ms / DAY_MS
             return Outcome(UNRECOVERABLE, 0, f"beyond the venue's retention of {window.data_type} ({days:g} days)")
         try:
             page: Page | None = getattr(adapter, hist.first)(window, inst)

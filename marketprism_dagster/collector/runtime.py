@@ -36,7 +36,7 @@ from marketprism_dagster.collector.points import PublishedPoints, points_path
 from marketprism_dagster.collector.refill import Refiller, pending_path
 from marketprism_dagster.collector.rest import RestClient, RestError
 from marketprism_dagster.collector.spill import read_spill, spill_path, write_spill
-from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState, now_ms
+from marketprism_dagster.collector.state import CollectorState, FeedState, MarketState
 from marketprism_dagster.collector.ws import FeedConnection
 from marketprism_dagster.config import MarketConfig, OrderBookConfig, Settings
 from marketprism_dagster.jetstream import ensure_streams
@@ -44,6 +44,7 @@ from marketprism_dagster.logs import mask_url
 from marketprism_dagster.nats_server import host_port
 from marketprism_dagster.publisher import JetStreamPublisher, PublishStats
 from marketprism_dagster.serving import serve_app, stop_on_signals
+from marketprism_dagster.timeutil import now_ms
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import (
     Backfill,

@@ -7,10 +7,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from marketprism_dagster.timeutil import now_ms
-
-__all__ = ["CollectorState", "FeedState", "MarketState", "now_ms"]  # now_ms: for the modules importing it here
-
 
 @dataclass
 class FeedState:

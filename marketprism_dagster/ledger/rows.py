@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marketprism_dagster.ledger.tables import ALL_TYPES
-
-HOUR_MS = 3_600_000
+from marketprism_dagster.timeutil import HOUR_MS
 
 
 @dataclass(frozen=True, slots=True)

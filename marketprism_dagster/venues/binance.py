@@ -33,6 +33,7 @@ import orjson
 from marketprism_dagster.book import Diff, Status, UpdateIdSync
 from marketprism_dagster.book.sync import APPLIED, BOOK_FAULT_EVENTS, PREV_ID_RULE, RANGE_RULE
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
+from marketprism_dagster.timeutil import DAY_MS, HOUR_MS
 from marketprism_dagster.venues.base import (
     BookSettings,
     Channel,
@@ -176,13 +177,11 @@ SYNC_RULES = {"spot": RANGE_RULE, "perpetual": PREV_ID_RULE}  # see book.sync.Up
 
 
 # ------------------------------------------------------------ history (refill; docs/venues.md "History endpoints")
-HOUR_MS = 3_600_000
 AGG_TRADES_LIMIT = 1000  # GET /api/v3/aggTrades, /fapi/v1/aggTrades: limit default 500, max 1000
 AGG_TRADES_WEIGHT = {"spot": 4, "perpetual": 20}
 FUNDING_HISTORY_LIMIT = 1000  # GET /fapi/v1/fundingRate: default 100, max 1000
 FUTURES_DATA_LIMIT = 500  # /futures/data/*: default 30, max 500
 FUTURES_DATA_PERIOD = "5m"  # open interest statistics: the finest period
-DAY_MS = 86_400_000
 BINANCE_HISTORIES = (
     History("trade", "/aggTrades", "_history_trades_first", "_history_trades_page", ("spot", "perpetual"),
             retention_ms=365 * DAY_MS, by_id=True,

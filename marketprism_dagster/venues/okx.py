@@ -31,6 +31,7 @@ import orjson
 from marketprism_dagster.book import SeqIdSync, Status
 from marketprism_dagster.book.sync import APPLIED, BOOK_FAULT_EVENTS, CHECKSUM, GAP
 from marketprism_dagster.records import FundingRate, Liquidation, LsrAllAccount, LsrTopPosition, OpenInterest, Trade
+from marketprism_dagster.timeutil import DAY_MS
 from marketprism_dagster.validation import is_positive
 from marketprism_dagster.venues.base import (
     BookSettings,
@@ -266,7 +267,6 @@ FUNDING_HISTORY_LIMIT = 400  # maximum and default 400
 OI_HISTORY_PATH = f"{RUBIK}/open-interest-history"
 RUBIK_LIMIT = 100  # maximum and default 100
 OI_HISTORY_PERIOD = "5m"
-DAY_MS = 86_400_000
 OKX_HISTORIES = (
     History("trade", HISTORY_TRADES_PATH, "_history_trades_first", "_history_trades_page", ("spot", "perpetual"),
             retention_ms=90 * DAY_MS, min_interval_s=0.1, by_id=True,  # last 3 months; 20 requests / 2 s / IP

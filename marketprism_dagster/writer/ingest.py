@@ -79,6 +79,7 @@ from marketprism_dagster.records import RECORD_TYPES, RecordType, Wire, decode, 
 from marketprism_dagster.storage.base import ArrowInsert, Store
 from marketprism_dagster.storage.columns import to_arrow
 from marketprism_dagster.storage.sql import insert_sql, sql_str, values_rows
+from marketprism_dagster.timeutil import now_ms
 from marketprism_dagster.validation import fault
 from marketprism_dagster.writer.epoch import token_stream
 
@@ -238,14 +239,10 @@ def prepare_batch(stream: str, messages: Sequence[StreamMessage], first_seq: int
 # ---------------------------------------------------------------------------- committing
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _ledger_sql(settings: Settings, batch: PreparedBatch, token: str) -> str:
     types = [TypeRows(data_type, tb.token, (r.timestamp for r in tb.records)) for data_type, tb in batch.tables.items()]
     rows = ledger_rows(batch.stream, batch.first_seq, batch.last_seq, batch.messages, len(batch.poison),
-                       batch.range_token, types, _now_ms())
+                       batch.range_token, types, now_ms())
     return ledger_sql(settings, rows, token)
 
 
@@ -316,7 +313,7 @@ def _table_step(database: str, tb: TableBatch) -> str | ArrowInsert:
 
 def _intent_sql(settings: Settings, stream: str, first_seq: int, last_seq: int, epoch: int = 0) -> str:
     token = f"intent:{token_stream(stream, epoch)}:{first_seq}-{last_seq}"
-    return intent_sql(settings, stream, first_seq, last_seq, token, _now_ms())
+    return intent_sql(settings, stream, first_seq, last_seq, token, now_ms())
 
 
 def write_intent(store: Store, settings: Settings, stream: str, first_seq: int, last_seq: int,

@@ -15,12 +15,12 @@ from nats.aio.client import Client as NATS
 from marketprism_dagster import records
 from marketprism_dagster.collector.refill import Refiller
 from marketprism_dagster.collector.runtime import Collector
-from marketprism_dagster.collector.state import now_ms
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
+from marketprism_dagster.timeutil import now_ms
 from marketprism_dagster.writer.service import WriterService, run_writer
 from tests.support.collector_helpers import emulator_overrides, stream_messages, until
 from tests.support.seal_helpers import event_hours, seal_closed

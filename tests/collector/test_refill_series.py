@@ -15,9 +15,10 @@ from marketprism_dagster import records
 from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.refill import Refiller
 from marketprism_dagster.collector.rest import RestClient
-from marketprism_dagster.collector.state import CollectorState, MarketState, now_ms
+from marketprism_dagster.collector.state import CollectorState, MarketState
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
+from marketprism_dagster.timeutil import now_ms
 from marketprism_dagster.validation import fault
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import VenueAdapter
