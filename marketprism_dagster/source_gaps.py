@@ -28,7 +28,6 @@ from marketprism_dagster.storage.base import Store
 
 COMPLETE, GAPS_REPAIRED, INCOMPLETE = "complete", "gaps_repaired", "incomplete"
 ID_CAUSES = frozenset({"trade_id_jump", "disconnect", "downtime"})  # causes whose trade gaps carry ids
-BOOK_UNSYNCED = "book_unsynced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +151,7 @@ def hour_summary(
     for key in symbols:
         of(key)
     touched = False
+    windows: dict[str, list[tuple[int, int]]] = {}
     for g in gaps:
         if g.data_type != data_type or g.start_ms >= hour_end_ms or g.end_ms < hour_ms:
             continue
@@ -166,8 +166,10 @@ def hour_summary(
             s.open += 1
         if has_ids and g.state != REPAIRED and g.cause in ID_CAUSES and g.first_id:
             s.trade_ids_continuous = False
-        if is_book and g.cause == BOOK_UNSYNCED and s.book_unsynced_s is not None:
-            s.book_unsynced_s = round(s.book_unsynced_s + g.overlap_ms(hour_ms, hour_end_ms) / 1000, 3)
+        if is_book:  # every book gap (unsynced, downtime) is time without a valid book
+            windows.setdefault(g.series, []).append((max(g.start_ms, hour_ms), min(g.end_ms, hour_end_ms)))
+    for key, spans in windows.items():
+        by_symbol[key].book_unsynced_s = round(_union_ms(spans) / 1000, 3)
     if not touched:
         verdict = COMPLETE
     elif any(s.open or s.unrecoverable for s in by_symbol.values()):
@@ -175,6 +177,18 @@ def hour_summary(
     else:
         verdict = GAPS_REPAIRED
     return HourSource(verdict, by_symbol)
+
+
+def _union_ms(spans: list[tuple[int, int]]) -> int:
+    """Milliseconds covered by the union of [start, end) spans (overlapping windows count once)."""
+    total, reach = 0, None
+    for start, end in sorted(spans):
+        if reach is not None and start < reach:
+            start = reach
+        if end > start:
+            total += end - start
+            reach = end if reach is None else max(reach, end)
+    return total
 
 
 # ---------------------------------------------------------------------------- the check (pure)

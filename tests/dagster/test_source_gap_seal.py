@@ -122,7 +122,8 @@ def records_message(m: Any) -> Any:
 
 def test_book_unsynced_seconds_are_clipped_to_the_hour_and_unrecoverable_gaps_warn(store, settings_factory):
     """Pure summaries over rows read back from real chDB: a book window from 10 s before the hour to 30 s into
-    it counts 30 s; a second one of 1.5 s inside it adds 1.5 s; both unrecoverable: WARN, never ERROR."""
+    it counts 30 s; a second one of 1.5 s inside it adds 1.5 s, a downtime window inside that one adds nothing (no
+    valid book either way, counted once); all unrecoverable: WARN, never ERROR."""
     settings = settings_factory()
     hour = hour_start_ms(3)
     init_schema(store, settings)
@@ -130,16 +131,18 @@ def test_book_unsynced_seconds_are_clipped_to_the_hour_and_unrecoverable_gaps_wa
     rows = [
         gap(hour, -10 / 60, 0.5, detail="40.000 s without a valid book", **book),
         gap(hour, 20, 20 + 1.5 / 60, detail="1.500 s without a valid book", **book),
+        gap(hour, 20, 20 + 1 / 60, **(book | {"cause": "downtime", "detail": "collector restarted"})),  # overlaps
         gap(hour, 70, 71, **book),  # the next hour
     ]
     store.insert(settings.storage.hot_database, "source_gap", records_to_arrow("source_gap", rows))
     gaps = source_gaps.read_gaps(store, settings, hour, hour + 3_600_000)
-    assert len(gaps) == 2
+    assert len(gaps) == 3
     s = source_gaps.hour_summary(gaps, "orderbook", hour, hour + 3_600_000, ["okx_spot:BTC-USDT"], is_book=True)
     assert s.verdict == "incomplete"
     assert s.metadata()["book_unsynced_s"] == 31.5
-    assert s.by_symbol["okx_spot:BTC-USDT"].unrecoverable == [
-        "book_unsynced: 40.000 s without a valid book", "book_unsynced: 1.500 s without a valid book"
+    assert sorted(s.by_symbol["okx_spot:BTC-USDT"].unrecoverable) == [
+        "book_unsynced: 1.500 s without a valid book", "book_unsynced: 40.000 s without a valid book",
+        "downtime: collector restarted",
     ]
     result = integrity.source_gaps(store, settings, "orderbook", now=hour + 3_600_000)
     assert (result.passed, result.severity) == (False, "WARN")
