@@ -61,12 +61,17 @@ TTL_MARGIN_MS = HOUR_MS
 class SealRefused(Exception):
     """The hour cannot be sealed (yet): the message says why and what to do.
 
-    ``retryable`` is False when retrying can never help (the hour is older than the hot TTL)."""
+    ``retryable`` is False when retrying can never help (the hour is older than the hot TTL). ``aged_out`` is
+    True when a gap's messages are no longer in JetStream: only the venues' history can refill them
+    (``hour_refill.py``)."""
 
-    def __init__(self, message: str, report: SealReport | None = None, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, report: SealReport | None = None, *, retryable: bool = True, aged_out: bool = False
+    ) -> None:
         super().__init__(message)
         self.report = report
         self.retryable = retryable
+        self.aged_out = aged_out
 
 
 def oldest_sealable_ms(settings: Settings, now: int) -> int:
@@ -167,7 +172,8 @@ async def fetch_range(js: Any, stream: str, gap: SeqRange) -> list[StreamMessage
         except NotFoundError:
             raise SealRefused(
                 f"{stream} seq {seq} is no longer in JetStream (aged out or deleted): the gap "
-                f"{gap.first}-{gap.last} cannot be repaired; the hour stays unsealed"
+                f"{gap.first}-{gap.last} cannot be repaired; the hour stays unsealed",
+                aged_out=True,
             ) from None
         out.append(StreamMessage(seq=int(m.seq), subject=str(m.subject), data=m.data or b"", headers=m.headers))
     return out
@@ -466,7 +472,9 @@ async def seal_hours(
         sealed = streams[stream]
         report = SealReport(data_type=data_type, stream=stream, hour_ms=h)
         if sealed.refused is not None:
-            out[data_type] = SealRefused(str(sealed.refused), report, retryable=sealed.refused.retryable)
+            out[data_type] = SealRefused(
+                str(sealed.refused), report, retryable=sealed.refused.retryable, aged_out=sealed.refused.aged_out
+            )
             continue
         counts = count(store, settings, data_type, h)
         fill_report(report, sealed.proof, sealed.repair, counts)

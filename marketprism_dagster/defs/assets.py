@@ -17,6 +17,7 @@ import structlog
 from pydantic import Field
 
 from marketprism_dagster.config import Settings
+from marketprism_dagster.hour_refill import Refilled, history_markets, no_history_reason, refill_hour
 from marketprism_dagster.logs import mask_url
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.replication import ReplicationFailed, replicate_day
@@ -149,6 +150,7 @@ def build_hot_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
         types = [t for t in RECORD_TYPES if hot_key(t) in context.selected_asset_keys]
         with clickhouse.open() as store:
             results = asyncio.run(seal_with_nats(store, settings_now, nats, types, hour))
+        refills = refill_aged_out(context, settings_now, clickhouse, nats, hour, results)
         refused: dict[str, SealRefused] = {}
         for t in types:
             report = results[t]
@@ -157,11 +159,14 @@ def build_hot_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
                 continue
             context.log.info(f"sealed {t} {hour:%Y-%m-%d %H}:00: {report.rows} rows")
             yield dg.MaterializeResult(
-                asset_key=hot_key(t), metadata={**report.metadata(), "dagster/row_count": report.rows}
+                asset_key=hot_key(t),
+                metadata={**report.metadata(), **refill_metadata(refills.get(t)), "dagster/row_count": report.rows},
             )
         if refused:
             first = next(iter(refused.values()))
             meta: dict[str, Any] = first.report.metadata() if first.report else {}
+            for t in refused:
+                meta.update({f"{t}/{k}": v for k, v in refill_metadata(refills.get(t)).items()})
             meta["refused"] = ", ".join(refused)
             raise dg.Failure(
                 description="; ".join(f"{t}: {exc}" for t, exc in refused.items()),
@@ -170,6 +175,44 @@ def build_hot_assets(settings: Settings, partitions: dg.PartitionsDefinition) ->
             )
 
     return _hot
+
+
+def refill_aged_out(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    clickhouse: ClickHouseResource,
+    nats: NatsResource,
+    hour: Any,
+    results: dict[str, SealReport | SealRefused],
+) -> dict[str, list[Refilled]]:
+    """The types refused because a gap aged out of JetStream: refilled from venue history (``hour_refill``), then
+    sealed again (``results`` updated); a type without history is refused with the cause and the fix."""
+    aged = [t for t, r in results.items() if isinstance(r, SealRefused) and r.aged_out]
+    refills: dict[str, list[Refilled]] = {}
+    h = int(hour.timestamp() * 1000)
+    for t in aged:
+        refused = results[t]
+        assert isinstance(refused, SealRefused)
+        if not history_markets(settings, t):
+            results[t] = SealRefused(no_history_reason(settings, t, h, str(refused)), refused.report, retryable=False)
+            continue
+        refills[t] = asyncio.run(refill_hour(settings, t, h))
+        context.log.info(f"refilled {t} {hour:%Y-%m-%d %H}:00 from venue history: "
+                         f"{sum(r.published for r in refills[t])} records published")
+    if refills:
+        with clickhouse.open() as store:
+            results.update(asyncio.run(seal_with_nats(store, settings, nats, list(refills), hour)))
+    return refills
+
+
+def refill_metadata(refilled: list[Refilled] | None) -> dict[str, Any]:
+    """What a refill from venue history did for one type's hour (empty: none ran)."""
+    if refilled is None:
+        return {}
+    return {
+        "refilled_from_history": "; ".join(r.label() for r in refilled),
+        "refilled_records": sum(r.published for r in refilled),
+    }
 
 
 def unsealed_hours(instance: dg.DagsterInstance, data_type: str, hour_keys: Sequence[str]) -> list[str]:
