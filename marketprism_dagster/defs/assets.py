@@ -120,7 +120,9 @@ def hot_spec(data_type: str, settings: Settings) -> dg.AssetSpec:
         description=(
             f"marketprism_hot.{data_type}, one partition per event-time hour. Materializing a partition SEALS "
             "the closed hour: proves from the writer's sequence ledger that every JetStream message of the hour "
-            "is in the table, fetching missing ranges from JetStream first (repair / backfill)."
+            "is in the table, fetching missing ranges from JetStream first (repair / backfill); ranges that aged "
+            "out of JetStream are refilled from the venues' history for the types that have one. The metadata "
+            "says what the venues' stream lacked (source: complete | gaps_repaired | incomplete, docs/source_gaps.md)."
         ),
         automation_condition=hot_automation(settings, data_type),
         freshness_policy=HOT_FRESHNESS,
