@@ -71,11 +71,11 @@ def test_integrity_checks_run_one_step_with_one_store_session(
     result = job.execute_in_process(instance=dagster_instance, raise_on_error=False)
 
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == len(RECORD_TYPES) * (4 + 2)  # every hot and cold rule evaluated
-    assert {e.check_name for e in evaluations} >= {"duplicates", "ledger_gaps", "schema_parity"}
+    assert len(evaluations) == len(RECORD_TYPES) * (5 + 2)  # every hot and cold rule evaluated
+    assert {e.check_name for e in evaluations} >= {"duplicates", "ledger_gaps", "source_gaps", "schema_parity"}
     assert _step_keys(result) == {"window_checks"}
     assert chdb_use.opens == [str(settings.embedded_store_path.resolve())]
-    # each question asked of all 16 tables at once: window + lag, duplicates, ledger, cold lag, schemas
+    # each question asked of all 16 tables at once: window + lag, duplicates, ledger, source gaps, cold lag, schemas
     assert len(chdb_use.statements) <= 8, chdb_use.statements
 
 
