@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.js import JetStreamContext
@@ -42,7 +43,8 @@ def stream_config(name: str, cfg: StreamConfig) -> js_api.StreamConfig:
     )
 
 
-def _plain(value: object) -> object:
+def _plain(value: Any) -> Any:
+    """An enum's value, else the value (its type depends on the config field named at run time)."""
     return getattr(value, "value", value)
 
 
@@ -89,4 +91,4 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[Strea
 
 
 async def connect(url: str, name: str = "marketprism", **kwargs: object) -> nats.NATS:
-    return await nats.connect(url, name=name, connect_timeout=2, max_reconnect_attempts=-1, **kwargs)  # type: ignore[arg-type]
+    return await nats.connect(url, name=name, connect_timeout=2, max_reconnect_attempts=-1, **kwargs)

@@ -73,8 +73,10 @@ def venue_error(venue: str, url: str, status: int, code: str, msg: str, **flags:
     return RestError(url, status, f"{venue} REST error {code}: {msg} ({where})", code=code, venue_msg=msg, **flags)
 
 
-def http_error(url: str, status: int | None, detail: str, **flags: bool) -> RestError:
-    return RestError(url, status, f"GET {url}: {detail}", **flags)
+def http_error(
+    url: str, status: int | None, detail: str, *, permanent: bool = False, rate_limited: bool = False
+) -> RestError:
+    return RestError(url, status, f"GET {url}: {detail}", permanent=permanent, rate_limited=rate_limited)
 
 
 def envelope_error(body: bytes) -> tuple[str, str] | None:

@@ -410,6 +410,7 @@ class WriterService:
             await self._absorb(st)
             limit = self._batch_limit(st)
             prepared: asyncio.Future[PreparedBatch] | None = None
+            taken: Taken | None
             if ahead is not None and ahead[0].first_seq == buf.expected:
                 taken, prepared = ahead
             else:
