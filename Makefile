@@ -1,6 +1,6 @@
 # MarketPrism: two commands on a fresh machine.
 #   make run   - create .venv, install, run MarketPrism on the embedded default (NATS + chDB)
-#   make test  - create .venv, install dev extras, run the whole suite
+#   make test  - create .venv, install dev extras, lint, type-check (mypy), run the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -28,10 +28,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/system-deps.sh
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # every benchmark; bench_soak runs collector + writer + NATS + chDB at ~50 and ~5k rows/s (BENCH=soak: only it)
 bench: $(STAMP)
