@@ -187,3 +187,37 @@ def test_marketprism_integrity_lists_the_source_gaps_of_the_window_with_their_st
     assert checks[("source_gaps", "hot.open_interest")] == "FAIL"
     assert checks[("source_gaps", "hot.orderbook")] == "WARN" and checks[("source_gaps", "hot.trade")] == "PASS"
     assert result.exit_code == 1
+
+
+def test_an_aged_out_hour_of_a_type_without_venue_history_is_refused_with_cause_and_fix(
+    nats_server, settings_factory, dagster_instance, make_resources
+):
+    """The hot asset's path for a ledger gap that aged out of JetStream, for liquidations (no venue keeps their
+    history): the materialization fails, not retried, naming the retention and the fix."""
+    settings = settings_factory(
+        nats_url=nats_server.url, **{"streams.MARKET_DATA.max_age_s": 2, "streams.MARKET_DATA.duplicate_window_s": 1}
+    )
+    hour = hour_start_ms(3)
+    prepare_store(settings)
+    messages = asyncio.run(publish_and_read(settings, records_in_hour("liquidation", hour, 10)))
+    with open_store(settings) as store:
+        commit_batch(store, settings, "MARKET_DATA", messages[:3])
+        commit_batch(store, settings, "MARKET_DATA", messages[6:])
+    time.sleep(3)  # messages 4-6 age out of JetStream
+    defs = build_definitions(make_resources(settings)["settings"])
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
+        selection=[hot_key("liquidation")],
+        partition_key=time.strftime("%Y-%m-%d-%H:00", time.gmtime(hour / 1000)),
+        resources=make_resources(settings),
+        instance=dagster_instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    data = failure.step_failure_data.user_failure_data
+    assert "seq 4 is no longer in JetStream" in data.description
+    assert "no venue keeps a history of liquidation" in data.description
+    assert "streams.MARKET_DATA.max_age_s" in data.description
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retries == []
