@@ -221,17 +221,21 @@ def check(gaps: Iterable[Gap], data_type: str, *, now: int, grace_s: int) -> Che
     if overdue:
         return CheckVerdict(
             False, "ERROR",
-            f"{len(overdue)} refillable gaps still open over {grace_s} s after detection ({_label(overdue[0])}); "
+            f"{_n(len(overdue), 'refillable gap')} still open over {grace_s} s after detection ({_label(overdue[0])}); "
             "is the collector's refill running? refill by hand: marketprism backfill --market M --type "
             f"{data_type} --from T --to T",
             meta,
         )
     if lost:
         return CheckVerdict(
-            False, "WARN", f"{len(lost)} unrecoverable gaps ({_label(lost[0])}): the venue keeps no history of them",
+            False, "WARN", f"{_n(len(lost), 'unrecoverable gap')} ({_label(lost[0])}): no venue history can refill it",
             meta,
         )
-    return CheckVerdict(True, "ERROR", f"{len(mine)} gaps, none open past the grace, none unrecoverable", meta)
+    return CheckVerdict(True, "ERROR", f"{_n(len(mine), 'gap')}, none open past the grace, none unrecoverable", meta)
+
+
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _label(g: Gap) -> str:
