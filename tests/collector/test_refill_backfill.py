@@ -16,9 +16,10 @@ from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
-from tests.collector.test_refill_e2e import collecting, committed, writer_running
+from tests.collector.test_refill_e2e import collecting
 from tests.support.collector_helpers import emulator_overrides, until
 from tests.support.records import make_record
+from tests.support.writer_helpers import committed, writer_running
 
 MARKET = "binance_derivatives"
 MARKETS = {MARKET: (["BTC-USDT"], ["trade"])}
@@ -51,7 +52,7 @@ async def test_backfill_publishes_only_what_the_store_lacks(
                 async with collecting(settings):
                     await until(lambda: emu.dropped_trades and emu.dropped_trades[0].done, 60)
                     await asyncio.sleep(2.0)  # trades after the hole
-                await until(lambda: committed(nc, writer, ["MARKET_DATA"]), 60, interval=0.2)
+                await until(lambda: committed(nc, writer), 60, interval=0.2)
             d = emu.dropped_trades[0]
             stored = trades(settings)
             assert not any(d.first_id <= i <= d.last_id for i in stored)
@@ -67,7 +68,7 @@ async def test_backfill_publishes_only_what_the_store_lacks(
             assert sorted(int(i.rsplit("|", 1)[1]) for i in rep.new_ids) == list(range(d.first_id, d.last_id + 1))
 
             async with writer_running(settings) as writer:
-                await until(lambda: committed(nc, writer, ["MARKET_DATA"]), 60, interval=0.2)
+                await until(lambda: committed(nc, writer), 60, interval=0.2)
             refilled = trades(settings)
             ids = sorted(refilled)
             assert ids == list(range(ids[0], ids[-1] + 1))  # the hole is filled, nothing twice

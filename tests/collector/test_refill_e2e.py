@@ -10,8 +10,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from nats.aio.client import Client as NATS
-
 from marketprism_dagster import records
 from marketprism_dagster.collector.refill import Refiller
 from marketprism_dagster.collector.runtime import Collector
@@ -21,33 +19,13 @@ from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.timeutil import now_ms
-from marketprism_dagster.writer.service import WriterService, run_writer
 from tests.support.collector_helpers import emulator_overrides, stream_messages, until
 from tests.support.seal_helpers import event_hours, seal_closed
+from tests.support.writer_helpers import committed, writer_running
 
 MARKETS = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
 EXCHANGE_SYMBOL = {"binance_derivatives": "BTCUSDT", "okx_derivatives": "BTC-USDT-SWAP"}
 VENUE_OF = {"binance_derivatives": "binance_derivatives", "okx_derivatives": "okx"}
-
-
-@contextlib.asynccontextmanager
-async def writer_running(settings: Settings) -> AsyncIterator[WriterService]:
-    stop = asyncio.Event()
-    started: asyncio.Future[WriterService] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_writer(settings, stop=stop, on_started=started.set_result))
-    try:
-        yield await asyncio.wait_for(started, 30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def committed(nc: NATS, writer: WriterService, streams: list[str]) -> bool:
-    js = nc.jetstream()
-    for s in streams:
-        if writer.streams[s].buffer.watermark < (await js.stream_info(s)).state.last_seq:
-            return False
-    return True
 
 
 @contextlib.asynccontextmanager
@@ -109,7 +87,7 @@ async def test_dropped_trades_are_refilled_exactly_once_into_the_hot_table(
                     outcomes = {m: await refiller.repair(m, gap) for m, gap in gaps.items()}
                     again = await refiller.repair("binance_derivatives", gaps["binance_derivatives"])
                 # the collector stopped (its publisher flushed): the writer commits everything it published
-                await until(lambda: committed(nc, writer, ["MARKET_DATA"]), 60, interval=0.2)
+                await until(lambda: committed(nc, writer), 60, interval=0.2)
         finally:
             await nc.close()
 
@@ -254,7 +232,7 @@ async def test_detected_holes_and_a_disconnect_are_refilled_automatically_every_
                     await until(lambda: repaired() >= 2 and collector.refiller is not None
                                 and collector.refiller.pending == 0, 60)
                     dropped = {d.venue: d for d in emu.dropped_trades}
-                await until(lambda: committed(nc, writer, ["MARKET_DATA"]), 60, interval=0.2)
+                await until(lambda: committed(nc, writer), 60, interval=0.2)
         finally:
             await nc.close()
     binance = stored_ids(settings, "binance_derivatives")

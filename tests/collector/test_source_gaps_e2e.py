@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import orjson
-from nats.aio.client import Client as NATS
 
 from marketprism_dagster import records
 from marketprism_dagster.collector.gapfile import gaps_path
@@ -19,29 +18,12 @@ from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage.embedded import EmbeddedStore
-from marketprism_dagster.writer.service import WriterService, run_writer
 from tests.support.collector_helpers import emulator_overrides, running_collector, stream_messages, until
+from tests.support.writer_helpers import committed, writer_running
 
 TRADES = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
 VENUE_OF = {"binance_derivatives": "binance_derivatives", "okx_derivatives": "okx"}
 WRITER = {"writer.health_port": 0, "writer.monitor_interval_s": 0.5, "log_level": "WARNING"}
-
-
-@contextlib.asynccontextmanager
-async def writer_running(settings: Settings) -> AsyncIterator[WriterService]:
-    stop = asyncio.Event()
-    started: asyncio.Future[WriterService] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_writer(settings, stop=stop, on_started=started.set_result))
-    try:
-        yield await asyncio.wait_for(started, 30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def committed(nc: NATS, writer: WriterService) -> bool:
-    info = await nc.jetstream().stream_info("MARKET_DATA")
-    return writer.streams["MARKET_DATA"].buffer.watermark >= info.state.last_seq
 
 
 def hot_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:

@@ -8,6 +8,7 @@ identities; the same (n, base_ms, seed) always yields the same records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -15,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from marketprism_dagster.publisher import JetStreamPublisher
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.columns import identity_sql
+from marketprism_dagster.writer.service import WriterService, run_writer
 from tests.support.records import make_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -254,3 +256,25 @@ def get_health(port: int) -> dict[str, Any] | None:
         return json.loads(e.read())
     except OSError:
         return None
+
+
+@contextlib.asynccontextmanager
+async def writer_running(settings: Settings) -> AsyncIterator[WriterService]:
+    """A real writer in this event loop, started before the body and stopped after it."""
+    stop = asyncio.Event()
+    started: asyncio.Future[WriterService] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_writer(settings, stop=stop, on_started=started.set_result))
+    try:
+        yield await asyncio.wait_for(started, 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def committed(nc: NATS, writer: WriterService, streams: Sequence[str] = ("MARKET_DATA",)) -> bool:
+    """Whether the writer has committed every message the streams hold."""
+    js = nc.jetstream()
+    for s in streams:
+        if writer.streams[s].buffer.watermark < (await js.stream_info(s)).state.last_seq:
+            return False
+    return True
