@@ -13,6 +13,7 @@ from marketprism_dagster.sealing import SealRefused, seal_hour
 from marketprism_dagster.storage import open_store
 from marketprism_dagster.writer.ingest import StreamMessage, commit_batch
 from tests.support.hour_setup import hour_start_ms, prepare_store, publish_and_read, records_in_hour
+from tests.support.seal_helpers import seal_now
 
 
 def _setup(nats_server: Any, settings_factory: Any) -> tuple[Any, int, list[StreamMessage]]:
@@ -54,15 +55,6 @@ def test_seal_waits_for_a_writer_that_is_still_committing(nats_server, settings_
 
 def test_seal_refuses_a_writer_that_does_not_move(nats_server, settings_factory):
     settings, hour, _ = _setup(nats_server, settings_factory)
-
-    async def seal() -> Any:
-        nc = await connect(settings.nats.url)
-        try:
-            with open_store(settings) as store:
-                return await seal_hour(store, settings, "trade", hour, nc.jetstream())
-        finally:
-            await nc.drain()
-
     with pytest.raises(SealRefused, match="committed MARKET_DATA through seq 4 but messages up to seq 10") as refused:
-        asyncio.run(seal())
+        asyncio.run(seal_now(settings, "trade", hour))
     assert refused.value.retryable

@@ -7,7 +7,7 @@ from typing import Any
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.jetstream import connect
-from marketprism_dagster.sealing import SealRefused, SealReport, seal_hours
+from marketprism_dagster.sealing import SealRefused, SealReport, seal_hour, seal_hours
 from marketprism_dagster.storage import open_store
 
 HOUR_MS = 3_600_000
@@ -35,3 +35,13 @@ async def seal_closed(settings: Settings, data_types: list[str], hour_ms: int) -
     refused = {t: str(r) for t, r in out.items() if isinstance(r, SealRefused)}
     assert not refused, refused
     return out
+
+
+async def seal_now(settings: Settings, data_type: str, hour_ms: int) -> SealReport:
+    """Seal ``hour_ms`` of ``data_type`` once, now, as the seal asset does; a refusal raises."""
+    nc = await connect(settings.nats.url)
+    try:
+        with open_store(settings) as store:
+            return await seal_hour(store, settings, data_type, hour_ms, nc.jetstream())
+    finally:
+        await nc.drain()
