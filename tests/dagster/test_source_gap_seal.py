@@ -42,15 +42,24 @@ def _store_hour(settings: Any, hour: int, extra: list[Any]) -> None:
         commit_batch(store, settings, "MARKET_DATA", messages)
 
 
-def _seal_trade(settings: Any, instance: dg.DagsterInstance, hour: int, resources_for: Any) -> dict[str, Any]:
+def _materialize_hot(
+    settings: Any, instance: dg.DagsterInstance, data_type: str, hour: int, resources_for: Any, *,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """The hot asset of ``data_type`` for ``hour`` (with its checks) through Dagster's materialize."""
     defs = build_definitions(resources_for(settings)["settings"])
-    result = dg.materialize(
+    return dg.materialize(
         [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
-        selection=[hot_key("trade")],
+        selection=[hot_key(data_type)],
         partition_key=time.strftime("%Y-%m-%d-%H:00", time.gmtime(hour / 1000)),
         resources=resources_for(settings),
         instance=instance,
+        raise_on_error=raise_on_error,
     )
+
+
+def _seal_trade(settings: Any, instance: dg.DagsterInstance, hour: int, resources_for: Any) -> dict[str, Any]:
+    result = _materialize_hot(settings, instance, "trade", hour, resources_for)
     mats = [m for m in result.asset_materializations_for_node("hot_seal") if m.asset_key == hot_key("trade")]
     evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
     return {"meta": {k: v.value for k, v in mats[0].metadata.items()}, "evals": evals}
@@ -204,15 +213,7 @@ def test_an_aged_out_hour_of_a_type_without_venue_history_is_refused_with_cause_
         commit_batch(store, settings, "MARKET_DATA", messages[:3])
         commit_batch(store, settings, "MARKET_DATA", messages[6:])
     time.sleep(3)  # messages 4-6 age out of JetStream
-    defs = build_definitions(make_resources(settings)["settings"])
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
-        selection=[hot_key("liquidation")],
-        partition_key=time.strftime("%Y-%m-%d-%H:00", time.gmtime(hour / 1000)),
-        resources=make_resources(settings),
-        instance=dagster_instance,
-        raise_on_error=False,
-    )
+    result = _materialize_hot(settings, dagster_instance, "liquidation", hour, make_resources, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     data = failure.step_failure_data.user_failure_data
