@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from marketprism_dagster import records
-from marketprism_dagster.collector.refill import Refiller
+from marketprism_dagster.collector.refill import Outcome, Refiller
 from marketprism_dagster.collector.runtime import Collector
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
@@ -49,6 +49,22 @@ def gap_for(market: str, first: int, last: int) -> Any:
         timestamp=now - 60_000, received_at=now, gap_data_type="trade", cause="trade_id_jump", end_time=now,
         first_missing_id=str(first), last_missing_id=str(last), state="open", recovered=0, detail="test",
     )
+
+
+@contextlib.asynccontextmanager
+async def one_drop_repaired(
+    cfg: EmulatorConfig, market: str, nats_url: str, settings_factory: Callable[..., Settings]
+) -> AsyncIterator[tuple[Emulator, Collector, Outcome]]:
+    """The emulator's first dropped-trades window on ``market``, once sent, repaired by a ``Refiller`` on the
+    running collector's own REST client; the body runs with the collector still up."""
+    async with Emulator(cfg) as emu:
+        settings = settings_factory(nats_url=nats_url, **emulator_overrides(emu.urls, {market: MARKETS[market]}))
+        async with collecting(settings) as collector:
+            await until(lambda: emu.dropped_trades and emu.dropped_trades[0].done, 60)
+            d = emu.dropped_trades[0]
+            assert collector._rest is not None
+            refiller = Refiller(collector._rest, collector.adapters, collector._emit)
+            yield emu, collector, await refiller.repair(market, gap_for(market, d.first_id, d.last_id))
 
 
 def stored_ids(settings: Settings, market: str) -> list[int]:
@@ -128,18 +144,11 @@ async def test_a_429_on_the_history_endpoint_is_waited_out_never_banned(
     faults = ("drop_trades@binance_derivatives:at=100:count=500:topic=btcusdt,"
               "rest_429@binance_derivatives:path=/fapi/v1/aggTrades:count=3")
     cfg = EmulatorConfig(venues=("binance_derivatives",), rate=100, seed=6, faults=faults)
-    markets = {"binance_derivatives": MARKETS["binance_derivatives"]}
-    async with Emulator(cfg) as emu:
-        settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
-        async with collecting(settings) as collector:
-            await until(lambda: emu.dropped_trades and emu.dropped_trades[0].done, 60)
-            d = emu.dropped_trades[0]
-            assert collector._rest is not None
-            refiller = Refiller(collector._rest, collector.adapters, collector._emit)
-            outcome = await refiller.repair("binance_derivatives", gap_for("binance_derivatives", d.first_id,
-                                                                           d.last_id))
-            limiter = next(iter(collector._rest.limiters.values()))
-        fired = emu.faults_fired
+    repaired = one_drop_repaired(cfg, "binance_derivatives", nats_server.url, settings_factory)
+    async with repaired as (emu, collector, outcome):
+        assert collector._rest is not None
+        limiter = next(iter(collector._rest.limiters.values()))
+    fired = emu.faults_fired
     assert (outcome.state, outcome.recovered) == ("repaired", 500)
     assert fired["rest_429"]["binance_derivatives"] == 3
     assert limiter.rate_limited == 3 and limiter.banned == 0  # three Retry-After waits, no 418
@@ -185,17 +194,11 @@ async def test_okx_rate_limit_codes_on_the_history_endpoint_are_waited_out(
     faults = ("drop_trades@okx:at=100:count=300:topic=BTC-USDT-SWAP,"
               "rest_code_200@okx:path=/api/v5/market/history-trades:count=2")
     cfg = EmulatorConfig(venues=("okx",), rate=100, seed=7, faults=faults)
-    markets = {"okx_derivatives": MARKETS["okx_derivatives"]}
-    async with Emulator(cfg) as emu:
-        settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
-        async with collecting(settings) as collector:
-            await until(lambda: emu.dropped_trades and emu.dropped_trades[0].done, 60)
-            d = emu.dropped_trades[0]
-            assert collector._rest is not None
-            refiller = Refiller(collector._rest, collector.adapters, collector._emit)
-            outcome = await refiller.repair("okx_derivatives", gap_for("okx_derivatives", d.first_id, d.last_id))
-            codes = collector.metrics.rate_limited.labels("okx_derivatives", "50011")._value.get()
-        fired = emu.faults_fired
+    repaired = one_drop_repaired(cfg, "okx_derivatives", nats_server.url, settings_factory)
+    async with repaired as (emu, collector, outcome):
+        codes = collector.metrics.rate_limited.labels("okx_derivatives", "50011")._value.get()
+    fired = emu.faults_fired
+    d = emu.dropped_trades[0]
     assert (outcome.state, outcome.recovered) == ("repaired", d.last_id - d.first_id + 1)
     assert outcome.pages == 3  # 300 matches, 100 a page
     assert fired["rest_code_200"]["okx"] == 2 and codes == 2
