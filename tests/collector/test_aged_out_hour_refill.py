@@ -19,9 +19,8 @@ from marketprism_dagster.sealing import SealRefused, seal_hours
 from marketprism_dagster.storage import init_schema, open_store
 from marketprism_dagster.timeutil import HOUR_MS
 from marketprism_dagster.writer.ingest import commit_batch, ensure_writer_tables
-from tests.collector.test_source_gaps_e2e import hot_rows
 from tests.support.collector_helpers import emulator_overrides, running_collector, stream_messages, until
-from tests.support.writer_helpers import committed, writer_running
+from tests.support.writer_helpers import committed, hot_rows, writer_running
 
 MARKETS = {"binance_derivatives": (["BTC-USDT"], ["trade"])}
 MAX_AGE_S = 6

@@ -28,9 +28,9 @@ from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage import open_store
 from marketprism_dagster.timeutil import now_ms
-from tests.collector.test_source_gaps_e2e import _watch_trades, hot_rows
+from tests.collector.test_source_gaps_e2e import _watch_trades
 from tests.support.collector_helpers import emulator_overrides, running_collector, until
-from tests.support.writer_helpers import committed, writer_running
+from tests.support.writer_helpers import committed, hot_rows, writer_running
 
 SERIES = ["funding_rate", "open_interest"]
 TYPES = ["trade", "orderbook", *SERIES, "lsr_top_position", "lsr_all_account"]

@@ -15,11 +15,10 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
-from marketprism_dagster.storage.embedded import EmbeddedStore
 from tests.collector.test_refill_e2e import collecting
 from tests.support.collector_helpers import emulator_overrides, until
 from tests.support.records import make_record
-from tests.support.writer_helpers import committed, writer_running
+from tests.support.writer_helpers import committed, hot_rows, writer_running
 
 MARKET = "binance_derivatives"
 MARKETS = {MARKET: (["BTC-USDT"], ["trade"])}
@@ -27,14 +26,11 @@ MARKETS = {MARKET: (["BTC-USDT"], ["trade"])}
 
 def trades(settings: Settings) -> dict[int, int]:
     """trade id -> exchange time of every stored BTC-USDT trade of the market."""
-    store = EmbeddedStore(settings.embedded_store_path)
-    try:
-        rows = store.query_rows(
-            "SELECT trade_id, toUnixTimestamp64Milli(timestamp) FROM marketprism_hot.trade "
-            f"WHERE exchange = '{MARKET}' AND symbol = 'BTC-USDT'"
-        )
-    finally:
-        store.close()
+    rows = hot_rows(
+        settings,
+        "SELECT trade_id, toUnixTimestamp64Milli(timestamp) FROM marketprism_hot.trade "
+        f"WHERE exchange = '{MARKET}' AND symbol = 'BTC-USDT'"
+    )
     return {int(i): int(t) for i, t in rows}
 
 

@@ -17,11 +17,10 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
-from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.timeutil import now_ms
 from tests.support.collector_helpers import emulator_overrides, stream_messages, until
 from tests.support.seal_helpers import event_hours, seal_closed
-from tests.support.writer_helpers import committed, writer_running
+from tests.support.writer_helpers import committed, hot_rows, writer_running
 
 MARKETS = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
 EXCHANGE_SYMBOL = {"binance_derivatives": "BTCUSDT", "okx_derivatives": "BTC-USDT-SWAP"}
@@ -68,13 +67,10 @@ async def one_drop_repaired(
 
 
 def stored_ids(settings: Settings, market: str) -> list[int]:
-    store = EmbeddedStore(settings.embedded_store_path)
-    try:
-        rows = store.query_rows(
-            f"SELECT trade_id FROM marketprism_hot.trade WHERE exchange = '{market}' AND symbol = 'BTC-USDT'"
-        )
-    finally:
-        store.close()
+    rows = hot_rows(
+        settings,
+        f"SELECT trade_id FROM marketprism_hot.trade WHERE exchange = '{market}' AND symbol = 'BTC-USDT'"
+    )
     return sorted(int(r[0]) for r in rows)
 
 
@@ -124,13 +120,10 @@ async def test_dropped_trades_are_refilled_exactly_once_into_the_hot_table(
     assert [i for i in okx if d.first_id <= i <= d.last_id] == list(range(d.first_id, d.last_id + 1))  # each match
     assert okx[0] < d.first_id and d.last_id < okx[-1]
 
-    store = EmbeddedStore(settings.embedded_store_path)
-    try:
-        stored = store.query_rows(
-            "SELECT exchange, state, recovered, toUnixTimestamp64Milli(timestamp) FROM marketprism_hot.source_gap"
-        )
-    finally:
-        store.close()
+    stored = hot_rows(
+        settings,
+        "SELECT exchange, state, recovered, toUnixTimestamp64Milli(timestamp) FROM marketprism_hot.source_gap"
+    )
     # the test's gaps (the collector may record the hole itself too: those rows are its own), each stored once as
     # repaired with the count it recovered (the Binance one was published twice)
     mine = sorted((g[0], g[1], g[2]) for g in stored if g[3] in {gap.timestamp for gap in gaps.values()})
@@ -246,14 +239,11 @@ async def test_detected_holes_and_a_disconnect_are_refilled_automatically_every_
     d = dropped["okx"]
     assert len(okx) == len(set(okx))
     assert [i for i in okx if d.first_id <= i <= d.last_id] == list(range(d.first_id, d.last_id + 1))
-    store = EmbeddedStore(settings.embedded_store_path)
-    try:
-        gaps = store.query_rows(
-            "SELECT exchange, cause, first_missing_id, last_missing_id, state, recovered "
-            "FROM marketprism_hot.source_gap FINAL WHERE gap_data_type = 'trade' ORDER BY exchange, state"
-        )
-    finally:
-        store.close()
+    gaps = hot_rows(
+        settings,
+        "SELECT exchange, cause, first_missing_id, last_missing_id, state, recovered "
+        "FROM marketprism_hot.source_gap FINAL WHERE gap_data_type = 'trade' ORDER BY exchange, state"
+    )
     for market, venue in VENUE_OF.items():
         d = dropped[venue]
         ids = (str(d.first_id), str(d.last_id))

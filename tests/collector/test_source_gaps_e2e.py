@@ -17,21 +17,12 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
-from marketprism_dagster.storage.embedded import EmbeddedStore
 from tests.support.collector_helpers import emulator_overrides, running_collector, stream_messages, until
-from tests.support.writer_helpers import committed, writer_running
+from tests.support.writer_helpers import committed, hot_rows, writer_running
 
 TRADES = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
 VENUE_OF = {"binance_derivatives": "binance_derivatives", "okx_derivatives": "okx"}
 WRITER = {"writer.health_port": 0, "writer.monitor_interval_s": 0.5, "log_level": "WARNING"}
-
-
-def hot_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    store = EmbeddedStore(settings.embedded_store_path)
-    try:
-        return [tuple(r) for r in store.query_rows(sql)]
-    finally:
-        store.close()
 
 
 def gaps_published(collector: Any, market: str) -> float:

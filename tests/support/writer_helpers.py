@@ -29,6 +29,7 @@ from marketprism_dagster.publisher import JetStreamPublisher
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.columns import identity_sql
+from marketprism_dagster.storage.embedded import EmbeddedStore
 from marketprism_dagster.writer.service import WriterService, run_writer
 from tests.support.records import make_record
 
@@ -278,3 +279,12 @@ async def committed(nc: NATS, writer: WriterService, streams: Sequence[str] = ("
         if writer.streams[s].buffer.watermark < (await js.stream_info(s)).state.last_seq:
             return False
     return True
+
+
+def hot_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` on the embedded store (opened for this query only, so a writer may hold it between)."""
+    store = EmbeddedStore(settings.embedded_store_path)
+    try:
+        return [tuple(r) for r in store.query_rows(sql)]
+    finally:
+        store.close()
