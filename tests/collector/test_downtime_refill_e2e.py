@@ -17,7 +17,6 @@ checks their history mapping)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from marketprism_dagster import integrity
@@ -28,8 +27,7 @@ from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.storage import open_store
 from marketprism_dagster.timeutil import now_ms
-from tests.collector.test_source_gaps_e2e import _watch_trades
-from tests.support.collector_helpers import emulator_overrides, running_collector, until
+from tests.support.collector_helpers import TradeWitness, emulator_overrides, running_collector, until
 from tests.support.writer_helpers import committed, hot_rows, writer_running
 
 SERIES = ["funding_rate", "open_interest"]
@@ -48,15 +46,15 @@ async def test_a_restarted_collector_refills_its_downtime_and_records_the_book_w
             nats_url=nats_server.url, **overrides, **{"writer.health_port": 0, "writer.monitor_interval_s": 0.5}
         )
         nc = await connect(nats_server.url)
-        seen: list[int] = []
-        witness = None
+        witness = TradeWitness()
+        seen = witness.seen
         try:
             async with writer_running(settings) as writer:
                 async with running_collector(settings) as (collector, _):
                     for t in TYPES:
                         await until(lambda t=t: collector.state.records.get((t, "binance_derivatives"), 0) > 0, 30)
                     feed = next(f for f in collector.adapters["binance_derivatives"].ws_feeds() if "aggTrade" in f.url)
-                    witness = asyncio.create_task(_watch_trades(feed.url, seen))
+                    witness.start(feed.url)
                     await until(lambda: len(seen) > 5, 10)
                 assert gaps_path(settings.data_dir, "main").is_file()
                 await asyncio.sleep(STOP_S)  # the venue trades on while no collector runs
@@ -70,10 +68,7 @@ async def test_a_restarted_collector_refills_its_downtime_and_records_the_book_w
                     assert outcomes() == dict.fromkeys(["trade", *SERIES], "repaired"), outcomes()
                 await until(lambda: committed(nc, writer), 60, interval=0.2)
         finally:
-            if witness is not None:
-                witness.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await witness
+            await witness.stop()
             await nc.close()
     rows = hot_rows(
         settings,

@@ -4,12 +4,8 @@ where as ``source_gap`` records, published like any record and stored by the rea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
-
-import aiohttp
-import orjson
 
 from marketprism_dagster import records
 from marketprism_dagster.collector.gapfile import gaps_path
@@ -17,7 +13,13 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
-from tests.support.collector_helpers import emulator_overrides, running_collector, stream_messages, until
+from tests.support.collector_helpers import (
+    TradeWitness,
+    emulator_overrides,
+    running_collector,
+    stream_messages,
+    until,
+)
 from tests.support.writer_helpers import committed, hot_rows, writer_running
 
 TRADES = {"binance_derivatives": (["BTC-USDT"], ["trade"]), "okx_derivatives": (["BTC-USDT"], ["trade"])}
@@ -127,32 +129,22 @@ async def test_a_disconnect_records_the_books_unsynced_window_and_the_missed_tra
     assert not set(stored) & set(missing)
 
 
-async def _watch_trades(url: str, seen: list[int]) -> None:
-    """A second client of the venue's trade stream: it keeps the emulator trading while no collector runs, and
-    its ids are the ground truth of what the venue sent."""
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-        async for msg in ws:
-            data = orjson.loads(msg.data).get("data", {})
-            if data.get("e") == "aggTrade":
-                seen.append(int(data["a"]))
-
-
 async def test_a_restart_records_its_downtime_with_the_missed_trade_ids_and_the_funding_window(
     nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
 ) -> None:
     markets = {"binance_derivatives": (["BTC-USDT"], ["trade", "funding_rate"])}
     cfg = EmulatorConfig(mode="synth", rate=100, seed=4, venues=("binance_derivatives",))
-    seen: list[int] = []
+    witness = TradeWitness()
+    seen = witness.seen
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
         nc = await connect(nats_server.url)
-        witness = None
         try:
             async with running_collector(settings) as (collector, _):
                 await until(lambda: collector.state.records.get(("trade", "binance_derivatives"), 0) > 20, 30)
                 await until(lambda: collector.state.records.get(("funding_rate", "binance_derivatives"), 0) > 0, 30)
                 [feed] = collector.adapters["binance_derivatives"].ws_feeds()
-                witness = asyncio.create_task(_watch_trades(feed.url, seen))
+                witness.start(feed.url)
                 await until(lambda: len(seen) > 5, 10)
             assert gaps_path(settings.data_dir, "main").is_file()
             await asyncio.sleep(2.0)  # the venue trades on while no collector runs
@@ -160,10 +152,7 @@ async def test_a_restart_records_its_downtime_with_the_missed_trade_ids_and_the_
                 await until(lambda: gaps_published(collector, "binance_derivatives") >= 2, 30)
             msgs = await stream_messages(nc, "MARKET_DATA")
         finally:
-            if witness is not None:
-                witness.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await witness
+            await witness.stop()
             await nc.close()
     decoded = [records.decode(m.data) for m in msgs]
     gaps = {g.gap_data_type: g for g in decoded if records.data_type_of(g) == "source_gap"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import nats
+import orjson
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster import records
@@ -163,3 +165,29 @@ async def running_collector(settings: Settings) -> AsyncIterator[tuple[Collector
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+class TradeWitness:
+    """A second client of a Binance ``aggTrade`` stream: it keeps the emulator trading while no collector runs,
+    and the ids it sees (``seen``) are the ground truth of what the venue sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, url: str) -> None:
+        self._task = asyncio.create_task(self._watch(url))
+
+    async def _watch(self, url: str) -> None:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            async for msg in ws:
+                data = orjson.loads(msg.data).get("data", {})
+                if data.get("e") == "aggTrade":
+                    self.seen.append(int(data["a"]))
+
+    async def stop(self) -> None:
+        """Cancel the watch (if started) and wait for it to end."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
