@@ -18,7 +18,7 @@ from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.timeutil import now_ms
-from tests.support.collector_helpers import emulator_overrides, stream_messages, until
+from tests.support.collector_helpers import emulator_overrides, running_collector, stream_messages, until
 from tests.support.seal_helpers import event_hours, seal_closed
 from tests.support.writer_helpers import committed, hot_rows, writer_running
 
@@ -29,16 +29,10 @@ VENUE_OF = {"binance_derivatives": "binance_derivatives", "okx_derivatives": "ok
 
 @contextlib.asynccontextmanager
 async def collecting(settings: Settings) -> AsyncIterator[Collector]:
-    collector = Collector(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(collector.run(stop))
-    try:
-        await asyncio.wait_for(collector.ready.wait(), 10)
+    """A running collector once it collects and its publisher has started."""
+    async with running_collector(settings) as (collector, _):
         await until(lambda: collector.collecting and collector.publisher.started, 20)
         yield collector
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
 
 
 def gap_for(market: str, first: int, last: int) -> Any:
