@@ -9,9 +9,12 @@ one statement; the seal's metadata (``hour_summary``), the ``source_gaps`` check
 
 An hour's one-word verdict (docs/source_gaps.md):
 
-* ``complete``: no source gap of the type touches the hour;
-* ``gaps_repaired``: gaps touched it and every one was refilled from the venue's history (trade ids
-  are continuous again);
+* ``complete``: no source gap of the type touches the hour, or the type is numbered by the venue (trade
+  ids) and every gap that touched it was refilled by id: the hour then holds the venue's own rows with
+  their live identities, every id once, as if nothing had been missed (``source_gaps_repaired`` counts
+  the refills);
+* ``gaps_repaired``: gaps touched it and every one was refilled from a history that is not the live feed
+  (settled funding rates, 5-minute open interest, DVOL candles: docs/venues.md);
 * ``incomplete``: a gap is still open or unrecoverable (a book's unsynchronized window always is).
 """
 
@@ -170,10 +173,10 @@ def hour_summary(
             windows.setdefault(g.series, []).append((max(g.start_ms, hour_ms), min(g.end_ms, hour_end_ms)))
     for key, spans in windows.items():
         by_symbol[key].book_unsynced_s = round(_union_ms(spans) / 1000, 3)
-    if not touched:
-        verdict = COMPLETE
-    elif any(s.open or s.unrecoverable for s in by_symbol.values()):
+    if any(s.open or s.unrecoverable for s in by_symbol.values()):
         verdict = INCOMPLETE
+    elif not touched or (has_ids and all(s.trade_ids_continuous for s in by_symbol.values())):
+        verdict = COMPLETE  # nothing missed, or every missed id refilled with the venue's own rows
     else:
         verdict = GAPS_REPAIRED
     return HourSource(verdict, by_symbol)

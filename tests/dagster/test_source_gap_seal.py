@@ -65,7 +65,7 @@ def _seal_trade(settings: Any, instance: dg.DagsterInstance, hour: int, resource
     return {"meta": {k: v.value for k, v in mats[0].metadata.items()}, "evals": evals}
 
 
-def test_a_repaired_trade_gap_seals_as_gaps_repaired_with_continuous_ids(
+def test_a_trade_gap_refilled_by_id_seals_as_complete_with_continuous_ids(
     nats_server, settings_factory, dagster_instance, make_resources
 ):
     settings = settings_factory(nats_url=nats_server.url)
@@ -76,7 +76,7 @@ def test_a_repaired_trade_gap_seals_as_gaps_repaired_with_continuous_ids(
     _store_hour(settings, hour, [open_gap, repaired])
     done = _seal_trade(settings, dagster_instance, hour, make_resources)
     meta = done["meta"]
-    assert meta["source"] == "gaps_repaired" and meta["trade_ids_continuous"] is True
+    assert meta["source"] == "complete" and meta["trade_ids_continuous"] is True
     assert meta["source_gaps_repaired"] == 1 and meta["source_gaps_open"] == 0
     assert meta["source_unrecoverable"] == ""
     assert meta["source_by_symbol"] == {
