@@ -251,6 +251,6 @@ async def test_detected_holes_and_a_disconnect_are_refilled_automatically_every_
                 assert any(h[:4] == g[:4] and h[4] == "repaired" for h in gaps), gaps
     # the seal of every hour the run touched (as if closed): ids continuous, each gap repaired (docs/source_gaps.md)
     reports = [(await seal_closed(settings, ["trade"], h))["trade"] for h in event_hours(settings, "trade")]
-    assert all(r.source is not None and r.source.verdict in ("complete", "gaps_repaired") for r in reports)
+    assert all(r.source is not None and r.source.verdict == "complete" for r in reports)  # every id refilled by id
     assert all(r.metadata()["trade_ids_continuous"] is True for r in reports)
     assert sum(r.metadata()["source_gaps_repaired"] for r in reports) >= 2  # one per venue (twice if across an hour)
