@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from marketprism_dagster.collector.refill import AUTO_CAUSES, OPEN, REPAIRED, UNRECOVERABLE
+from marketprism_dagster.collector.gaps import AUTO_CAUSES, OPEN, REPAIRED, UNRECOVERABLE
 from marketprism_dagster.config import Settings
 from marketprism_dagster.storage.base import Store
 

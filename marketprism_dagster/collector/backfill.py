@@ -25,8 +25,9 @@ import typer
 
 from marketprism_dagster import records, validation
 from marketprism_dagster.cli import ConfigOpt, NatsOpt, SetOpt, fail, load, render_table
+from marketprism_dagster.collector.gaps import REPAIRED
 from marketprism_dagster.collector.metrics import CollectorMetrics
-from marketprism_dagster.collector.refill import REPAIRED, Refiller
+from marketprism_dagster.collector.refill import Refiller
 from marketprism_dagster.collector.rest import RestClient, RestError
 from marketprism_dagster.collector.state import CollectorState, MarketState
 from marketprism_dagster.config import Settings

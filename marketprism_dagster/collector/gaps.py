@@ -42,12 +42,14 @@ from marketprism_dagster.records import RECORD_TYPES, SourceGap
 REORDER_MS: Final = 2_000
 MAX_PENDING: Final = 4_096
 OPEN: Final = "open"
+REPAIRED: Final = "repaired"
 UNRECOVERABLE: Final = "unrecoverable"
 ID_JUMP: Final = "trade_id_jump"
 DISCONNECT: Final = "disconnect"
 BOOK_UNSYNCED: Final = "book_unsynced"
 POLL_FAILED: Final = "poll_failed"
 DOWNTIME: Final = "downtime"
+AUTO_CAUSES: Final = frozenset({ID_JUMP, POLL_FAILED, DISCONNECT, DOWNTIME})  # refilled from history unasked
 _NONE: Final[tuple[Any, ...]] = ()  # no gap (the common answer, shared)
 
 

@@ -42,6 +42,7 @@ import structlog
 
 from marketprism_dagster import records
 from marketprism_dagster.collector.backoff import Backoff
+from marketprism_dagster.collector.gaps import AUTO_CAUSES, OPEN, REPAIRED, UNRECOVERABLE
 from marketprism_dagster.collector.rest import RestClient, RestError
 from marketprism_dagster.timeutil import DAY_MS, now_ms
 from marketprism_dagster.venues.base import VenueAdapter
@@ -51,8 +52,6 @@ log = structlog.get_logger(__name__)
 
 # gap causes a refill is started for automatically: trade-id jumps, missed polls, and the windows in which the
 # collector saw nothing (a disconnect, its own downtime); book gaps cannot be refilled (no venue keeps them)
-AUTO_CAUSES = frozenset({"trade_id_jump", "poll_failed", "disconnect", "downtime"})
-OPEN, REPAIRED, UNRECOVERABLE = "open", "repaired", "unrecoverable"
 PAGE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError, msgspec.DecodeError)
 MAX_PAGES = 100_000  # a walk that does not end (a venue ignoring its cursor) stops here, the gap stays open
 QUEUE_SIZE = 10_000
