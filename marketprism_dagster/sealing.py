@@ -22,7 +22,15 @@ The proof, for stream S of the type and hour H (event time):
    what the repair wrote (``repaired_ranges``, ``repaired_messages``, ``repaired_rows``). An
    uncommitted tail means the writer is still behind: refuse and retry later (committing it
    here would race the writer);
-4. the rows the ledger says were inserted for (type, H) are in the table.
+3b. sequences JetStream no longer holds (a gap below the stream's first sequence, or a range the
+   writer committed without messages that had aged out: ``ledger.lost``) are *lost*. A lost range
+   that may hold records of H (it was stored before H started, plus the clock skew, or later) must
+   be accounted for by a ledger marker of (type, H): the hour was refilled from the venues' history
+   after the loss (``hour_refill.py``). Without one the type is refused ``aged_out`` naming the
+   range; with one it is sealed and its report names the range and the refill. A lost range
+   stored before H started cannot hold H's records and does not concern H (later hours seal as usual);
+4. the rows the ledger says were inserted for (type, H) are in the table; beyond them the table may
+   hold at most one row per accounted lost message (``ledger.lost.HourLoss.unledgered_allowance``).
 
 Without a JetStream connection step 2 is skipped and the proof rests on the ledger alone
 (``proof = "ledger"`` in the report).
@@ -41,9 +49,27 @@ from nats.js.errors import NotFoundError
 
 from marketprism_dagster.config import Settings
 from marketprism_dagster.integrity import now_ms, time_where
+from marketprism_dagster.ledger.lost import (
+    ABSENT,
+    CommittedRange,
+    HourLoss,
+    LostRange,
+    Marker,
+    absent_ranges,
+    hour_loss,
+    lost_gap,
+    merge_lost,
+)
 from marketprism_dagster.ledger.messages import StreamMessage
-from marketprism_dagster.ledger.queries import committed_ranges, hour_rows, last_commit_ms, watermark
-from marketprism_dagster.ledger.ranges import SeqRange, gaps_between
+from marketprism_dagster.ledger.queries import (
+    committed_ranges,
+    committed_rows,
+    hour_rows,
+    last_commit_ms,
+    markers,
+    watermark,
+)
+from marketprism_dagster.ledger.ranges import SeqRange, gaps_between, merge_ranges
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.source_gaps import HourSource, hour_summary, read_gaps
 from marketprism_dagster.storage.base import Store
@@ -62,16 +88,18 @@ class SealRefused(Exception):
     """The hour cannot be sealed (yet): the message says why and what to do.
 
     ``retryable`` is False when retrying can never help (the hour is older than the hot TTL). ``aged_out`` is
-    True when a gap's messages are no longer in JetStream: only the venues' history can refill them
-    (``hour_refill.py``)."""
+    True when messages that may hold the hour's records are no longer in JetStream (``lost``: those ranges):
+    only the venues' history can refill the hour (``hour_refill.py``), which then marks them accounted for."""
 
     def __init__(
-        self, message: str, report: SealReport | None = None, *, retryable: bool = True, aged_out: bool = False
+        self, message: str, report: SealReport | None = None, *, retryable: bool = True, aged_out: bool = False,
+        lost: list[LostRange] | None = None,
     ) -> None:
         super().__init__(message)
         self.report = report
         self.retryable = retryable
         self.aged_out = aged_out
+        self.lost = lost or []
 
 
 def oldest_sealable_ms(settings: Settings, now: int) -> int:
@@ -99,6 +127,8 @@ class SealReport:
     repaired_rows: int = 0  # rows of this type the repair wrote into the hot table
     proof: str = "ledger+jetstream"
     source: HourSource | None = None  # what the stored source_gap rows say of the hour (venue types only)
+    lost: list[str] = field(default_factory=list)  # lost ranges accounted for by a refill from venue history
+    unledgered_rows: int = 0  # rows beyond the ledger's, allowed by the accounted lost messages
 
     @property
     def hour(self) -> datetime:
@@ -120,6 +150,7 @@ class SealReport:
             "repaired_rows": self.repaired_rows,
             "repaired_ranges": ", ".join(self.repaired_ranges),
             "proof": self.proof,
+            **({"lost_ranges": "; ".join(self.lost), "unledgered_rows": self.unledgered_rows} if self.lost else {}),
             **(self.source.metadata() if self.source is not None else {}),
         }
 
@@ -163,18 +194,14 @@ async def boundary_seq(js: Any, stream: str, cutoff_ms: int) -> tuple[int, int, 
     return lo, first, last
 
 
-async def fetch_range(js: Any, stream: str, gap: SeqRange) -> list[StreamMessage]:
-    """The messages gap.first..gap.last as StreamMessages; raises SealRefused if any is gone."""
+async def fetch_range(js: Any, stream: str, gap: SeqRange) -> list[StreamMessage] | None:
+    """The messages gap.first..gap.last as StreamMessages; None as soon as one is gone (aged out or deleted)."""
     out = []
     for seq in range(gap.first, gap.last + 1):
         try:
             m = await js.get_msg(stream, seq=seq)
         except NotFoundError:
-            raise SealRefused(
-                f"{stream} seq {seq} is no longer in JetStream (aged out or deleted): the gap "
-                f"{gap.first}-{gap.last} cannot be repaired; the hour stays unsealed",
-                aged_out=True,
-            ) from None
+            return None
         out.append(StreamMessage(seq=int(m.seq), subject=str(m.subject), data=m.data or b"", headers=m.headers))
     return out
 
@@ -204,6 +231,9 @@ class StreamProof:
     committed_through: int | None = None  # the same, None when the ledger holds no range of the stream
     gaps: list[SeqRange] = field(default_factory=list)  # between committed ranges
     last_commit_ms: int | None = None  # ledger only: the writer's newest commit of the stream
+    first_in_stream: int | None = None  # JetStream's first sequence: every earlier one is gone
+    rows: list[CommittedRange] = field(default_factory=list)  # the committed ranges ('*' rows)
+    absent: list[LostRange] = field(default_factory=list)  # committed ranges the stream held fewer messages of
 
 
 @dataclass
@@ -215,6 +245,7 @@ class Repair:
     rows_by_type: dict[str, int] = field(default_factory=dict)
     gaps_left: list[SeqRange] = field(default_factory=list)
     committed_through: int | None = None
+    lost: list[LostRange] = field(default_factory=list)  # gap parts JetStream no longer holds (not committed)
 
 
 @dataclass(frozen=True)
@@ -285,15 +316,42 @@ def repair_verdict(stream: str, r: Repair) -> str | None:
     return f"{stream} still has gaps after repair: {r.gaps_left}" if r.gaps_left else None
 
 
-def verdict(data_type: str, h: int, c: HourCounts) -> str | None:
+def lost_verdict(stream: str, data_type: str, h: int, lost: list[LostRange]) -> str | None:
+    """Step 3b: why lost ranges that may hold records of (type, hour) and no marker accounts for refuse the seal."""
+    if not lost:
+        return None
+    first = lost[0]
+    if first.kind == ABSENT:
+        what = (f"the writer committed {stream} seq {first.first}-{first.last} without {first.missing} messages that "
+                "were no longer in JetStream (aged out or deleted)")
+    else:
+        what = (f"{stream} seq {first.first} is no longer in JetStream (aged out or deleted): the ledger gap "
+                f"{first.first}-{first.last} cannot be repaired")
+    more = f" (lost: {', '.join(x.label() for x in lost)})" if len(lost) > 1 else ""
+    return (
+        f"{what}{more}; it may have held {data_type} records of {_iso(h)}, so the hour stays unsealed until it is "
+        "refilled from the venues' history (materializing the hot partition does that for types some venue keeps "
+        f"a history of; by hand: marketprism backfill --type {data_type} --from {_iso(h)[:16]} --to "
+        f"{_iso(h + HOUR_MS - 1)[:16]}, then materialize the partition again)"
+    )
+
+
+def unaccounted_gaps(gaps: list[SeqRange], lost: list[LostRange]) -> list[SeqRange]:
+    """The gaps no lost range covers (left by the repair for another reason: the writer is behind)."""
+    return [g for g in gaps if not any(x.first <= g.first and g.last <= x.last for x in lost)]
+
+
+def verdict(data_type: str, h: int, c: HourCounts, allowance: int = 0) -> str | None:
     """Step 4's verdict: None when the table holds every row the ledger committed for the hour, else why not.
 
-    More rows than the ledger: rows came from outside the writer. Fewer: missing, unless the table's
-    distinct rows equal what it stores (the writer counted a duplicate the table merged away)."""
-    if c.rows_raw > c.ledger_rows:
+    More rows than the ledger: rows came from outside the writer, beyond ``allowance`` (one per lost message
+    a marker accounts for: ``HourLoss.unledgered_allowance``). Fewer: missing, unless the table's distinct
+    rows equal what it stores (the writer counted a duplicate the table merged away)."""
+    if c.rows_raw > c.ledger_rows + allowance:
+        lost = f" and {allowance} lost messages" if allowance else ""
         return (
-            f"{data_type} hour {_iso(h)} holds {c.rows_raw} rows but the ledger accounts for {c.ledger_rows}: rows "
-            "were inserted outside the writer; inspect them before sealing"
+            f"{data_type} hour {_iso(h)} holds {c.rows_raw} rows but the ledger accounts for {c.ledger_rows}{lost}: "
+            "rows were inserted outside the writer; inspect them before sealing"
         )
     if c.rows_raw < c.ledger_rows and c.rows_raw != c.rows:
         return (
@@ -303,8 +361,11 @@ def verdict(data_type: str, h: int, c: HourCounts) -> str | None:
     return None
 
 
-def fill_report(report: SealReport, p: StreamProof, r: Repair | None, c: HourCounts | None) -> SealReport:
-    """The report of one type's seal: the stream's proof and repair, the type's counts."""
+def fill_report(
+    report: SealReport, p: StreamProof, r: Repair | None, c: HourCounts | None, loss: HourLoss | None = None
+) -> SealReport:
+    """The report of one type's seal: the stream's proof and repair, the type's counts, the lost ranges a refill
+    from venue history accounts for."""
     report.boundary_seq, report.proof = p.boundary_seq, p.proof
     report.committed_through = r.committed_through if r is not None else p.committed_through
     if r is not None:
@@ -315,6 +376,11 @@ def fill_report(report: SealReport, p: StreamProof, r: Repair | None, c: HourCou
         report.ledger_rows, report.rows_raw, report.rows = c.ledger_rows, c.rows_raw, c.rows
         report.symbols, report.min_ts_ms, report.max_ts_ms = c.symbols, c.min_ts_ms, c.max_ts_ms
         report.dedup_count = max(0, c.ledger_rows - c.rows)
+    if loss is not None and loss.accounted:
+        report.lost = [m.label() for _, m in loss.accounted]
+        report.proof += "+venue_history"
+        if c is not None:
+            report.unledgered_rows = max(0, c.rows_raw - c.ledger_rows)
     return report
 
 
@@ -343,17 +409,19 @@ async def prove(store: Store, settings: Settings, stream: str, h: int, js: Any, 
     """Steps 2-3 for ``stream`` (the hour ``h`` is closed): what the ledger and JetStream say; no verdict."""
     cutoff = h + HOUR_MS + settings.seal.grace_s * 1000
     p = StreamProof(stream, cutoff)
-    ranges = committed_ranges(store, settings, stream)
+    p.rows = committed_rows(store, settings, stream)
+    ranges = merge_ranges(SeqRange(r.first, r.last) for r in p.rows)
     if js is not None:
         # Every message stored before max(cutoff, now - writer_slack_s) must be committed: that
         # covers the hour's messages within the grace and the late ones stored since.
         p.horizon_ms = max(cutoff, now - settings.seal.writer_slack_s * 1000)
         b, js_first, _ = await boundary_seq(js, stream, p.horizon_ms)
-        p.boundary_seq = b
+        p.boundary_seq, p.first_in_stream = b, js_first
         # an empty stream reports first_seq 0: nothing before seq 1 is owed
         committed_last = ranges[-1].last if ranges else max(js_first, 1) - 1
         if committed_last < b - 1 and await _wait_for_writer(store, settings, stream, b - 1, committed_last) >= b - 1:
-            ranges = committed_ranges(store, settings, stream)
+            p.rows = committed_rows(store, settings, stream)
+            ranges = merge_ranges(SeqRange(r.first, r.last) for r in p.rows)
             committed_last = ranges[-1].last if ranges else committed_last
         p.committed_last = committed_last
     else:
@@ -364,26 +432,56 @@ async def prove(store: Store, settings: Settings, stream: str, h: int, js: Any, 
     # repair: the writer has moved past them and will never commit them itself.
     p.gaps = gaps_between(ranges)
     p.committed_through = ranges[-1].last if ranges else None
+    p.absent = absent_ranges(p.rows)
     return p
+
+
+def gone_part(gap: SeqRange, first_in_stream: int | None) -> tuple[SeqRange | None, SeqRange | None]:
+    """(the part of ``gap`` below the stream's first sequence: gone; the rest, to fetch)."""
+    if first_in_stream is None or gap.first >= first_in_stream:
+        return None, gap
+    if gap.last < first_in_stream:
+        return gap, None
+    return SeqRange(gap.first, first_in_stream - 1), SeqRange(first_in_stream, gap.last)
 
 
 async def repair(js: Any, store: Store, settings: Settings, p: StreamProof) -> Repair:
     """Fetch the proof's gaps from JetStream and commit them through the writer's commit path (recovery
-    mode: an identity already in the table is not written again), then re-read the ledger."""
-    r = Repair(ranges=list(p.gaps))
+    mode: an identity already in the table is not written again), then re-read the ledger.
+
+    A gap part JetStream no longer holds (below its first sequence, or a message of it deleted) is lost: it is
+    not committed, so it stays a ledger gap whose later ranges bound when its messages were stored
+    (``ledger.lost``); ``Repair.lost`` lists such parts."""
+    r = Repair()
+    repaired: list[SeqRange] = []
+    lost: list[LostRange] = []
     step = settings.writer.batch_size
-    for gap in p.gaps:
+    for whole in p.gaps:
+        gone, gap = gone_part(whole, p.first_in_stream)
+        if gone is not None:
+            lost.append(lost_gap(p.rows, gone))
+        if gap is None:
+            continue
         for start in range(gap.first, gap.last + 1, step):
             part = SeqRange(start, min(gap.last, start + step - 1))
             messages = await fetch_range(js, p.stream, part)
+            if messages is None:
+                lost.append(lost_gap(p.rows, part))
+                continue
             result = commit_batch(store, settings, p.stream, messages)
+            repaired.append(part)
             r.messages += len(messages)
             for data_type, n in result.inserted_by_table.items():
                 r.rows_by_type[data_type] = r.rows_by_type.get(data_type, 0) + n
             log.info("seal.repaired", stream=p.stream, first_seq=part.first, last_seq=part.last,
                      rows=sum(result.inserted_by_table.values()))
+    for x in lost:
+        log.warning("seal.lost_range", stream=p.stream, first_seq=x.first, last_seq=x.last,
+                    stored_before=_iso(x.stored_before_ms or None))
     ranges = committed_ranges(store, settings, p.stream)
-    r.gaps_left = gaps_between(ranges)
+    r.ranges = merge_ranges(repaired)
+    r.lost = merge_lost(lost)
+    r.gaps_left = unaccounted_gaps(gaps_between(ranges), r.lost)
     r.committed_through = ranges[-1].last if ranges else None
     return r
 
@@ -424,21 +522,31 @@ class _StreamSeal:
     proof: StreamProof
     repair: Repair | None = None
     refused: SealRefused | None = None
+    lost: list[LostRange] = field(default_factory=list)  # the stream's lost ranges (gaps gone, absent seqs)
+    markers: list[Marker] = field(default_factory=list)  # the hour's markers (read only when something is lost)
 
 
 async def _seal_stream(store: Store, settings: Settings, stream: str, h: int, js: Any, now: int) -> _StreamSeal:
-    """Prove the stream, then repair its gaps from JetStream when the proof asks for it."""
+    """Prove the stream, then repair its gaps from JetStream when the proof asks for it; the lost ranges and
+    the hour's markers that may account for them."""
     done = _StreamSeal(await prove(store, settings, stream, h, js, now))
-    reason = proof_verdict(done.proof)
-    if reason is None and done.proof.gaps:
-        try:
-            done.repair = await repair(js, store, settings, done.proof)
-        except SealRefused as exc:
-            done.refused = exc
-            return done
+    p = done.proof
+    if js is None and p.gaps:  # without JetStream a gap is lost only if a marker already says so
+        known = markers(store, settings, stream)
+        gone = [lost_gap(p.rows, g) for g in p.gaps if any(m.first <= g.first and g.last <= m.last for m in known)]
+        p.gaps = unaccounted_gaps(p.gaps, gone)
+        done.lost.extend(gone)
+    reason = proof_verdict(p)
+    if reason is None and p.gaps:
+        done.repair = await repair(js, store, settings, p)
+        done.lost.extend(done.repair.lost)
         reason = repair_verdict(stream, done.repair)
     if reason is not None:
         done.refused = SealRefused(reason)
+        return done
+    done.lost.extend(p.absent)
+    if any(x.may_hold(h) for x in done.lost):
+        done.markers = markers(store, settings, stream, h)
     return done
 
 
@@ -476,9 +584,15 @@ async def seal_hours(
                 str(sealed.refused), report, retryable=sealed.refused.retryable, aged_out=sealed.refused.aged_out
             )
             continue
+        loss = hour_loss(sealed.lost, sealed.markers, data_type, h)
+        lost_reason = lost_verdict(stream, data_type, h, loss.unaccounted)
+        if lost_reason is not None:
+            fill_report(report, sealed.proof, sealed.repair, None)
+            out[data_type] = SealRefused(lost_reason, report, aged_out=True, lost=loss.unaccounted)
+            continue
         counts = count(store, settings, data_type, h)
-        fill_report(report, sealed.proof, sealed.repair, counts)
-        reason = verdict(data_type, h, counts)
+        fill_report(report, sealed.proof, sealed.repair, counts, loss)
+        reason = verdict(data_type, h, counts, loss.unledgered_allowance)
         if reason is not None:
             out[data_type] = SealRefused(reason, report)
             continue
@@ -500,7 +614,8 @@ def add_source(store: Store, settings: Settings, h: int, reports: list[SealRepor
     for r in venue:
         rt = RECORD_TYPES[r.data_type]
         has_ids = any(c.name == "trade_id" for c in rt.columns)
-        r.source = hour_summary(gaps, r.data_type, h, h + HOUR_MS, r.symbols, is_book=rt.is_book, has_ids=has_ids)
+        r.source = hour_summary(gaps, r.data_type, h, h + HOUR_MS, r.symbols, is_book=rt.is_book, has_ids=has_ids,
+                                replaced=bool(r.lost))
 
 
 async def seal_hour(

@@ -16,6 +16,11 @@ An hour's one-word verdict (docs/source_gaps.md):
 * ``gaps_repaired``: gaps touched it and every one was refilled from a history that is not the live feed
   (settled funding rates, 5-minute open interest, DVOL candles: docs/venues.md);
 * ``incomplete``: a gap is still open or unrecoverable (a book's unsynchronized window always is).
+
+An hour that lost JetStream messages before the writer committed them and was refilled from the venues'
+history over its whole time window (``hour_refill.py``, a ``ledger.lost.Marker``) is ``gaps_repaired`` at
+best, trades included: the refill walked the history by time, not the ids of a known hole, and the lost
+messages may have carried ``source_gap`` records of the hour that no one can read back.
 """
 
 from __future__ import annotations
@@ -137,11 +142,12 @@ class HourSource:
 
 def hour_summary(
     gaps: Iterable[Gap], data_type: str, hour_ms: int, hour_end_ms: int, symbols: Iterable[str] = (), *,
-    is_book: bool = False, has_ids: bool = False,
+    is_book: bool = False, has_ids: bool = False, replaced: bool = False,
 ) -> HourSource:
     """The hour's source verdict for ``data_type``: per series (``exchange:symbol``, those with rows in the hour
     and those with gaps) whether trade ids are continuous, repaired gaps, unrecoverable ones and why, and the
-    book's unsynchronized seconds."""
+    book's unsynchronized seconds. ``replaced``: the hour lost stream messages and was refilled from the venues'
+    history by time (never ``complete`` then)."""
     by_symbol: dict[str, SymbolSource] = {}
 
     def of(key: str) -> SymbolSource:
@@ -175,7 +181,7 @@ def hour_summary(
         by_symbol[key].book_unsynced_s = round(_union_ms(spans) / 1000, 3)
     if any(s.open or s.unrecoverable for s in by_symbol.values()):
         verdict = INCOMPLETE
-    elif not touched or (has_ids and all(s.trade_ids_continuous for s in by_symbol.values())):
+    elif not replaced and (not touched or (has_ids and all(s.trade_ids_continuous for s in by_symbol.values()))):
         verdict = COMPLETE  # nothing missed, or every missed id refilled with the venue's own rows
     else:
         verdict = GAPS_REPAIRED

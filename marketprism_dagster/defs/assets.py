@@ -198,7 +198,7 @@ def refill_aged_out(
         if not history_markets(settings, t):
             results[t] = SealRefused(no_history_reason(settings, t, h, str(refused)), refused.report, retryable=False)
             continue
-        refills[t] = asyncio.run(refill_hour(settings, t, h))
+        refills[t] = asyncio.run(refill_hour(settings, t, h, refused.lost))
         context.log.info(f"refilled {t} {hour:%Y-%m-%d %H}:00 from venue history: "
                          f"{sum(r.published for r in refills[t])} records published")
     if refills:

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from marketprism_dagster.config import Settings
+from marketprism_dagster.ledger.lost import CommittedRange, Marker
 from marketprism_dagster.ledger.ranges import SeqRange, merge_ranges
 from marketprism_dagster.ledger.tables import (
     ALL_TYPES,
     EPOCHS,
     INTENT,
     LEDGER,
+    LOST,
     META_TABLES,
     WRITER_META_TABLES,
     MetaTable,
@@ -102,6 +104,16 @@ def committed_ranges(store: Store, settings: Settings, stream: str) -> list[SeqR
     return merge_ranges(SeqRange(int(a), int(b)) for a, b in rows)
 
 
+def committed_rows(store: Store, settings: Settings, stream: str) -> list[CommittedRange]:
+    """Every committed range of ``stream`` (its ``'*'`` rows) with the messages it held and its earliest commit."""
+    rows = store.query_rows(
+        f"SELECT first_seq, last_seq, max(messages), toUnixTimestamp64Milli(min(committed_at)) "
+        f"FROM {_table(settings, LEDGER)} WHERE stream = {sql_str(stream)} AND data_type = '{ALL_TYPES}' "
+        "GROUP BY first_seq, last_seq ORDER BY first_seq, last_seq"
+    )
+    return [CommittedRange(int(a), int(b), int(n), int(t)) for a, b, n, t in rows]
+
+
 def hour_rows(store: Store, settings: Settings, data_type: str, hour_ms: int) -> int:
     """Rows the ledger says were inserted for ``data_type`` with event time in the hour (every stream, epoch)."""
     value = store.query_value(
@@ -118,6 +130,43 @@ def last_commit_ms(store: Store, settings: Settings, stream: str) -> int | None:
         f"WHERE stream = {sql_str(stream)}"
     )
     return int(value) if value else None
+
+
+# ---------------------------------------------------------------------------- lost ranges (ledger.lost)
+
+
+def ensure_lost_table(store: Store, settings: Settings) -> None:
+    """The markers' table (the writer creates it with the other meta tables; a store that only ran ``init`` may
+    lack it)."""
+    store.execute(f"CREATE DATABASE IF NOT EXISTS `{settings.storage.ledger_database}`")
+    store.execute(meta_ddl(settings.storage.ledger_database, LOST))
+
+
+def markers(store: Store, settings: Settings, stream: str, hour_ms: int | None = None) -> list[Marker]:
+    """The markers of ``stream`` (of one hour when ``hour_ms`` is given), one per (range, type, hour)."""
+    ensure_lost_table(store, settings)
+    hour = f" AND hour = toDateTime({hour_ms // 1000}, 'UTC')" if hour_ms is not None else ""
+    rows = store.query_rows(
+        "SELECT stream, first_seq, last_seq, any(missing), data_type, toUnixTimestamp(hour) * 1000, max(refilled), "
+        f"max(held), any(detail), any(source_gaps) FROM {_table(settings, LOST)} FINAL "
+        f"WHERE stream = {sql_str(stream)}{hour} "
+        "GROUP BY stream, first_seq, last_seq, data_type, hour ORDER BY first_seq, data_type, hour"
+    )
+    return [Marker(str(s), int(a), int(b), int(m), str(t), int(h), int(r), int(held), str(d), str(g))
+            for s, a, b, m, t, h, r, held, d, g in rows]
+
+
+def write_markers(store: Store, settings: Settings, marks: Sequence[Marker], now_ms: int) -> None:
+    """Insert ``marks``; the token names each (range, type, hour), so a repeated marking inserts nothing twice
+    (and the table replaces by that key)."""
+    if not marks:
+        return
+    ensure_lost_table(store, settings)
+    for m in marks:
+        row = (m.stream, m.first, m.last, m.missing, m.data_type, m.hour_ms // 1000, m.refilled, m.held, m.detail,
+               m.source_gaps, now_ms)
+        token = f"lost:{m.stream}:{m.first}-{m.last}:{m.data_type}:{m.hour_ms}"
+        store.execute(insert_rows(settings, LOST, [row], token))
 
 
 # ---------------------------------------------------------------------------- epochs

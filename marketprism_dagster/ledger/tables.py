@@ -9,6 +9,9 @@ the seal and the integrity checks prove contiguity and per-hour counts from it.
 
 ``stream_epochs``: one row per epoch of a stream (see ``writer/epoch.py``).
 
+``ingest_lost``: the ledger's markers (``ledger.lost.Marker``): a range of a stream lost before the
+writer committed it, and a (data type, hour) refilled from the venues' history after the loss.
+
 Pure declarations: this module imports no storage code, so ``storage.schema`` can create the tables.
 """
 
@@ -86,7 +89,27 @@ EPOCHS: Final = MetaTable(
     doc="stream epochs",
 )
 
-META_TABLES: Final = (LEDGER, INTENT, EPOCHS)
+LOST: Final = MetaTable(
+    "ingest_lost",
+    (
+        Column("stream", Wire.LOWCARD),
+        Column("first_seq", Wire.UINT, doc="the lost range (a ledger gap, or a committed range with absent seqs)"),
+        Column("last_seq", Wire.UINT),
+        Column("missing", Wire.UINT, doc="sequences of the range that never reached the tables"),
+        Column("data_type", Wire.LOWCARD, doc="the type whose hour was refilled from the venues' history"),
+        Column("hour", Wire.TIME_S, doc="that hour (event time)"),
+        Column("refilled", Wire.UINT, doc="records the refill published and the writer committed"),
+        Column("held", Wire.UINT, doc="records of the venues' history the table already held"),
+        Column("detail", Wire.STR, doc="per market and symbol: the refill's walk and counts"),
+        Column("source_gaps", Wire.STR, doc="the source_gap rows of the type touching the hour when it was marked"),
+        Column("recorded_at", Wire.TIME_MS),
+    ),
+    order_by=("stream", "first_seq", "last_seq", "data_type", "hour"),
+    settings="non_replicated_deduplication_window = 1000",
+    doc="lost sequence ranges whose hours were refilled from venue history (ledger.lost)",
+)
+
+META_TABLES: Final = (LEDGER, INTENT, EPOCHS, LOST)
 LEDGER_TABLE: Final = LEDGER.name
 INTENT_TABLE: Final = INTENT.name
 EPOCH_TABLE: Final = EPOCHS.name

@@ -1,8 +1,9 @@
 """A hot hour whose ledger gap aged out of JetStream (emulator, nats-server, the real writer and chDB): the seal
 refuses it as ``aged_out``; ``hour_refill.refill_hour`` (what the hot asset then runs) refills the hour's trades
 from the emulator's history through ``marketprism backfill``'s code, publishing only the ids the hot table lacks,
-and waits for the writer: the hot table then holds every id the emulator sent once. A type without venue
-history is refused with the cause and the fix."""
+and waits for the writer: the hot table then holds every id the emulator sent once. Once the hour is whole the
+refill writes a ledger marker for the lost range, and the hour's trades seal (gaps_repaired, naming the range);
+its liquidations (no venue history) keep refusing with the cause and the fix; a later hour seals as usual."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from marketprism_dagster.emulator import Emulator, EmulatorConfig
 from marketprism_dagster.jetstream import connect
 from marketprism_dagster.ledger.messages import StreamMessage
 from marketprism_dagster.nats_server import EmbeddedNats
-from marketprism_dagster.sealing import SealRefused, seal_hours
+from marketprism_dagster.sealing import SealRefused, SealReport, seal_hours
 from marketprism_dagster.storage import init_schema, open_store
 from marketprism_dagster.timeutil import HOUR_MS
 from marketprism_dagster.writer.ingest import commit_batch, ensure_writer_tables
@@ -62,10 +63,17 @@ async def test_an_hour_whose_gap_aged_out_of_jetstream_is_refilled_from_venue_hi
             assert "no venue keeps a history of liquidation" in why and "streams.MARKET_DATA.max_age_s" in why
             # the writer runs in its own process in a deployment (the store is handed over between processes);
             # here it runs after each refill, which therefore does not wait for it
-            refilled = await hour_refill.refill_hour(settings, "trade", hour, wait_s=0)
+            lost_ranges = refused["trade"].lost
+            refilled = await hour_refill.refill_hour(settings, "trade", hour, lost_ranges, wait_s=0)
             async with writer_running(settings) as writer:
                 await until(lambda: committed(nc, writer), 60, interval=0.2)
-            again = await hour_refill.refill_hour(settings, "trade", hour, wait_s=0)
+            # the first refill could not see the writer commit, so it marked nothing; this one finds the hour whole
+            again = await hour_refill.refill_hour(settings, "trade", hour, lost_ranges, wait_s=0)
+            with open_store(settings) as store:
+                after = await seal_hours(store, settings, ["trade", "liquidation"], hour, nc.jetstream(), now=now)
+                later_hour = hour + 2 * HOUR_MS
+                later = await seal_hours(store, settings, ["trade", "liquidation"], later_hour, nc.jetstream(),
+                                         now=now + 2 * HOUR_MS)
         finally:
             await nc.close()
     lost = {int(records.decode(m.data).trade_id) for m in messages[40:100]}
@@ -80,3 +88,19 @@ async def test_an_hour_whose_gap_aged_out_of_jetstream_is_refilled_from_venue_hi
     assert stored == list(range(stored[0], stored[-1] + 1)) and set(missing) <= set(stored)
     (r2,) = again
     assert r2.published == 0 and r2.stored == r2.fetched  # a second refill finds the hour complete
+    first_lost, last_lost = messages[40].seq, messages[99].seq
+    assert [(x.first, x.last, x.missing) for x in lost_ranges] == [(first_lost, last_lost, 60)]
+    trade = after["trade"]
+    assert isinstance(trade, SealReport), trade
+    meta = trade.metadata()
+    assert meta["lost_ranges"] == (f"MARKET_DATA seq {first_lost}-{last_lost}: 60 messages lost from the stream, "
+                                   f"hour replaced from venue history (+0 refilled, {r2.stored} already held)")
+    assert meta["source"] == "gaps_repaired" and meta["proof"] == "ledger+jetstream+venue_history"
+    # the hour holds the venue's history of it, every row committed by a ledger range (the refill's by the writer)
+    assert trade.rows == trade.ledger_rows == r2.fetched and meta["unledgered_rows"] == 0
+    liquidation = after["liquidation"]
+    assert isinstance(liquidation, SealRefused) and liquidation.aged_out
+    assert f"seq {first_lost} is no longer in JetStream" in str(liquidation)
+    assert "may have held liquidation records" in str(liquidation) and "marketprism backfill" in str(liquidation)
+    assert isinstance(later["trade"], SealReport) and isinstance(later["liquidation"], SealReport), later
+    assert later["trade"].rows == 0 and "lost_ranges" not in later["trade"].metadata()
