@@ -21,8 +21,10 @@ Causes (``records.GAP_CAUSES``) and what bounds each window:
 * ``poll_failed``: a REST poll that failed (or was skipped) from the last successful poll to the next
   one (local times).
 * ``downtime`` on a series without ids: from the last time the previous run was alive (its saved
-  state) to the first record of the series in this run (local times); a sparse type (rare events)
-  closes at the first record of its market, any type.
+  state) to the first record of the series in this run, in the VENUE's clock: both local times moved
+  by the venue's clock offset the previous run measured (``venue_offsets``, saved with the state), so
+  the window has the time base of the records and of the history a refill compares with it; a sparse
+  type (rare events) closes at the first record of its market, any type.
 
 Reordering: ids may arrive out of order or twice (two connections overlap during a make-before-break
 switch; a venue may push a late aggregate). Ids at or below the contiguous high mark are duplicates
@@ -33,7 +35,7 @@ than ``max_pending`` id ranges wait above holes. A hole filled within the window
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -61,6 +63,22 @@ class Series:
     market_type: str
     symbol: str
     exchange_symbol: str
+
+
+def venue_offsets(recent: Mapping[tuple[str, str], Iterable[Any]], streamed: Mapping[str, set[str]]) -> dict[str, int]:
+    """Per market, how far the venue's clock runs ahead of ours (ms; negative: behind), from its recent records
+    (``recent``: (data type, market) -> records) of the types it streams (``streamed``: market -> data types; a
+    polled statistic's time is its period's start, not the venue's now). Per type the largest (event time - receive
+    time), the venue's clock less the quickest delivery; the market's offset is the upper median of those (a quiet
+    book, whose snapshot keeps the time of its last update, or one record with a wrong time does not move it). A
+    market without such records has none (its windows stay in local time)."""
+    per_market: dict[str, list[int]] = {}
+    for (data_type, market), recs in recent.items():
+        if data_type in streamed.get(market, ()):
+            ahead = [r.timestamp - r.received_at for r in recs]
+            if ahead:
+                per_market.setdefault(market, []).append(max(ahead))
+    return {market: sorted(v)[len(v) // 2] for market, v in per_market.items()}
 
 
 def _state_for(data_type: str) -> str:
@@ -131,6 +149,7 @@ class GapTracker:
         self._last_ok: dict[str, int] = {}  # poll key -> the last successful poll (local ms)
         self._downtime: dict[tuple[str, str, str], tuple[_Window, bool]] = {}  # (exchange, symbol, type)
         self.stopped_at: int | None = None  # the previous run's last sign of life (restore)
+        self._offsets: dict[str, int] = {}  # market -> the venue's clock offset the previous run measured (restore)
 
     # ------------------------------------------------------------ id series
 
@@ -274,21 +293,27 @@ class GapTracker:
 
     # ------------------------------------------------------------ restarts
 
-    def state(self, now: int) -> dict[str, Any]:
-        """What a restart needs (JSON): the time, and each id series' contiguous mark."""
+    def state(self, now: int, offsets: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """What a restart needs (JSON): the time, each id series' contiguous mark, and each market's venue clock
+        offset (``venue_offsets``)."""
         return {
             "saved_at": now,
             "ids": {"|".join(key): [st.next, st.last_ts] for key, st in self._ids.items()},
+            "venue_offset_ms": dict(offsets or {}),
         }
 
     def restore(self, saved: dict[str, Any], configured: list[tuple[Series, str, bool]]) -> None:
         """Take over the previous run's state: its id marks (the next hole after them is ``downtime``),
         and a downtime window from ``saved_at`` for every ``configured`` (series, data type, sparse) that
-        is not an id series. Malformed entries are skipped (the caller counts a file it cannot read)."""
+        is not an id series, in the venue's clock (``saved_at`` moved by the market's saved ``venue_offset_ms``).
+        Malformed entries are skipped (the caller counts a file it cannot read)."""
         saved_at = saved.get("saved_at")
         if not isinstance(saved_at, int):
             return
         self.stopped_at = saved_at
+        offsets = saved.get("venue_offset_ms")
+        if isinstance(offsets, dict):
+            self._offsets.update({str(m): v for m, v in offsets.items() if type(v) is int})
         by_key = {(s.exchange, s.symbol, t): s for s, t, _ in configured}
         ids = saved.get("ids")
         restored: set[tuple[str, str, str]] = set()
@@ -304,25 +329,27 @@ class GapTracker:
         for series, data_type, sparse in configured:
             key = (series.exchange, series.symbol, data_type)
             if key not in restored:
-                self._downtime[key] = (_Window(series, data_type, saved_at), sparse)
+                start = saved_at + self._offsets.get(series.exchange, 0)
+                self._downtime[key] = (_Window(series, data_type, start), sparse)
 
     @property
     def downtime_open(self) -> bool:
         return bool(self._downtime)
 
     def first_record(self, exchange: str, symbol: str, data_type: str, now: int) -> list[Any]:
-        """A record of this run (received at ``now``): closes its series' downtime window, and those of the
-        market's sparse types. An id series restored with its mark has no window here: its hole after the
-        restart (``ids``) is the downtime row, with the exact ids."""
+        """A record of this run (received at ``now``, local): closes its series' downtime window (at ``now`` in the
+        venue's clock), and those of the market's sparse types. An id series restored with its mark has no window
+        here: its hole after the restart (``ids``) is the downtime row, with the exact ids."""
         keys = [
             k
             for k, (_, sparse) in self._downtime.items()
             if k == (exchange, symbol, data_type) or (sparse and k[0] == exchange)
         ]
         out = []
+        end = now + self._offsets.get(exchange, 0)
         for k in keys:
             w, _ = self._downtime.pop(k)
-            out.append(gap_record(w.series, w.data_type, DOWNTIME, w.start_ms, now, now, detail="collector restarted"))
+            out.append(gap_record(w.series, w.data_type, DOWNTIME, w.start_ms, end, now, detail="collector restarted"))
         return out
 
 

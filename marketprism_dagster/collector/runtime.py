@@ -28,7 +28,7 @@ from marketprism_dagster import records, validation
 from marketprism_dagster.collector.api import CollectorApi
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.collector.gapfile import gaps_path, read_gap_state, write_gap_state
-from marketprism_dagster.collector.gaps import DISCONNECT, GapTracker, Series
+from marketprism_dagster.collector.gaps import DISCONNECT, GapTracker, Series, venue_offsets
 from marketprism_dagster.collector.health import bound_ports, health_path, health_report, write_health_file
 from marketprism_dagster.collector.lock import InstanceLock
 from marketprism_dagster.collector.metrics import ANY, CHECKSUM_EVENTS, RESYNC_EVENTS, CollectorMetrics
@@ -766,9 +766,14 @@ class Collector:
             self.gaps.restore(self._gap_saved, configured)
 
     def _save_gap_state(self) -> None:
-        """Save once every market has taken the previous run's state (until then the old file stands)."""
+        """Save once every market has taken the previous run's state (until then the old file stands); with each
+        market's venue clock offset, measured on its recent streamed records (gaps.venue_offsets)."""
         if self._gap_saving and len(self._gap_series) == len(self.markets):
-            write_gap_state(self.gap_file, self.gaps.state(now_ms()))
+            streamed: dict[str, set[str]] = {}
+            for f in self.state.feeds.values():
+                streamed.setdefault(f.market, set()).update(f.data_types)
+            offsets = venue_offsets(self.state.recent, streamed)
+            write_gap_state(self.gap_file, self.gaps.state(now_ms(), offsets))
 
     def _publish_gaps(self, gaps: list[Any]) -> None:
         """Publish ``source_gap`` records like any other record: counted, one log line each."""

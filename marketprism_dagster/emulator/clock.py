@@ -33,3 +33,14 @@ class ManualClock:
 
     def advance(self, ms: int) -> None:
         self._now += ms
+
+
+class OffsetClock:
+    """The wall clock moved by a fixed offset: a venue whose "now" is elsewhere in time, running at real speed
+    (a test places a funding settlement a few seconds ahead without waiting hours for one)."""
+
+    def __init__(self, offset_ms: int) -> None:
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.offset_ms
