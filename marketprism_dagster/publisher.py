@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from marketprism_dagster.collector.backoff import Backoff
+from marketprism_dagster.nats_raw import remove, status_of, subscribe_raw
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +121,8 @@ class JetStreamPublisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._ack_sub: Subscription | None = None
+        self._ack_sid: int | None = None
         self._closed = False
         self._gave_up_codes: set[str] = set()
         # nats-py exposes no batched publish; write HPUB commands into its outgoing buffer directly
@@ -130,7 +133,8 @@ class JetStreamPublisher:
 
     async def start(self) -> JetStreamPublisher:
         self._prefix = self.nc.new_inbox() + "."
-        await self.nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        # PubAcks straight from the protocol parser (nats_raw): no Msg object, queue or callback task per ack
+        self._ack_sub, self._ack_sid = await subscribe_raw(self.nc, self._prefix + "*", self._on_ack)
         self._tasks = [
             asyncio.create_task(self._pump(), name="publisher.pump"),
             asyncio.create_task(self._sweep(), name="publisher.sweep"),
@@ -147,9 +151,19 @@ class JetStreamPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        await self._unsubscribe_acks()
         if not flushed:
             log.warning("publisher.closed_with_pending", pending=self.pending)
         return flushed
+
+    async def _unsubscribe_acks(self) -> None:
+        if self._ack_sid is not None:
+            remove(self.nc, self._ack_sid)
+            self._ack_sid = None
+        if self._ack_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._ack_sub.unsubscribe()
+            self._ack_sub = None
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every submitted message is acknowledged (or given up on). False on timeout."""
@@ -301,29 +315,39 @@ class JetStreamPublisher:
         if not self._buffer and not self._retry and not self._inflight:
             self._idle.set()
 
-    async def _on_ack(self, msg: Msg) -> None:
-        item = self._inflight.pop(msg.subject, None)
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """One PubAck (or error reply) on the ack inbox, as raw bytes from the parser."""
+        item = self._inflight.pop(subject.decode(), None)
         if item is None:
             return  # late ack of a message already timed out and resent
         if len(self._inflight) == self.max_inflight - 1 or not self._inflight:
             self._wake.set()
         stats = self.stats
-        data = msg.data
         if not data:
-            status = msg.headers.get("Status") if msg.headers else None
+            st = status_of(headers)
+            status = st[0] if st is not None else None
             self._retry_later(item, "no_responders" if status == "503" else f"status_{status}")
             return
-        try:
-            ack = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._retry_later(item, "bad_ack")
-            return
-        err = ack.get("error")
-        if err is not None:
-            self._retry_later(item, str(err.get("err_code") or err.get("code") or "unknown"))
-            return
-        if ack.get("duplicate"):
-            stats.duplicates += 1
+        # an ordinary PubAck is {"stream":"S","seq":N}: only an error reply, a duplicate or anything unexpected
+        # is parsed
+        if b"error" in data or b"duplicate" in data or not data.startswith(b"{") or b'"seq":' not in data:
+            try:
+                ack = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                self._retry_later(item, "bad_ack")
+                return
+            if not isinstance(ack, dict):
+                self._retry_later(item, "bad_ack")
+                return
+            err = ack.get("error")
+            if err is not None:
+                code = err.get("err_code") or err.get("code") if isinstance(err, dict) else None
+                self._retry_later(item, str(code or "unknown"))
+                return
+            if ack.get("duplicate"):
+                stats.duplicates += 1
+            else:
+                stats.acked += 1
         else:
             stats.acked += 1
         stats.observe_latency(time.monotonic() - item.submitted)

@@ -20,20 +20,15 @@ is re-established (``forget_requests``); otherwise the consumer would believe it
 still outstanding and never pull again. Acks are ``+ACK`` published to a delivery's reply
 subject (AckPolicy.ALL acks every sequence up to it).
 
-The hook: the connection's ``_process_msg`` is wrapped on this client instance only (the
-writer's own connection); deliveries whose subscription id is the inbox's are consumed
-here, every other message takes nats-py's normal path. If nats-py's parser interface ever
-changes (``_process_msg(sid, subject, reply, payload, headers)``), the consumer falls back to
-an ordinary subscription callback (slower, same behaviour).
+Deliveries are taken from the parser through ``nats_raw`` (the inbox's raw handler); if the
+connection cannot be hooked, through an ordinary subscription callback (slower, same behaviour).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +37,10 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from marketprism_dagster.ledger.messages import StreamMessage
+from marketprism_dagster.nats_raw import remove, status_of, subscribe_raw
 
 log = structlog.get_logger(__name__)
 
-_HOOK_PARAMS = ("sid", "subject", "reply", "data", "headers")
 # a request the server ended should have said so (408) by ``expires``; past this grace it is gone
 EXPIRY_GRACE_S = 1.0
 
@@ -64,52 +59,6 @@ def reply_sequence(reply: str) -> int:
         return int(tokens[5] if n == 9 else tokens[7])
     except ValueError:
         return -1
-
-
-def status_of(headers: bytes | None) -> tuple[str, str] | None:
-    """(code, description) of a status-only message (``NATS/1.0 408 Request Timeout``), else None."""
-    if not headers or not headers.startswith(b"NATS/1.0 "):
-        return None
-    line = headers.split(b"\r\n", 1)[0][9:].decode(errors="replace")
-    code, _, desc = line.partition(" ")
-    return code, desc.strip()
-
-
-RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
-_HANDLERS_ATTR = "_marketprism_raw_handlers"
-
-
-def _install_hook(nc: NATS) -> dict[int, RawHandler] | None:
-    """The client's sid -> raw handler table, wrapping its ``_process_msg`` once; None if it cannot be hooked."""
-    handlers: dict[int, RawHandler] | None = getattr(nc, _HANDLERS_ATTR, None)
-    if handlers is not None:
-        return handlers
-    orig = getattr(nc, "_process_msg", None)
-    if orig is None or tuple(inspect.signature(orig).parameters) != _HOOK_PARAMS or not hasattr(nc, "_subs"):
-        return None
-    table: dict[int, RawHandler] = {}
-
-    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        h = table.get(sid)
-        if h is not None:
-            h(subject, reply, data, headers)
-        else:
-            await orig(sid, subject, reply, data, headers)
-
-    nc._process_msg = process_msg  # type: ignore[method-assign]
-    setattr(nc, _HANDLERS_ATTR, table)
-    return table
-
-
-def _remove_handler(nc: NATS, sid: int) -> None:
-    handlers: dict[int, RawHandler] | None = getattr(nc, _HANDLERS_ATTR, None)
-    if handlers is None:
-        return
-    handlers.pop(sid, None)
-    if not handlers:  # last raw consumer gone: back to the class method
-        with contextlib.suppress(AttributeError):
-            del nc._process_msg
-        delattr(nc, _HANDLERS_ATTR)
 
 
 @dataclass(slots=True)
@@ -157,26 +106,14 @@ class RawPullConsumer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        handlers = _install_hook(self.nc)
-        if handlers is not None:
-            self._sub = await self.nc.subscribe(self.inbox + ".*")
-            self._sid = self._sub._id
-            handlers[self._sid] = self._on_raw
-            self.hooked = True
-        else:
-            async def cb(m: Any) -> None:
-                raw = m.header and b"".join(
-                    [b"NATS/1.0\r\n", *(f"{k}: {v}\r\n".encode() for k, v in m.header.items()), b"\r\n"])
-                if not m.data and m.header and m.header.get("Status"):
-                    raw = f"NATS/1.0 {m.header['Status']} {m.header.get('Description', '')}\r\n\r\n".encode()
-                self._on_raw(m.subject.encode(), (m.reply or "").encode(), m.data, raw or None)
-
-            self._sub = await self.nc.subscribe(self.inbox + ".*", cb=cb)
+        self._sub, self._sid = await subscribe_raw(self.nc, self.inbox + ".*", self._on_raw)
+        self.hooked = self._sid is not None
+        if not self.hooked:
             log.warning("writer.raw_pull_fallback", reason="nats-py parser interface changed; using callbacks")
 
     async def stop(self) -> None:
         if self._sid is not None:
-            _remove_handler(self.nc, self._sid)
+            remove(self.nc, self._sid)
             self._sid = None
         if self._sub is not None:
             with contextlib.suppress(Exception):

@@ -153,3 +153,34 @@ async def test_take_pending_returns_every_unacknowledged_message_and_restore_pub
 async def _until(cond, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]
     while not cond():
         await asyncio.sleep(interval)
+
+
+async def test_acks_are_taken_from_the_parser_and_every_reply_kind_is_read(js_nc: NATS) -> None:
+    """PubAcks reach the publisher through its raw handler (no nats-py Msg); ordinary acks skip JSON parsing,
+    every other reply is parsed and counted as before: duplicate, error code, unreadable, status-only 503."""
+    pub = await JetStreamPublisher(js_nc).start()
+    try:
+        assert pub._ack_sid is not None and "_process_msg" in vars(js_nc)
+        for n in range(5):
+            pub.submit("trade.x.spot.A", b"{}", f"id{n}")
+        tokens = []
+        for _ in range(5):  # as the pump does: in flight under a token of the ack inbox
+            item = pub._buffer.popleft()
+            token = pub._prefix + f"t{len(tokens)}"
+            pub._inflight[token] = item
+            tokens.append(token.encode())
+        pub._on_ack(tokens[0], b"", b'{"stream":"MARKET_DATA","seq":7}', None)
+        pub._on_ack(tokens[1], b"", b'{"stream":"MARKET_DATA","seq":7,"duplicate":true}', None)
+        pub._on_ack(tokens[2], b"", b'{"error":{"code":503,"err_code":10077,"description":"x"}}', None)
+        pub._on_ack(tokens[3], b"", b"{not json", None)
+        pub._on_ack(tokens[4], b"", b"", b"NATS/1.0 503\r\n\r\n")
+        pub._on_ack(tokens[0], b"", b'{"stream":"MARKET_DATA","seq":7}', None)  # a late copy: ignored
+        s = pub.stats
+        assert (s.acked, s.duplicates, s.retries) == (1, 1, 3)
+        assert s.errors == {"10077": 1, "bad_ack": 1, "no_responders": 1}
+        assert sum(s.latency_buckets) == 2
+        assert len(pub._retry) == 3 and not pub._inflight
+    finally:
+        pub._retry.clear()
+        await pub.close(flush_timeout=0)
+    assert "_process_msg" not in vars(js_nc)  # the last raw handler gone: nats-py's own method again

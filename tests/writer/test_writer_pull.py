@@ -11,8 +11,9 @@ from nats.aio.client import Client as NATS
 from marketprism_dagster import records
 from marketprism_dagster.config import Settings
 from marketprism_dagster.ledger.messages import parse_headers
+from marketprism_dagster.nats_raw import status_of
 from marketprism_dagster.writer.consumer import durable_name, ensure_durable
-from marketprism_dagster.writer.pull import Delivery, RawPullConsumer, reply_sequence, status_of
+from marketprism_dagster.writer.pull import Delivery, RawPullConsumer, reply_sequence
 from tests.support.writer_helpers import generate, publish
 
 
