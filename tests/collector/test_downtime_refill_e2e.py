@@ -156,7 +156,9 @@ async def test_a_collector_stopped_for_2_minutes_refills_every_series_and_record
         book = by["orderbook", "unrecoverable"]
         assert book[2] == 0
         assert STOP_S * 1000 <= book[6] - book[5] <= books_back - stopped, (book, stopped, books_back)
-        assert stopped <= book[5] < book[6] <= books_back, (book, stopped, books_back)
+        # (its bounds are local times moved into the venue's clock by the offset the first run measured, which is
+        # short of the true one by the quickest delivery: a few ms)
+        assert stopped - 1_000 <= book[5] < book[6] <= books_back, (book, stopped, books_back)
 
         # every series: a window of at least the 2 minutes, the settlement inside it, refilled from history with the
         # very points the emulator's history serves for it (same times, same values), the settlement's among them
