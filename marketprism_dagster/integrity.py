@@ -15,8 +15,9 @@ from typing import Any, Literal
 from marketprism_dagster import source_gaps as sg
 from marketprism_dagster.collector.health import FeedStatus, collector_feed_status
 from marketprism_dagster.config import Settings
-from marketprism_dagster.ledger.queries import committed_ranges
-from marketprism_dagster.ledger.ranges import gaps_between
+from marketprism_dagster.ledger.lost import absent_ranges, marked
+from marketprism_dagster.ledger.queries import committed_rows, markers
+from marketprism_dagster.ledger.ranges import SeqRange, gaps_between, merge_ranges
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.columns import identity_sql
@@ -244,27 +245,56 @@ def duplicates(
 
 
 def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:
-    """Committed JetStream sequence ranges must be contiguous: 0 gaps."""
-    ranges = committed_ranges(store, settings, stream)
+    """Committed JetStream sequence ranges must be contiguous and hold every message they span: 0 gaps, 0 absent.
+
+    A gap or absent stretch that a ledger marker names (``ledger.lost``: lost from the stream, its hours refilled
+    from the venues' history) is accounted for: listed, not failed. Which hours and types it still keeps from
+    sealing, the seal of each hour says."""
+    rows = committed_rows(store, settings, stream)
+    ranges = merge_ranges(SeqRange(r.first, r.last) for r in rows)
     gaps = gaps_between(ranges)
-    missing = sum(g.count for g in gaps)
+    absent = absent_ranges(rows)
+    marks = markers(store, settings, stream) if gaps or absent else []
+    open_gaps = [g for g in gaps if not marked(g.first, g.last, marks)]
+    open_absent = [a for a in absent if not marked(a.first, a.last, marks)]
+    accounted = [f"{g.first}-{g.last}" for g in gaps if marked(g.first, g.last, marks)] + [
+        f"{a.first}-{a.last} ({a.missing} absent)" for a in absent if marked(a.first, a.last, marks)]
+    missing = sum(g.count for g in open_gaps)
     meta: dict[str, Any] = {
-        "gaps": len(gaps),
+        "gaps": len(open_gaps),
         "missing_messages": missing,
         "first_seq": ranges[0].first if ranges else None,
         "last_seq": ranges[-1].last if ranges else None,
-        "gap_ranges": [f"{g.first}-{g.last}" for g in gaps[:20]],
+        "gap_ranges": [f"{g.first}-{g.last}" for g in open_gaps[:20]],
+        "absent_ranges": [a.label() for a in open_absent[:20]],
+        "lost_accounted": accounted[:20],
     }
-    if gaps:
+    if open_gaps:
         return CheckResult(
             "ledger_gaps",
             stream,
             False,
             "ERROR",
-            f"{len(gaps)} gaps, {missing} messages never committed; run `marketprism repair` to fetch them",
+            f"{len(open_gaps)} gaps, {missing} messages never committed; run `marketprism repair` to fetch them "
+            "(messages JetStream no longer holds: materialize the hot hours they concern to refill them from "
+            "the venues' history)",
+            meta,
+        )
+    if open_absent:
+        lost = sum(a.missing for a in open_absent)
+        return CheckResult(
+            "ledger_gaps",
+            stream,
+            False,
+            "ERROR",
+            f"{lost} messages were no longer in JetStream when the writer committed their ranges "
+            f"({open_absent[0].label()}, ...); materialize the hot hours they concern to refill them from the "
+            "venues' history",
             meta,
         )
     desc = f"seq {ranges[0].first}..{ranges[-1].last} contiguous" if ranges else "nothing committed yet"
+    if accounted:
+        desc += f"; lost and refilled from venue history: {', '.join(accounted[:5])}"
     return CheckResult("ledger_gaps", stream, True, "ERROR", desc, meta)
 
 

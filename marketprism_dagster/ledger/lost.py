@@ -128,6 +128,11 @@ def merge_lost(parts: Iterable[LostRange]) -> list[LostRange]:
     return out
 
 
+def marked(first: int, last: int, marks: Iterable[Marker]) -> bool:
+    """Does some marker (of any type and hour) name a range covering ``first..last``: a loss the ledger knows?"""
+    return any(m.first <= first and last <= m.last for m in marks)
+
+
 @dataclass(frozen=True, slots=True)
 class HourLoss:
     """What the lost ranges mean for one (data type, hour): the ones a marker accounts for, the ones not."""

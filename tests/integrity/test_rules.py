@@ -8,6 +8,8 @@ import msgspec
 
 from marketprism_dagster import integrity
 from marketprism_dagster.collector.health import feed_status_from_health
+from marketprism_dagster.ledger.lost import Marker
+from marketprism_dagster.ledger.queries import write_markers
 from marketprism_dagster.records import DATA_TYPES, VENUE_TYPES, encode, subject
 from marketprism_dagster.storage.columns import records_to_arrow
 from marketprism_dagster.writer.ingest import StreamMessage, commit_batch, ensure_writer_tables
@@ -110,6 +112,27 @@ def test_ledger_gaps_found_between_committed_ranges(store, settings_factory, rec
     res = integrity.ledger_gaps(store, settings, "MARKET_DATA")
     assert not res.passed
     assert res.metadata["gaps"] == 1 and res.metadata["missing_messages"] == 3 and res.metadata["gap_ranges"] == ["6-8"]
+
+
+def test_ledger_gaps_fails_on_absent_messages_and_lists_lost_ranges_a_marker_accounts_for(
+    store, settings_factory, record_factory
+):
+    settings = settings_factory()
+    ensure_writer_tables(store, settings)
+    commit_batch(store, settings, "MARKET_DATA", _messages(record_factory, 1, 3))
+    # the writer found 4-5 gone: it committed 4-7 holding 6-7 only
+    commit_batch(store, settings, "MARKET_DATA", _messages(record_factory, 6, 2), first_seq=4, last_seq=7)
+    commit_batch(store, settings, "MARKET_DATA", _messages(record_factory, 11, 2))  # 8-10 never committed
+    res = integrity.ledger_gaps(store, settings, "MARKET_DATA")
+    assert not res.passed and res.metadata["gap_ranges"] == ["8-10"]
+    write_markers(store, settings, [Marker("MARKET_DATA", 8, 10, 3, "trade", 0, 0, 0)], 0)
+    res = integrity.ledger_gaps(store, settings, "MARKET_DATA")
+    assert not res.passed and res.metadata["gaps"] == 0 and res.metadata["absent_ranges"] == ["4-7 (2 lost)"]
+    assert "2 messages were no longer in JetStream" in res.description
+    write_markers(store, settings, [Marker("MARKET_DATA", 4, 7, 2, "trade", 0, 0, 0)], 0)
+    res = integrity.ledger_gaps(store, settings, "MARKET_DATA")
+    assert res.passed and res.metadata["lost_accounted"] == ["8-10", "4-7 (2 absent)"]
+    assert "lost and refilled from venue history: 8-10, 4-7 (2 absent)" in res.description
 
 
 def test_schema_parity_detects_a_drifted_cold_table(store, settings_factory):
