@@ -106,9 +106,10 @@ def no_history_reason(settings: Settings, data_type: str, hour_ms: int, refused:
     stream = settings.stream_for(data_type) or ""
     max_age = settings.streams[stream].max_age_s if stream in settings.streams else 0
     return (
-        f"{refused}. The hour's missing messages aged out of JetStream ({stream} keeps {max_age} s, "
+        f"{refused}. The lost messages aged out of JetStream ({stream} keeps {max_age} s, "
         f"streams.{stream}.max_age_s) and no venue keeps a history of {data_type}, so nothing can refill it: "
-        "the hour stays unsealed. Fix: keep the writer running (its lag alert fires long before retention), or "
+        "the hour stays unsealed (and its day is not replicated to cold). Fix for the next outage: keep the writer "
+        "running (its lag alert fires long before retention), or "
         f"raise streams.{stream}.max_age_s so an outage can be repaired from JetStream"
     )
 

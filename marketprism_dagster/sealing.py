@@ -330,9 +330,8 @@ def lost_verdict(stream: str, data_type: str, h: int, lost: list[LostRange]) -> 
     more = f" (lost: {', '.join(x.label() for x in lost)})" if len(lost) > 1 else ""
     return (
         f"{what}{more}; it may have held {data_type} records of {_iso(h)}, so the hour stays unsealed until it is "
-        "refilled from the venues' history (materializing the hot partition does that for types some venue keeps "
-        f"a history of; by hand: marketprism backfill --type {data_type} --from {_iso(h)[:16]} --to "
-        f"{_iso(h + HOUR_MS - 1)[:16]}, then materialize the partition again)"
+        "refilled from the venues' history (materializing the hot partition does that, for the types a venue "
+        "keeps a history of)"
     )
 
 

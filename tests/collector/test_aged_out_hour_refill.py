@@ -101,6 +101,9 @@ async def test_an_hour_whose_gap_aged_out_of_jetstream_is_refilled_from_venue_hi
     liquidation = after["liquidation"]
     assert isinstance(liquidation, SealRefused) and liquidation.aged_out
     assert f"seq {first_lost} is no longer in JetStream" in str(liquidation)
-    assert "may have held liquidation records" in str(liquidation) and "marketprism backfill" in str(liquidation)
+    assert "may have held liquidation records" in str(liquidation)
+    why = hour_refill.no_history_reason(settings, "liquidation", hour, str(liquidation))  # what the hot asset says
+    assert "no venue keeps a history of liquidation, so nothing can refill it" in why
+    assert "raise streams.MARKET_DATA.max_age_s" in why
     assert isinstance(later["trade"], SealReport) and isinstance(later["liquidation"], SealReport), later
     assert later["trade"].rows == 0 and "lost_ranges" not in later["trade"].metadata()

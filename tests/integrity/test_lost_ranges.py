@@ -90,7 +90,7 @@ def test_an_unaccounted_lost_range_refuses_with_the_range_the_cause_and_the_fix(
     gap = lost_verdict("MARKET_DATA", "liquidation", HOUR, [LostRange(41, 100, 60, HOUR)])
     assert gap is not None and "MARKET_DATA seq 41 is no longer in JetStream" in gap and "41-100" in gap
     assert "may have held liquidation records of 2026-01-01T00:00:00.000+00:00" in gap
-    assert "marketprism backfill --type liquidation --from 2026-01-01T00:00 --to 2026-01-01T00:59" in gap
+    assert "until it is refilled from the venues' history (materializing the hot partition does that" in gap
     absent = lost_verdict("MARKET_DATA", "trade", HOUR, [LostRange(151, 200, 5, HOUR, ABSENT),
                                                          LostRange(41, 100, 60, HOUR)])
     assert absent is not None and "committed MARKET_DATA seq 151-200 without 5 messages" in absent
