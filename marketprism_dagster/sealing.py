@@ -58,6 +58,7 @@ from marketprism_dagster.ledger.lost import (
     absent_ranges,
     hour_loss,
     lost_gap,
+    marked,
     merge_lost,
 )
 from marketprism_dagster.ledger.messages import StreamMessage
@@ -532,7 +533,7 @@ async def _seal_stream(store: Store, settings: Settings, stream: str, h: int, js
     p = done.proof
     if js is None and p.gaps:  # without JetStream a gap is lost only if a marker already says so
         known = markers(store, settings, stream)
-        gone = [lost_gap(p.rows, g) for g in p.gaps if any(m.first <= g.first and g.last <= m.last for m in known)]
+        gone = [lost_gap(p.rows, g) for g in p.gaps if marked(g.first, g.last, known)]
         p.gaps = unaccounted_gaps(p.gaps, gone)
         done.lost.extend(gone)
     reason = proof_verdict(p)

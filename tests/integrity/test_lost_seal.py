@@ -73,3 +73,23 @@ def test_a_range_committed_without_lost_messages_refuses_until_a_marker_accounts
     # an hour that starts after the lost messages were stored (the commit, now, plus the skew) seals as usual
     later = asyncio.run(_seal(settings, hour_start_ms(-2)))
     assert all(isinstance(r, SealReport) for r in later.values()), later
+
+
+def test_without_jetstream_a_gap_a_marker_names_is_lost_and_any_other_gap_refuses(
+    nats_server, settings_factory
+) -> None:
+    settings = settings_factory(nats_url=nats_server.url, seal__writer_slack_s=0)
+    hour = hour_start_ms(3)
+    now = hour + HOUR_MS + settings.seal.grace_s * 1000 + 1000
+    prepare_store(settings)
+    messages = asyncio.run(publish_and_read(settings, records_in_hour("trade", hour, 10)))
+    with open_store(settings) as store:
+        commit_batch(store, settings, "MARKET_DATA", messages[:3])
+        commit_batch(store, settings, "MARKET_DATA", messages[6:])  # 4-6 never committed
+        before = asyncio.run(seal_hours(store, settings, TYPES, hour, None, now=now))
+        assert all(isinstance(r, SealRefused) and "no JetStream connection" in str(r) for r in before.values())
+        write_markers(store, settings, [Marker("MARKET_DATA", 4, 6, 3, "trade", hour, 3, 7, "test")], 0)
+        after = asyncio.run(seal_hours(store, settings, TYPES, hour, None, now=now))
+    trade, liquidation = after["trade"], after["liquidation"]
+    assert isinstance(trade, SealReport) and trade.proof == "ledger+venue_history" and trade.rows == 7, trade
+    assert isinstance(liquidation, SealRefused) and "MARKET_DATA seq 4 is no longer in JetStream" in str(liquidation)
