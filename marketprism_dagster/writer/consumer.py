@@ -123,6 +123,9 @@ class StreamBuffer:
     absent: list[tuple[int, int]] = field(default_factory=list)  # ranges the stream no longer holds
     stale_ack: str | None = None  # highest delivery at or below the watermark, still to ack
     delivered: int = 0  # pending entries that hold a durable delivery (unacked on the server)
+    # every sequence in watermark+1 .. run_end is in ``pending`` (entries are removed only by ``committed``, which
+    # moves the watermark past them): ``_ready`` walks only beyond it, instead of from the watermark every call
+    run_end: int = -1
 
     def add(self, seq: int, message: StreamMessage, delivery: str | None) -> None:
         if seq <= self.watermark:
@@ -160,6 +163,8 @@ class StreamBuffer:
     def _ready(self, limit: int, start: int | None = None) -> tuple[int, int | None]:
         """(messages ready, last sequence ready) from ``start`` (default ``expected``), at most ``limit`` messages."""
         seq = self.expected if start is None else start
+        if not self.absent and seq >= self.expected:
+            return self._ready_run(limit, seq)
         n = 0
         last: int | None = None
         pending = self.pending
@@ -175,6 +180,21 @@ class StreamBuffer:
             last = hi
             seq = last + 1
         return n, last
+
+    def _ready_run(self, limit: int, seq: int) -> tuple[int, int | None]:
+        """``_ready`` without absent ranges: the run of pending sequences from ``seq``, extended from ``run_end``."""
+        pending = self.pending
+        end = max(self.run_end, self.watermark)
+        if seq > end + 1:  # beyond the known run: walk from ``seq`` itself (a range prepared ahead)
+            end = seq - 1
+            while end - seq + 1 < limit and end + 1 in pending:
+                end += 1
+        else:
+            while end - seq + 1 < limit and end + 1 in pending:
+                end += 1
+            self.run_end = end
+        n = min(limit, end - seq + 1)
+        return (n, seq + n - 1) if n > 0 else (0, None)
 
     def ready_count(self, limit: int, start: int | None = None) -> int:
         return self._ready(limit, start)[0]
@@ -214,6 +234,8 @@ class StreamBuffer:
                 self.delivered -= 1
         self.watermark = taken.last_seq
         self.absent = [(lo, hi) for lo, hi in self.absent if hi > self.watermark]
+        if self.run_end < self.watermark:
+            self.run_end = self.watermark
 
     def delivered_count(self) -> int:
         return self.delivered
