@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import reduce
-from operator import or_
+from operator import attrgetter, or_
 from typing import Any, Final
 
 import msgspec
@@ -283,6 +283,11 @@ VolatilityIndex = STRUCTS["volatility_index"]
 SourceGap = STRUCTS["source_gap"]
 
 _IDENTITY: Final[dict[str, tuple[str, ...]]] = {name: rt.identity for name, rt in RECORD_TYPES.items()}
+# per struct: the Msg-Id prefix and one getter of the identity values (msg_id runs once per published record)
+_MSG_ID: Final[dict[type, tuple[str, Any]]] = {
+    STRUCTS[name]: (name + ":", attrgetter(*ids) if len(ids) > 1 else (lambda r, g=attrgetter(*ids): (g(r),)))
+    for name, ids in _IDENTITY.items()
+}
 _astuple = msgspec.structs.astuple
 _ENCODER = msgspec.json.Encoder()
 _TYPED_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
@@ -323,8 +328,8 @@ def subject_for(data_type: str, exchange: str, market_type: str, symbol: str) ->
 
 def msg_id(record: msgspec.Struct) -> str:
     """The record identity as a Nats-Msg-Id: data type plus the identity columns' values."""
-    data_type = data_type_of(record)
-    return data_type + ":" + "|".join(str(getattr(record, name)) for name in _IDENTITY[data_type])
+    prefix, values = _MSG_ID[type(record)]
+    return prefix + "|".join(map(str, values(record)))
 
 
 def to_columns(data_type: str, records: Iterable[msgspec.Struct]) -> dict[str, list[Any]]:

@@ -117,3 +117,11 @@ def test_subject_and_msg_id_derive_from_the_identity(record_factory):
     b = record_factory("lsr_top_position", 3, now, price="9.99")
     assert a != b
     assert records.msg_id(a) == records.msg_id(b)
+
+
+def test_msg_id_is_the_data_type_and_every_identity_value_in_order_for_every_type(record_factory):
+    """The Msg-Id is JetStream's dedup key across collector versions: it must stay the same string."""
+    now = _now()
+    for data_type, rt in records.RECORD_TYPES.items():
+        r = record_factory(data_type, 7, now)
+        assert records.msg_id(r) == data_type + ":" + "|".join(str(getattr(r, n)) for n in rt.identity)
