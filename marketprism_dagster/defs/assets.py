@@ -8,7 +8,7 @@ refetched) and the hot TTL (hot no longer holds the hour).
 """
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -217,9 +217,16 @@ def refill_metadata(refilled: list[Refilled] | None) -> dict[str, Any]:
     }
 
 
-def unsealed_hours(instance: dg.DagsterInstance, data_type: str, hour_keys: Sequence[str]) -> list[str]:
+def unsealed_hours(
+    instance: dg.DagsterInstance, data_type: str, hourly: dg.TimeWindowPartitionsDefinition, day: dg.TimeWindow
+) -> list[str]:
+    """The day's hot hours not sealed yet. Only hours that are partitions count: the first day of a
+    deployment starts at the hourly partitions' start, and its earlier hours do not exist to be sealed."""
+    start = max(day.start, hourly.start)
+    if start >= day.end:
+        return []
     done = instance.get_materialized_partitions(hot_key(data_type))
-    return [k for k in hour_keys if k not in done]
+    return [k for k in hourly.get_partition_keys_in_time_window(dg.TimeWindow(start, day.end)) if k not in done]
 
 
 def build_cold_asset(
@@ -246,9 +253,7 @@ def build_cold_asset(
         clickhouse: ClickHouseResource,
     ) -> dg.MaterializeResult:
         settings_now = settings.load_settings()
-        window = context.partition_time_window
-        hours = hourly.get_partition_keys_in_time_window(dg.TimeWindow(window.start, window.end))
-        missing = unsealed_hours(context.instance, data_type, hours)
+        missing = unsealed_hours(context.instance, data_type, hourly, context.partition_time_window)
         if missing:
             raise dg.Failure(
                 description=(

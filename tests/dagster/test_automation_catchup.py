@@ -148,3 +148,32 @@ def test_an_unset_start_date_is_the_deployments_first_hour_recorded_once(setting
     assert later == first
     assert partitions.hourly(settings).get_first_partition_key() == "2026-12-02-13:00"
     assert partitions.daily(settings).start == datetime(2026, 12, 2, tzinfo=UTC)  # the (partial) first day
+
+
+def test_a_new_deployments_partial_first_day_replicates_once_its_existing_hours_are_sealed(
+    nats_server, settings_factory, dagster_instance, make_resources
+):
+    """A deployment first started at 01:xx has hourly partitions from 23:00 of the day before (two hours of margin):
+    that day's cold partition holds one hour. Once that hour is sealed, automation replicates the day, and the run
+    succeeds. Before, the cold asset counted the day's 24 hours, 23 of which are not partitions and can never be
+    sealed, and every new deployment showed a failed replication run of its first day (found in a demo)."""
+    day = _outage_day()
+    settings = settings_factory(nats_url=nats_server.url, seal__start_date=None)
+    first = partitions.start_hour(settings, now=day + 25 * HOUR + timedelta(minutes=55))
+    assert first == day + 23 * HOUR
+    published = _publish_and_commit(settings, [day + 23 * HOUR], per_hour=4)
+    defs = build_definitions(make_resources(settings)["settings"])
+    resources = make_resources(settings)
+    _execute(defs, {_key(day + 23 * HOUR): set(TYPES)}, hot_key, resources, dagster_instance)
+
+    cold_keys = [cold_key(t) for t in TYPES]
+    result = dg.evaluate_automation_conditions(
+        defs, dagster_instance, asset_selection=dg.AssetSelection.assets(*cold_keys),
+        evaluation_time=day + 26 * HOUR + timedelta(minutes=8),
+    )
+    cold = _requested(result, cold_keys)
+    assert cold == {day.strftime("%Y-%m-%d"): set(TYPES)}
+    _execute(defs, cold, cold_key, resources, dagster_instance)  # failed before: "23 of the day's hours ..."
+    with open_store(settings) as store:
+        parity = integrity.hot_cold_parity(store, settings, "trade", int(day.timestamp() * 1000))
+    assert parity.passed and parity.metadata["cold_rows"] == published == 4
