@@ -82,11 +82,11 @@ class PublishStats:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
-def hpub(subject: str, reply: str, msg_id: str, payload: bytes) -> bytes:
-    """One NATS HPUB command carrying the Nats-Msg-Id header."""
-    hdr = f"NATS/1.0\r\n{MSG_ID_HEADER}: {msg_id}\r\n\r\n".encode()
-    hdr_len = len(hdr)
-    return f"HPUB {subject} {reply} {hdr_len} {hdr_len + len(payload)}\r\n".encode() + hdr + payload + b"\r\n"
+def hpub_head(subject: str, reply: str, msg_id: str, payload_len: int) -> bytes:
+    """An HPUB command up to its payload: protocol line and the Nats-Msg-Id header block."""
+    hdr = f"NATS/1.0\r\n{MSG_ID_HEADER}: {msg_id}\r\n\r\n"
+    n = len(hdr) if hdr.isascii() else len(hdr.encode())
+    return f"HPUB {subject} {reply} {n} {n + payload_len}\r\n{hdr}".encode()
 
 
 class JetStreamPublisher:
@@ -301,7 +301,12 @@ class JetStreamPublisher:
             for token, item in batch:
                 await nc.publish(item.subject, item.payload, reply=token, headers={MSG_ID_HEADER: item.msg_id})
             return
-        chunk = b"".join([hpub(item.subject, token, item.msg_id, item.payload) for token, item in batch])
+        parts: list[bytes] = []
+        add = parts.extend
+        for token, item in batch:  # one join for the batch: head, payload, CRLF per message
+            payload = item.payload
+            add((hpub_head(item.subject, token, item.msg_id, len(payload)), payload, b"\r\n"))
+        chunk = b"".join(parts)
         nc.stats["out_msgs"] += len(batch)
         await nc._send_command(chunk)
         await nc._flush_pending()

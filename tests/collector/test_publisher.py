@@ -184,3 +184,16 @@ async def test_acks_are_taken_from_the_parser_and_every_reply_kind_is_read(js_nc
         pub._retry.clear()
         await pub.close(flush_timeout=0)
     assert "_process_msg" not in vars(js_nc)  # the last raw handler gone: nats-py's own method again
+
+
+async def test_a_msg_id_outside_ascii_is_framed_by_its_byte_length(js_nc: NATS) -> None:
+    """HPUB sizes count bytes: a header with a non-ASCII Msg-Id must still frame the message exactly."""
+    pub = await JetStreamPublisher(js_nc).start()
+    ids = ["trade:x|BTC-USDT|1", "trade:x|\u00dcSDT-\u20ac|2", "trade:x|BTC-USDT|3"]
+    for n, msg_id in enumerate(ids):
+        assert pub.submit("trade.x.spot.A", b'{"n":%d}' % n, msg_id)
+    assert await pub.flush(10)
+    await pub.close()
+    assert (pub.stats.acked, pub.stats.errors) == (3, {})
+    msgs = await stream_messages(js_nc, "MARKET_DATA")
+    assert [(m.headers["Nats-Msg-Id"], m.data) for m in msgs] == [(i, b'{"n":%d}' % n) for n, i in enumerate(ids)]
