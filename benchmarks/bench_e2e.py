@@ -30,7 +30,11 @@ Figures:
   subject), which splits the latency into the collector's share and the writer's.
 * loss and duplicates: after the collector stops and the writer drains and exits, the bench
   opens the store: rows per table == messages in the streams, and count() == uniqExact(identity).
-* peak RSS (VmHWM) and CPU seconds of every process.
+* peak RSS (VmHWM) and CPU seconds of every process (whole run), and CPU per record over the measuring
+  window (``cpu_us_per_record``: each process's user+system CPU in the window / the messages it handled in
+  it: the writer's by messages committed, every other process's by messages published),
+  the bench's own process included (its sampler reads every BTC-USDT trade: about half the stream);
+  the load average at the window's start and end beside them (the machine is shared).
 * baseline (same run, same messages): the writer's commit path alone (``prepare_batch`` +
   ``commit_prepared`` in batches of writer.batch_size into a fresh store) on the messages
   the phase produced; ratio = end-to-end sustained rate / that rate.
@@ -113,6 +117,14 @@ def _cpu_s(pid: int) -> float | None:
         return round(t.user + t.system, 1)
     except psutil.Error:
         return None
+
+
+def _cpu_exact(pid: int) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return float(t.user + t.system)
+    except psutil.Error:
+        return 0.0
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -231,6 +243,8 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
             collector = subprocess.Popen(_cmd("collect", csets), stdout=open(tmp / "collector.log", "wb"),  # noqa: SIM115
                                          stderr=subprocess.STDOUT, cwd=REPO, env=_env())
             streams = list(settings.streams)
+            pids = {"emulator": emu.pid, "collector": collector.pid, "writer": writer.pid,
+                    "nats_server": srv.proc.pid if srv.proc else 0, "bench": os.getpid()}
 
             async def last_seqs() -> dict[str, int]:
                 return {s: int((await js.stream_info(s)).state.last_seq or 0) for s in streams}
@@ -251,9 +265,11 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
                     sampler.committed(c["MARKET_DATA"], time.time() * 1000)
                 if not sampler.measuring and now - t_start >= warmup and c is not None:
                     sampler.measuring = True
-                    window = {"t0": now, "c0": c, "p0": await last_seqs()}
+                    window = {"t0": now, "c0": c, "p0": await last_seqs(), "load0": os.getloadavg(),
+                              "cpu0": {k: _cpu_exact(p) for k, p in pids.items()}}
                 if sampler.measuring and now - window["t0"] >= seconds and c is not None:
-                    window.update(t1=now, c1=c, p1=await last_seqs())
+                    window.update(t1=now, c1=c, p1=await last_seqs(), load1=os.getloadavg(),
+                                  cpu1={k: _cpu_exact(p) for k, p in pids.items()})
                     break
                 if collector.poll() is not None or writer.poll() is not None:
                     raise RuntimeError(f"a process exited early; see logs in {tmp}")
@@ -267,6 +283,10 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
                 "landed_msgs_per_s": round(landed / dt),
                 "landed_by_stream_per_s": {s: round((window["c1"][s] - window["c0"][s]) / dt) for s in streams},
                 "lag_at_end_msgs": sum(window["p1"].values()) - sum(window["c1"].values()),
+                "cpu_us_per_record": {k: round((window["cpu1"][k] - window["cpu0"][k]) * 1e6
+                                               / max(landed if k == "writer" else published, 1), 1) for k in pids},
+                "cores_busy": {k: round((window["cpu1"][k] - window["cpu0"][k]) / dt, 2) for k in pids},
+                "load_average": [round(window["load0"][0], 1), round(window["load1"][0], 1)],
             })
             sampler.measuring = False
             lat = sampler.latencies_ms
@@ -274,8 +294,6 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
                                  "max": _pct(lat, 1.0)}
             js_lat = sampler.to_stream_ms
             out["latency_to_jetstream_ms"] = {"p50": _pct(js_lat, 0.5), "p99": _pct(js_lat, 0.99)}
-            pids = {"emulator": emu.pid, "collector": collector.pid, "writer": writer.pid,
-                    "nats_server": srv.proc.pid if srv.proc else 0}
             out["peak_rss_mb"] = {k: _peak_rss_mb(p) for k, p in pids.items()}
             out["cpu_s"] = {k: _cpu_s(p) for k, p in pids.items()}
             _stop(collector)
