@@ -65,6 +65,9 @@ RANGE_RULE = "range"  # UpdateIdSync: each diff must reach the local id + 1 (ove
 PREV_ID_RULE = "prev_id"  # UpdateIdSync: each diff names the last id of the one before it
 
 
+_NEVER = 1 << 62  # a tick boundary no event time reaches (nothing applied yet, or cadence 0)
+
+
 class SyncWindows:
     """Windows without a valid book, in exchange event ms. ``lost`` when a valid book is dropped (its last
     applied event time; the last valid time when it has none), ``back`` when a book is valid again; closed
@@ -106,28 +109,41 @@ class BookSnapshot:
 class Ticker:
     """Decides when a synchronized book is published (see module docstring)."""
 
-    __slots__ = ("cadence_ms", "depth", "last_event_ms", "ready")
+    __slots__ = ("cadence_ms", "depth", "last_event_ms", "next_tick_ms", "ready")
 
     def __init__(self, cadence_ms: int, depth: int) -> None:
         self.cadence_ms = cadence_ms
         self.depth = depth
         self.last_event_ms: int | None = None
+        # the first event time of the tick after ``last_event_ms`` (cadence > 0; else never): an update at or past
+        # it crosses into a new tick, so ``before`` is one comparison per update
+        self.next_tick_ms = _NEVER
         self.ready: list[BookSnapshot] = []
 
     def reset(self) -> None:
         self.last_event_ms = None
+        self.next_tick_ms = _NEVER
+
+    def seen(self, event_ms: int) -> None:
+        """The book is valid as of ``event_ms`` (a snapshot loaded): updates are ticked from there."""
+        c = self.cadence_ms
+        self.last_event_ms = event_ms
+        self.next_tick_ms = event_ms - event_ms % c + c if c > 0 else _NEVER
 
     def before(self, book: Book, event_ms: int, update_id: int | None) -> None:
         """Before an update with event time ``event_ms`` is applied: publish the tick it crosses into (the book
         of every earlier update; ``update_id`` the last applied id, None: nothing applied yet)."""
-        c = self.cadence_ms
-        last = self.last_event_ms
-        if c > 0 and last is not None and update_id is not None and event_ms // c > last // c:
-            self.publish(book, event_ms - event_ms % c, last, update_id)
+        if event_ms >= self.next_tick_ms and update_id is not None:
+            last = self.last_event_ms
+            assert last is not None  # next_tick_ms is set with it
+            self.publish(book, event_ms - event_ms % self.cadence_ms, last, update_id)
 
     def after(self, book: Book, event_ms: int, update_id: int) -> None:
         """After the update (now id ``update_id``) is applied: with cadence 0 publish it, and remember its time."""
-        if self.cadence_ms <= 0:
+        c = self.cadence_ms
+        if c > 0:
+            self.next_tick_ms = event_ms - event_ms % c + c
+        else:
             self.publish(book, event_ms, event_ms, update_id)
         self.last_event_ms = event_ms
 
@@ -465,7 +481,7 @@ class SeqIdSync:
         self.synced = True
         self.seq_id = seq_id
         self.timestamp = ts
-        self.ticker.last_event_ms = ts
+        self.ticker.seen(ts)
         self.windows.back(ts)
 
     def on_snapshot(

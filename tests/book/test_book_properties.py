@@ -323,3 +323,22 @@ def test_okx_rest_snapshot_without_seqid_is_never_bridged_to_a_sequenced_stream(
     sync.snapshot_requested()
     assert sync.on_rest_snapshot(10, 550, [["1.0", "1"]], [["2.0", "1"]]) is Status.SYNCED
     assert sync.seq_id == 11 and sync.book.best_bid() == ("1.1", "1")
+
+
+def test_okx_first_update_past_a_tick_publishes_the_pushed_snapshots_book() -> None:
+    """Cadence 1 s: a pushed snapshot at 1500 ms is the book of tick 2000; the first update at 2100 ms crosses into
+    it, so tick 2000 is published with the snapshot's time and seqId, before that update is applied."""
+    sync = SeqIdSync(cadence_ms=1000, depth=10)
+    assert sync.on_snapshot(10, 1500, [["1.0", "1"]], [["2.0", "1"]], 0) is Status.SYNCED
+    assert sync.on_update(11, 10, 1900, [["1.1", "1"]], [], 0) is Status.APPLIED
+    assert sync.ticker.drain() == []  # same tick as the snapshot
+    assert sync.on_update(12, 11, 2100, [["1.2", "1"]], [], 0) is Status.APPLIED
+    [snap] = sync.ticker.drain()
+    assert (snap.tick, snap.timestamp, snap.update_id) == (2000, 1900, 11)
+    assert snap.bids == [("1.1", "1"), ("1.0", "1")]
+    sync.reset()
+    assert sync.on_snapshot(20, 3500, [["1.0", "1"]], [["2.0", "1"]], 0) is Status.SYNCED
+    assert sync.on_update(21, 20, 4000, [], [["2.1", "1"]], 0) is Status.APPLIED
+    [snap] = sync.ticker.drain()
+    assert (snap.tick, snap.timestamp, snap.update_id) == (4000, 3500, 20)
+    assert snap.asks == [("2.0", "1")]
