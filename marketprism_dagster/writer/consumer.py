@@ -97,7 +97,7 @@ def _to_stream_message(m: Msg, seq: int) -> StreamMessage:
     return StreamMessage(seq=seq, subject=m.subject, data=m.data, headers=dict(m.headers) if m.headers else None)
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     message: StreamMessage
     delivery: str | None  # the durable delivery's ack subject, None when read by the catch-up reader

@@ -50,13 +50,15 @@ def reply_sequence(reply: str) -> int:
 
     v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`` (9 tokens);
     v2: ``$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>[.<token>]``.
+    Runs once per delivery: the subject is split only as far as the sequence.
     """
-    tokens = reply.split(".")
-    n = len(tokens)
-    if n < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+    if not reply.startswith("$JS.ACK."):
+        return -1
+    dots = reply.count(".")
+    if dots < 8:
         return -1
     try:
-        return int(tokens[5] if n == 9 else tokens[7])
+        return int(reply.split(".", 6)[5] if dots == 8 else reply.split(".", 8)[7])
     except ValueError:
         return -1
 

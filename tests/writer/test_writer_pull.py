@@ -35,6 +35,9 @@ def test_reply_sequence_reads_both_ack_subject_layouts() -> None:
     assert reply_sequence("$JS.ACK.hub.ACCHASH.MARKET_DATA.w.2.99.7.1700000000000000000.0.tok") == 99
     assert reply_sequence("_INBOX.abc.1") == -1
     assert reply_sequence("$JS.ACK.S.c.1.notanumber.2.3.4") == -1
+    assert reply_sequence("$JS.ACK.hub.ACCHASH.MARKET_DATA.w.2.98.7.1700000000000000000.0") == 98  # v2, no token
+    assert reply_sequence("$JS.ACK.S.c.1.5.2.3") == -1  # 8 tokens
+    assert reply_sequence("$JS.ACKS.S.c.1.5.2.3.4") == -1
     assert status_of(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 5\r\n\r\n") == ("408", "Request Timeout")
     assert status_of(b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n") is None
     assert parse_headers(b"NATS/1.0\r\nNats-Msg-Id: trade:a|b|1\r\n\r\n") == {"Nats-Msg-Id": "trade:a|b|1"}
