@@ -15,7 +15,7 @@ from typing import Any, Literal
 from marketprism_dagster import source_gaps as sg
 from marketprism_dagster.collector.health import FeedStatus, collector_feed_status
 from marketprism_dagster.config import Settings
-from marketprism_dagster.ledger.lost import absent_ranges, marked
+from marketprism_dagster.ledger.lost import ACCEPTED, Marker, absent_ranges, marked
 from marketprism_dagster.ledger.queries import committed_rows, markers
 from marketprism_dagster.ledger.ranges import SeqRange, gaps_between, merge_ranges
 from marketprism_dagster.records import RECORD_TYPES
@@ -257,8 +257,14 @@ def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:
     marks = markers(store, settings, stream) if gaps or absent else []
     open_gaps = [g for g in gaps if not marked(g.first, g.last, marks)]
     open_absent = [a for a in absent if not marked(a.first, a.last, marks)]
-    accounted = [f"{g.first}-{g.last}" for g in gaps if marked(g.first, g.last, marks)] + [
-        f"{a.first}-{a.last} ({a.missing} absent)" for a in absent if marked(a.first, a.last, marks)]
+    refills = [m for m in marks if m.resolution != ACCEPTED]
+    acceptances = [m for m in marks if m.resolution == ACCEPTED]
+
+    def named(by: list[Marker]) -> list[str]:
+        return [f"{g.first}-{g.last}" for g in gaps if marked(g.first, g.last, by)] + [
+            f"{a.first}-{a.last} ({a.missing} absent)" for a in absent if marked(a.first, a.last, by)]
+
+    accounted, accepted = named(refills), named(acceptances)
     missing = sum(g.count for g in open_gaps)
     meta: dict[str, Any] = {
         "gaps": len(open_gaps),
@@ -268,6 +274,7 @@ def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:
         "gap_ranges": [f"{g.first}-{g.last}" for g in open_gaps[:20]],
         "absent_ranges": [a.label() for a in open_absent[:20]],
         "lost_accounted": accounted[:20],
+        "lost_accepted": accepted[:20],
     }
     if open_gaps:
         return CheckResult(
@@ -295,6 +302,8 @@ def ledger_gaps(store: Store, settings: Settings, stream: str) -> CheckResult:
     desc = f"seq {ranges[0].first}..{ranges[-1].last} contiguous" if ranges else "nothing committed yet"
     if accounted:
         desc += f"; lost and refilled from venue history: {', '.join(accounted[:5])}"
+    if accepted:
+        desc += f"; lost, loss accepted by an operator (marketprism accept-loss): {', '.join(accepted[:5])}"
     return CheckResult("ledger_gaps", stream, True, "ERROR", desc, meta)
 
 
@@ -411,6 +420,34 @@ def schema_parity(
         what = ", ".join(differences) or "column order differs"
         return CheckResult("schema_parity", f"cold.{data_type}", False, "ERROR", f"schemas differ: {what}", meta)
     return CheckResult("schema_parity", f"cold.{data_type}", True, "ERROR", f"{len(hot_cols)} columns identical", meta)
+
+
+# ---------------------------------------------------------------- accepted losses, for the CLI
+
+
+ACCEPTED_HEADER = ["stream", "seq", "lost_messages", "type", "hours", "accepted_at", "reason"]
+
+
+def accepted_losses(marks: Iterable[Marker]) -> list[tuple[Any, ...]]:
+    """One row per lost range and type whose loss an operator accepted (``ledger.lost.ACCEPTED`` markers): its
+    hours (first .. last and how many), when it was first accepted, and the reason."""
+    groups: dict[tuple[str, int, int, str], list[Marker]] = {}
+    for m in marks:
+        if m.resolution == ACCEPTED:
+            groups.setdefault((m.stream, m.first, m.last, m.data_type), []).append(m)
+    out: list[tuple[Any, ...]] = []
+    for (stream, first, last, data_type), ms in sorted(groups.items()):
+        hours = sorted(m.hour_ms for m in ms)
+        span = _utc(hours[0], "%Y-%m-%d %H:00") + (
+            f" .. {_utc(hours[-1], '%Y-%m-%d %H:00')} ({len(hours)} hours)" if len(hours) > 1 else "")
+        reasons = sorted({m.detail for m in ms})
+        out.append((stream, f"{first}-{last}", ms[0].missing, data_type, span,
+                    _utc(min(m.recorded_at_ms for m in ms), "%Y-%m-%dT%H:%M:%S"), "; ".join(reasons)))
+    return out
+
+
+def _utc(ms: int, fmt: str) -> str:
+    return time.strftime(fmt, time.gmtime(ms / 1000))
 
 
 # ---------------------------------------------------------------- everything, for the CLI

@@ -27,7 +27,10 @@ The proof, for stream S of the type and hour H (event time):
    that may hold records of H (it was stored before H started, plus the clock skew, or later) must
    be accounted for by a ledger marker of (type, H): the hour was refilled from the venues' history
    after the loss (``hour_refill.py``). Without one the type is refused ``aged_out`` naming the
-   range; with one it is sealed and its report names the range and the refill. A lost range
+   range; with one it is sealed and its report names the range and the refill. For a type no venue keeps a
+   history of, an operator may accept the loss instead (``marketprism accept-loss``, ``accept_loss.py``): its
+   marker accounts for the range the same way and the hour seals with source ``incomplete``, naming the range,
+   the operator's reason and when it was accepted. A lost range
    stored before H started cannot hold H's records and does not concern H (later hours seal as usual);
 4. the rows the ledger says were inserted for (type, H) are in the table; beyond them the table may
    hold at most one row per accounted lost message (``ledger.lost.HourLoss.unledgered_allowance``).
@@ -51,6 +54,7 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.integrity import now_ms, time_where
 from marketprism_dagster.ledger.lost import (
     ABSENT,
+    ACCEPTED,
     CommittedRange,
     HourLoss,
     LostRange,
@@ -72,7 +76,7 @@ from marketprism_dagster.ledger.queries import (
 )
 from marketprism_dagster.ledger.ranges import SeqRange, gaps_between, merge_ranges
 from marketprism_dagster.records import RECORD_TYPES
-from marketprism_dagster.source_gaps import HourSource, hour_summary, read_gaps
+from marketprism_dagster.source_gaps import INCOMPLETE, HourSource, hour_summary, read_gaps
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.writer.ingest import commit_batch
 
@@ -128,7 +132,8 @@ class SealReport:
     repaired_rows: int = 0  # rows of this type the repair wrote into the hot table
     proof: str = "ledger+jetstream"
     source: HourSource | None = None  # what the stored source_gap rows say of the hour (venue types only)
-    lost: list[str] = field(default_factory=list)  # lost ranges accounted for by a refill from venue history
+    lost: list[str] = field(default_factory=list)  # lost ranges accounted for (refilled from venue history, accepted)
+    accepted: list[str] = field(default_factory=list)  # of those, the ones an operator accepted as lost
     unledgered_rows: int = 0  # rows beyond the ledger's, allowed by the accounted lost messages
 
     @property
@@ -152,6 +157,7 @@ class SealReport:
             "repaired_ranges": ", ".join(self.repaired_ranges),
             "proof": self.proof,
             **({"lost_ranges": "; ".join(self.lost), "unledgered_rows": self.unledgered_rows} if self.lost else {}),
+            **({"lost_accepted": "; ".join(self.accepted), "source": INCOMPLETE} if self.accepted else {}),
             **(self.source.metadata() if self.source is not None else {}),
         }
 
@@ -332,7 +338,9 @@ def lost_verdict(stream: str, data_type: str, h: int, lost: list[LostRange]) -> 
     return (
         f"{what}{more}; it may have held {data_type} records of {_iso(h)}, so the hour stays unsealed until it is "
         "refilled from the venues' history (materializing the hot partition does that, for the types a venue "
-        "keeps a history of)"
+        "keeps a history of) or, for a type no venue keeps a history of, until an operator accepts the loss: "
+        f"marketprism accept-loss --type {data_type} --hour {_iso(h)[:16]} --reason TEXT (the hour then seals "
+        "'incomplete', naming the range)"
     )
 
 
@@ -378,7 +386,9 @@ def fill_report(
         report.dedup_count = max(0, c.ledger_rows - c.rows)
     if loss is not None and loss.accounted:
         report.lost = [m.label() for _, m in loss.accounted]
-        report.proof += "+venue_history"
+        report.accepted = [m.label() for m in loss.accepted]
+        resolutions = {m.resolution for _, m in loss.accounted}
+        report.proof += "".join(f"+{r}" if r != ACCEPTED else "+accepted_loss" for r in sorted(resolutions))
         if c is not None:
             report.unledgered_rows = max(0, c.rows_raw - c.ledger_rows)
     return report
@@ -601,7 +611,8 @@ async def seal_hours(
     for r in out.values():
         if isinstance(r, SealReport):
             log.info("seal.sealed", data_type=r.data_type, hour=_iso(h), rows=r.rows, repaired=r.repaired_messages,
-                     repaired_rows=r.repaired_rows, source=r.source.verdict if r.source else None)
+                     repaired_rows=r.repaired_rows, source=r.source.verdict if r.source else None,
+                     accepted_loss=len(r.accepted))
     return out
 
 
@@ -615,7 +626,7 @@ def add_source(store: Store, settings: Settings, h: int, reports: list[SealRepor
         rt = RECORD_TYPES[r.data_type]
         has_ids = any(c.name == "trade_id" for c in rt.columns)
         r.source = hour_summary(gaps, r.data_type, h, h + HOUR_MS, r.symbols, is_book=rt.is_book, has_ids=has_ids,
-                                replaced=bool(r.lost))
+                                replaced=bool(r.lost), accepted_loss=bool(r.accepted))
 
 
 async def seal_hour(

@@ -142,12 +142,13 @@ class HourSource:
 
 def hour_summary(
     gaps: Iterable[Gap], data_type: str, hour_ms: int, hour_end_ms: int, symbols: Iterable[str] = (), *,
-    is_book: bool = False, has_ids: bool = False, replaced: bool = False,
+    is_book: bool = False, has_ids: bool = False, replaced: bool = False, accepted_loss: bool = False,
 ) -> HourSource:
     """The hour's source verdict for ``data_type``: per series (``exchange:symbol``, those with rows in the hour
     and those with gaps) whether trade ids are continuous, repaired gaps, unrecoverable ones and why, and the
     book's unsynchronized seconds. ``replaced``: the hour lost stream messages and was refilled from the venues'
-    history by time (never ``complete`` then)."""
+    history by time (never ``complete`` then). ``accepted_loss``: an operator accepted lost stream messages that may
+    have held the hour's records (``marketprism accept-loss``): ``incomplete``."""
     by_symbol: dict[str, SymbolSource] = {}
 
     def of(key: str) -> SymbolSource:
@@ -179,7 +180,7 @@ def hour_summary(
             windows.setdefault(g.series, []).append((max(g.start_ms, hour_ms), min(g.end_ms, hour_end_ms)))
     for key, spans in windows.items():
         by_symbol[key].book_unsynced_s = round(_union_ms(spans) / 1000, 3)
-    if any(s.open or s.unrecoverable for s in by_symbol.values()):
+    if accepted_loss or any(s.open or s.unrecoverable for s in by_symbol.values()):
         verdict = INCOMPLETE
     elif not replaced and (not touched or (has_ids and all(s.trade_ids_continuous for s in by_symbol.values()))):
         verdict = COMPLETE  # nothing missed, or every missed id refilled with the venue's own rows

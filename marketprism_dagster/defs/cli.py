@@ -1,4 +1,4 @@
-"""`marketprism dev | demo | integrity | repair`.
+"""`marketprism dev | demo | integrity | repair | accept-loss`.
 
 ``dev``: embedded NATS (if nats.url does not answer) + ``dagster dev -w workspace.yaml`` with
 DAGSTER_HOME under ``<data_dir>/dagster_home``; the supervisor sensor starts the collector
@@ -332,6 +332,8 @@ def register(app: typer.Typer) -> None:
         (warnings are printed, not fatal)."""
         from marketprism_dagster import integrity as rules
         from marketprism_dagster import source_gaps
+        from marketprism_dagster.ledger.lost import ACCEPTED
+        from marketprism_dagster.ledger.queries import markers_of
         from marketprism_dagster.storage import open_store
 
         loaded = load(config, set_)
@@ -346,6 +348,7 @@ def register(app: typer.Typer) -> None:
                 gaps = source_gaps.read_gaps(
                     store, loaded.settings, int(start.timestamp() * 1000), int(end.timestamp() * 1000)
                 )
+                accepted = rules.accepted_losses(markers_of(store, loaded.settings, ACCEPTED))
         except Exception as exc:
             raise fail(f"integrity checks could not run: {exc} (did you run `marketprism init`?)") from None
         typer.echo(
@@ -359,6 +362,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"\nsource gaps {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC: {len(gaps)}")
         if gaps:
             typer.echo(render_table(source_gaps.LIST_HEADER, source_gaps.rows(gaps), fmt))
+        if fmt == "table" and accepted:
+            typer.echo(f"\naccepted losses (marketprism accept-loss; those hours sealed 'incomplete'): {len(accepted)}")
+        if accepted:
+            typer.echo(render_table(rules.ACCEPTED_HEADER, accepted, fmt))
         raise typer.Exit(0 if rules.all_passed(results) else 1)
 
     @app.command()
@@ -391,3 +398,78 @@ def register(app: typer.Typer) -> None:
         typer.echo(render_table(["step", "type", "partition", "result"], rows))
         bad = [r for r in rows if not r[3].startswith("ok")]
         raise typer.Exit(1 if bad else 0)
+
+    @app.command("accept-loss")
+    def accept_loss(
+        type_: Annotated[str, typer.Option("--type", help="the data type whose loss to accept, e.g. liquidation")],
+        hour: Annotated[str, typer.Option("--hour", help="the (first) hour, ISO time (UTC if no zone)")],
+        to: Annotated[str, typer.Option("--to", help="the last hour, inclusive (default: --hour only)")] = "",
+        reason: Annotated[str, typer.Option("--reason", help="why the loss is accepted (kept with the marker)")] = "",
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be accepted; write nothing")] = False,
+        force: Annotated[
+            bool, typer.Option("--force", help="accept a type some venue keeps a history of (beyond its retention)")
+        ] = False,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+    ) -> None:
+        """Accept that messages lost from JetStream before the writer committed them cannot be refilled (a type no
+        venue keeps a history of): writes an 'accepted' ledger marker per lost range and hour, so the hour seals
+        'incomplete' naming the range and the reason. Seal the hours again afterwards (marketprism repair)."""
+        from marketprism_dagster import accept_loss as al
+        from marketprism_dagster.jetstream import connect
+        from marketprism_dagster.logs import mask_url, redact
+        from marketprism_dagster.records import RECORD_TYPES
+        from marketprism_dagster.storage import open_store
+        from marketprism_dagster.timeutil import now_ms
+
+        loaded = load(config, set_)
+        settings = loaded.settings
+        if type_ not in RECORD_TYPES:
+            raise fail(f"--type {type_!r} is not a data type; one of {', '.join(RECORD_TYPES)}")
+        try:
+            first = _parse_time(hour)
+            last = _parse_time(to) if to else first
+        except ValueError as exc:
+            raise fail(f"--hour/--to must be ISO times like 2025-01-31T00:00: {exc}") from None
+        if last < first:
+            raise fail(f"--to {to} is before --hour {hour}: give the last hour to accept, at or after the first")
+        hours = al.hours_between(int(first.timestamp() * 1000), int(last.timestamp() * 1000))
+        text = reason.strip() or "no reason given"
+        now = now_ms()
+
+        async def run() -> al.AcceptPlan:
+            async def quiet(_exc: Exception) -> None:
+                return None
+
+            nc = await asyncio.wait_for(connect(settings.nats.url, name="marketprism-accept-loss", error_cb=quiet),
+                                        settings.nats.connect_timeout_s + 3)
+            try:
+                with open_store(settings) as store:
+                    return await al.plan(store, settings, type_, hours, text, nc.jetstream(), now=now)
+            finally:
+                await nc.drain()
+
+        try:
+            plan = asyncio.run(run())
+        except (OSError, TimeoutError) as exc:
+            raise fail(
+                f"accept-loss could not reach NATS at {mask_url(settings.nats.url)} or the store: "
+                f"{redact(str(exc)) or 'no answer in time'} (JetStream's first sequence tells which messages are "
+                "lost); start them (marketprism dev) or set nats.url / storage.url, then retry"
+            ) from None
+        why = al.refusal(plan, force=force)
+        typer.echo(render_table(al.HEADER, al.rows(plan, dry_run=dry_run or why is not None)))
+        if plan.in_stream:
+            typer.echo(f"note: ledger gaps JetStream still holds are not lost (the seal repairs them): "
+                       f"{', '.join(f'{g.first}-{g.last}' for g in plan.in_stream[:5])}")
+        if why is not None:
+            raise fail(f"nothing accepted: {why}")
+        if dry_run:
+            typer.echo(f"dry run: {len(plan.new)} markers would be written")
+            raise typer.Exit(0)
+        with open_store(settings) as store:
+            written = al.accept(store, settings, plan, now=now)
+        log.info("accept_loss.accepted", data_type=type_, hours=len(hours), markers=len(written), reason=text)
+        end = datetime.fromtimestamp((hours[-1] + HOUR_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%M")
+        typer.echo(f"{len(written)} markers written; seal the hours again: materialize the hot partitions or run "
+                   f"marketprism repair --from {first:%Y-%m-%dT%H:00} --to {end}")

@@ -15,7 +15,9 @@ stored, so a lost range's messages were all stored before the earliest commit of
 (``CLOCK_SKEW_MS``), so a lost range cannot hold a record of an hour that starts after
 ``stored_before_ms + CLOCK_SKEW_MS``: those hours seal as if nothing was lost. It may hold a record of
 any earlier hour (a late message, a replayed spill), so each earlier hour, per data type, needs
-a ``Marker``: the hour was refilled from the venue's history after the loss (``hour_refill.py``).
+a ``Marker``: the hour was refilled from the venue's history after the loss (``hour_refill.py``), or, for
+a type no venue keeps a history of, an operator accepted the loss (``marketprism accept-loss``:
+``plan_acceptance``), and the hour seals ``incomplete`` naming the range.
 
 The seal's count rule for such an hour (``unledgered_allowance``): the table must hold every row the
 ledger committed (the refill's rows were committed by the writer like live ones, so the ledger counts
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from marketprism_dagster.ledger.ranges import SeqRange
 
@@ -35,6 +38,7 @@ from marketprism_dagster.ledger.ranges import SeqRange
 CLOCK_SKEW_MS = 60_000
 
 GAP, ABSENT = "gap", "absent"
+VENUE_HISTORY, ACCEPTED = "venue_history", "accepted"  # a marker's resolution: refilled, or the loss accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +77,10 @@ class LostRange:
 
 @dataclass(frozen=True, slots=True)
 class Marker:
-    """A ledger marker: ``stream`` seqs ``first..last`` were lost, and hour ``hour_ms`` of ``data_type`` was
-    refilled from the venues' history afterwards (``refilled`` records published and committed, ``held`` already
-    in the table), so the lost range is accounted for in that hour of that type."""
+    """A ledger marker: ``stream`` seqs ``first..last`` were lost, and hour ``hour_ms`` of ``data_type`` was either
+    refilled from the venues' history afterwards (``resolution`` VENUE_HISTORY: ``refilled`` records published
+    and committed, ``held`` already in the table) or its loss was accepted by an operator (ACCEPTED: ``detail``
+    is the operator's reason), so the lost range is accounted for in that hour of that type."""
 
     stream: str
     first: int
@@ -87,14 +92,19 @@ class Marker:
     held: int
     detail: str = ""
     source_gaps: str = ""
+    resolution: str = VENUE_HISTORY
+    recorded_at_ms: int = 0  # when it was written (read back from the table; 0 before)
 
     def covers(self, lost: LostRange, data_type: str, hour_ms: int) -> bool:
         return (self.data_type == data_type and self.hour_ms == hour_ms
                 and self.first <= lost.first and lost.last <= self.last)
 
     def label(self) -> str:
-        return (f"{self.stream} seq {self.first}-{self.last}: {self.missing} messages lost from the stream, hour "
-                f"replaced from venue history (+{self.refilled} refilled, {self.held} already held)")
+        head = f"{self.stream} seq {self.first}-{self.last}: {self.missing} messages lost from the stream"
+        if self.resolution == ACCEPTED:
+            when = datetime.fromtimestamp(self.recorded_at_ms / 1000, UTC).isoformat(timespec="seconds")
+            return f"{head}, loss accepted by operator at {when}: {self.detail}"
+        return f"{head}, hour replaced from venue history (+{self.refilled} refilled, {self.held} already held)"
 
 
 def absent_ranges(rows: Iterable[CommittedRange]) -> list[LostRange]:
@@ -142,8 +152,14 @@ class HourLoss:
 
     @property
     def unledgered_allowance(self) -> int:
-        """Rows the table may hold beyond the ledger: at most one per accounted lost message."""
+        """Rows the table may hold beyond the ledger: at most one per accounted lost message (refilled or
+        accepted alike)."""
         return sum(lost.missing for lost, _ in self.accounted)
+
+    @property
+    def accepted(self) -> list[Marker]:
+        """The markers accounting for a range by an operator's acceptance: the hour is incomplete."""
+        return [m for _, m in self.accounted if m.resolution == ACCEPTED]
 
 
 def hour_loss(lost: Iterable[LostRange], markers: Iterable[Marker], data_type: str, hour_ms: int) -> HourLoss:
@@ -161,3 +177,32 @@ def hour_loss(lost: Iterable[LostRange], markers: Iterable[Marker], data_type: s
         else:
             accounted.append((r, marker))
     return HourLoss(accounted, unaccounted)
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """What accepting the loss of one (data type, hour) means: a new ACCEPTED marker per lost range that may hold
+    the hour's records and no marker accounts for yet, the ranges already accepted, and those a refill from the
+    venues' history accounts for (nothing to accept there)."""
+
+    data_type: str
+    hour_ms: int
+    new: list[Marker]
+    accepted: list[Marker]
+    refilled: list[Marker]
+
+    @property
+    def nothing_lost(self) -> bool:
+        """No lost range concerns the hour, or every one was refilled: there is no loss to accept."""
+        return not self.new and not self.accepted
+
+
+def plan_acceptance(stream: str, lost: Iterable[LostRange], markers: Iterable[Marker], data_type: str, hour_ms: int,
+                    reason: str, now_ms: int) -> Acceptance:
+    """The ACCEPTED markers of (type, hour) for ``stream``'s lost ranges: the same split as the seal's
+    (``hour_loss``), so what is accepted is exactly what the seal would refuse the hour for."""
+    loss = hour_loss(lost, markers, data_type, hour_ms)
+    new = [Marker(stream, x.first, x.last, x.missing, data_type, hour_ms, 0, 0, reason, "", ACCEPTED, now_ms)
+           for x in loss.unaccounted]
+    refilled = [m for _, m in loss.accounted if m.resolution != ACCEPTED]
+    return Acceptance(data_type, hour_ms, new, loss.accepted, refilled)

@@ -25,7 +25,7 @@ from marketprism_dagster.ledger.tables import (
 )
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.storage.columns import sql_row
-from marketprism_dagster.storage.schema import meta_ddl
+from marketprism_dagster.storage.schema import meta_ddl, meta_migrations
 from marketprism_dagster.storage.sql import column_list, insert_sql, sql_str
 
 
@@ -42,6 +42,8 @@ def ensure_tables(store: Store, settings: Settings) -> None:
     store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
     for table in META_TABLES:
         store.execute(meta_ddl(db, table))
+        for sql in meta_migrations(db, table):
+            store.execute(sql)
 
 
 def insert_rows(settings: Settings, table: MetaTable, rows: Iterable[Sequence[Any]], token: str | None = None) -> str:
@@ -138,33 +140,47 @@ def last_commit_ms(store: Store, settings: Settings, stream: str) -> int | None:
 def ensure_lost_table(store: Store, settings: Settings) -> None:
     """The markers' table (the writer creates it with the other meta tables; a store that only ran ``init`` may
     lack it)."""
-    store.execute(f"CREATE DATABASE IF NOT EXISTS `{settings.storage.ledger_database}`")
-    store.execute(meta_ddl(settings.storage.ledger_database, LOST))
+    db = settings.storage.ledger_database
+    store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    store.execute(meta_ddl(db, LOST))
+    for sql in meta_migrations(db, LOST):  # a table created before a column was added (its rows: the default)
+        store.execute(sql)
+
+
+def _read_markers(store: Store, settings: Settings, where: str) -> list[Marker]:
+    ensure_lost_table(store, settings)
+    # one row per key; were a range's hour both refilled and accepted, 'accepted' (< 'venue_history') wins: an
+    # acceptance never reads as a refill
+    rows = store.query_rows(
+        "SELECT stream, first_seq, last_seq, any(missing), data_type, toUnixTimestamp(hour) * 1000, max(refilled), "
+        "max(held), any(detail), any(source_gaps), min(resolution), toUnixTimestamp64Milli(min(recorded_at)) "
+        f"FROM {_table(settings, LOST)} FINAL WHERE {where} "
+        "GROUP BY stream, first_seq, last_seq, data_type, hour ORDER BY stream, first_seq, data_type, hour"
+    )
+    return [Marker(str(s), int(a), int(b), int(m), str(t), int(h), int(r), int(held), str(d), str(g), str(res),
+                   int(at)) for s, a, b, m, t, h, r, held, d, g, res, at in rows]
 
 
 def markers(store: Store, settings: Settings, stream: str, hour_ms: int | None = None) -> list[Marker]:
     """The markers of ``stream`` (of one hour when ``hour_ms`` is given), one per (range, type, hour)."""
-    ensure_lost_table(store, settings)
     hour = f" AND hour = toDateTime({hour_ms // 1000}, 'UTC')" if hour_ms is not None else ""
-    rows = store.query_rows(
-        "SELECT stream, first_seq, last_seq, any(missing), data_type, toUnixTimestamp(hour) * 1000, max(refilled), "
-        f"max(held), any(detail), any(source_gaps) FROM {_table(settings, LOST)} FINAL "
-        f"WHERE stream = {sql_str(stream)}{hour} "
-        "GROUP BY stream, first_seq, last_seq, data_type, hour ORDER BY first_seq, data_type, hour"
-    )
-    return [Marker(str(s), int(a), int(b), int(m), str(t), int(h), int(r), int(held), str(d), str(g))
-            for s, a, b, m, t, h, r, held, d, g in rows]
+    return _read_markers(store, settings, f"stream = {sql_str(stream)}{hour}")
+
+
+def markers_of(store: Store, settings: Settings, resolution: str) -> list[Marker]:
+    """Every stream's markers of one resolution (``ledger.lost.ACCEPTED``: the losses operators accepted)."""
+    return _read_markers(store, settings, f"resolution = {sql_str(resolution)}")
 
 
 def write_markers(store: Store, settings: Settings, marks: Sequence[Marker], now_ms: int) -> None:
-    """Insert ``marks``; the token names each (range, type, hour), so a repeated marking inserts nothing twice
-    (and the table replaces by that key)."""
+    """Insert ``marks``; the token names each (range, type, hour), whatever its resolution, so a repeated marking
+    inserts nothing twice (and the table replaces by that key)."""
     if not marks:
         return
     ensure_lost_table(store, settings)
     for m in marks:
         row = (m.stream, m.first, m.last, m.missing, m.data_type, m.hour_ms // 1000, m.refilled, m.held, m.detail,
-               m.source_gaps, now_ms)
+               m.source_gaps, now_ms, m.resolution)
         token = f"lost:{m.stream}:{m.first}-{m.last}:{m.data_type}:{m.hour_ms}"
         store.execute(insert_rows(settings, LOST, [row], token))
 

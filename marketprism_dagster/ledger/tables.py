@@ -10,7 +10,8 @@ the seal and the integrity checks prove contiguity and per-hour counts from it.
 ``stream_epochs``: one row per epoch of a stream (see ``writer/epoch.py``).
 
 ``ingest_lost``: the ledger's markers (``ledger.lost.Marker``): a range of a stream lost before the
-writer committed it, and a (data type, hour) refilled from the venues' history after the loss.
+writer committed it, and a (data type, hour) refilled from the venues' history after the loss, or whose
+loss an operator accepted (``resolution``).
 
 Pure declarations: this module imports no storage code, so ``storage.schema`` can create the tables.
 """
@@ -18,7 +19,7 @@ Pure declarations: this module imports no storage code, so ``storage.schema`` ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from marketprism_dagster.records import Column, Wire
 
@@ -35,6 +36,10 @@ class MetaTable:
     ttl: str | None = None
     settings: str | None = None
     doc: str = ""
+    # (column, wire value) of the columns added after the table was first released: a table created before is
+    # given each by ``ALTER TABLE ADD COLUMN IF NOT EXISTS ... DEFAULT <value>`` (``storage.schema.meta_migrations``),
+    # so its older rows read as that value; listed in the order they were added, each at the end of ``columns``
+    added: tuple[tuple[str, Any], ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -103,10 +108,13 @@ LOST: Final = MetaTable(
         Column("detail", Wire.STR, doc="per market and symbol: the refill's walk and counts"),
         Column("source_gaps", Wire.STR, doc="the source_gap rows of the type touching the hour when it was marked"),
         Column("recorded_at", Wire.TIME_MS),
+        Column("resolution", Wire.LOWCARD, doc="'venue_history': the hour was refilled from the venues' history; "
+                                              "'accepted': an operator accepted the loss (marketprism accept-loss)"),
     ),
     order_by=("stream", "first_seq", "last_seq", "data_type", "hour"),
     settings="non_replicated_deduplication_window = 1000",
-    doc="lost sequence ranges whose hours were refilled from venue history (ledger.lost)",
+    doc="lost sequence ranges whose hours were refilled from venue history or whose loss was accepted (ledger.lost)",
+    added=(("resolution", "venue_history"),),  # the markers written before accept-loss were all refills
 )
 
 META_TABLES: Final = (LEDGER, INTENT, EPOCHS, LOST)

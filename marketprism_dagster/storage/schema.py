@@ -10,7 +10,7 @@ from marketprism_dagster.config import Settings
 from marketprism_dagster.ledger.tables import WRITER_META_TABLES, MetaTable
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage.base import Store
-from marketprism_dagster.storage.columns import TableSettings, create_table_sql, table_ddl
+from marketprism_dagster.storage.columns import TableSettings, ch_type, create_table_sql, sql_row, table_ddl
 
 log = structlog.get_logger(__name__)
 
@@ -18,6 +18,19 @@ def meta_ddl(database: str, table: MetaTable) -> str:
     """The DDL of one of the ingest ledger's tables (``ledger.tables``), derived from its columns."""
     return table_ddl(database, table.name, table.columns, order_by=table.order_by, ttl=table.ttl,
                      settings=table.settings)
+
+
+def meta_migrations(database: str, table: MetaTable) -> list[str]:
+    """The ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` of each column added to ``table`` after its first release
+    (``MetaTable.added``), with the default its older rows read as; a no-op on a table that has them."""
+    by_name = {c.name: c for c in table.columns}
+    out = []
+    for name, value in table.added:
+        col = by_name[name]
+        (literal,) = sql_row([col], [value])
+        out.append(f"ALTER TABLE `{database}`.`{table.name}` ADD COLUMN IF NOT EXISTS `{name}` {ch_type(col)} "
+                   f"DEFAULT {literal}")
+    return out
 
 
 # MergeTree settings of the tables the hot writer inserts into about once a second (the hot tables, the ledger
