@@ -7,6 +7,14 @@ table which of the fetched identities it already holds, and publishes the others
 identities as Nats-Msg-Id (the writer stores them like live records). Over a range that is already complete
 it publishes nothing. ``--dry-run`` fetches and compares without publishing.
 
+Where the live channel aggregates the history's records (``History.live_aggregates``: OKX ``trades`` pushes
+``count`` matches as one row whose id is the last match's; history-trades answers single matches), an equal
+identity is not enough: a match inside a stored push is held too. ``stored_trades`` reads the stored rows of the
+range and ``venues/history.held_matches`` decides from the history itself which matches each push covers (its
+price, taker side, and sizes summing to its size). A match below a stored push whose span the history does not
+explain is never published (it could count the push's volume twice): the symbol's walk is then reported
+``unrecoverable`` with the count, so the CLI exits 1 and an aged-out hour is not marked whole.
+
 Times are epoch milliseconds or ISO 8601 (``2026-12-02T10:00:00Z``; no zone means UTC).
 """
 
@@ -17,6 +25,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 import aiohttp
@@ -25,7 +34,7 @@ import typer
 
 from marketprism_dagster import records, validation
 from marketprism_dagster.cli import ConfigOpt, NatsOpt, SetOpt, fail, load, render_table
-from marketprism_dagster.collector.gaps import REPAIRED
+from marketprism_dagster.collector.gaps import REPAIRED, UNRECOVERABLE
 from marketprism_dagster.collector.metrics import CollectorMetrics
 from marketprism_dagster.collector.refill import Refiller
 from marketprism_dagster.collector.rest import RestClient, RestError
@@ -38,7 +47,7 @@ from marketprism_dagster.storage import open_store
 from marketprism_dagster.storage.base import Store
 from marketprism_dagster.venues import adapter_for
 from marketprism_dagster.venues.base import VenueAdapter
-from marketprism_dagster.venues.history import Window, history_for
+from marketprism_dagster.venues.history import LiveTrade, Window, held_matches, history_for, numbered_id
 
 SHARD = "backfill"
 log = structlog.get_logger(__name__)
@@ -55,6 +64,7 @@ class SymbolReport:
     stored: int = 0  # of those, already in the hot table
     published: int = 0  # published now (the writer inserts them)
     invalid: int = 0  # fetched records that break a validation rule: never published (logged once per rule)
+    unresolved: int = 0  # fetched matches below a stored push the history does not explain: never published
     state: str = ""  # the walk's outcome: repaired (complete), unrecoverable, open (venue unreachable)
     detail: str = ""
     new_ids: list[str] = field(default_factory=list)  # identities of the published records
@@ -103,6 +113,25 @@ def stored_identities(store: Store, database: str, recs: Sequence[Any]) -> set[s
         f"AND timestamp BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
     )
     return {str(row[0]) for row in store.query_rows(sql)}
+
+
+def stored_trades(store: Store, database: str, recs: Sequence[Any]) -> dict[int, LiveTrade]:
+    """The stored trade rows (numbered ids) of ``recs``' market and symbol over their time range, by id."""
+    if not recs:
+        return {}
+    first = recs[0]
+    lo = min(int(r.timestamp) for r in recs)
+    hi = max(int(r.timestamp) for r in recs)
+    sql = (
+        f"SELECT DISTINCT trade_id, toString(quantity), toString(price), toString(side) FROM `{database}`.`trade` "
+        f"WHERE exchange = {_quote(first.exchange)} AND symbol = {_quote(first.symbol)} "
+        f"AND timestamp BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
+    )
+    out: dict[int, LiveTrade] = {}
+    for trade_id, quantity, price, side in store.query_rows(sql):
+        if (i := numbered_id(trade_id)) is not None:
+            out[i] = LiveTrade(i, Decimal(quantity), Decimal(price), str(side))
+    return out
 
 
 def _quote(value: str) -> str:
@@ -173,11 +202,12 @@ async def run_backfill(
             reports.append(
                 SymbolReport(sym, len(got), state=outcome.state, detail=outcome.detail, invalid=len(got) - len(valid))
             )
+    hist = history_for(adapter, data_type)
+    aggregates = hist is not None and hist.live_aggregates
     with open_store(settings) as store:
         for rep in reports:
-            have = stored_identities(store, settings.storage.hot_database, fetched[rep.symbol])
-            missing = [r for r in fetched[rep.symbol] if records.msg_id(r) not in have]
-            rep.stored = len(fetched[rep.symbol]) - len(missing)
+            missing = _missing(store, settings.storage.hot_database, market, rep, fetched[rep.symbol], aggregates)
+            rep.stored = len(fetched[rep.symbol]) - len(missing) - rep.unresolved
             rep.new_ids = [records.msg_id(r) for r in missing]
             fetched[rep.symbol] = missing
     if publish and any(fetched.values()):
@@ -185,6 +215,25 @@ async def run_backfill(
         for rep in reports:
             rep.published = len(rep.new_ids)
     return reports
+
+
+def _missing(store: Store, database: str, market: str, rep: SymbolReport, recs: list[Any],
+             aggregates: bool) -> list[Any]:
+    """The fetched records the hot table lacks; with ``aggregates``, a match a stored push covers is held and one
+    below a push the history does not explain is left out (counted in ``rep.unresolved``, the walk unrecoverable)."""
+    have = stored_identities(store, database, recs)
+    if not aggregates:
+        return [r for r in recs if records.msg_id(r) not in have]
+    held = held_matches(recs, stored_trades(store, database, recs))
+    if held.unresolved:
+        rep.unresolved = len(held.unresolved)
+        rep.state = UNRECOVERABLE
+        rep.detail = (f"{rep.unresolved} matches below {len(held.pushes)} stored pushes whose span the history does "
+                      f"not explain (first push id {held.pushes[0]}): not published; {rep.detail}")
+        log.warning("backfill.unexplained_pushes", market=market, symbol=rep.symbol, matches=rep.unresolved,
+                    pushes=held.pushes[:10])
+    kept_out = held.held | held.unresolved
+    return [r for r in recs if records.msg_id(r) not in have and numbered_id(r.trade_id) not in kept_out]
 
 
 def _valid(market: str, recs: list[Any]) -> list[Any]:
@@ -246,8 +295,9 @@ def register(app: typer.Typer) -> None:
                 body.pop("new_ids")
                 typer.echo(json.dumps(body))
         else:
-            rows = [(r.symbol, r.fetched, r.stored, r.published, r.invalid, r.state, r.detail) for r in reports]
-            header = ["symbol", "fetched", "already_stored", "published", "invalid", "walk", "detail"]
+            rows = [(r.symbol, r.fetched, r.stored, r.published, r.invalid, r.unresolved, r.state, r.detail)
+                    for r in reports]
+            header = ["symbol", "fetched", "already_stored", "published", "invalid", "unresolved", "walk", "detail"]
             typer.echo(render_table(header, rows))
         incomplete = [r for r in reports if r.state != REPAIRED or r.invalid]
         if incomplete:

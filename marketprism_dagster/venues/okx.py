@@ -10,7 +10,8 @@ pushed snapshot with ``checksum: 0`` (OKX since 2026-06-23), or from the REST sn
 checksum mismatch recovers through the REST snapshot, never through a resubscribe.
 
 History (refill, ``histories``; docs/venues.md "History endpoints"): ``/api/v5/market/history-trades``
-(single matches by tradeId; only ids strictly between two pushes), ``/api/v5/public/funding-rate-history``
+(single matches by tradeId; only ids strictly between two pushes; by time, a match inside a stored push is
+held: ``venues/history.held_matches``), ``/api/v5/public/funding-rate-history``
 (settled rates), rubik ``open-interest-history`` (5m) and the two ratio endpoints with ``begin`` / ``end``.
 
 Swap sizes are contracts: base quantity = contracts x ``ctVal`` (exact Decimal), the raw
@@ -270,7 +271,9 @@ OI_HISTORY_PERIOD = "5m"
 OKX_HISTORIES = (
     History("trade", HISTORY_TRADES_PATH, "_history_trades_first", "_history_trades_page", ("spot", "perpetual"),
             retention_ms=90 * DAY_MS, min_interval_s=0.1, by_id=True,  # last 3 months; 20 requests / 2 s / IP
-            note="single matches by tradeId: only ids strictly between two live pushes"),
+            live_aggregates=True,  # a live push = consecutive matches of one taker order and price, id the last
+            note="single matches by tradeId: only ids strictly between two live pushes; by time, a match a "
+                 "stored push covers is held"),
     History("funding_rate", FUNDING_HISTORY_PATH, "_history_funding_first", "_history_funding_page", ("perpetual",),
             retention_ms=90 * DAY_MS, min_interval_s=0.2,  # up to three months; 10 requests / 2 s / IP + instId
             note="settled rate at each funding time: next_funding_time == timestamp"),
