@@ -141,10 +141,9 @@ def ensure_lost_table(store: Store, settings: Settings) -> None:
     """The markers' table (the writer creates it with the other meta tables; a store that only ran ``init`` may
     lack it)."""
     db = settings.storage.ledger_database
-    store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
-    store.execute(meta_ddl(db, LOST))
-    for sql in meta_migrations(db, LOST):  # a table created before a column was added (its rows: the default)
-        store.execute(sql)
+    # one store call (each read of the markers runs this); the migrations: a table created before a column was
+    # added, whose older rows then read as its default
+    store.run_statements([f"CREATE DATABASE IF NOT EXISTS `{db}`", meta_ddl(db, LOST), *meta_migrations(db, LOST)])
 
 
 def _read_markers(store: Store, settings: Settings, where: str) -> list[Marker]:
