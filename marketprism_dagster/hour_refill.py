@@ -4,9 +4,9 @@ A seal repairs a ledger gap from JetStream; once the gap's messages aged out of 
 (``streams.<S>.max_age_s``) it refuses (``SealRefused.aged_out``). For a data type some venue keeps a
 history of (``venues/history.py``), ``refill_hour`` then runs ``marketprism backfill``'s code for the hour
 on every enabled market collecting the type (``collector/backfill.run_backfill``: fetch the history, ask
-the hot table which identities it already holds, publish only the missing ones; on OKX a match inside a stored
-aggregated push is held too, ``venues/history.held_matches``), and waits until the writer has committed what was
-published. A type no venue keeps a history of is refused by
+the hot table which identities it already holds, publish only the missing ones; where the live channel
+aggregates matches into pushes, a match inside a stored push is held too: ``venues/history.held_matches``),
+and waits until the writer has committed what was published. A type no venue keeps a history of is refused by
 ``no_history_reason`` with the cause and the fix.
 
 Once the hour is whole again, ``refill_hour`` writes a ledger marker (``ledger.lost.Marker``) for each lost

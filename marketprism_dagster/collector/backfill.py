@@ -7,9 +7,9 @@ table which of the fetched identities it already holds, and publishes the others
 identities as Nats-Msg-Id (the writer stores them like live records). Over a range that is already complete
 it publishes nothing. ``--dry-run`` fetches and compares without publishing.
 
-Where the live channel aggregates the history's records (``History.live_aggregates``: OKX ``trades`` pushes
-``count`` matches as one row whose id is the last match's; history-trades answers single matches), an equal
-identity is not enough: a match inside a stored push is held too. ``stored_trades`` reads the stored rows of the
+Where the live channel aggregates the history's records (``History.live_aggregates``: a trade push of ``count``
+matches is one row whose id is the last match's, while the history answers single matches), an equal identity
+is not enough: a match inside a stored push is held too. ``stored_trades`` reads the stored rows of the
 range and ``venues/history.held_matches`` decides from the history itself which matches each push covers (its
 price, taker side, and sizes summing to its size). A match below a stored push whose span the history does not
 explain is never published (it could count the push's volume twice): the symbol's walk is then reported
