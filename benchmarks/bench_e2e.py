@@ -1,7 +1,7 @@
 """End to end: emulator -> collector -> JetStream -> writer -> chDB, each in its own process.
 
 Usage: .venv/bin/python benchmarks/bench_e2e.py [--seconds 20] [--rates 2500,0] [--max-ack-pending N]
-       [--batch-size N] [--no-baseline]
+       [--batch-size N] [--no-baseline] [--no-latency]
 
 Per phase (a fresh nats-server, store and emulator each time):
 
@@ -206,7 +206,7 @@ class Sampler:
 
 
 async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str, Any], baseline: bool,
-                    tmp: Path) -> dict[str, Any]:
+                    tmp: Path, latency: bool = True) -> dict[str, Any]:
     from nats.js import api as js_api
 
     out: dict[str, Any] = {"emulator_rate_per_stream": rate}
@@ -225,11 +225,12 @@ async def run_phase(rate: float, seconds: float, warmup: float, extra: dict[str,
             stdout=open(tmp / "writer.log", "wb"), stderr=subprocess.STDOUT, cwd=REPO, env=_env())  # noqa: SIM115
         collector: subprocess.Popen[bytes] | None = None
         sampler = Sampler()
-        # the bench's own view of the stream: BTC-USDT trades with their sequence
+        # the bench's own view of the stream: BTC-USDT trades with their sequence (none with --no-latency)
         name = "bench_e2e_sampler"
         await js.add_consumer("MARKET_DATA", js_api.ConsumerConfig(
             name=name, deliver_policy=js_api.DeliverPolicy.ALL, ack_policy=js_api.AckPolicy.NONE,
-            filter_subject="trade.*.*.BTC-USDT", mem_storage=True, inactive_threshold=60.0, num_replicas=1))
+            filter_subject="trade.*.*.BTC-USDT" if latency else "trade.none.none.none", mem_storage=True,
+            inactive_threshold=60.0, num_replicas=1))
         raw = RawPullConsumer(nc, "MARKET_DATA", name, request_batch=2000, max_requests=2, expires_s=2.0)
         await raw.start()
         try:
@@ -363,6 +364,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=0, help="writer.batch_size (0 = configured)")
     ap.add_argument("--max-ack-pending", type=int, default=0, help="both streams (0 = configured 2000/5000)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="no latency sampler: the bench stops reading half the stream (its CPU and NATS's "
+                         "second delivery of those messages leave the 2 cores to the pipeline)")
     args = ap.parse_args()
     extra: dict[str, Any] = {}
     if args.batch_size:
@@ -375,10 +379,12 @@ def main() -> None:
         if os.environ.get("BENCH_KEEP"):  # keep the logs
             d = tempfile.mkdtemp(prefix="bench_e2e_")
             print(f"phase dir: {d}", flush=True)
-            res = asyncio.run(run_phase(rate, args.seconds, args.warmup, extra, not args.no_baseline, Path(d)))
+            res = asyncio.run(run_phase(rate, args.seconds, args.warmup, extra, not args.no_baseline, Path(d),
+                                        not args.no_latency))
         else:
             with tempfile.TemporaryDirectory(prefix="bench_e2e_") as d:
-                res = asyncio.run(run_phase(rate, args.seconds, args.warmup, extra, not args.no_baseline, Path(d)))
+                res = asyncio.run(run_phase(rate, args.seconds, args.warmup, extra, not args.no_baseline, Path(d),
+                                        not args.no_latency))
         results.append(res)
         print(json.dumps(res, indent=2), flush=True)
     print(json.dumps({"settings": extra or "configured defaults", "phases": results}))
