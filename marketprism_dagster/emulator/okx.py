@@ -33,8 +33,8 @@ okx_open_interest.json).
 ``count`` matches aggregated, ``tradeId`` = the **last** match id ("tradeId 123, count 3 =
 trades 123, 122, 121"), ids consecutive per instrument, ``sz`` = the sum, plus ``source`` "0"
 and ``seqId``; so ``tradeId - count`` equals the previous push's ``tradeId`` unless pushes were
-lost. ``EmulatorConfig.okx_trade_count_max`` (default 1: every push one match) sets the largest
-``count``. Source: OKX "WS / Trades channel" (docs copy 2025-08-17 in wcttmf/okx-api-docs).
+lost. ``EmulatorConfig.okx_trade_count_max`` (default 3, as the venue aggregates today; 1 = every push one
+match) sets the largest ``count``. Source: OKX "WS / Trades channel" (docs copy 2025-08-17 in wcttmf/okx-api-docs).
 
 History (synth; replay answers ``data: []``; stored copies of https://www.okx.com/docs-v5/en/
 in wcttmf/okx-api-docs, snapshot 2025-08-17, read 2026-12-02):
@@ -129,7 +129,7 @@ BOOKS_OPTION = VenueOption(
     "okx_books", "zero", "synth OKX books protocol: zero (today: snapshot pushed, checksum 0) | rest (no pushed "
     "snapshot: GET /api/v5/market/books + seqId) | checksum (legacy CRC32)", choices=BOOKS_MODES)
 TRADE_COUNT_OPTION = VenueOption(
-    "okx_trade_count_max", 1, "synth OKX trades: largest count of matches aggregated into one push (1 = one match "
+    "okx_trade_count_max", 3, "synth OKX trades: largest count of matches aggregated into one push (1 = one match "
     "a push; 2 or more = about one push in five aggregates 2..max matches, as OKX does)", minimum=1, kind=int)
 
 Level = Sequence[str]

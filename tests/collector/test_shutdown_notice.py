@@ -56,7 +56,9 @@ async def test_shutdown_notices_switch_connections_without_losing_or_duplicating
         "okx_derivatives": (["BTC-USDT"], ["trade"]),  # trades of BTC-USDT-SWAP
     }
     faults = "shutdown_notice@binance_derivatives:at=80:for=2s,shutdown_notice@okx:at=80:for=2s"
-    cfg = EmulatorConfig(mode="synth", rate=50, seed=11, faults=faults, venues=("binance", "okx"))
+    # one match per OKX push: the stored ids are then every id, and the check below counts them
+    cfg = EmulatorConfig(mode="synth", rate=50, seed=11, faults=faults, venues=("binance", "okx"),
+                         okx_trade_count_max=1)
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
         async with running_collector(settings) as (collector, task):
