@@ -179,7 +179,12 @@ def test_writer_subprocess_exits_cleanly_on_sigterm_with_nothing_to_do(
                             cwd=REPO, env=env)
     try:
         asyncio.run(wait_listening(proc, port))
+        # /health listens before the consumers are attached and says "unhealthy" (503) until then
+        deadline = time.monotonic() + 30
         h = get_health(port)
+        while (h is None or h["status"] != "healthy") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            h = get_health(port)
         assert h is not None and h["status"] == "healthy" and set(h["consumers"]) == {"MARKET_DATA", "ORDERBOOK_SNAP"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
