@@ -104,28 +104,28 @@ def stored_identities(store: Store, database: str, recs: Sequence[Any]) -> set[s
     if not recs:
         return set()
     data_type = records.data_type_of(recs[0])
+    sql = f"SELECT DISTINCT {identity_expr(data_type)} FROM `{database}`.`{data_type}` WHERE {_span_where(recs)}"
+    return {str(row[0]) for row in store.query_rows(sql)}
+
+
+def _span_where(recs: Sequence[Any]) -> str:
+    """``recs``' market and symbol over their event-time range (both ends inclusive)."""
     first = recs[0]
     lo = min(int(r.timestamp) for r in recs)
     hi = max(int(r.timestamp) for r in recs)
-    sql = (
-        f"SELECT DISTINCT {identity_expr(data_type)} FROM `{database}`.`{data_type}` "
-        f"WHERE exchange = {_quote(first.exchange)} AND symbol = {_quote(first.symbol)} "
+    return (
+        f"exchange = {_quote(first.exchange)} AND symbol = {_quote(first.symbol)} "
         f"AND timestamp BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
     )
-    return {str(row[0]) for row in store.query_rows(sql)}
 
 
 def stored_trades(store: Store, database: str, recs: Sequence[Any]) -> dict[int, LiveTrade]:
     """The stored trade rows (numbered ids) of ``recs``' market and symbol over their time range, by id."""
     if not recs:
         return {}
-    first = recs[0]
-    lo = min(int(r.timestamp) for r in recs)
-    hi = max(int(r.timestamp) for r in recs)
     sql = (
         f"SELECT DISTINCT trade_id, toString(quantity), toString(price), toString(side) FROM `{database}`.`trade` "
-        f"WHERE exchange = {_quote(first.exchange)} AND symbol = {_quote(first.symbol)} "
-        f"AND timestamp BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
+        f"WHERE {_span_where(recs)}"
     )
     out: dict[int, LiveTrade] = {}
     for trade_id, quantity, price, side in store.query_rows(sql):
