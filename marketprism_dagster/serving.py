@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Iterator
-from typing import Any
 
 from aiohttp import web
 
@@ -20,23 +19,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 @contextlib.contextmanager
 def stop_on_signals(stop: asyncio.Event) -> Iterator[list[signal.Signals]]:
     """While inside, SIGTERM and SIGINT set ``stop``; yields the signals handled (none where the loop cannot
-    install handlers: a thread other than the main one, Windows). Leaving restores the handlers found on entry."""
+    install handlers: a thread other than the main one, Windows). The handlers are removed on leaving."""
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
-    previous: dict[signal.Signals, Any] = {}
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            before = signal.getsignal(sig)
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
-            previous[sig] = before
     try:
         yield installed
     finally:
         for sig in installed:
-            loop.remove_signal_handler(sig)  # resets to the default, not to what was there before
-            if previous[sig] is not None:
-                signal.signal(sig, previous[sig])
+            loop.remove_signal_handler(sig)
 
 
 async def serve_app(
