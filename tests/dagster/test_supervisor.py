@@ -16,6 +16,7 @@ from marketprism_dagster import supervision as sv
 from marketprism_dagster.defs.runner import RunHeartbeat
 from marketprism_dagster.defs.services import defs as services_defs
 from sensors.supervisor import supervise
+from tests.support.dagster_helpers import start_run_worker
 
 SHARDS = {"collector.shards": {"spot": ["binance_spot", "okx_spot"], "deriv": ["binance_derivatives"]}}
 
@@ -96,10 +97,8 @@ def test_planned_restart_launches_the_successor_first_and_stops_the_old_run_only
     for name in ("collector:deriv", "writer"):
         _start(dagster_instance, reqs[name], **{sv.HEARTBEAT_TAG: str(now)})
     run = _start(dagster_instance, reqs["collector:spot"])
-    code = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)"
-    worker = subprocess.Popen([sys.executable, "-c", code, run.run_id])
+    worker = start_run_worker(run.run_id)
     try:
-        time.sleep(0.5)  # let the interpreter install its SIGINT handler
         tags = {sv.HEARTBEAT_TAG: str(now), sv.PID_TAG: str(worker.pid), sv.RSS_TAG: "250.0"}
         dagster_instance.add_run_tags(run.run_id, tags)
 

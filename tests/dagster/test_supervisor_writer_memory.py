@@ -3,8 +3,6 @@ gracefully (SIGINT: drain, exit) and relaunched; the collector-only limits (CPU,
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import dagster as dg
@@ -13,6 +11,7 @@ from dagster._core.test_utils import create_run_for_test
 from marketprism_dagster import supervision as sv
 from marketprism_dagster.defs.services import defs as services_defs
 from sensors.supervisor import supervise
+from tests.support.dagster_helpers import start_run_worker
 
 
 def _tick(instance, settings, cursor=None):
@@ -34,10 +33,8 @@ def test_writer_over_its_memory_limit_is_stopped_gracefully_with_the_reason(sett
         if name != "writer":
             _start(dagster_instance, req, **{sv.HEARTBEAT_TAG: str(now)})
     run = _start(dagster_instance, reqs["writer"])
-    code = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)"
-    worker = subprocess.Popen([sys.executable, "-c", code, run.run_id])
+    worker = start_run_worker(run.run_id)
     try:
-        time.sleep(0.5)  # let the interpreter install its SIGINT handler
         # under the limit, busy (CPU over the collector's threshold): left alone
         dagster_instance.add_run_tags(run.run_id, {sv.HEARTBEAT_TAG: str(now), sv.PID_TAG: str(worker.pid),
                                                    sv.RSS_TAG: "290.0", sv.CPU_TAG: "95.0"})
