@@ -186,7 +186,8 @@ class WriterService:
             await ensure_dead_letter_stream(js, s)
             self.lease = WriterLease(js, s)
             await self.lease.acquire()  # WriterLocked: another writer runs on these durable consumers
-            self.store = await self._in_store(open_store, s)
+            self.store = store = await self._in_store(open_store, s)
+            self.metrics.store_opens.set_function(lambda: float(getattr(store, "opens", 0)))
             hold = getattr(self.store, "hold", None)
             holding = hold() if hold is not None else contextlib.nullcontext()
             with holding:

@@ -30,6 +30,8 @@ async def test_every_published_record_lands_once_with_a_contiguous_ledger(
     assert status == 200 and health["store"] == "ok"
     assert health["consumers"]["MARKET_DATA"]["committed_seq"] == health["consumers"]["MARKET_DATA"]["last_seq"]
     assert "marketprism_writer_rows_total{table=\"trade\"}" in metrics
+    # the writer held its one session throughout (no other process used the store)
+    assert "\nmarketprism_writer_store_opens 1.0\n" in metrics
     assert w.beats >= 1
     expected = expected_by_type(recs)
     store = EmbeddedStore(settings.embedded_store_path)
