@@ -14,25 +14,15 @@ from typer.testing import CliRunner
 
 from marketprism_dagster.cli import _register_all, app
 from marketprism_dagster.config import Settings
-from marketprism_dagster.jetstream import connect
 from marketprism_dagster.ledger.lost import ACCEPTED, VENUE_HISTORY, Marker
 from marketprism_dagster.ledger.queries import markers, markers_of, write_markers
 from marketprism_dagster.ledger.tables import LOST
-from marketprism_dagster.sealing import SealRefused, SealReport, seal_hours
+from marketprism_dagster.sealing import SealRefused, SealReport
 from marketprism_dagster.storage import open_store
 from marketprism_dagster.storage.columns import table_ddl
 from marketprism_dagster.writer.ingest import commit_batch
-from tests.support.hour_setup import HOUR_MS, hour_start_ms, prepare_store, publish_and_read, records_in_hour
-
-
-async def _seal(settings: Settings, data_types: list[str], hour: int) -> dict[str, SealReport | SealRefused]:
-    nc = await connect(settings.nats.url)
-    try:
-        now = hour + HOUR_MS + settings.seal.grace_s * 1000 + 1000
-        with open_store(settings) as store:
-            return await seal_hours(store, settings, data_types, hour, nc.jetstream(), now=now)
-    finally:
-        await nc.close()
+from tests.support.hour_setup import hour_start_ms, prepare_store, publish_and_read, records_in_hour
+from tests.support.seal_helpers import seal_at_close
 
 
 def _cli(settings: Settings, *args: str) -> tuple[int, str]:
@@ -63,7 +53,7 @@ def test_a_liquidation_hour_whose_loss_is_accepted_seals_incomplete_naming_the_r
     with open_store(settings) as store:  # as the writer commits 1-10 when seqs 4-6 were gone when it got there
         commit_batch(store, settings, "MARKET_DATA", messages[:3] + messages[6:], first_seq=1, last_seq=10)
 
-    refused = asyncio.run(_seal(settings, ["liquidation"], hour))["liquidation"]
+    refused = asyncio.run(seal_at_close(settings, ["liquidation"], hour))["liquidation"]
     assert isinstance(refused, SealRefused) and refused.aged_out, refused
     assert f"marketprism accept-loss --type liquidation --hour {_iso(hour)} --reason TEXT" in str(refused)
 
@@ -82,7 +72,7 @@ def test_a_liquidation_hour_whose_loss_is_accepted_seals_incomplete_naming_the_r
     assert (mark.first, mark.last, mark.missing, mark.data_type, mark.hour_ms, mark.resolution, mark.detail) == (
         1, 10, 3, "liquidation", hour, ACCEPTED, "writer down 2 days")
 
-    sealed = asyncio.run(_seal(settings, ["liquidation", "trade"], hour))
+    sealed = asyncio.run(seal_at_close(settings, ["liquidation", "trade"], hour))
     liquidation = sealed["liquidation"]
     assert isinstance(liquidation, SealReport), liquidation
     meta = liquidation.metadata()

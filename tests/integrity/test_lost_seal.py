@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-from marketprism_dagster.jetstream import connect
 from marketprism_dagster.ledger.lost import Marker
 from marketprism_dagster.ledger.queries import write_markers
 from marketprism_dagster.records import decode, to_columns
@@ -14,18 +13,9 @@ from marketprism_dagster.sealing import SealRefused, SealReport, seal_hours
 from marketprism_dagster.storage import open_store
 from marketprism_dagster.writer.ingest import commit_batch
 from tests.support.hour_setup import HOUR_MS, hour_start_ms, prepare_store, publish_and_read, records_in_hour
+from tests.support.seal_helpers import seal_at_close
 
 TYPES = ["trade", "liquidation"]
-
-
-async def _seal(settings, hour: int) -> dict[str, SealReport | SealRefused]:
-    nc = await connect(settings.nats.url)
-    try:
-        now = hour + HOUR_MS + settings.seal.grace_s * 1000 + 1000
-        with open_store(settings) as store:
-            return await seal_hours(store, settings, TYPES, hour, nc.jetstream(), now=now)
-    finally:
-        await nc.close()
 
 
 def test_a_range_committed_without_lost_messages_refuses_until_a_marker_accounts_for_it(
@@ -38,7 +28,7 @@ def test_a_range_committed_without_lost_messages_refuses_until_a_marker_accounts
     with open_store(settings) as store:  # as the writer commits 1-10 when seqs 4-6 were gone when it got there
         commit_batch(store, settings, "MARKET_DATA", messages[:3] + messages[6:], first_seq=1, last_seq=10)
 
-    first = asyncio.run(_seal(settings, hour))
+    first = asyncio.run(seal_at_close(settings, TYPES, hour))
     for t in TYPES:
         refused = first[t]
         assert isinstance(refused, SealRefused) and refused.aged_out, refused
@@ -50,7 +40,7 @@ def test_a_range_committed_without_lost_messages_refuses_until_a_marker_accounts
         write_markers(store, settings, [Marker("MARKET_DATA", 1, 10, 3, "trade", hour, 0, 7, "test")], 0)
         write_markers(store, settings, [Marker("MARKET_DATA", 1, 10, 3, "trade", hour, 0, 7, "test")], 0)  # once
         assert store.query_value("SELECT count() FROM marketprism_meta.ingest_lost") == 1
-    marked = asyncio.run(_seal(settings, hour))
+    marked = asyncio.run(seal_at_close(settings, TYPES, hour))
     trade = marked["trade"]
     assert isinstance(trade, SealReport), trade
     meta = trade.metadata()
@@ -62,16 +52,16 @@ def test_a_range_committed_without_lost_messages_refuses_until_a_marker_accounts
     # a commit that inserted a lost message's row before it crashed: one row per lost message is allowed
     with open_store(settings) as store:
         store.insert(settings.storage.hot_database, "trade", to_columns("trade", [decode(messages[4].data, "trade")]))
-    orphan = asyncio.run(_seal(settings, hour))["trade"]
+    orphan = asyncio.run(seal_at_close(settings, TYPES, hour))["trade"]
     assert isinstance(orphan, SealReport) and orphan.unledgered_rows == 1 and orphan.rows_raw == 8
     with open_store(settings) as store:  # three more than the lost messages could have carried
         extra = [decode(m.data, "trade") for m in messages[3:6]]
         store.insert(settings.storage.hot_database, "trade", to_columns("trade", extra))
-    outside = asyncio.run(_seal(settings, hour))["trade"]
+    outside = asyncio.run(seal_at_close(settings, TYPES, hour))["trade"]
     assert isinstance(outside, SealRefused) and "accounts for 7 and 3 lost messages" in str(outside)
 
     # an hour that starts after the lost messages were stored (the commit, now, plus the skew) seals as usual
-    later = asyncio.run(_seal(settings, hour_start_ms(-2)))
+    later = asyncio.run(seal_at_close(settings, TYPES, hour_start_ms(-2)))
     assert all(isinstance(r, SealReport) for r in later.values()), later
 
 

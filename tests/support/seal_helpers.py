@@ -23,15 +23,22 @@ def event_hours(settings: Settings, data_type: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-async def seal_closed(settings: Settings, data_types: list[str], hour_ms: int) -> dict[str, SealReport]:
-    """Seal ``hour_ms`` of ``data_types`` at its close + grace + 1 s; a refusal fails the test with its reason."""
+async def seal_at_close(
+    settings: Settings, data_types: list[str], hour_ms: int
+) -> dict[str, SealReport | SealRefused]:
+    """Seal ``hour_ms`` of ``data_types`` at its close + grace + 1 s: each type's report or refusal."""
     nc = await connect(settings.nats.url)
     try:
         now = hour_ms + HOUR_MS + settings.seal.grace_s * 1000 + 1000
         with open_store(settings) as store:
-            out: dict[str, Any] = await seal_hours(store, settings, data_types, hour_ms, nc.jetstream(), now=now)
+            return await seal_hours(store, settings, data_types, hour_ms, nc.jetstream(), now=now)
     finally:
         await nc.close()
+
+
+async def seal_closed(settings: Settings, data_types: list[str], hour_ms: int) -> dict[str, SealReport]:
+    """``seal_at_close``; a refusal fails the test with its reason."""
+    out: dict[str, Any] = await seal_at_close(settings, data_types, hour_ms)
     refused = {t: str(r) for t, r in out.items() if isinstance(r, SealRefused)}
     assert not refused, refused
     return out
