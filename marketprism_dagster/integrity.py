@@ -313,14 +313,16 @@ def recent_source_gaps(store: Store, settings: Settings, *, now: int) -> list[sg
 
 
 def source_gaps(
-    store: Store, settings: Settings, data_type: str, *, now: int, gaps: list[sg.Gap] | None = None
+    store: Store, settings: Settings, data_type: str, *, now: int, gaps: list[sg.Gap] | None = None,
+    sealed_at: dict[int, int] | None = None,
 ) -> CheckResult:
     """Source gaps of the last day: ERROR for a refillable gap still open ``seal.source_gap_grace_s`` after it
-    was detected, WARN for unrecoverable ones (docs/source_gaps.md). ``gaps``: ``recent_source_gaps`` when
+    was detected, WARN for unrecoverable ones and for sealed hours whose metadata predates a gap (``sealed_at``:
+    hour start -> when it was sealed, where known) (docs/source_gaps.md). ``gaps``: ``recent_source_gaps`` when
     already read."""
     if gaps is None:
         gaps = recent_source_gaps(store, settings, now=now)
-    v = sg.check(gaps, data_type, now=now, grace_s=settings.seal.source_gap_grace_s)
+    v = sg.check(gaps, data_type, now=now, grace_s=settings.seal.source_gap_grace_s, sealed_at=sealed_at)
     severity: Severity = "WARN" if v.severity == "WARN" else "ERROR"
     return CheckResult("source_gaps", f"hot.{data_type}", v.passed, severity, v.description, v.metadata)
 

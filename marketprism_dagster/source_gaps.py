@@ -33,6 +33,7 @@ from typing import Any
 from marketprism_dagster.collector.gaps import AUTO_CAUSES, OPEN, REPAIRED, UNRECOVERABLE
 from marketprism_dagster.config import Settings
 from marketprism_dagster.storage.base import Store
+from marketprism_dagster.timeutil import HOUR_MS
 
 COMPLETE, GAPS_REPAIRED, INCOMPLETE = "complete", "gaps_repaired", "incomplete"
 ID_CAUSES = frozenset({"trade_id_jump", "disconnect", "downtime"})  # causes whose trade gaps carry ids
@@ -55,6 +56,7 @@ class Gap:
     recovered: int
     detail: str
     detected_ms: int  # received_at of its first row: when the collector published it
+    changed_ms: int = 0  # received_at of its newest row: when its state last changed
 
     @property
     def series(self) -> str:
@@ -86,15 +88,16 @@ def read_gaps(
     sql = (
         "SELECT exchange, any(market_type), symbol, gap_data_type, cause, "
         f"{_ms('timestamp')}, {_ms('max(end_time)')}, first_missing_id, any(last_missing_id), "
-        f"argMax(state, {rank}), max(recovered), argMax(detail, {rank}), {_ms('min(received_at)')} "
+        f"argMax(state, {rank}), max(recovered), argMax(detail, {rank}), {_ms('min(received_at)')}, "
+        f"{_ms('max(received_at)')} "
         f"FROM `{db}`.`source_gap` FINAL WHERE {' AND '.join(where)} "
         "GROUP BY exchange, symbol, timestamp, gap_data_type, cause, first_missing_id "
         "ORDER BY exchange, symbol, gap_data_type, timestamp"
     )
     return [
         Gap(str(ex), str(mt), str(sym), str(dt), str(cause), int(t0), int(t1), str(fid), str(lid), str(state),
-            int(rec), str(detail), int(det))
-        for ex, mt, sym, dt, cause, t0, t1, fid, lid, state, rec, detail, det in store.query_rows(sql)
+            int(rec), str(detail), int(det), int(changed))
+        for ex, mt, sym, dt, cause, t0, t1, fid, lid, state, rec, detail, det, changed in store.query_rows(sql)
     ]
 
 
@@ -212,14 +215,38 @@ class CheckVerdict:
     metadata: dict[str, Any]
 
 
-def check(gaps: Iterable[Gap], data_type: str, *, now: int, grace_s: int) -> CheckVerdict:
+def hours_touched(g: Gap) -> range:
+    """The start of every UTC hour the gap's window touches (as ``read_gaps`` and ``hour_summary`` count it)."""
+    return range(g.start_ms - g.start_ms % HOUR_MS, g.end_ms - g.end_ms % HOUR_MS + 1, HOUR_MS)
+
+
+def stale_seals(gaps: Iterable[Gap], data_type: str, sealed_at: dict[int, int]) -> list[tuple[int, Gap]]:
+    """The sealed hours whose metadata predates a gap of ``data_type`` touching them: (hour start, the first gap
+    whose newest row came after the hour's seal). ``sealed_at``: hour start -> when its hot partition was last
+    materialized (ms). A collector that restarts after the hours it missed were sealed records its downtime then."""
+    out: dict[int, Gap] = {}
+    for g in gaps:
+        if g.data_type != data_type:
+            continue
+        for h in hours_touched(g):
+            if h in sealed_at and g.changed_ms > sealed_at[h] and h not in out:
+                out[h] = g
+    return sorted(out.items())
+
+
+def check(
+    gaps: Iterable[Gap], data_type: str, *, now: int, grace_s: int, sealed_at: dict[int, int] | None = None
+) -> CheckVerdict:
     """ERROR when a refillable gap (``collector/refill.py`` AUTO_CAUSES) is still open ``grace_s`` after it was
-    detected; WARN for unrecoverable gaps; else passed (gaps still inside the grace are listed)."""
+    detected; WARN for unrecoverable gaps, and for sealed hours whose metadata predates a gap touching them
+    (``stale_seals``: re-materializing the partition brings its metadata up to date); else passed (gaps still
+    inside the grace are listed)."""
     mine = [g for g in gaps if g.data_type == data_type]
     due = now - grace_s * 1000
     overdue = [g for g in mine if g.state == OPEN and g.cause in AUTO_CAUSES and g.detected_ms < due]
     pending = [g for g in mine if g.state == OPEN and not (g.cause in AUTO_CAUSES and g.detected_ms < due)]
     lost = [g for g in mine if g.state == UNRECOVERABLE]
+    stale = stale_seals(mine, data_type, sealed_at or {})
     meta: dict[str, Any] = {
         "gaps": len(mine),
         "repaired": sum(1 for g in mine if g.state == REPAIRED),
@@ -228,19 +255,31 @@ def check(gaps: Iterable[Gap], data_type: str, *, now: int, grace_s: int) -> Che
         "unrecoverable": [_label(g) for g in lost[:20]],
         "grace_s": grace_s,
     }
+    stale_note = ""
+    if stale:
+        meta["stale_seals"] = [f"{_iso(h)[:16]}: {_label(g)}" for h, g in stale[:20]]
+        first = _iso(stale[0][0])[:16]
+        stale_note = (
+            f"the metadata of {_n(len(stale), 'sealed hour')} ({first}{' ...' if len(stale) > 1 else ''}) is out "
+            f"of date: a gap touching it was recorded after the seal ({_label(stale[0][1])}); materialize hot "
+            f"{data_type} partition {first} again to bring it up to date"
+        )
     if overdue:
         return CheckVerdict(
             False, "ERROR",
             f"{_n(len(overdue), 'refillable gap')} still open over {grace_s} s after detection ({_label(overdue[0])}); "
             "is the collector's refill running? refill by hand: marketprism backfill --market M --type "
-            f"{data_type} --from T --to T",
+            f"{data_type} --from T --to T" + (f"; {stale_note}" if stale_note else ""),
             meta,
         )
     if lost:
         return CheckVerdict(
-            False, "WARN", f"{_n(len(lost), 'unrecoverable gap')} ({_label(lost[0])}): no venue history can refill it",
+            False, "WARN", f"{_n(len(lost), 'unrecoverable gap')} ({_label(lost[0])}): no venue history can refill it"
+            + (f"; {stale_note}" if stale_note else ""),
             meta,
         )
+    if stale:
+        return CheckVerdict(False, "WARN", stale_note, meta)
     return CheckVerdict(True, "ERROR", f"{_n(len(mine), 'gap')}, none open past the grace, none unrecoverable", meta)
 
 

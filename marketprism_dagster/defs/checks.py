@@ -7,12 +7,12 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
-from marketprism_dagster import integrity
+from marketprism_dagster import integrity, source_gaps
 from marketprism_dagster.config import Settings
 from marketprism_dagster.defs.assets import cold_key, hot_key
 from marketprism_dagster.records import RECORD_TYPES
 from marketprism_dagster.storage import Store
-from marketprism_dagster.timeutil import DAY_MS, now_ms
+from marketprism_dagster.timeutil import DAY_MS, HOUR_MS, now_ms
 from resources import ClickHouseResource, SettingsResource
 
 T = TypeVar("T")
@@ -147,11 +147,31 @@ def _ledger_gaps(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
     return inputs.per_stream[stream]
 
 
+def sealed_at(instance: dg.DagsterInstance, data_type: str, hours: set[int]) -> dict[int, int]:
+    """When each of ``hours`` (hour starts, ms) of the hot asset was last materialized (sealed), for those that
+    were: one event-log read."""
+    keys = {datetime.fromtimestamp(h / 1000, UTC).strftime("%Y-%m-%d-%H:%M"): h for h in hours}
+    if not keys:
+        return {}
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=hot_key(data_type), asset_partitions=sorted(keys)), limit=4 * len(keys)
+    )
+    out: dict[int, int] = {}
+    for record in found.records:  # newest first
+        h = keys.get(record.partition_key or "")
+        if h is not None and h not in out:
+            out[h] = int(record.timestamp * 1000)
+    return out
+
+
 def _source_gaps(inputs: RuleInputs, data_type: str) -> integrity.CheckResult:
     gaps = inputs.once(
         "source_gaps", lambda: integrity.recent_source_gaps(inputs.store, inputs.settings, now=inputs.now)
     )
-    return integrity.source_gaps(inputs.store, inputs.settings, data_type, now=inputs.now, gaps=gaps)
+    since = inputs.now - integrity.SOURCE_GAP_WINDOW_MS - HOUR_MS  # the hours of the check's window only
+    hours = {h for g in gaps if g.data_type == data_type for h in source_gaps.hours_touched(g) if h >= since}
+    return integrity.source_gaps(inputs.store, inputs.settings, data_type, now=inputs.now, gaps=gaps,
+                                 sealed_at=sealed_at(inputs.instance, data_type, hours))
 
 
 HOT_RULES: dict[str, tuple[str, Rule]] = {

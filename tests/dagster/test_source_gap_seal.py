@@ -107,6 +107,34 @@ def test_an_hour_without_gaps_is_complete_and_an_open_gap_makes_it_incomplete(
     assert "still open" in (check.description or "")
 
 
+def test_a_gap_recorded_after_its_hour_was_sealed_is_named_by_the_check_until_the_hour_is_sealed_again(
+    nats_server, settings_factory, dagster_instance, make_resources
+):
+    settings = settings_factory(nats_url=nats_server.url)
+    hour = hour_start_ms(3)
+    _store_hour(settings, hour, [])
+    assert _seal_trade(settings, dagster_instance, hour, make_resources)["meta"]["source"] == "complete"
+
+    # the collector comes back after the hour was sealed and records the downtime it spent inside it
+    downtime = gap(hour, 20, 30, cause="downtime", received_at=int(time.time() * 1000) + 1_000)
+    asyncio.run(publish_and_read_more(settings, [downtime]))
+    defs = build_definitions(make_resources(settings)["settings"])
+    result = defs.resolve_job_def("integrity_checks").execute_in_process(instance=dagster_instance)
+    (check,) = [e for e in result.get_asset_check_evaluations()
+                if e.asset_key == hot_key("trade") and e.check_name == "source_gaps"]
+    label = time.strftime("%Y-%m-%dT%H:00", time.gmtime(hour / 1000))
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN, check.description
+    assert f"the metadata of 1 sealed hour ({label}) is out of date" in (check.description or "")
+    assert f"materialize hot trade partition {label} again" in (check.description or "")
+    assert check.metadata["stale_seals"].value == f"{label}: okx_spot:BTC-USDT downtime (test)"
+
+    # sealed again: the metadata says what the store says, and the check has nothing to add (the gap waits in
+    # its grace for the refill)
+    done = _seal_trade(settings, dagster_instance, hour, make_resources)
+    assert done["meta"]["source"] == "incomplete" and done["meta"]["source_gaps_open"] == 1
+    assert done["evals"]["source_gaps"].passed, done["evals"]["source_gaps"].description
+
+
 async def publish_and_read_more(settings: Any, recs: list[Any]) -> None:
     """Publish ``recs`` after what the stream holds and commit them as the writer would."""
     nc = await connect(settings.nats.url)
