@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass, field
 
 import structlog
@@ -301,9 +302,11 @@ async def read_range(js: JetStreamContext, stream: str, start_seq: int, max_msgs
     """Up to ``max_msgs`` messages of ``stream`` from ``start_seq`` on, in order, without acks.
 
     A short-lived ephemeral consumer (memory, deleted after use); used to fill the writer's
-    buffer after a crash and by the repair path to re-read a range.
+    buffer after a crash and by the repair path to re-read a range. Its name is unique to the call: a
+    consumer of an earlier read that was not deleted (a fetch that timed out, a process killed mid-read)
+    has moved past ``start_seq``, and adding a consumer of the same name and config returns that one.
     """
-    name = f"mp_catchup_{stream.lower()}_{start_seq}_{id(js) & 0xFFFF:x}"
+    name = f"mp_catchup_{stream.lower()}_{start_seq}_{uuid.uuid4().hex[:12]}"
     cfg = js_api.ConsumerConfig(
         name=name,
         deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,

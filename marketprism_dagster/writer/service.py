@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 from marketprism_dagster.collector.backoff import Backoff
 from marketprism_dagster.config import Settings
 from marketprism_dagster.jetstream import connect, ensure_stream, ensure_streams
+from marketprism_dagster.ledger.messages import StreamMessage
 from marketprism_dagster.ledger.queries import resume_point
 from marketprism_dagster.serving import stop_on_signals
 from marketprism_dagster.storage import StoreUnavailable, init_schema, open_store
@@ -64,6 +65,37 @@ REJECTED_AFTER_ERRORS = 3
 # Dead letters that cannot be published after this many attempts stop the writer (the run fails and
 # alerts; a restart re-creates the dead-letter stream): the batch stays unacknowledged in JetStream.
 DEAD_LETTER_ATTEMPTS = 6
+
+
+async def still_held(js: Any, stream: str, seq: int) -> bool:
+    """Whether the stream still holds ``seq`` (any answer but "not found" counts as held: never call a message
+    absent on a doubt)."""
+    try:
+        await js.get_msg(stream, seq=seq)
+    except NotFoundError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+async def add_read(buf: StreamBuffer, msgs: list[StreamMessage], js: Any) -> tuple[list[StreamMessage], bool]:
+    """Add a catch-up read (``read_range`` from ``buf.expected``) to the buffer: (the messages added, whether the
+    read was short).
+
+    A sequence the read skipped is marked absent (committed without it: ``ledger.lost``) only when the stream
+    no longer holds it. From a skipped sequence the stream still holds nothing more is added (the read was short:
+    it is read again next time): never commit past a message JetStream still has."""
+    prev = buf.watermark
+    for i, sm in enumerate(msgs):
+        if sm.seq > prev + 1:
+            if await still_held(js, buf.stream, prev + 1):
+                log.warning("writer.catch_up_short_read", stream=buf.stream, missing_from=prev + 1, next_read=sm.seq)
+                return msgs[:i], True
+            buf.mark_absent(prev + 1, sm.seq - 1)
+        buf.add(sm.seq, sm, None)
+        prev = sm.seq
+    return msgs, False
 
 
 class BatchRejected(Exception):
@@ -456,13 +488,9 @@ class WriterService:
             self.metrics.failures.labels("expired_in_stream").inc(lost)
             buf.mark_absent(buf.expected, st.first_seq - 1)
             return
-        msgs = await read_range(js, st.name, buf.expected, limit)
-        prev = buf.watermark
-        for sm in msgs:
-            if sm.seq > prev + 1:
-                buf.mark_absent(prev + 1, sm.seq - 1)
-            buf.add(sm.seq, sm, None)
-            prev = sm.seq
+        msgs, short = await add_read(buf, await read_range(js, st.name, buf.expected, limit), js)
+        if short:
+            self.metrics.failures.labels("catch_up_short_read").inc()
         if msgs:
             st.catching_up = True
             log.info("writer.catch_up", stream=st.name, first=msgs[0].seq, last=msgs[-1].seq, count=len(msgs))
