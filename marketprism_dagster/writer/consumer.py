@@ -147,6 +147,10 @@ class StreamBuffer:
         if hi >= lo:
             self.absent.append((lo, hi))
 
+    def forget_absent(self) -> None:
+        """Drop every absent stretch (one turned out to be held: what it covers is read again)."""
+        self.absent = []
+
     @property
     def expected(self) -> int:
         return self.watermark + 1

@@ -98,6 +98,19 @@ async def add_read(buf: StreamBuffer, msgs: list[StreamMessage], js: Any) -> tup
     return msgs, False
 
 
+async def first_held_hole(js: Any, stream: str, taken: Taken) -> int | None:
+    """The first sequence of a stretch ``taken`` spans without a message (committed as absent) that the stream
+    still holds, or None. A range may skip only what JetStream no longer has; checked before every commit of a
+    range with holes (rare: messages that expired before the writer got to them)."""
+    if len(taken.messages) == taken.last_seq - taken.first_seq + 1:
+        return None  # no hole: the usual case, decided without a look at the messages
+    have = {m.seq for m in taken.messages}
+    for seq in range(taken.first_seq, taken.last_seq + 1):
+        if seq not in have and (seq == taken.first_seq or seq - 1 in have) and await still_held(js, stream, seq):
+            return seq
+    return None
+
+
 class BatchRejected(Exception):
     """The store keeps refusing a batch with the same kind of error: retrying it unchanged cannot succeed."""
 
@@ -450,6 +463,15 @@ class WriterService:
                 await self._linger(st, min(limit, self.settings.streams[st.name].max_ack_pending), stop)
                 taken = buf.take(limit)
             ahead = None
+            if taken is not None and (held := await first_held_hole(js, st.name, taken)) is not None:
+                log.error("writer.range_skips_held_messages", stream=st.name, first=taken.first_seq,
+                          last=taken.last_seq, messages=len(taken.messages), held=held,
+                          action="not committed; the skipped messages are read again")
+                self.metrics.failures.labels("range_skips_held").inc()
+                buf.forget_absent()
+                if prepared is not None:
+                    prepared.cancel()
+                continue
             if taken is None:
                 timeout = 0.05 if (st.catching_up or buf.pending) else w.fetch_timeout_s
                 arrived = await reader.wait(timeout)

@@ -12,8 +12,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from marketprism_dagster.writer.consumer import StreamBuffer, read_range
-from marketprism_dagster.writer.service import add_read
+from marketprism_dagster.writer.consumer import StreamBuffer, Taken, read_range
+from marketprism_dagster.writer.service import add_read, first_held_hole
 from tests.support.writer_helpers import generate, publish
 
 
@@ -63,3 +63,25 @@ async def test_sequences_the_stream_no_longer_holds_are_marked_absent(nc: NATS) 
     assert buf.absent == [(1, 10)]
     taken = buf.take(10)
     assert taken is not None and (taken.first_seq, taken.last_seq, len(taken.messages)) == (1, 20, 10)
+
+
+async def test_a_range_is_never_committed_over_a_stretch_the_stream_still_holds(nc: NATS) -> None:
+    """The last line of defence, whatever marked the stretch absent: the commit loop checks a range with holes
+    (``first_held_hole``) and reads the stretch again instead of committing past it."""
+    await _published(nc)
+    js = nc.jetstream()
+    buf = StreamBuffer("MARKET_DATA", watermark=0)
+    for m in await read_range(js, "MARKET_DATA", 11, 10):
+        buf.add(m.seq, m, None)
+    buf.mark_absent(1, 10)  # wrongly: the stream holds 1-10
+    taken = buf.take(100)
+    assert taken is not None and (taken.first_seq, taken.last_seq, len(taken.messages)) == (1, 20, 10)
+    assert await first_held_hole(js, "MARKET_DATA", taken) == 1
+    buf.forget_absent()
+    assert buf.take(100) is None  # 1 is missing again: the writer reads it
+
+    for seq in range(1, 11):  # now really gone: the same range may be committed
+        await js.delete_msg("MARKET_DATA", seq)
+    assert await first_held_hole(js, "MARKET_DATA", taken) is None
+    whole = await read_range(js, "MARKET_DATA", 11, 10)
+    assert await first_held_hole(js, "MARKET_DATA", Taken(11, 20, whole, None)) is None
