@@ -106,7 +106,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 # 2-minute collector stop (about 145 s). xdist's worksteal gives each worker a contiguous half of the
 # collection (the first len // 2 items to one, the rest to the other), so the ones in _RUN_FIRST go first
 # on one worker and the second-half one first on the other: none is left for the end of the run (where
-# a worker would wait on it alone; a run that did took 9:48 instead of about 7:30).
+# a worker would wait on it alone).
 _RUN_FIRST = ("test_demo_smoke.py", "test_downtime_refill_e2e.py")
 _RUN_SECOND_HALF = "test_make_run.py"
 
