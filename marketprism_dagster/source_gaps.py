@@ -264,18 +264,19 @@ def check(
             f"of date: a gap touching it was recorded after the seal ({_label(stale[0][1])}); materialize hot "
             f"{data_type} partition {first} again to bring it up to date"
         )
+    also = f"; {stale_note}" if stale_note else ""
     if overdue:
         return CheckVerdict(
             False, "ERROR",
             f"{_n(len(overdue), 'refillable gap')} still open over {grace_s} s after detection ({_label(overdue[0])}); "
             "is the collector's refill running? refill by hand: marketprism backfill --market M --type "
-            f"{data_type} --from T --to T" + (f"; {stale_note}" if stale_note else ""),
+            f"{data_type} --from T --to T{also}",
             meta,
         )
     if lost:
         return CheckVerdict(
-            False, "WARN", f"{_n(len(lost), 'unrecoverable gap')} ({_label(lost[0])}): no venue history can refill it"
-            + (f"; {stale_note}" if stale_note else ""),
+            False, "WARN",
+            f"{_n(len(lost), 'unrecoverable gap')} ({_label(lost[0])}): no venue history can refill it{also}",
             meta,
         )
     if stale:
