@@ -14,6 +14,7 @@ from marketprism_dagster.jetstream import ensure_streams
 from marketprism_dagster.nats_server import EmbeddedNats
 from marketprism_dagster.publisher import JetStreamPublisher
 from tests.support.collector_helpers import connect_nats, fixture_trades, stream_messages
+from tests.support.records import make_record
 
 
 def submit_all(pub: JetStreamPublisher, recs: list) -> int:
@@ -197,3 +198,18 @@ async def test_a_msg_id_outside_ascii_is_framed_by_its_byte_length(js_nc: NATS) 
     assert (pub.stats.acked, pub.stats.errors) == (3, {})
     msgs = await stream_messages(js_nc, "MARKET_DATA")
     assert [(m.headers["Nats-Msg-Id"], m.data) for m in msgs] == [(i, b'{"n":%d}' % n) for n, i in enumerate(ids)]
+
+
+async def test_reading_one_subject_of_a_shared_stream_waits_for_that_subject_s_messages_only(js_nc: NATS) -> None:
+    """The suite's stream reader: a ``source_gap`` beside the trades in MARKET_DATA must not make a read of
+    ``trade.>`` wait for a message it will never get (a CI run timed out on it after a restart gap)."""
+    now_ms = 1_780_000_000_000
+    recs = [make_record("trade", i, now_ms) for i in range(3)] + [make_record("source_gap", 1, now_ms)]
+    pub = await JetStreamPublisher(js_nc).start()
+    assert submit_all(pub, recs) == 4
+    assert await pub.flush(10)
+    await pub.close()
+    trades = await asyncio.wait_for(stream_messages(js_nc, "MARKET_DATA", "trade.>"), 4)
+    assert [records.decode(m.data) for m in trades] == recs[:3]
+    gaps = await stream_messages(js_nc, "MARKET_DATA", "source_gap.>")
+    assert [records.decode(m.data) for m in gaps] == recs[3:]

@@ -28,8 +28,8 @@ async def connect_nats(url: str, **kwargs: Any) -> NATS:
 async def stream_messages(nc: NATS, stream: str, subject: str = ">") -> list[Any]:
     """Every message currently in a stream (ordered), through an ephemeral ordered consumer."""
     js = nc.jetstream()
-    info = await js.stream_info(stream)
-    total = info.state.messages
+    info = await js.stream_info(stream, subjects_filter=subject)
+    total = sum((info.state.subjects or {}).values())  # only those the filter matches: other types share the stream
     out: list[Any] = []
     if total == 0:
         return out
