@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from marketprism_dagster.config import Settings, load_config
+from marketprism_dagster.config import Settings
 from marketprism_dagster.nats_server import EmbeddedNats, free_port
 from marketprism_dagster.storage import init_schema
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from tests.support.records import make_record
+from tests.support.settings import settings_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,22 +45,8 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 @pytest.fixture
 def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings rooted in tmp_path; keyword overrides use key paths with '__' for '.'."""
-
-    def make(nats_url: str | None = None, **overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "data_dir": str(tmp_path / "data"),
-            "storage.path": str(tmp_path / "ch"),
-            "nats.url": nats_url or f"nats://127.0.0.1:{free_port()}",
-            "nats.embedded": False,
-            "environment": "test",
-            # a deployment that has been running for a while (an unset start is the first start's hour)
-            "seal.start_date": "2026-01-01",
-        }
-        values.update({k.replace("__", "."): v for k, v in overrides.items()})
-        return load_config(REPO / "config" / "marketprism.yaml", overrides=values, env={}).settings
-
-    return make
+    """Settings rooted in tmp_path (``settings_in``)."""
+    return settings_in(tmp_path)
 
 
 @pytest.fixture

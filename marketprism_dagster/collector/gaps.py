@@ -199,6 +199,11 @@ class GapTracker:
         if st is not None:
             st.cause = cause
 
+    @property
+    def holding(self) -> int:
+        """How many id series hold ids above a hole (a gap row is due unless the missing ids come late)."""
+        return len(self._holding)
+
     def settle(self, now: int) -> list[Any]:
         """Declare the holes that stayed open ``reorder_ms`` (call on a timer)."""
         out: list[Any] = []

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from marketprism_dagster.collector.api import polled_types
@@ -17,7 +18,7 @@ from marketprism_dagster.collector.runtime import Collector
 from marketprism_dagster.collector.state import MarketState
 from marketprism_dagster.config import Settings
 from marketprism_dagster.emulator import Emulator, EmulatorConfig
-from marketprism_dagster.nats_server import EmbeddedNats
+from marketprism_dagster.nats_server import EmbeddedNats, free_port
 from marketprism_dagster.records import DATA_TYPES
 from tests.support.collector_helpers import (
     emulator_overrides,
@@ -27,6 +28,7 @@ from tests.support.collector_helpers import (
     running_collector,
     until,
 )
+from tests.support.settings import settings_in
 
 MARKETS = {
     "binance_spot": (["BTC-USDT", "ETH-USDT"], ["orderbook", "trade"]),
@@ -44,15 +46,25 @@ class Running:
         self.metrics = f"http://127.0.0.1:{collector.metrics_port}/metrics"
 
 
-@pytest.fixture
-async def running(nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]) -> AsyncIterator[Running]:
-    cfg = EmulatorConfig(mode="synth", rate=50, seed=11, venues=("binance", "deribit"))
-    async with Emulator(cfg) as emu:
-        settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, MARKETS))
-        async with running_collector(settings) as (collector, _task):
-            wanted = {(t, m) for m, (_, types) in MARKETS.items() for t in types if t != "liquidation"}
-            await until(lambda: wanted <= set(collector.state.last_success) and collector.state.running, 20)
-            yield Running(collector, emu)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    """One collector for the module's read-only endpoint tests (started once: about a second each)."""
+    root = tmp_path_factory.mktemp("api")
+    nats_server = EmbeddedNats(root / "nats", port=free_port()).start()
+    try:
+        cfg = EmulatorConfig(mode="synth", rate=50, seed=11, venues=("binance", "deribit"))
+        async with Emulator(cfg) as emu:
+            settings = settings_in(root)(nats_url=nats_server.url, **emulator_overrides(emu.urls, MARKETS))
+            async with running_collector(settings) as (collector, _task):
+                wanted = {(t, m) for m, (_, types) in MARKETS.items() for t in types if t != "liquidation"}
+                await until(lambda: wanted <= set(collector.state.last_success) and collector.state.running, 20)
+                yield Running(collector, emu)
+    finally:
+        nats_server.stop()
+
+
+# the tests that share the module's collector run on its event loop
+shared = pytest.mark.asyncio(loop_scope="module")
 
 
 def assert_success(status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +82,7 @@ def assert_error(status: int, body: dict[str, Any], http_status: int, code: str)
     return body["message"]
 
 
+@shared
 async def test_health_reports_every_configured_type_and_market(running: Running) -> None:
     status, body = await http_json(running.base + "/health")
     assert status == 200
@@ -88,6 +101,7 @@ async def test_health_reports_every_configured_type_and_market(running: Running)
     assert feeds is not None and feeds.healthy and feeds.detail == "binance_derivatives=ok"
 
 
+@shared
 async def test_status(running: Running) -> None:
     data = assert_success(*await http_json(running.base + "/api/v1/status"))
     assert data["service"] == "marketprism-collector"
@@ -101,6 +115,7 @@ async def test_status(running: Running) -> None:
     assert data["collection_stats"]["websocket_connections"] == len(running.collector.state.feeds)
 
 
+@shared
 async def test_stats_are_real_values(running: Running) -> None:
     data = assert_success(*await http_json(running.base + "/api/v1/collector/stats"))
     cs = data["collection_stats"]
@@ -122,6 +137,7 @@ async def test_stats_are_real_values(running: Running) -> None:
     assert data["publish_stats"]["connected"] is True
 
 
+@shared
 async def test_collector_status(running: Running) -> None:
     data = assert_success(*await http_json(running.base + "/api/v1/collector/status"))
     assert set(data) == {
@@ -138,6 +154,7 @@ async def test_collector_status(running: Running) -> None:
     assert set(data["exchanges"]) == set(MARKETS)
 
 
+@shared
 async def test_exchanges(running: Running) -> None:
     data = assert_success(*await http_json(running.base + "/api/v1/collector/exchanges"))
     for market in MARKETS:
@@ -157,6 +174,7 @@ async def test_exchanges(running: Running) -> None:
     }
 
 
+@shared
 async def test_data_returns_recent_records_newest_first(running: Running) -> None:
     url = running.base + "/api/v1/collector/data"
     data = assert_success(*await http_json(url + "?exchange=binance_spot&type=trade&limit=3"))
@@ -174,6 +192,7 @@ async def test_data_returns_recent_records_newest_first(running: Running) -> Non
     assert {r["symbol"] for r in full["recent_data"]["volatility_index"]} == {"BTC", "ETH"}
 
 
+@shared
 @pytest.mark.parametrize("limit", ["0", "101", "abc", "-1", "1.5", ""])
 async def test_data_limit_outside_1_to_100_is_invalid(running: Running, limit: str) -> None:
     msg = assert_error(
@@ -182,6 +201,7 @@ async def test_data_limit_outside_1_to_100_is_invalid(running: Running, limit: s
     assert "1 to 100" in msg
 
 
+@shared
 async def test_data_unknown_exchange_or_type_lists_allowed_values(running: Running) -> None:
     msg = assert_error(
         *await http_json(running.base + "/api/v1/collector/data?exchange=kraken"), 400, "INVALID_PARAMETERS"
@@ -193,6 +213,7 @@ async def test_data_unknown_exchange_or_type_lists_allowed_values(running: Runni
     assert "candles" in msg and ", ".join(["all", *DATA_TYPES]) in msg
 
 
+@shared
 async def test_metrics_exposition_has_the_seeds_names(running: Running) -> None:
     state = running.collector.state
     # the collector keeps receiving while the scrape runs: a key no feed writes holds still, the live key is
@@ -235,10 +256,14 @@ def test_rest_polled_types_come_from_the_venues_declared_polls() -> None:
     assert polled_types([market("deribit", "options", "volatility_index")]) == set()
 
 
+@shared
 async def test_api_answers_service_unavailable_while_stopping(running: Running) -> None:
     running.collector.state.stopping = True  # what shutdown sets before flushing
-    for path in ("/api/v1/status", "/api/v1/collector/stats", "/api/v1/collector/data"):
-        assert_error(*await http_json(running.base + path), 503, "SERVICE_UNAVAILABLE")
+    try:
+        for path in ("/api/v1/status", "/api/v1/collector/stats", "/api/v1/collector/data"):
+            assert_error(*await http_json(running.base + path), 503, "SERVICE_UNAVAILABLE")
+    finally:
+        running.collector.state.stopping = False  # the module's other tests share this collector
 
 
 # ---------------------------------------------------------------- error codes without a running collector

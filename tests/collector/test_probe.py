@@ -82,7 +82,7 @@ async def _probe(
     settings_factory: Callable[..., Settings],
     cfg: EmulatorConfig,
     markets: dict[str, tuple[list[str], list[str]]],
-    seconds: float = 6,
+    seconds: float = 4,
     **overrides: Any,
 ) -> ProbeResult:
     async with Emulator(cfg) as emu:
@@ -103,7 +103,7 @@ async def test_healthy_emulator_every_feed_works_exit_0_publishing_nothing(tmp_p
         }
         # a collector of the default shard is "running": the probe must not clash with its lock
         with InstanceLock(data_dir, "main"):
-            code, out, err = await _cli(overrides, "--seconds", "8", "--json")
+            code, out, err = await _cli(overrides, "--seconds", "6", "--json")
         served = {name: dict(stats) for name, stats in emu.stats.items()}
     assert code == 0, out + err[-3000:]
     assert SECRET not in out and SECRET not in err
@@ -146,7 +146,7 @@ async def test_closed_websocket_port_fails_naming_the_feed_and_refused_connectio
             "data_dir": str(tmp_path / "data"),
             "nats.embedded": False,
         }
-        code, out, err = await _cli(overrides, "--seconds", "5")
+        code, out, err = await _cli(overrides, "--seconds", "4")
     assert code == 1, out + err[-3000:]
     lines = out.splitlines()
     assert (
@@ -234,7 +234,7 @@ async def test_okx_rate_limit_code_in_an_http_200_body_fails_the_polled_types_na
     markets = {"okx_derivatives": (["BTC-USDT"], ["trade", "lsr_top_position", "lsr_all_account"])}
     async with Emulator(cfg) as emu:
         settings = settings_factory(**emulator_overrides(emu.urls, markets))
-        result = await run_probe(settings, select_markets(settings, None), 5)
+        result = await run_probe(settings, select_markets(settings, None), 4)
         rest = emu.urls["okx_derivatives"]["rest"]
     assert _feed(result, "okx_derivatives", "trade").ok is True
     paths = {

@@ -46,7 +46,7 @@ def trades(settings: Settings) -> dict[int, int]:
 async def test_backfill_publishes_only_what_the_store_lacks(
     nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
 ) -> None:
-    cfg = EmulatorConfig(venues=(MARKET,), rate=100, seed=8,
+    cfg = EmulatorConfig(venues=(MARKET,), rate=250, seed=8,
                          faults="drop_trades@binance_derivatives:at=200:count=200:topic=btcusdt")
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, MARKETS),
@@ -174,7 +174,7 @@ async def test_okx_backfill_holds_a_match_a_stored_push_covers(
     Over a range the live collector stored completely the backfill publishes nothing (before: every match inside
     a push but its last, volume counted twice); over a hole exactly the dropped matches; the hot table then holds
     the emulator's volume over the range, each match once; the aged-out hour's refill of the hour adds none twice."""
-    cfg = EmulatorConfig(venues=("okx",), rate=100, seed=8, okx_trade_count_max=3,
+    cfg = EmulatorConfig(venues=("okx",), rate=250, seed=8, okx_trade_count_max=3,
                          faults=f"drop_trades@okx:at=200:count=200:topic={OKX_INST}")
     markets = {OKX: (["BTC-USDT"], ["trade"])}
     async with Emulator(cfg) as emu:

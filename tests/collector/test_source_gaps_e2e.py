@@ -44,7 +44,7 @@ async def test_dropped_trades_become_open_gaps_with_the_exact_ids_in_the_hot_tab
         "drop_trades@okx:at=200:count=300:topic=BTC-USDT-SWAP"
     )
     cfg = EmulatorConfig(
-        venues=("binance_derivatives", "okx"), rate=100, seed=11, faults=faults, okx_trade_count_max=3
+        venues=("binance_derivatives", "okx"), rate=250, seed=11, faults=faults, okx_trade_count_max=3
     )  # OKX aggregates up to 3 matches a push: its ids are tradeId - count + 1 .. tradeId
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, TRADES), **WRITER)
@@ -101,7 +101,7 @@ async def test_a_disconnect_records_the_books_unsynced_window_and_the_missed_tra
     """binance_spot's one feed is cut: the book's window without a valid state is an unrecoverable gap; the trades
     it missed (if any were generated meanwhile) are a disconnect gap whose ids complete the stored ones exactly."""
     markets = {"binance_spot": (["BTC-USDT"], ["orderbook", "trade"])}
-    cfg = EmulatorConfig(mode="synth", rate=100, seed=3, faults="disconnect@binance_spot:at=150", venues=("binance",))
+    cfg = EmulatorConfig(mode="synth", rate=250, seed=3, faults="disconnect@binance_spot:at=150", venues=("binance",))
     async with Emulator(cfg) as emu:
         settings = settings_factory(nats_url=nats_server.url, **emulator_overrides(emu.urls, markets))
         nc = await connect(nats_server.url)
@@ -138,7 +138,7 @@ async def test_a_restart_records_its_downtime_with_the_missed_trade_ids_and_the_
     nats_server: EmbeddedNats, settings_factory: Callable[..., Settings]
 ) -> None:
     markets = {"binance_derivatives": (["BTC-USDT"], ["trade", "funding_rate"])}
-    cfg = EmulatorConfig(mode="synth", rate=100, seed=4, venues=("binance_derivatives",))
+    cfg = EmulatorConfig(mode="synth", rate=250, seed=4, venues=("binance_derivatives",))
     witness = TradeWitness()
     seen = witness.seen
     async with Emulator(cfg) as emu:
@@ -181,7 +181,7 @@ async def test_a_disconnect_and_a_failed_poll_record_their_windows_for_the_serie
     faults = (
         "disconnect@binance_derivatives:at=150,rest_5xx@binance_derivatives:path=/fapi/v1/openInterest:at=4:count=5"
     )
-    cfg = EmulatorConfig(mode="synth", rate=100, seed=8, faults=faults, venues=("binance_derivatives",))
+    cfg = EmulatorConfig(mode="synth", rate=250, seed=8, faults=faults, venues=("binance_derivatives",))
     async with Emulator(cfg) as emu:
         overrides = emulator_overrides(emu.urls, markets) | {"markets.binance_derivatives.poll_interval_s": 1.0}
         settings = settings_factory(nats_url=nats_server.url, **overrides)

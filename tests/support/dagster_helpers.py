@@ -22,7 +22,7 @@ def gql(port: int, query: str, variables: dict[str, Any] | None = None) -> dict[
     return out["data"]
 
 
-def wait_for(what: str, fn: Any, timeout: float, every: float = 2.0) -> Any:
+def wait_for(what: str, fn: Any, timeout: float, every: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
