@@ -66,9 +66,14 @@ def record_factory() -> Callable[..., Any]:
     return make_record
 
 
-def _open_fds() -> int | None:
+def _open_fds() -> str | None:
+    """Open file descriptors and threads of this process (Linux)."""
     fd_dir = Path("/proc/self/fd")
-    return len(list(fd_dir.iterdir())) if fd_dir.is_dir() else None
+    if not fd_dir.is_dir():
+        return None
+    status = Path("/proc/self/status").read_text()
+    threads = next((line.split()[1] for line in status.splitlines() if line.startswith("Threads:")), "?")
+    return f"{len(list(fd_dir.iterdir()))} (threads: {threads})"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -80,6 +80,9 @@ class Demo:
             start_new_session=True,
         )
 
+    def output_tail(self, lines: int = 60) -> str:
+        return "\n".join((self.tmp / "demo.log").read_text(errors="replace").splitlines()[-lines:])
+
     def descendants(self) -> list[int]:
         assert self.proc is not None
         pids = set(session_pids(self.proc.pid))
@@ -266,7 +269,10 @@ def ui_shows_the_16_assets_and_their_checks(demo: Demo, tmp_path: Path) -> None:
 def test_demo_serves_seals_checks_shows_the_ui_and_stops_clean(demo: Demo, tmp_path: Path) -> None:
     """One test on one running demo (a module fixture shared by several tests would be torn down and
     started again between them under xdist)."""
-    services_fill_every_type_then_a_seal_passes_its_checks(demo)
+    try:
+        services_fill_every_type_then_a_seal_passes_its_checks(demo)
+    except AssertionError as exc:  # a failure names what the demo printed last (CI keeps no temp dir)
+        raise AssertionError(f"{exc}\n--- the demo's output, last lines:\n{demo.output_tail()}") from None
     browser = Path(CHROMIUM).exists()
     if browser:
         ui_shows_the_16_assets_and_their_checks(demo, tmp_path)
