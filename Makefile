@@ -29,6 +29,9 @@ test: $(STAMP)
 	bash scripts/system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	@# bytecode written once: the suite starts hundreds of Python processes (writers, collectors, Dagster
+	@# run workers), which otherwise each compile the package again where PYTHONDONTWRITEBYTECODE is set
+	$(BIN)/python -m compileall -q marketprism_dagster sensors resources tests benchmarks
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -250,22 +250,30 @@ async def test_okx_rate_limit_code_in_an_http_200_body_fails_the_polled_types_na
     assert len(result.failures()) == 2
 
 
-@pytest.mark.parametrize("okx_books", ["checksum", "zero", "rest"])
-async def test_okx_books_synchronize_in_every_protocol_state(
-    settings_factory: Callable[..., Settings], okx_books: str
-) -> None:
+async def test_okx_books_synchronize_in_every_protocol_state(settings_factory: Callable[..., Settings]) -> None:
+    """The three OKX protocol states (docs/venues.md), each its own emulator, probed at once."""
     markets = {
         "okx_spot": (["BTC-USDT", "ETH-USDT"], ["orderbook"]),
         "okx_derivatives": (["BTC-USDT"], ["orderbook", "trade"]),
     }
-    cfg = EmulatorConfig(mode="synth", rate=20, seed=16, venues=("okx",), okx_books=okx_books)
-    result = await _probe(settings_factory, cfg, markets)
-    assert result.ok, result.failures()
-    for market in markets:
-        book = _feed(result, market, "orderbook")
-        assert book.book_synchronized is True and book.resyncs == 0 and book.records > 0
-        # only the `rest` state takes the book from GET /api/v5/market/books
-        assert book.rest_status == ("200" if okx_books == "rest" else None)
+    states = ("checksum", "zero", "rest")
+    results = await asyncio.gather(
+        *(
+            _probe(
+                settings_factory,
+                EmulatorConfig(mode="synth", rate=20, seed=16, venues=("okx",), okx_books=state),
+                markets,
+            )
+            for state in states
+        )
+    )
+    for okx_books, result in zip(states, results, strict=True):
+        assert result.ok, (okx_books, result.failures())
+        for market in markets:
+            book = _feed(result, market, "orderbook")
+            assert book.book_synchronized is True and book.resyncs == 0 and book.records > 0, (okx_books, book)
+            # only the `rest` state takes the book from GET /api/v5/market/books
+            assert book.rest_status == ("200" if okx_books == "rest" else None), (okx_books, book)
 
 
 def test_unknown_and_disabled_markets_are_refused_with_the_fix(settings_factory: Callable[..., Settings]) -> None:

@@ -174,7 +174,7 @@ def services_fill_every_type_then_a_seal_passes_its_checks(demo: Demo) -> None:
         240,
     )
     assert {"collector:main", "writer"} <= services
-    counts = wait_for("rows of every type", lambda: (c := hot_counts(demo.data)) and all(c.values()) and c, 300, 5)
+    counts = wait_for("rows of every type", lambda: (c := hot_counts(demo.data)) and all(c.values()) and c, 300, 1)
     assert all(v > 0 for v in counts.values()), counts
 
     now = time.time()
@@ -193,7 +193,7 @@ def services_fill_every_type_then_a_seal_passes_its_checks(demo: Demo) -> None:
         "the seal backfill's runs",
         lambda: (r := backfill_runs(demo.port, backfill)) and all(s not in UNFINISHED for s in r) and r,
         300,
-        3,
+        1,
     )
     assert set(runs) == {"SUCCESS"}, runs
     assert materialized_partitions(demo.port, hour) == set(DATA_TYPES)
@@ -215,7 +215,7 @@ def services_fill_every_type_then_a_seal_passes_its_checks(demo: Demo) -> None:
         "check results of the latest seals",
         lambda: (r := check_results()) and all(v not in (None, "IN_PROGRESS", "PLANNED") for v in r.values()) and r,
         300,
-        5,
+        1,
     )
     for t in DATA_TYPES:
         assert results[(f"hot/{t}", "duplicates")] == "SUCCEEDED", results
