@@ -39,11 +39,12 @@ def _table(settings: Settings, table: MetaTable) -> str:
 def ensure_tables(store: Store, settings: Settings) -> None:
     """The meta database, the ledger, intent and epoch tables (``init_schema`` creates the first two too)."""
     db = settings.storage.ledger_database
-    store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
-    for table in META_TABLES:
-        store.execute(meta_ddl(db, table))
-        for sql in meta_migrations(db, table):
-            store.execute(sql)
+    with store.session():  # one open for the lot (an embedded store opens per operation otherwise)
+        store.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+        for table in META_TABLES:
+            store.execute(meta_ddl(db, table))
+            for sql in meta_migrations(db, table):
+                store.execute(sql)
 
 
 def insert_rows(settings: Settings, table: MetaTable, rows: Iterable[Sequence[Any]], token: str | None = None) -> str:

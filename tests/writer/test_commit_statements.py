@@ -81,3 +81,11 @@ def test_init_schema_gives_the_writer_tables_their_settings_once(store: Embedded
     store.execute("ALTER TABLE marketprism_hot.trade RESET SETTING merge_tree_clear_old_parts_interval_seconds")
     assert apply_writer_table_settings(store, settings) == ["marketprism_hot.trade"]
     assert apply_writer_table_settings(store, settings) == []
+
+
+def test_the_writer_tables_are_ensured_in_one_open_of_the_store(store: EmbeddedStore, settings_factory) -> None:
+    """Each open of an embedded store keeps engine memory and threads for the life of the process
+    (storage/embedded.py): its half-dozen statements share one session."""
+    opens = store.opens
+    ensure_writer_tables(store, settings_factory())
+    assert store.opens == opens + 1
