@@ -66,7 +66,7 @@ def record_factory() -> Callable[..., Any]:
     return make_record
 
 
-def _open_fds() -> str | None:
+def _descriptors_and_threads() -> str | None:
     """Open file descriptors and threads of this process (Linux)."""
     fd_dir = Path("/proc/self/fd")
     if not fd_dir.is_dir():
@@ -79,7 +79,7 @@ def _open_fds() -> str | None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Report leaked file descriptors: the suite runs many servers and sockets in each process
     (an xdist worker hands its count to the controller, which prints one line per worker)."""
-    fds = _open_fds()
+    fds = _descriptors_and_threads()
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["open_fds"] = fds
