@@ -41,7 +41,7 @@ TYPES = ["trade", "orderbook", *SERIES]
 MARKETS = {MARKET: (["BTC-USDT"], TYPES)}
 STOP_S = 120.0  # the 2 minutes, really
 LEAD_MS = 50_000  # the venue's "now" at the stop: this long before a funding settlement
-START_LEAD_MS = 65_000  # ... and at the start: the first run has START_LEAD_MS - LEAD_MS to collect every type
+START_LEAD_MS = 62_000  # ... and at the start: the first run has START_LEAD_MS - LEAD_MS to collect every type
 
 # the emulator's history endpoint of each series (paths as the venue's), and the columns to compare: stored -> served
 HISTORY = {

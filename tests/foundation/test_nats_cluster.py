@@ -65,7 +65,8 @@ async def test_r3_streams_keep_every_record_when_one_node_dies(tmp_path, setting
 
         servers = [n.url for n in nodes]
         nc = await nats.connect(servers=servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-        js = nc.jetstream(timeout=10)
+        # short API timeouts: a request to a node that just died is retried soon, on the newly elected leader
+        js = nc.jetstream(timeout=3)
         info = await js.stream_info("MARKET_DATA")
         assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2
 
