@@ -14,9 +14,7 @@ from marketprism_dagster.nats_server import EmbeddedNats, free_port
 from marketprism_dagster.storage import init_schema
 from marketprism_dagster.storage.embedded import EmbeddedStore
 from tests.support.records import make_record
-from tests.support.settings import settings_in
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.settings import REPO, settings_in
 
 
 def fixtures_path() -> Path:
